@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Relay benchmark (not a test): Postfix's smtp-source -> smtp-sink, in one go on this
+# machine, through HAProxy in TCP mode, through smtpgate inspecting (policy default),
+# through smtpgate exempt (policy none), and direct. Paths alternate inside each round
+# so drift on the machine hits all of them alike.
+#
+# Prints, per shape and path: msgs/s (median over rounds, min-max) and relay CPU
+# (user+system of the relay process) per 1000 messages.
+#
+# Usage: benches/relay-compare.sh [ROUNDS] [MESSAGES]
+# Needs: postfix (smtp-source, smtp-sink), haproxy, a release build of smtpgate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=${1:-3}
+messages=${2:-20000}
+export PATH="$PATH:/usr/sbin"
+for t in smtp-source smtp-sink haproxy; do
+  command -v "$t" >/dev/null || { echo "missing $t (apt-get install postfix haproxy)" >&2; exit 1; }
+done
+cargo build --release -q -p smtpgate
+gate=${CARGO_TARGET_DIR:-target}/release/smtpgate
+
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+sink_port=$(free_port)
+sink_user=(); [ "$(id -u)" = 0 ] && sink_user=(-u nobody)
+smtp-sink "${sink_user[@]}" "127.0.0.1:$sink_port" 1024 >/dev/null 2>&1 & pids+=($!)
+wait_port "$sink_port"
+
+inspect_port=$(free_port); exempt_port=$(free_port); haproxy_port=$(free_port)
+cat >"$work/smtpgate.toml" <<EOF
+[admin]
+listen = "127.0.0.1:$(free_port)"
+[[listener]]
+listen = "127.0.0.1:$inspect_port"
+upstream = "127.0.0.1:$sink_port"
+policy = "default"
+[[listener]]
+listen = "127.0.0.1:$exempt_port"
+upstream = "127.0.0.1:$sink_port"
+policy = "none"
+EOF
+"$gate" run -c "$work/smtpgate.toml" >"$work/smtpgate.log" 2>&1 & gate_pid=$!; pids+=($gate_pid)
+cat >"$work/haproxy.cfg" <<EOF
+global
+  maxconn 10000
+defaults
+  mode tcp
+  timeout connect 10s
+  timeout client 5m
+  timeout server 5m
+frontend smtp
+  bind 127.0.0.1:$haproxy_port
+  default_backend sink
+backend sink
+  server sink 127.0.0.1:$sink_port
+EOF
+haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($haproxy_pid)
+wait_port "$inspect_port"; wait_port "$exempt_port"; wait_port "$haproxy_port"
+
+hz=$(getconf CLK_TCK)
+# path name -> port and relay pid (direct has no relay)
+declare -A port=([direct]=$sink_port [haproxy]=$haproxy_port [inspect]=$inspect_port [exempt]=$exempt_port)
+declare -A relay=([direct]="" [haproxy]=$haproxy_pid [inspect]=$gate_pid [exempt]=$gate_pid)
+paths=(direct haproxy inspect exempt)
+
+# shape name -> smtp-source arguments
+shapes=("1k-reused|-s 20 -l 1024 -d" "1k-per-connection|-s 20 -l 1024" "100k-reused|-s 20 -l 102400 -d")
+
+printf '%-18s %-8s %12s %14s %22s\n' shape path "msgs/s" "(min-max)" "relay CPU ms/1000 msg"
+for shape in "${shapes[@]}"; do
+  name=${shape%%|*}; args=${shape#*|}
+  n=$messages; [[ $name == 100k* ]] && n=$((messages / 5))
+  declare -A rates=() cpus=()
+  for r in $(seq "$rounds"); do
+    for p in "${paths[@]}"; do
+      pid=${relay[$p]}
+      before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+      start=$(date +%s.%N)
+      # shellcheck disable=SC2086
+      smtp-source $args -m "$n" "127.0.0.1:${port[$p]}"
+      end=$(date +%s.%N)
+      after=0; [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+      rates[$p]+="$(echo "$n / ($end - $start)" | bc -l) "
+      cpus[$p]+="$(echo "($after - $before) * 1000 / $hz * 1000 / $n" | bc -l) "
+    done
+  done
+  for p in "${paths[@]}"; do
+    python3 - "$name" "$p" "${rates[$p]}" "${cpus[$p]}" <<'EOF'
+import statistics, sys
+name, path, rates, cpus = sys.argv[1], sys.argv[2], list(map(float, sys.argv[3].split())), list(map(float, sys.argv[4].split()))
+cpu = "-" if path == "direct" else f"{statistics.median(cpus):.1f}"
+print(f"{name:<18} {path:<8} {statistics.median(rates):12.0f} {f'({min(rates):.0f}-{max(rates):.0f})':>14} {cpu:>22}")
+EOF
+  done
+  unset rates cpus
+done
