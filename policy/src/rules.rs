@@ -2,12 +2,36 @@
 //! parsed once into precompiled [`Rule`]s. Parsing happens at config load; nothing
 //! here runs per line except the small comparisons in [`Cmp`].
 //!
+//! Grammar (keywords case-insensitive, tokens separated by blanks):
+//!
+//! ```text
+//! rule      = "match" ["not"] criterion action+
+//! criterion = "cmd" "line" "length" cmp | "cmd" "RCPT" "count" cmp | "cmd" "verb" VERB+
+//!           | "ehlo-reply-parameter" KEYWORD+          ; KEYWORD includes `others`
+//!           | "header" "line" "length" cmp | "header" "length" cmp
+//!           | "header" "to-fields" "count" cmp
+//!           | "body" "line" "length" cmp | "body" "length" cmp
+//!           | "sender-address" "length" cmp | "sender-address" "regex" QUOTED
+//!           | "MIME" "filename" "length" cmp | "MIME" "filetype" "regex" QUOTED
+//!           | "MIME" "encoding" ENCODING+              ; 7bit 8bit base64 binary quoted-printable others
+//!           | "invalid-recipients" "count" cmp
+//! cmp       = ("gt" | "lt" | "eq") NUMBER
+//! action    = "drop-connection" | "reset" | "log" | "mask" | "rate-limit" NUMBER
+//! ```
+//!
+//! `QUOTED` is a double-quoted regex; inside it only `\"` is an escape (for a quote),
+//! every other backslash reaches the regex as written, so `"@spam\.example$"` means
+//! what it says. The firewall names its regexes (`regex NAME "..."`); `import-asa`
+//! resolves those names into the pattern.
+//!
 //! CONTRACT (shared by the parser in this file and the inspector): the types below.
 //! Parameters such as `mask_banner`, `bare_newline` or `special_character` compile into
 //! rules too (see `Criterion`'s built-in variants), so every decision the inspector
 //! takes is counted per rule, as `show service-policy inspect esmtp` shows it.
 
-use crate::verb::{CommandSet, EhloSet};
+use std::fmt;
+
+use crate::verb::{CommandSet, EhloKeyword, EhloSet};
 
 /// Index of a rule in `Policy::rules`.
 pub type RuleId = u16;
@@ -100,4 +124,1034 @@ pub struct Rule {
     pub negate: bool,
     pub criterion: Criterion,
     pub actions: Actions,
+}
+
+// ---------------------------------------------------------------------------------
+// Helpers on the contract types (no allocation: some run per line).
+// ---------------------------------------------------------------------------------
+
+impl fmt::Display for Cmp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cmp::Gt(n) => write!(f, "gt {n}"),
+            Cmp::Lt(n) => write!(f, "lt {n}"),
+            Cmp::Eq(n) => write!(f, "eq {n}"),
+        }
+    }
+}
+
+/// The encoding bit of a `Content-Transfer-Encoding` value, any case; unknown values are
+/// [`ENC_OTHERS`]. Allocation-free, for the inspector's MIME tracking.
+pub fn encoding_bit(value: &[u8]) -> EncodingSet {
+    ENCODING_NAMES
+        .iter()
+        .find(|(name, _)| name.as_bytes().eq_ignore_ascii_case(value))
+        .map_or(ENC_OTHERS, |&(_, bit)| bit)
+}
+
+const ENCODING_NAMES: [(&str, EncodingSet); 6] = [
+    ("7bit", ENC_7BIT),
+    ("8bit", ENC_8BIT),
+    ("base64", ENC_BASE64),
+    ("binary", ENC_BINARY),
+    ("quoted-printable", ENC_QUOTED_PRINTABLE),
+    ("others", ENC_OTHERS),
+];
+
+impl Criterion {
+    /// The criterion's name as the rule language (or the parameter) writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Criterion::CmdLineLength(_) => "cmd line length",
+            Criterion::CmdRcptCount(_) => "cmd RCPT count",
+            Criterion::CmdVerb(_) => "cmd verb",
+            Criterion::EhloReplyParameter(_) => "ehlo-reply-parameter",
+            Criterion::HeaderLineLength(_) => "header line length",
+            Criterion::HeaderLength(_) => "header length",
+            Criterion::HeaderToFieldsCount(_) => "header to-fields count",
+            Criterion::BodyLineLength(_) => "body line length",
+            Criterion::BodyLength(_) => "body length",
+            Criterion::SenderAddressLength(_) => "sender-address length",
+            Criterion::SenderAddressRegex(_) => "sender-address regex",
+            Criterion::MimeFilenameLength(_) => "MIME filename length",
+            Criterion::MimeFiletype(_) => "MIME filetype",
+            Criterion::MimeEncoding(_) => "MIME encoding",
+            Criterion::InvalidRecipientsCount(_) => "invalid-recipients count",
+            Criterion::Banner => "mask-banner",
+            Criterion::UnknownVerb => "unknown-command",
+            Criterion::BareNewline => "bare-newline",
+            Criterion::SpecialCharacter => "special-character",
+            Criterion::MailRelay => "mail-relay",
+            Criterion::TlsStarted => "allow-tls",
+        }
+    }
+
+    /// The `gt/lt/eq N` of a length or count criterion.
+    pub fn threshold(&self) -> Option<Cmp> {
+        match self {
+            Criterion::CmdLineLength(c)
+            | Criterion::CmdRcptCount(c)
+            | Criterion::HeaderLineLength(c)
+            | Criterion::HeaderLength(c)
+            | Criterion::HeaderToFieldsCount(c)
+            | Criterion::BodyLineLength(c)
+            | Criterion::BodyLength(c)
+            | Criterion::SenderAddressLength(c)
+            | Criterion::MimeFilenameLength(c)
+            | Criterion::InvalidRecipientsCount(c) => Some(*c),
+            _ => None,
+        }
+    }
+
+    /// True for the variants compiled from policy parameters rather than `match` lines.
+    pub fn is_parameter(&self) -> bool {
+        matches!(
+            self,
+            Criterion::Banner
+                | Criterion::UnknownVerb
+                | Criterion::BareNewline
+                | Criterion::SpecialCharacter
+                | Criterion::MailRelay
+                | Criterion::TlsStarted
+        )
+    }
+
+    /// Whether `mask` means anything for this criterion: only a command verb or an EHLO
+    /// keyword can be replaced by `X`s in place (and the banner, via `mask_banner`).
+    pub fn allows_mask(&self) -> bool {
+        matches!(
+            self,
+            Criterion::CmdVerb(_)
+                | Criterion::EhloReplyParameter(_)
+                | Criterion::Banner
+                | Criterion::UnknownVerb
+        )
+    }
+}
+
+impl Actions {
+    /// True when the rule ends the session (drop-connection or reset).
+    #[inline]
+    pub fn ends_session(&self) -> bool {
+        self.drop_connection || self.reset
+    }
+}
+
+/// `drop-connection log`, in the rule language's order; empty for no actions.
+impl fmt::Display for Actions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        for (on, word) in [
+            (self.drop_connection, "drop-connection"),
+            (self.reset, "reset"),
+            (self.mask, "mask"),
+            (self.log, "log"),
+        ] {
+            if on {
+                write!(f, "{sep}{word}")?;
+                sep = " ";
+            }
+        }
+        if self.rate_limit > 0 {
+            write!(f, "{sep}rate-limit {}", self.rate_limit)?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------
+
+/// A malformed rule: the rule text, the 1-based column (byte offset + 1) where it went
+/// wrong, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{rule}`: {}", self.message())]
+pub struct RuleError {
+    pub rule: String,
+    pub column: usize,
+    pub kind: RuleErrorKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuleErrorKind {
+    /// `expected` describes what may come here; `found` is the token (or end of rule).
+    Expected {
+        expected: String,
+        found: Found,
+    },
+    /// A number that does not fit (`rate-limit 0`, or past `u64`).
+    NumberOutOfRange {
+        found: String,
+        range: &'static str,
+    },
+    BadRegex {
+        error: String,
+    },
+    /// `mask` on a criterion where nothing can be masked in place.
+    MaskNotAllowed {
+        criterion: &'static str,
+    },
+    /// `drop-connection` together with `reset`.
+    DropAndReset,
+    DuplicateAction {
+        action: &'static str,
+    },
+    /// An action this context does not take (e.g. `mask` for a parameter).
+    ActionNotAllowed {
+        action: &'static str,
+        context: &'static str,
+    },
+}
+
+/// What the parser found where it expected something else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    Token(String),
+    EndOfRule,
+}
+
+impl fmt::Display for Found {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Found::Token(t) => write!(f, "`{t}`"),
+            Found::EndOfRule => f.write_str("end of rule"),
+        }
+    }
+}
+
+impl RuleError {
+    /// The error without the rule text, e.g. for config errors that name the rule by
+    /// its place: "expected a number at column 22, found `abc`".
+    pub fn message(&self) -> String {
+        let col = self.column;
+        match &self.kind {
+            RuleErrorKind::Expected { expected, found } => {
+                format!("expected {expected} at column {col}, found {found}")
+            }
+            RuleErrorKind::NumberOutOfRange { found, range } => {
+                format!("number `{found}` at column {col} is out of range (expected {range})")
+            }
+            RuleErrorKind::BadRegex { error } => {
+                format!("invalid regex at column {col}: {error}")
+            }
+            RuleErrorKind::MaskNotAllowed { criterion } => format!(
+                "`mask` at column {col} is only valid for `cmd verb` and \
+                 `ehlo-reply-parameter` (the only things that can be replaced in place), \
+                 not for `{criterion}`"
+            ),
+            RuleErrorKind::DropAndReset => format!(
+                "`drop-connection` and `reset` at column {col} cannot be combined: choose one"
+            ),
+            RuleErrorKind::DuplicateAction { action } => {
+                format!("action `{action}` at column {col} is given twice")
+            }
+            RuleErrorKind::ActionNotAllowed { action, context } => {
+                format!("action `{action}` at column {col} is not valid for {context}")
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Tokenizer
+// ---------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct Token<'a> {
+    /// Byte offset in the rule text.
+    start: usize,
+    /// As written (for quoted tokens: the whole quoted text, quotes included).
+    raw: &'a str,
+    /// For quoted tokens: the content with `\"` unescaped.
+    quoted: Option<String>,
+}
+
+impl Token<'_> {
+    fn is(&self, keyword: &str) -> bool {
+        self.quoted.is_none() && self.raw.eq_ignore_ascii_case(keyword)
+    }
+}
+
+fn tokenize(text: &str) -> Result<Vec<Token<'_>>, (usize, RuleErrorKind)> {
+    let bytes = text.as_bytes();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        if bytes[i] == b'"' {
+            let mut content = String::new();
+            let mut j = i + 1;
+            let mut closed = false;
+            while j < bytes.len() {
+                match bytes[j] {
+                    b'\\' if bytes.get(j + 1) == Some(&b'"') => {
+                        content.push('"');
+                        j += 2;
+                    }
+                    b'"' => {
+                        closed = true;
+                        j += 1;
+                        break;
+                    }
+                    _ => {
+                        // Copy one whole UTF-8 character.
+                        let ch = text[j..].chars().next().expect("in bounds");
+                        content.push(ch);
+                        j += ch.len_utf8();
+                    }
+                }
+            }
+            if !closed {
+                return Err((
+                    start,
+                    RuleErrorKind::Expected {
+                        expected: "a closing `\"` for this quoted regex".into(),
+                        found: Found::EndOfRule,
+                    },
+                ));
+            }
+            tokens.push(Token {
+                start,
+                raw: &text[start..j],
+                quoted: Some(content),
+            });
+            i = j;
+        } else {
+            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            tokens.push(Token {
+                start,
+                raw: &text[start..i],
+                quoted: None,
+            });
+        }
+    }
+    Ok(tokens)
+}
+
+// ---------------------------------------------------------------------------------
+// Parser
+// ---------------------------------------------------------------------------------
+
+const ACTION_WORDS: &str = "drop-connection, reset, log, mask, rate-limit";
+
+struct Parser<'a> {
+    text: &'a str,
+    tokens: Vec<Token<'a>>,
+    pos: usize,
+}
+
+type PResult<T> = Result<T, (usize, RuleErrorKind)>;
+
+impl<'a> Parser<'a> {
+    fn peek(&self) -> Option<&Token<'a>> {
+        self.tokens.get(self.pos)
+    }
+
+    fn end_offset(&self) -> usize {
+        self.text.len()
+    }
+
+    /// An "expected X, found Y" error at the current token (or at the end).
+    fn expected<T>(&self, expected: impl Into<String>) -> PResult<T> {
+        let (at, found) = match self.peek() {
+            Some(t) => (t.start, Found::Token(t.raw.to_string())),
+            None => (self.end_offset(), Found::EndOfRule),
+        };
+        Err((
+            at,
+            RuleErrorKind::Expected {
+                expected: expected.into(),
+                found,
+            },
+        ))
+    }
+
+    /// Consumes the next token if it is one of `choices` (case-insensitive) and returns
+    /// its index in `choices`.
+    fn one_of(&mut self, choices: &[&str]) -> PResult<usize> {
+        if let Some(t) = self.peek() {
+            if let Some(i) = choices.iter().position(|c| t.is(c)) {
+                self.pos += 1;
+                return Ok(i);
+            }
+        }
+        match choices {
+            [one] => self.expected(format!("`{one}`")),
+            _ => self.expected(format!("one of {}", choices.join(", "))),
+        }
+    }
+
+    fn keyword(&mut self, word: &str) -> PResult<()> {
+        self.one_of(&[word]).map(|_| ())
+    }
+
+    fn number(&mut self) -> PResult<u64> {
+        match self.peek() {
+            Some(t) if t.quoted.is_none() && t.raw.bytes().all(|b| b.is_ascii_digit()) => {
+                let n = t.raw.parse::<u64>().map_err(|_| {
+                    (
+                        t.start,
+                        RuleErrorKind::NumberOutOfRange {
+                            found: t.raw.to_string(),
+                            range: "0 to 18446744073709551615",
+                        },
+                    )
+                })?;
+                self.pos += 1;
+                Ok(n)
+            }
+            _ => self.expected("a number"),
+        }
+    }
+
+    fn cmp(&mut self) -> PResult<Cmp> {
+        let which = self.one_of(&["gt", "lt", "eq"])?;
+        let n = self.number()?;
+        Ok([Cmp::Gt(n), Cmp::Lt(n), Cmp::Eq(n)][which])
+    }
+
+    fn regex(&mut self) -> PResult<regex::bytes::Regex> {
+        let Some(t) = self.peek() else {
+            return self.expected("a quoted regex like \"@spam\\.example$\"");
+        };
+        let Some(pattern) = &t.quoted else {
+            return self.expected("a quoted regex like \"@spam\\.example$\"");
+        };
+        let re = regex::bytes::Regex::new(pattern).map_err(|e| {
+            (
+                t.start,
+                RuleErrorKind::BadRegex {
+                    error: regex_error_summary(&e),
+                },
+            )
+        })?;
+        self.pos += 1;
+        Ok(re)
+    }
+
+    fn at_action_or_end(&self) -> bool {
+        !matches!(self.peek(), Some(t) if action_index(t).is_none())
+    }
+
+    fn verbs(&mut self) -> PResult<CommandSet> {
+        let mut set = CommandSet::default();
+        while !self.at_action_or_end() {
+            let t = self.peek().expect("not at end");
+            if t.quoted.is_some() || !is_verb_word(t.raw) {
+                return self.expected(format!("a command verb or one of {ACTION_WORDS}"));
+            }
+            set.insert_name(t.raw);
+            self.pos += 1;
+        }
+        if set == CommandSet::default() {
+            return self.expected("a command verb such as VRFY");
+        }
+        Ok(set)
+    }
+
+    fn ehlo_keywords(&mut self) -> PResult<EhloSet> {
+        let mut set: EhloSet = 0;
+        while !self.at_action_or_end() {
+            let t = self.peek().expect("not at end");
+            match ehlo_keyword_by_name(t) {
+                Some(k) => set |= k.bit(),
+                None => {
+                    return self.expected(format!(
+                        "an EHLO keyword ({}) or one of {ACTION_WORDS}",
+                        ehlo_keyword_list()
+                    ))
+                }
+            }
+            self.pos += 1;
+        }
+        if set == 0 {
+            return self.expected(format!("an EHLO keyword ({})", ehlo_keyword_list()));
+        }
+        Ok(set)
+    }
+
+    fn encodings(&mut self) -> PResult<EncodingSet> {
+        let mut set: EncodingSet = 0;
+        let names = ENCODING_NAMES.map(|(n, _)| n).join(", ");
+        while !self.at_action_or_end() {
+            let t = self.peek().expect("not at end");
+            match ENCODING_NAMES.iter().find(|(n, _)| t.is(n)) {
+                Some(&(_, bit)) => set |= bit,
+                None => {
+                    return self.expected(format!("an encoding ({names}) or one of {ACTION_WORDS}"))
+                }
+            }
+            self.pos += 1;
+        }
+        if set == 0 {
+            return self.expected(format!("an encoding ({names})"));
+        }
+        Ok(set)
+    }
+
+    fn criterion(&mut self) -> PResult<Criterion> {
+        const TOP: [&str; 7] = [
+            "cmd",
+            "ehlo-reply-parameter",
+            "header",
+            "body",
+            "sender-address",
+            "MIME",
+            "invalid-recipients",
+        ];
+        Ok(match self.one_of(&TOP)? {
+            0 => match self.one_of(&["line", "RCPT", "verb"])? {
+                0 => {
+                    self.keyword("length")?;
+                    Criterion::CmdLineLength(self.cmp()?)
+                }
+                1 => {
+                    self.keyword("count")?;
+                    Criterion::CmdRcptCount(self.cmp()?)
+                }
+                _ => Criterion::CmdVerb(self.verbs()?),
+            },
+            1 => Criterion::EhloReplyParameter(self.ehlo_keywords()?),
+            2 => match self.one_of(&["line", "length", "to-fields"])? {
+                0 => {
+                    self.keyword("length")?;
+                    Criterion::HeaderLineLength(self.cmp()?)
+                }
+                1 => Criterion::HeaderLength(self.cmp()?),
+                _ => {
+                    self.keyword("count")?;
+                    Criterion::HeaderToFieldsCount(self.cmp()?)
+                }
+            },
+            3 => match self.one_of(&["line", "length"])? {
+                0 => {
+                    self.keyword("length")?;
+                    Criterion::BodyLineLength(self.cmp()?)
+                }
+                _ => Criterion::BodyLength(self.cmp()?),
+            },
+            4 => match self.one_of(&["length", "regex"])? {
+                0 => Criterion::SenderAddressLength(self.cmp()?),
+                _ => Criterion::SenderAddressRegex(self.regex()?),
+            },
+            5 => match self.one_of(&["filename", "filetype", "encoding"])? {
+                0 => {
+                    self.keyword("length")?;
+                    Criterion::MimeFilenameLength(self.cmp()?)
+                }
+                1 => {
+                    self.keyword("regex")?;
+                    Criterion::MimeFiletype(self.regex()?)
+                }
+                _ => Criterion::MimeEncoding(self.encodings()?),
+            },
+            _ => {
+                self.keyword("count")?;
+                Criterion::InvalidRecipientsCount(self.cmp()?)
+            }
+        })
+    }
+
+    /// One or more actions up to the end of the text. `allow` filters actions that make
+    /// no sense in the context (`context` names it for the error).
+    fn actions(
+        &mut self,
+        allow: impl Fn(&'static str) -> bool,
+        context: &'static str,
+    ) -> PResult<(Actions, Option<usize>)> {
+        let mut actions = Actions::default();
+        let mut mask_at = None;
+        if self.peek().is_none() {
+            return self.expected(format!("an action ({ACTION_WORDS})"));
+        }
+        while let Some(t) = self.peek() {
+            let start = t.start;
+            let Some(index) = action_index(t) else {
+                return self.expected(format!("one of {ACTION_WORDS}"));
+            };
+            let name = ACTIONS[index];
+            if !allow(name) {
+                return Err((
+                    start,
+                    RuleErrorKind::ActionNotAllowed {
+                        action: name,
+                        context,
+                    },
+                ));
+            }
+            self.pos += 1;
+            let already = match index {
+                0 => {
+                    if actions.reset {
+                        return Err((start, RuleErrorKind::DropAndReset));
+                    }
+                    std::mem::replace(&mut actions.drop_connection, true)
+                }
+                1 => {
+                    if actions.drop_connection {
+                        return Err((start, RuleErrorKind::DropAndReset));
+                    }
+                    std::mem::replace(&mut actions.reset, true)
+                }
+                2 => std::mem::replace(&mut actions.log, true),
+                3 => {
+                    mask_at = Some(start);
+                    std::mem::replace(&mut actions.mask, true)
+                }
+                _ => {
+                    let already = actions.rate_limit != 0;
+                    let at = self.peek().map_or(self.end_offset(), |t| t.start);
+                    let n = self.number()?;
+                    actions.rate_limit =
+                        u32::try_from(n).ok().filter(|&n| n > 0).ok_or_else(|| {
+                            (
+                                at,
+                                RuleErrorKind::NumberOutOfRange {
+                                    found: n.to_string(),
+                                    range: "1 to 4294967295 messages per second",
+                                },
+                            )
+                        })?;
+                    already
+                }
+            };
+            if already {
+                return Err((start, RuleErrorKind::DuplicateAction { action: name }));
+            }
+        }
+        Ok((actions, mask_at))
+    }
+}
+
+const ACTIONS: [&str; 5] = ["drop-connection", "reset", "log", "mask", "rate-limit"];
+
+fn action_index(t: &Token<'_>) -> Option<usize> {
+    ACTIONS.iter().position(|a| t.is(a))
+}
+
+fn is_verb_word(word: &str) -> bool {
+    !word.is_empty()
+        && word.len() <= 64
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn ehlo_keyword_by_name(t: &Token<'_>) -> Option<EhloKeyword> {
+    if t.is("ecode") {
+        return Some(EhloKeyword::EnhancedStatusCodes);
+    }
+    EhloKeyword::ALL.iter().copied().find(|k| t.is(k.name()))
+}
+
+fn ehlo_keyword_list() -> String {
+    EhloKeyword::ALL
+        .iter()
+        .map(|k| k.name().to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The regex crate's errors are multi-line diagrams; a config error wants one line.
+fn regex_error_summary(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .unwrap_or(text.lines().last().unwrap_or("invalid regex"))
+        .trim()
+        .to_string()
+}
+
+fn error_at(text: &str, (offset, kind): (usize, RuleErrorKind)) -> RuleError {
+    RuleError {
+        rule: text.to_string(),
+        column: offset + 1,
+        kind,
+    }
+}
+
+/// Parses one rule line: `match [not] <criterion> <action>...`.
+///
+/// Rejected: anything but a known criterion and actions, numbers that are not numbers,
+/// bad regexes, no action, `mask` where nothing can be masked (only `cmd verb` and
+/// `ehlo-reply-parameter`), `drop-connection` with `reset`, an action given twice.
+pub fn parse_rule(text: &str) -> Result<Rule, RuleError> {
+    let text = text.trim();
+    let parse = || -> PResult<Rule> {
+        let mut p = Parser {
+            text,
+            tokens: tokenize(text)?,
+            pos: 0,
+        };
+        p.keyword("match")?;
+        let negate = p.peek().is_some_and(|t| t.is("not"));
+        if negate {
+            p.pos += 1;
+        }
+        let criterion = p.criterion()?;
+        let (actions, mask_at) = p.actions(|_| true, "this rule")?;
+        if let Some(at) = mask_at {
+            if !criterion.allows_mask() {
+                return Err((
+                    at,
+                    RuleErrorKind::MaskNotAllowed {
+                        criterion: criterion.name(),
+                    },
+                ));
+            }
+        }
+        Ok(Rule {
+            text: text.to_string(),
+            negate,
+            criterion,
+            actions,
+        })
+    };
+    parse().map_err(|e| error_at(text, e))
+}
+
+/// Parses the actions of a policy parameter (`bare_newline = "drop-connection log"`,
+/// `special_character = "log"`): `drop-connection`, `reset` and `log` only, optionally
+/// after the firewall's word `action` so its lines can be pasted as they are.
+/// `parameter` names the parameter in errors.
+pub fn parse_parameter_actions(text: &str, parameter: &'static str) -> Result<Actions, RuleError> {
+    let trimmed = text.trim();
+    let parse = || -> PResult<Actions> {
+        let mut p = Parser {
+            text: trimmed,
+            tokens: tokenize(trimmed)?,
+            pos: 0,
+        };
+        if p.peek().is_some_and(|t| t.is("action")) {
+            p.pos += 1;
+        }
+        let allow = |a: &'static str| matches!(a, "drop-connection" | "reset" | "log");
+        Ok(p.actions(allow, parameter)?.0)
+    };
+    parse().map_err(|e| error_at(trimmed, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verb::Verb;
+
+    fn ok(text: &str) -> Rule {
+        parse_rule(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    fn err(text: &str) -> RuleError {
+        match parse_rule(text) {
+            Ok(rule) => panic!("{text} parsed: {rule:?}"),
+            Err(e) => e,
+        }
+    }
+
+    const DROP_LOG: Actions = Actions {
+        drop_connection: true,
+        reset: false,
+        log: true,
+        mask: false,
+        rate_limit: 0,
+    };
+
+    #[test]
+    fn every_length_and_count_criterion_parses() {
+        let cases = [
+            ("cmd line length", "cmd line length"),
+            ("cmd RCPT count", "cmd RCPT count"),
+            ("header line length", "header line length"),
+            ("header length", "header length"),
+            ("header to-fields count", "header to-fields count"),
+            ("body line length", "body line length"),
+            ("body length", "body length"),
+            ("sender-address length", "sender-address length"),
+            ("mime filename length", "MIME filename length"),
+            ("invalid-recipients count", "invalid-recipients count"),
+        ];
+        for (words, name) in cases {
+            for (cmp_word, cmp) in [
+                ("gt", Cmp::Gt(512)),
+                ("lt", Cmp::Lt(512)),
+                ("eq", Cmp::Eq(512)),
+            ] {
+                let text = format!("match {words} {cmp_word} 512 drop-connection log");
+                let rule = ok(&text);
+                assert_eq!(rule.criterion.name(), name, "{text}");
+                assert_eq!(rule.criterion.threshold(), Some(cmp), "{text}");
+                assert_eq!(rule.actions, DROP_LOG, "{text}");
+                assert!(!rule.negate);
+                assert_eq!(rule.text, text);
+            }
+        }
+    }
+
+    #[test]
+    fn firewall_examples_parse() {
+        let r = ok("match cmd line length gt 512 drop-connection log");
+        assert!(matches!(
+            r.criterion,
+            Criterion::CmdLineLength(Cmp::Gt(512))
+        ));
+        let r = ok("match cmd RCPT count gt 100 drop-connection log");
+        assert!(matches!(r.criterion, Criterion::CmdRcptCount(Cmp::Gt(100))));
+        let r = ok("match invalid-recipients count gt 5 reset log");
+        assert!(r.actions.reset && r.actions.log && !r.actions.drop_connection);
+        let r = ok("match body length gt 10000000 drop-connection");
+        assert!(matches!(
+            r.criterion,
+            Criterion::BodyLength(Cmp::Gt(10_000_000))
+        ));
+        assert!(r.actions.drop_connection && !r.actions.log);
+        let r = ok("match header to-fields count gt 10 log");
+        assert!(matches!(
+            r.criterion,
+            Criterion::HeaderToFieldsCount(Cmp::Gt(10))
+        ));
+        // Keywords in any case, as the firewall prints and accepts them.
+        ok("MATCH MIME Filename LENGTH GT 255 Drop-Connection LOG");
+        ok("match mime filename length gt 255 drop-connection log");
+        ok("match cmd rcpt count gt 100 drop-connection log");
+    }
+
+    #[test]
+    fn cmd_verb_takes_known_and_private_verbs() {
+        let r = ok("match cmd verb VRFY EXPN mask log");
+        let Criterion::CmdVerb(set) = &r.criterion else {
+            panic!("{r:?}")
+        };
+        assert!(set.contains(Verb::Vrfy, b"VRFY"));
+        assert!(set.contains(Verb::Expn, b"expn"));
+        assert!(!set.contains(Verb::Mail, b"MAIL"));
+        assert!(r.actions.mask && r.actions.log);
+        let r = ok("match cmd verb x-link2state XEXCH50 log");
+        let Criterion::CmdVerb(set) = &r.criterion else {
+            panic!("{r:?}")
+        };
+        assert!(set.contains(Verb::Other, b"X-LINK2STATE"));
+        assert!(set.contains(Verb::Other, b"xexch50"));
+    }
+
+    #[test]
+    fn ehlo_reply_parameter_takes_keywords_and_others() {
+        let r = ok("match ehlo-reply-parameter others mask");
+        assert!(
+            matches!(r.criterion, Criterion::EhloReplyParameter(s) if s == EhloKeyword::Others.bit())
+        );
+        let r = ok("match ehlo-reply-parameter 8bitmime ecode PIPELINING mask log");
+        let expected = EhloKeyword::EightBitMime.bit()
+            | EhloKeyword::EnhancedStatusCodes.bit()
+            | EhloKeyword::Pipelining.bit();
+        assert!(matches!(r.criterion, Criterion::EhloReplyParameter(s) if s == expected));
+    }
+
+    #[test]
+    fn regexes_parse_with_escapes_kept() {
+        let r = ok(r#"match sender-address regex "@spam\.example$" drop-connection log"#);
+        let Criterion::SenderAddressRegex(re) = &r.criterion else {
+            panic!("{r:?}")
+        };
+        assert!(re.is_match(b"joe@spam.example"));
+        assert!(!re.is_match(b"joe@spamXexample"));
+        let r = ok(r#"match MIME filetype regex "^application/x-msdownload" drop-connection"#);
+        let Criterion::MimeFiletype(re) = &r.criterion else {
+            panic!("{r:?}")
+        };
+        assert!(re.is_match(b"application/x-msdownload"));
+        // A quote inside the pattern, and blanks.
+        let r = ok(r#"match sender-address regex "^\"a b\"@" log"#);
+        let Criterion::SenderAddressRegex(re) = &r.criterion else {
+            panic!("{r:?}")
+        };
+        assert!(re.is_match(br#""a b"@example.com"#));
+    }
+
+    #[test]
+    fn mime_encoding_sets() {
+        let r = ok("match MIME encoding base64 others log");
+        assert!(matches!(r.criterion, Criterion::MimeEncoding(s) if s == ENC_BASE64 | ENC_OTHERS));
+        let r = ok("match mime encoding 7bit 8bit binary quoted-printable log");
+        assert!(matches!(r.criterion, Criterion::MimeEncoding(s)
+            if s == ENC_7BIT | ENC_8BIT | ENC_BINARY | ENC_QUOTED_PRINTABLE));
+        assert_eq!(encoding_bit(b"BASE64"), ENC_BASE64);
+        assert_eq!(encoding_bit(b"x-uuencode"), ENC_OTHERS);
+    }
+
+    #[test]
+    fn match_not_and_rate_limit() {
+        let r = ok("match not cmd verb HELO EHLO MAIL RCPT DATA QUIT log");
+        assert!(r.negate);
+        let r = ok("match cmd verb MAIL rate-limit 20 log");
+        assert_eq!(r.actions.rate_limit, 20);
+        assert!(r.actions.log);
+    }
+
+    #[test]
+    fn misspelled_action_says_what_was_expected_and_where() {
+        let e = err("match cmd line length gt 512 dropp");
+        assert_eq!(e.column, 30);
+        assert_eq!(
+            e.message(),
+            "expected one of drop-connection, reset, log, mask, rate-limit at column 30, found `dropp`"
+        );
+        assert_eq!(e.rule, "match cmd line length gt 512 dropp");
+        assert!(e
+            .to_string()
+            .starts_with("`match cmd line length gt 512 dropp`: expected"));
+    }
+
+    #[test]
+    fn missing_action_is_an_error() {
+        let e = err("match cmd line length gt 512");
+        assert_eq!(e.column, 29);
+        assert!(
+            matches!(&e.kind, RuleErrorKind::Expected { found: Found::EndOfRule, expected } if expected.starts_with("an action"))
+        );
+        let e = err("match cmd verb VRFY");
+        assert!(matches!(
+            &e.kind,
+            RuleErrorKind::Expected {
+                found: Found::EndOfRule,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn non_numeric_number() {
+        let e = err("match cmd line length gt abc log");
+        assert_eq!(e.message(), "expected a number at column 26, found `abc`");
+        let e = err("match body length gt -1 log");
+        assert_eq!(e.column, 22);
+        let e = err("match body length gt 99999999999999999999999 log");
+        assert!(
+            matches!(e.kind, RuleErrorKind::NumberOutOfRange { .. }),
+            "{e}"
+        );
+        let e = err("match cmd verb MAIL rate-limit 0");
+        assert!(
+            matches!(e.kind, RuleErrorKind::NumberOutOfRange { .. }),
+            "{e}"
+        );
+        assert_eq!(e.column, 32);
+        let e = err("match cmd verb MAIL rate-limit log");
+        assert_eq!(e.message(), "expected a number at column 32, found `log`");
+    }
+
+    #[test]
+    fn unknown_tokens() {
+        let e = err("match cmd lines length gt 1 log");
+        assert_eq!(
+            e.message(),
+            "expected one of line, RCPT, verb at column 11, found `lines`"
+        );
+        let e = err("match sender length gt 1 log");
+        assert_eq!(e.column, 7);
+        let e = err("mach cmd line length gt 1 log");
+        assert_eq!(e.message(), "expected `match` at column 1, found `mach`");
+        let e = err("match cmd line length ge 1 log");
+        assert_eq!(
+            e.message(),
+            "expected one of gt, lt, eq at column 23, found `ge`"
+        );
+        let e = err("match ehlo-reply-parameter starttlss mask");
+        assert_eq!(e.column, 28);
+        let e = err("match MIME encoding uuencode log");
+        assert_eq!(e.column, 21);
+        let e = err("match cmd verb VRFY\" log");
+        assert_eq!(e.column, 16);
+        let e = err("");
+        assert!(matches!(
+            e.kind,
+            RuleErrorKind::Expected {
+                found: Found::EndOfRule,
+                ..
+            }
+        ));
+        let e = err("match cmd line length gt 1 log extra");
+        assert_eq!(e.column, 32);
+    }
+
+    #[test]
+    fn bad_regex() {
+        let e = err(r#"match sender-address regex "(unclosed" log"#);
+        assert_eq!(e.column, 28);
+        assert!(
+            matches!(&e.kind, RuleErrorKind::BadRegex { error } if error.contains("unclosed")),
+            "{e}"
+        );
+        assert!(!e.message().contains('\n'));
+        let e = err(r#"match sender-address regex "unterminated log"#);
+        assert_eq!(e.column, 28);
+        // The firewall's regex *names* must be resolved (import-asa does) or quoted.
+        let e = err("match sender-address regex spammers log");
+        assert!(e.message().starts_with("expected a quoted regex"), "{e}");
+        let e = err("match MIME filetype \"x\" log");
+        assert_eq!(e.message(), "expected `regex` at column 21, found `\"x\"`");
+    }
+
+    #[test]
+    fn mask_only_where_it_means_something() {
+        let e = err("match body length gt 10 mask log");
+        assert_eq!(e.column, 25);
+        assert_eq!(
+            e.kind,
+            RuleErrorKind::MaskNotAllowed {
+                criterion: "body length"
+            }
+        );
+        assert!(e
+            .message()
+            .contains("only valid for `cmd verb` and `ehlo-reply-parameter`"));
+        ok("match ehlo-reply-parameter others mask");
+        ok("match cmd verb TURN mask");
+    }
+
+    #[test]
+    fn drop_with_reset_and_duplicates() {
+        let e = err("match body length gt 10 drop-connection reset");
+        assert_eq!(e.kind, RuleErrorKind::DropAndReset);
+        assert_eq!(e.column, 41);
+        let e = err("match body length gt 10 reset log drop-connection");
+        assert_eq!(e.kind, RuleErrorKind::DropAndReset);
+        let e = err("match body length gt 10 log log");
+        assert_eq!(e.kind, RuleErrorKind::DuplicateAction { action: "log" });
+        assert_eq!(e.column, 29);
+    }
+
+    #[test]
+    fn parameter_actions() {
+        assert_eq!(
+            parse_parameter_actions("drop-connection log", "bare_newline").unwrap(),
+            DROP_LOG
+        );
+        assert_eq!(
+            parse_parameter_actions("action drop-connection log", "x").unwrap(),
+            DROP_LOG
+        );
+        let e = parse_parameter_actions("mask", "bare_newline").unwrap_err();
+        assert_eq!(
+            e.message(),
+            "action `mask` at column 1 is not valid for bare_newline"
+        );
+        assert!(parse_parameter_actions("", "bare_newline").is_err());
+        assert_eq!(DROP_LOG.to_string(), "drop-connection log");
+    }
+
+    #[test]
+    fn cmp_matches() {
+        assert!(Cmp::Gt(512).matches(513));
+        assert!(!Cmp::Gt(512).matches(512));
+        assert!(Cmp::Lt(2).matches(1));
+        assert!(Cmp::Eq(7).matches(7));
+        assert_eq!(Cmp::Gt(5).to_string(), "gt 5");
+    }
 }
