@@ -2,15 +2,29 @@
 //! immutable [`Config`] the dataplane shares across cores.
 //!
 //! CONTRACT (the dataplane reads these validated types; the raw serde types and the
-//! parser/validator live below them and are private to this crate).
+//! parser/validator live below them and are private to this crate, except
+//! [`PolicySection`], which [`Policy::compile`] takes).
+//!
+//! [`Config::from_toml_str`] reports every error it can find, not just the first, each
+//! with `line L, column C` in the file and the key path. serde stops at the first
+//! error of a value, so the file is read item by item (each `[[listener]]`, each
+//! `[policy.NAME]`, each other section) and an error in one does not hide the others.
+//! Within one item, the first type error is reported.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
 
-use crate::policy::Policy;
+use crate::policy::{resolution_order, Policy, PolicyError, BUILTIN_NAMES};
 
 /// A validated config. Cheap to share: `Arc<Config>`; policies are `Arc<Policy>`.
 #[derive(Clone, Debug)]
@@ -61,5 +75,846 @@ impl Listener {
     /// Whether a client is relayed verbatim (exempt CIDR or `policy = "none"`).
     pub fn is_exempt(&self, client: std::net::IpAddr) -> bool {
         !self.policy.inspect || self.exempt.iter().any(|net| net.contains(&client))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Defaults
+// ---------------------------------------------------------------------------------
+
+/// The config `smtpgate run` uses without `-c` (SPEC "Command line").
+pub const EMBEDDED_DEFAULT_TOML: &str = r#"
+[admin]
+listen = "127.0.0.1:9725"
+
+[[listener]]
+listen = "127.0.0.1:2525"
+upstream = "127.0.0.1:2526"
+policy = "default"
+"#;
+
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9725";
+
+impl Limits {
+    /// What an omitted `[limits]` key means (SPEC's numbers): 100000 connections, 10000
+    /// embryonic, no per-client caps. (`Limits::default()` is all zeros: unlimited.)
+    pub const SPEC_DEFAULT: Limits = Limits {
+        max_connections: 100_000,
+        max_embryonic: 10_000,
+        per_client_max: 0,
+        per_client_embryonic_max: 0,
+    };
+}
+
+impl Default for Timeouts {
+    /// SPEC's numbers: embryonic 30 s, idle 5 min, upstream connect 10 s, drain 30 s.
+    fn default() -> Timeouts {
+        Timeouts {
+            embryonic: Duration::from_secs(30),
+            idle: Duration::from_secs(300),
+            upstream_connect: Duration::from_secs(10),
+            shutdown_drain: Duration::from_secs(30),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Raw serde types (what the file says, before validation)
+// ---------------------------------------------------------------------------------
+
+/// The top level: only these keys exist.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // read only to reject unknown top-level keys
+struct RawTopLevel {
+    admin: Option<IgnoredAny>,
+    limits: Option<IgnoredAny>,
+    timeouts: Option<IgnoredAny>,
+    listener: Option<IgnoredAny>,
+    policy: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// `""` switches the admin endpoint off.
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<Spanned<u64>>,
+    max_embryonic: Option<Spanned<u64>>,
+    per_client_max: Option<Spanned<u64>>,
+    per_client_embryonic_max: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    embryonic: Option<Spanned<String>>,
+    idle: Option<Spanned<String>>,
+    upstream_connect: Option<Spanned<String>>,
+    shutdown_drain: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    listen: Spanned<String>,
+    upstream: Spanned<String>,
+    /// Default `"default"`.
+    policy: Option<Spanned<String>>,
+    #[serde(default)]
+    exempt: Vec<Spanned<String>>,
+    #[serde(default)]
+    proxy_protocol: bool,
+}
+
+/// One `[policy.NAME]` section as written. Spans locate errors in the file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// A built-in or another `[policy.NAME]`; default `"default"`.
+    pub extends: Option<Spanned<String>>,
+    pub mask_banner: Option<bool>,
+    pub allow_tls: Option<bool>,
+    /// `true` (drop-connection log), `false`, or actions like `"log"`.
+    pub special_character: Option<Spanned<ParamValue>>,
+    /// `true` (drop-connection log), `false`, or actions like `"log"`.
+    pub bare_newline: Option<Spanned<ParamValue>>,
+    /// `"example.com"` or `"example.com log"`; `""` switches it off.
+    pub mail_relay: Option<Spanned<String>>,
+    /// Private verbs and EHLO keywords to pass (`X-LINK2STATE`, `XEXCH50`).
+    pub allow_verbs: Option<Vec<Spanned<String>>>,
+    /// `match ...` lines, appended after the parent's.
+    #[serde(default)]
+    pub rules: Vec<Spanned<String>>,
+}
+
+impl PolicySection {
+    /// Whether the section sets anything besides `extends`.
+    pub fn has_settings(&self) -> bool {
+        self.mask_banner.is_some()
+            || self.allow_tls.is_some()
+            || self.special_character.is_some()
+            || self.bare_newline.is_some()
+            || self.mail_relay.is_some()
+            || self.allow_verbs.is_some()
+            || !self.rules.is_empty()
+    }
+}
+
+/// A parameter that is either switched (`true`/`false`) or given actions (`"log"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParamValue {
+    Bool(bool),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for ParamValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ParamValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or actions like \"drop-connection log\"")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<ParamValue, E> {
+                Ok(ParamValue::Bool(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ParamValue, E> {
+                Ok(ParamValue::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------
+
+/// One config error: where (line and column, 1-based, when known), which key, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Key path such as `listener[0].policy` or `policy.strict.rules[1]`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, "line {line}, column {column}: ")?;
+        }
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every error found in a config file, in file order; `Display` prints one per line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects errors with their positions in one config text.
+struct Errors<'t> {
+    text: &'t str,
+    list: Vec<(usize, ConfigError)>,
+}
+
+impl<'t> Errors<'t> {
+    fn new(text: &'t str) -> Self {
+        Errors {
+            text,
+            list: Vec::new(),
+        }
+    }
+
+    fn at(
+        &mut self,
+        span: Option<Range<usize>>,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let (order, line, column) = match span {
+            Some(span) => {
+                let start = span.start.min(self.text.len());
+                let before = &self.text[..start];
+                let line = before.matches('\n').count() + 1;
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let column = before[line_start..].chars().count() + 1;
+                (start, Some(line), Some(column))
+            }
+            None => (usize::MAX, None, None),
+        };
+        self.list.push((
+            order,
+            ConfigError {
+                line,
+                column,
+                path: path.into(),
+                message: message.into(),
+            },
+        ));
+    }
+
+    fn toml(&mut self, path: &str, e: &toml::de::Error) {
+        self.at(e.span(), path, e.message().trim().to_string());
+    }
+
+    fn finish(mut self) -> Option<ConfigErrors> {
+        if self.list.is_empty() {
+            return None;
+        }
+        // File order; errors without a position (e.g. "no listener") last.
+        self.list.sort_by_key(|(order, _)| *order);
+        Some(ConfigErrors(
+            self.list.into_iter().map(|(_, e)| e).collect(),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Reading one item of the file at a time
+// ---------------------------------------------------------------------------------
+
+/// One step of a path into the TOML document.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Deserializes the value at `path` as `T`, skipping everything else, straight from
+/// the text so that errors keep their spans. `Ok(None)` when the path is absent.
+fn parse_at<T: DeserializeOwned>(
+    text: &str,
+    path: &[Step<'_>],
+) -> Result<Option<T>, toml::de::Error> {
+    PathSeed::<T> {
+        path,
+        _t: PhantomData,
+    }
+    .deserialize(toml::Deserializer::new(text))
+}
+
+struct PathSeed<'p, T> {
+    path: &'p [Step<'p>],
+    _t: PhantomData<T>,
+}
+
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for PathSeed<'_, T> {
+    type Value = Option<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+        match self.path.first() {
+            None => T::deserialize(d).map(Some),
+            Some(Step::Key(_)) => d.deserialize_map(self),
+            Some(Step::Index(_)) => d.deserialize_seq(self),
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for PathSeed<'_, T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.path.first() {
+            Some(Step::Index(_)) => f.write_str("an array"),
+            _ => f.write_str("a table"),
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<T>, A::Error> {
+        let Some(Step::Key(want)) = self.path.first() else {
+            unreachable!("visit_map only for a key step")
+        };
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == *want {
+                found = map.next_value_seed(PathSeed::<T> {
+                    path: &self.path[1..],
+                    _t: PhantomData,
+                })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<T>, A::Error> {
+        let Some(Step::Index(want)) = self.path.first() else {
+            unreachable!("visit_seq only for an index step")
+        };
+        let mut found = None;
+        let mut i = 0;
+        loop {
+            if i == *want {
+                match seq.next_element_seed(PathSeed::<T> {
+                    path: &self.path[1..],
+                    _t: PhantomData,
+                })? {
+                    Some(v) => found = v,
+                    None => break,
+                }
+            } else if seq.next_element::<IgnoredAny>()?.is_none() {
+                break;
+            }
+            i += 1;
+        }
+        Ok(found)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------
+
+impl Config {
+    /// The config `smtpgate run` uses without `-c`: [`EMBEDDED_DEFAULT_TOML`].
+    pub fn embedded_default() -> Config {
+        Config::from_toml_str(EMBEDDED_DEFAULT_TOML).expect("the embedded default config is valid")
+    }
+
+    /// Parses and validates a config file's text, reporting every error found.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigErrors> {
+        let mut errors = Errors::new(text);
+
+        // Syntax first: without a document there is nothing more to say.
+        let doc: toml::Table = match toml::from_str(text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                errors.toml("", &e);
+                return Err(errors.finish().expect("one error"));
+            }
+        };
+        if let Err(e) = parse_at::<RawTopLevel>(text, &[]) {
+            errors.toml("", &e);
+        }
+
+        let admin = parse_section::<RawAdmin>(text, "admin", &mut errors);
+        let limits = parse_section::<RawLimits>(text, "limits", &mut errors);
+        let timeouts = parse_section::<RawTimeouts>(text, "timeouts", &mut errors);
+
+        // Listeners: each one on its own, so one bad listener does not hide the others.
+        let listener_count = match doc.get("listener") {
+            Some(toml::Value::Array(items)) => items.len(),
+            Some(_) => {
+                if let Err(e) = parse_at::<Vec<IgnoredAny>>(text, &[Step::Key("listener")]) {
+                    errors.toml("listener", &e);
+                } else {
+                    errors.at(None, "listener", "expected [[listener]] tables");
+                }
+                0
+            }
+            None => 0,
+        };
+        let mut raw_listeners = Vec::new();
+        for i in 0..listener_count {
+            let path = [Step::Key("listener"), Step::Index(i)];
+            match parse_at::<Spanned<RawListener>>(text, &path) {
+                Ok(Some(l)) => raw_listeners.push((i, l)),
+                Ok(None) => {}
+                Err(e) => errors.toml(&format!("listener[{i}]"), &e),
+            }
+        }
+
+        // Policies: each section on its own too.
+        let mut sections: BTreeMap<String, Spanned<PolicySection>> = BTreeMap::new();
+        let mut broken_sections: Vec<String> = Vec::new();
+        match doc.get("policy") {
+            Some(toml::Value::Table(table)) => {
+                for name in table.keys() {
+                    let path = [Step::Key("policy"), Step::Key(name)];
+                    match parse_at::<Spanned<PolicySection>>(text, &path) {
+                        Ok(Some(s)) => {
+                            sections.insert(name.clone(), s);
+                        }
+                        Ok(None) => broken_sections.push(name.clone()),
+                        Err(e) => {
+                            errors.toml(&format!("policy.{name}"), &e);
+                            broken_sections.push(name.clone());
+                        }
+                    }
+                }
+            }
+            Some(_) => {
+                if let Err(e) =
+                    parse_at::<BTreeMap<String, IgnoredAny>>(text, &[Step::Key("policy")])
+                {
+                    errors.toml("policy", &e);
+                } else {
+                    errors.at(None, "policy", "expected [policy.NAME] tables");
+                }
+            }
+            None => {}
+        }
+
+        let policies = compile_policies(&sections, &broken_sections, &mut errors);
+        let admin = validate_admin(admin, &mut errors);
+        let limits = validate_limits(limits, &mut errors);
+        let timeouts = validate_timeouts(timeouts, &mut errors);
+
+        if listener_count == 0 {
+            errors.at(
+                None,
+                "listener",
+                "at least one [[listener]] is required (listen, upstream, policy)",
+            );
+        }
+        let mut user_names: Vec<String> = sections.keys().cloned().collect();
+        user_names.extend(broken_sections.iter().cloned());
+        user_names.retain(|n| !BUILTIN_NAMES.contains(&n.as_str()));
+        user_names.sort();
+        let mut known_names: Vec<String> = BUILTIN_NAMES.iter().map(|s| s.to_string()).collect();
+        known_names.extend(user_names);
+        let mut listeners = Vec::new();
+        let mut seen_listen: Vec<(SocketAddr, usize)> = Vec::new();
+        for (i, raw) in raw_listeners {
+            let span = raw.span();
+            let raw = raw.into_inner();
+            let listen = parse_addr(&raw.listen, &format!("listener[{i}].listen"), &mut errors);
+            let upstream = parse_addr(
+                &raw.upstream,
+                &format!("listener[{i}].upstream"),
+                &mut errors,
+            );
+            if let Some(addr) = listen {
+                if let Some((_, first)) = seen_listen.iter().find(|(a, _)| *a == addr) {
+                    errors.at(
+                        Some(raw.listen.span()),
+                        format!("listener[{i}].listen"),
+                        format!("{addr} is already the address of listener[{first}]"),
+                    );
+                } else {
+                    seen_listen.push((addr, i));
+                }
+                if admin.listen == Some(addr) {
+                    errors.at(
+                        Some(raw.listen.span()),
+                        format!("listener[{i}].listen"),
+                        format!("{addr} is also the admin endpoint's address"),
+                    );
+                }
+                if upstream == Some(addr) {
+                    errors.at(
+                        Some(raw.upstream.span()),
+                        format!("listener[{i}].upstream"),
+                        format!("{addr} is the listener's own address: it would relay to itself"),
+                    );
+                }
+            }
+            let mut exempt = Vec::new();
+            for (j, cidr) in raw.exempt.iter().enumerate() {
+                match parse_cidr(cidr.get_ref()) {
+                    Some(net) => exempt.push(net),
+                    None => errors.at(
+                        Some(cidr.span()),
+                        format!("listener[{i}].exempt[{j}]"),
+                        format!(
+                            "expected a network like 192.0.2.0/24 or an address, found `{}`",
+                            cidr.get_ref()
+                        ),
+                    ),
+                }
+            }
+            let (policy_name, policy_span) = match &raw.policy {
+                Some(p) => (p.get_ref().as_str(), Some(p.span())),
+                None => ("default", Some(span.clone())),
+            };
+            let policy = match policies.get(policy_name) {
+                Some(Some(policy)) => Some(policy.clone()),
+                Some(None) => None, // its own errors are reported
+                None => match Policy::builtin(policy_name) {
+                    Some(p) => Some(Arc::new(p)),
+                    None => {
+                        if !known_names.iter().any(|n| n == policy_name) {
+                            errors.at(
+                                policy_span,
+                                format!("listener[{i}].policy"),
+                                format!(
+                                    "unknown policy `{policy_name}` (known: {})",
+                                    known_names.join(", ")
+                                ),
+                            );
+                        }
+                        None
+                    }
+                },
+            };
+            if let (Some(listen), Some(upstream), Some(policy)) = (listen, upstream, policy) {
+                listeners.push(Listener {
+                    listen,
+                    upstream,
+                    policy,
+                    exempt,
+                    proxy_protocol: raw.proxy_protocol,
+                });
+            }
+        }
+
+        match errors.finish() {
+            Some(errors) => Err(errors),
+            None => Ok(Config {
+                admin,
+                limits,
+                timeouts,
+                listeners,
+            }),
+        }
+    }
+}
+
+fn parse_section<T: DeserializeOwned + Default>(
+    text: &str,
+    key: &str,
+    errors: &mut Errors<'_>,
+) -> T {
+    match parse_at::<T>(text, &[Step::Key(key)]) {
+        Ok(v) => v.unwrap_or_default(),
+        Err(e) => {
+            errors.toml(key, &e);
+            T::default()
+        }
+    }
+}
+
+/// Compiles user policies in `extends` order. The map has `None` for a policy that
+/// failed (its errors are reported; listeners naming it add none of their own).
+fn compile_policies(
+    sections: &BTreeMap<String, Spanned<PolicySection>>,
+    broken: &[String],
+    errors: &mut Errors<'_>,
+) -> BTreeMap<String, Option<Arc<Policy>>> {
+    let mut compiled: BTreeMap<String, Option<Arc<Policy>>> =
+        broken.iter().map(|n| (n.clone(), None)).collect();
+    let mut parents = Vec::new();
+    for (name, section) in sections {
+        let path = format!("policy.{name}");
+        if BUILTIN_NAMES.contains(&name.as_str()) {
+            errors.at(
+                Some(section.span()),
+                &path,
+                format!("`{name}` is a built-in policy; give yours another name and `extends = \"{name}\"`"),
+            );
+            compiled.insert(name.clone(), None);
+            continue;
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            errors.at(
+                Some(section.span()),
+                &path,
+                "policy names are letters, digits, `-` and `_`",
+            );
+        }
+        let parent = section
+            .get_ref()
+            .extends
+            .as_ref()
+            .map(|e| e.get_ref().as_str());
+        parents.push((name.as_str(), parent.or(Some("default"))));
+    }
+    let order = match resolution_order(&parents) {
+        Ok(order) => order,
+        Err(cycle) => {
+            for name in &cycle {
+                let section = &sections[*name];
+                let span = section.get_ref().extends.as_ref().map(|e| e.span());
+                errors.at(
+                    span,
+                    format!("policy.{name}.extends"),
+                    format!("`extends` goes round in a circle: {}", cycle.join(", ")),
+                );
+                compiled.insert(name.to_string(), None);
+            }
+            // Compile the rest (those outside the cycle) for their own errors.
+            parents
+                .iter()
+                .map(|(n, _)| *n)
+                .filter(|n| !cycle.contains(n))
+                .collect()
+        }
+    };
+    let user_names: Vec<&str> = sections.keys().map(String::as_str).collect();
+    for name in order {
+        if compiled.contains_key(name) {
+            continue;
+        }
+        let section = sections[name].get_ref();
+        let parent_name = section
+            .extends
+            .as_ref()
+            .map_or("default", |e| e.get_ref().as_str());
+        let (parent, parent_ok) = match compiled.get(parent_name) {
+            Some(Some(p)) => (p.clone(), true),
+            // The parent failed or is in a cycle: still check this policy's own
+            // settings, against `default`, but do not produce it.
+            Some(None) => (
+                Arc::new(Policy::builtin("default").expect("built-in")),
+                false,
+            ),
+            None => match Policy::builtin(parent_name) {
+                Some(p) => (Arc::new(p), true),
+                None => {
+                    let mut known: Vec<&str> = BUILTIN_NAMES.to_vec();
+                    known.extend(
+                        user_names
+                            .iter()
+                            .filter(|n| **n != name && !BUILTIN_NAMES.contains(n)),
+                    );
+                    errors.at(
+                        section.extends.as_ref().map(|e| e.span()),
+                        format!("policy.{name}.extends"),
+                        format!(
+                            "unknown policy `{parent_name}` (known: {})",
+                            known.join(", ")
+                        ),
+                    );
+                    (
+                        Arc::new(Policy::builtin("default").expect("built-in")),
+                        false,
+                    )
+                }
+            },
+        };
+        match Policy::compile(name, section, &parent) {
+            Ok(policy) if parent_ok => {
+                compiled.insert(name.to_string(), Some(Arc::new(policy)));
+            }
+            Ok(_) => {
+                compiled.insert(name.to_string(), None);
+            }
+            Err(list) => {
+                for PolicyError {
+                    field,
+                    span,
+                    message,
+                } in list
+                {
+                    errors.at(span, format!("policy.{name}.{field}"), message);
+                }
+                compiled.insert(name.to_string(), None);
+            }
+        }
+    }
+    compiled
+}
+
+fn parse_addr(value: &Spanned<String>, path: &str, errors: &mut Errors<'_>) -> Option<SocketAddr> {
+    match value.get_ref().parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.at(
+                Some(value.span()),
+                path,
+                format!(
+                    "expected an address like 0.0.0.0:25 or [::]:25, found `{}`",
+                    value.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A CIDR, or a bare address as /32 or /128.
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+fn validate_admin(raw: RawAdmin, errors: &mut Errors<'_>) -> Admin {
+    let listen = match &raw.listen {
+        None => Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
+        Some(v) if v.get_ref().trim().is_empty() => None,
+        Some(v) => parse_addr(v, "admin.listen", errors),
+    };
+    Admin { listen }
+}
+
+fn validate_limits(raw: RawLimits, errors: &mut Errors<'_>) -> Limits {
+    let defaults = Limits::SPEC_DEFAULT;
+    let value =
+        |v: &Option<Spanned<u64>>, default: u64| v.as_ref().map_or(default, |s| *s.get_ref());
+    let limits = Limits {
+        max_connections: value(&raw.max_connections, defaults.max_connections),
+        max_embryonic: value(&raw.max_embryonic, defaults.max_embryonic),
+        per_client_max: value(&raw.per_client_max, defaults.per_client_max),
+        per_client_embryonic_max: value(
+            &raw.per_client_embryonic_max,
+            defaults.per_client_embryonic_max,
+        ),
+    };
+    // (smaller, its key, its span, larger, its key): with both set (non-zero), the
+    // smaller cap must not exceed the larger one, or it would never bite.
+    let pairs = [
+        (
+            limits.max_embryonic,
+            "max_embryonic",
+            &raw.max_embryonic,
+            limits.max_connections,
+            "max_connections",
+        ),
+        (
+            limits.per_client_max,
+            "per_client_max",
+            &raw.per_client_max,
+            limits.max_connections,
+            "max_connections",
+        ),
+        (
+            limits.per_client_embryonic_max,
+            "per_client_embryonic_max",
+            &raw.per_client_embryonic_max,
+            limits.per_client_max,
+            "per_client_max",
+        ),
+        (
+            limits.per_client_embryonic_max,
+            "per_client_embryonic_max",
+            &raw.per_client_embryonic_max,
+            limits.max_embryonic,
+            "max_embryonic",
+        ),
+    ];
+    for (small, small_key, span, large, large_key) in pairs {
+        if small != 0 && large != 0 && small > large {
+            errors.at(
+                span.as_ref().map(|s| s.span()),
+                format!("limits.{small_key}"),
+                format!("{small_key} = {small} is more than {large_key} = {large}"),
+            );
+        }
+    }
+    limits
+}
+
+fn validate_timeouts(raw: RawTimeouts, errors: &mut Errors<'_>) -> Timeouts {
+    let defaults = Timeouts::default();
+    let mut get =
+        |v: &Option<Spanned<String>>, key: &str, default: Duration, zero_ok: bool| -> Duration {
+            let Some(v) = v else { return default };
+            match parse_duration(v.get_ref()) {
+                Some(d) if d.is_zero() && !zero_ok => {
+                    errors.at(
+                        Some(v.span()),
+                        format!("timeouts.{key}"),
+                        "must be more than zero",
+                    );
+                    default
+                }
+                Some(d) => d,
+                None => {
+                    errors.at(
+                        Some(v.span()),
+                        format!("timeouts.{key}"),
+                        format!(
+                        "expected a duration like \"250ms\", \"30s\", \"5m\" or \"1h\", found `{}`",
+                        v.get_ref()
+                    ),
+                    );
+                    default
+                }
+            }
+        };
+    Timeouts {
+        embryonic: get(&raw.embryonic, "embryonic", defaults.embryonic, false),
+        idle: get(&raw.idle, "idle", defaults.idle, false),
+        upstream_connect: get(
+            &raw.upstream_connect,
+            "upstream_connect",
+            defaults.upstream_connect,
+            false,
+        ),
+        // Zero means: stop at once, no draining.
+        shutdown_drain: get(
+            &raw.shutdown_drain,
+            "shutdown_drain",
+            defaults.shutdown_drain,
+            true,
+        ),
+    }
+}
+
+/// `"250ms"`, `"30s"`, `"5m"`, `"1h"`: a whole number and one unit.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let n: u64 = text[..digits].parse().ok()?;
+    let unit_seconds = |s: u64| n.checked_mul(s).map(Duration::from_secs);
+    match text[digits..].trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => unit_seconds(1),
+        "m" => unit_seconds(60),
+        "h" => unit_seconds(3600),
+        _ => None,
     }
 }

@@ -2,9 +2,32 @@
 //! policies `default`, `asa-compat`, `mailguard` and `none`.
 //!
 //! CONTRACT (the inspector reads these fields; config/rules build them).
+//!
+//! Every decision the inspector takes is a rule, so `/status` counts it per rule as
+//! `show service-policy inspect esmtp` does: `match ...` lines and the parameters alike
+//! (`mask_banner` becomes a [`Criterion::Banner`] rule, command masking a
+//! [`Criterion::UnknownVerb`] rule, and so on). Parameter rules come first in
+//! [`Policy::rules`], then the `match` rules in the order written (a user policy's after
+//! its parent's).
+//!
+//! Built-ins (SPEC "Built-in policies" / "Default rules"):
+//!
+//! | | commands | EHLO keywords passed | banner | smuggling defence | match rules |
+//! |---|---|---|---|---|---|
+//! | `default` | RFC 5321 set + STARTTLS + BDAT | STARTTLS PIPELINING CHUNKING 8BITMIME SIZE SMTPUTF8 ENHANCEDSTATUSCODES DSN AUTH | masked | drop-connection log | default rules |
+//! | `asa-compat` | RFC 5321 set | the firewall's: 8BITMIME BINARYMIME CHECKPOINT DSN ENHANCEDSTATUSCODES ETRN SIZE VRFY AUTH (so STARTTLS, PIPELINING, CHUNKING are masked) | masked | none (the firewall has none) | default rules |
+//! | `mailguard` | HELO MAIL RCPT DATA RSET NOOP QUIT | none (EHLO itself is X-ed) | masked | none | none |
+//! | `none` | not inspected | | | | |
+//!
+//! "RFC 5321 set" = HELO EHLO MAIL RCPT DATA RSET NOOP QUIT AUTH ETRN HELP SAML SEND
+//! SOML VRFY, the firewall's list.
 
-use crate::rules::Rule;
-use crate::verb::{CommandSet, EhloSet};
+use std::collections::HashSet;
+use std::ops::Range;
+
+use crate::config::{ParamValue, PolicySection};
+use crate::rules::{parse_parameter_actions, parse_rule, Actions, Criterion, Rule, RuleId};
+use crate::verb::{CommandSet, EhloKeyword, EhloSet, Verb};
 
 /// One precompiled policy. Shared read-only by every session (`Arc<Policy>`).
 #[derive(Clone, Debug)]
@@ -12,14 +35,947 @@ pub struct Policy {
     pub name: String,
     /// `false` only for `none`: no inspector in the path at all.
     pub inspect: bool,
-    /// Commands forwarded as written; every other verb becomes same-length `X`s.
+    /// Commands forwarded as written; every other verb becomes same-length `X`s (and
+    /// counts on [`Policy::unknown_verb_rule`]). HELO EHLO MAIL RCPT DATA RSET NOOP QUIT
+    /// AUTH ETRN HELP SAML SEND SOML VRFY (`mailguard`: the first seven only), plus
+    /// STARTTLS when `allow_tls`, plus BDAT when CHUNKING is in `allowed_ehlo`, plus the
+    /// `allow_verbs` (private verbs in `private`).
     pub allowed_commands: CommandSet,
-    /// EHLO reply keywords passed through; the others are masked with `X`s.
+    /// EHLO reply keywords the policy passes through. This set defines what the
+    /// `others` of `ehlo-reply-parameter` means: any keyword neither here nor in
+    /// `allowed_private_ehlo` (see [`Policy::ehlo_matches`]). Masking itself is a rule
+    /// decision: every built-in inspecting policy has `match ehlo-reply-parameter
+    /// others mask`. STARTTLS is here exactly when `allow_tls`.
     pub allowed_ehlo: EhloSet,
     /// Private EHLO keywords passed through (`allow_verbs`), upper-cased.
     pub allowed_private_ehlo: Vec<Box<[u8]>>,
-    /// Domain for the `mail_relay` check, lower-cased.
+    /// Domain for the `mail_relay` check, lower-cased (no leading `@`).
     pub mail_relay: Option<String>,
     /// Every rule, `match ...` lines and compiled parameters alike; `RuleId` indexes this.
     pub rules: Vec<Rule>,
+
+    // ---- precomputed so the inspector does no per-session work ----
+    /// The parameters this policy was compiled from; a user policy extending this one
+    /// starts from them.
+    pub params: Parameters,
+    /// The [`Criterion::Banner`] rule (mask the 220 greeting text), if `mask_banner`.
+    pub banner_rule: Option<RuleId>,
+    /// The [`Criterion::UnknownVerb`] rule: counts (and carries the actions of) every
+    /// command outside `allowed_commands`. `None` only when `inspect` is false.
+    pub unknown_verb_rule: Option<RuleId>,
+    /// The [`Criterion::BareNewline`] rule (SMTP-smuggling defence), if enabled.
+    pub bare_newline_rule: Option<RuleId>,
+    /// The [`Criterion::SpecialCharacter`] rule, if enabled.
+    pub special_character_rule: Option<RuleId>,
+    /// The [`Criterion::MailRelay`] rule, present exactly when `mail_relay` is set.
+    pub mail_relay_rule: Option<RuleId>,
+    /// The [`Criterion::TlsStarted`] rule (log), present exactly when `allow_tls`.
+    pub tls_started_rule: Option<RuleId>,
+    /// The `match` rules grouped by where the inspector evaluates them.
+    pub index: RuleIndex,
+}
+
+/// `match` rule ids by the point in the session where they are evaluated, in
+/// [`Policy::rules`] order, so the inspector never scans rules that cannot apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleIndex {
+    /// Per command line: `cmd line length`, `cmd verb`, `cmd RCPT count`.
+    pub command: Vec<RuleId>,
+    /// Per EHLO reply keyword: `ehlo-reply-parameter`.
+    pub ehlo: Vec<RuleId>,
+    /// On `MAIL FROM:<addr>`: `sender-address length` / `regex`.
+    pub sender: Vec<RuleId>,
+    /// On RCPT replies: `invalid-recipients count`.
+    pub recipient_reply: Vec<RuleId>,
+    /// Header section: `header line length`, `header length`, `header to-fields count`.
+    pub header: Vec<RuleId>,
+    /// Body: `body line length`, `body length`.
+    pub body: Vec<RuleId>,
+    /// Per MIME part: `MIME filename length`, `MIME filetype`, `MIME encoding`.
+    pub mime: Vec<RuleId>,
+}
+
+/// A policy's parameters, resolved (a user policy's merged over its parent's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parameters {
+    /// Commands allowed before STARTTLS/BDAT/`allow_verbs` are added.
+    pub base_commands: CommandSet,
+    /// EHLO keywords passed before STARTTLS/`allow_verbs` are added (never STARTTLS:
+    /// that follows `allow_tls`).
+    pub base_ehlo: EhloSet,
+    pub mask_banner: bool,
+    pub allow_tls: bool,
+    /// Actions on a bare CR/LF or a non-CRLF.CRLF end of data; `None` = off.
+    pub bare_newline: Option<Actions>,
+    /// Actions on `|`, backquote or NUL in a MAIL/RCPT address; `None` = off.
+    pub special_character: Option<Actions>,
+    /// Actions when `mail_relay` is set and a RCPT goes elsewhere.
+    pub mail_relay_actions: Actions,
+    /// Private verbs and EHLO keywords to pass, as written (upper-cased).
+    pub allow_verbs: Vec<String>,
+}
+
+/// The default action of `bare_newline`, `special_character` and `mail_relay`.
+pub const DROP_LOG: Actions = Actions {
+    drop_connection: true,
+    reset: false,
+    log: true,
+    mask: false,
+    rate_limit: 0,
+};
+
+const MASK: Actions = Actions {
+    drop_connection: false,
+    reset: false,
+    log: false,
+    mask: true,
+    rate_limit: 0,
+};
+
+const MASK_LOG: Actions = Actions { log: true, ..MASK };
+
+const LOG: Actions = Actions {
+    drop_connection: false,
+    reset: false,
+    log: true,
+    mask: false,
+    rate_limit: 0,
+};
+
+/// The names `Policy::builtin` knows, in the order errors list them.
+pub const BUILTIN_NAMES: [&str; 4] = ["default", "asa-compat", "mailguard", "none"];
+
+/// The firewall's default policy map (SPEC "Default rules"), mask-banner aside.
+pub const DEFAULT_RULES: [&str; 7] = [
+    "match cmd line length gt 512 drop-connection log",
+    "match cmd RCPT count gt 100 drop-connection log",
+    "match body line length gt 998 log",
+    "match header line length gt 998 drop-connection log",
+    "match sender-address length gt 320 drop-connection log",
+    "match MIME filename length gt 255 drop-connection log",
+    "match ehlo-reply-parameter others mask",
+];
+
+/// HELO EHLO MAIL RCPT DATA RSET NOOP QUIT AUTH ETRN HELP SAML SEND SOML VRFY.
+const FIREWALL_COMMANDS: [Verb; 15] = [
+    Verb::Helo,
+    Verb::Ehlo,
+    Verb::Mail,
+    Verb::Rcpt,
+    Verb::Data,
+    Verb::Rset,
+    Verb::Noop,
+    Verb::Quit,
+    Verb::Auth,
+    Verb::Etrn,
+    Verb::Help,
+    Verb::Saml,
+    Verb::Send,
+    Verb::Soml,
+    Verb::Vrfy,
+];
+
+/// RFC 821's minimum implementation, all PIX Mailguard lets through.
+const MAILGUARD_COMMANDS: [Verb; 7] = [
+    Verb::Helo,
+    Verb::Mail,
+    Verb::Rcpt,
+    Verb::Data,
+    Verb::Rset,
+    Verb::Noop,
+    Verb::Quit,
+];
+
+const fn ehlo_set(keywords: &[EhloKeyword]) -> EhloSet {
+    let mut set = 0;
+    let mut i = 0;
+    while i < keywords.len() {
+        set |= keywords[i].bit();
+        i += 1;
+    }
+    set
+}
+
+/// `default`'s EHLO keywords (STARTTLS is added by `allow_tls`).
+const DEFAULT_EHLO: EhloSet = ehlo_set(&[
+    EhloKeyword::Pipelining,
+    EhloKeyword::Chunking,
+    EhloKeyword::EightBitMime,
+    EhloKeyword::Size,
+    EhloKeyword::Smtputf8,
+    EhloKeyword::EnhancedStatusCodes,
+    EhloKeyword::Dsn,
+    EhloKeyword::Auth,
+]);
+
+/// The keywords the firewall's inspection knows and passes (its `ehlo-reply-parameter`
+/// list, `ecode` = ENHANCEDSTATUSCODES). Everything else, STARTTLS, PIPELINING and
+/// CHUNKING included, is "others" and masked by the default map.
+const FIREWALL_EHLO: EhloSet = ehlo_set(&[
+    EhloKeyword::EightBitMime,
+    EhloKeyword::BinaryMime,
+    EhloKeyword::Checkpoint,
+    EhloKeyword::Dsn,
+    EhloKeyword::EnhancedStatusCodes,
+    EhloKeyword::Etrn,
+    EhloKeyword::Size,
+    EhloKeyword::Vrfy,
+    EhloKeyword::Auth,
+]);
+
+/// Why a user policy did not compile: the field (`rules[1]`, `extends`, ...), where in
+/// the config text when known, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    pub field: String,
+    /// Byte range in the config text.
+    pub span: Option<Range<usize>>,
+    pub message: String,
+}
+
+impl Policy {
+    /// A built-in policy by name, or `None`.
+    pub fn builtin(name: &str) -> Option<Policy> {
+        let parse_defaults = || {
+            DEFAULT_RULES
+                .iter()
+                .map(|text| parse_rule(text).expect("built-in rules parse"))
+                .collect::<Vec<_>>()
+        };
+        let policy = match name {
+            "default" => Policy::assemble(
+                name,
+                true,
+                Parameters {
+                    base_commands: CommandSet::of(&FIREWALL_COMMANDS),
+                    base_ehlo: DEFAULT_EHLO,
+                    mask_banner: true,
+                    allow_tls: true,
+                    bare_newline: Some(DROP_LOG),
+                    special_character: None,
+                    mail_relay_actions: DROP_LOG,
+                    allow_verbs: Vec::new(),
+                },
+                None,
+                parse_defaults(),
+            ),
+            "asa-compat" => Policy::assemble(
+                name,
+                true,
+                Parameters {
+                    base_commands: CommandSet::of(&FIREWALL_COMMANDS),
+                    base_ehlo: FIREWALL_EHLO,
+                    mask_banner: true,
+                    allow_tls: false,
+                    bare_newline: None,
+                    special_character: None,
+                    mail_relay_actions: DROP_LOG,
+                    allow_verbs: Vec::new(),
+                },
+                None,
+                parse_defaults(),
+            ),
+            "mailguard" => Policy::assemble(
+                name,
+                true,
+                Parameters {
+                    base_commands: CommandSet::of(&MAILGUARD_COMMANDS),
+                    base_ehlo: 0,
+                    mask_banner: true,
+                    allow_tls: false,
+                    bare_newline: None,
+                    special_character: None,
+                    mail_relay_actions: DROP_LOG,
+                    allow_verbs: Vec::new(),
+                },
+                None,
+                Vec::new(),
+            ),
+            "none" => Policy::assemble(
+                name,
+                false,
+                Parameters {
+                    base_commands: CommandSet::default(),
+                    base_ehlo: 0,
+                    mask_banner: false,
+                    allow_tls: false,
+                    bare_newline: None,
+                    special_character: None,
+                    mail_relay_actions: DROP_LOG,
+                    allow_verbs: Vec::new(),
+                },
+                None,
+                Vec::new(),
+            ),
+            _ => return None,
+        };
+        Some(policy)
+    }
+
+    /// A user policy (`[policy.NAME]`) over its resolved parent (`extends`; the config
+    /// resolves names and cycles). Parameters given override the parent's;
+    /// `allow_verbs` adds to them; `rules` are appended after the parent's `match`
+    /// rules. Every error is returned, each with its field and config span.
+    pub fn compile(
+        name: &str,
+        section: &PolicySection,
+        parent: &Policy,
+    ) -> Result<Policy, Vec<PolicyError>> {
+        let mut errors = Vec::new();
+        if !parent.inspect {
+            if section.has_settings() {
+                errors.push(PolicyError {
+                    field: "extends".into(),
+                    span: section.extends.as_ref().map(|e| e.span()),
+                    message: format!(
+                        "`{}` does no inspection, so parameters and rules would never apply; \
+                         extend default, asa-compat or mailguard",
+                        parent.name
+                    ),
+                });
+                return Err(errors);
+            }
+            let mut policy = parent.clone();
+            policy.name = name.to_string();
+            return Ok(policy);
+        }
+
+        let mut params = parent.params.clone();
+        if let Some(v) = section.mask_banner {
+            params.mask_banner = v;
+        }
+        if let Some(v) = section.allow_tls {
+            params.allow_tls = v;
+        }
+        for (field, value, slot) in [
+            (
+                "bare_newline",
+                &section.bare_newline,
+                &mut params.bare_newline,
+            ),
+            (
+                "special_character",
+                &section.special_character,
+                &mut params.special_character,
+            ),
+        ] {
+            let Some(value) = value else { continue };
+            match value.get_ref() {
+                ParamValue::Bool(false) => *slot = None,
+                ParamValue::Bool(true) => *slot = Some(DROP_LOG),
+                ParamValue::Text(text) => match parse_parameter_actions(text, field) {
+                    Ok(actions) => *slot = Some(actions),
+                    Err(e) => errors.push(PolicyError {
+                        field: field.into(),
+                        span: Some(value.span()),
+                        message: e.message(),
+                    }),
+                },
+            }
+        }
+
+        let mut mail_relay = parent.mail_relay.clone();
+        if let Some(value) = &section.mail_relay {
+            match parse_mail_relay(value.get_ref()) {
+                Ok(None) => mail_relay = None,
+                Ok(Some((domain, actions))) => {
+                    mail_relay = Some(domain);
+                    params.mail_relay_actions = actions;
+                }
+                Err(message) => errors.push(PolicyError {
+                    field: "mail_relay".into(),
+                    span: Some(value.span()),
+                    message,
+                }),
+            }
+        }
+
+        for (i, verb) in section.allow_verbs.iter().flatten().enumerate() {
+            let word = verb.get_ref();
+            let upper = word.to_ascii_uppercase();
+            let problem = if !is_token(word) {
+                Some(format!(
+                    "`{word}` is not a verb or EHLO keyword (letters, digits and `-` only)"
+                ))
+            } else if upper == "STARTTLS" {
+                Some("STARTTLS is governed by `allow_tls`, not `allow_verbs`".to_string())
+            } else {
+                None
+            };
+            match problem {
+                Some(message) => errors.push(PolicyError {
+                    field: format!("allow_verbs[{i}]"),
+                    span: Some(verb.span()),
+                    message,
+                }),
+                None if !params.allow_verbs.contains(&upper) => params.allow_verbs.push(upper),
+                None => {}
+            }
+        }
+
+        let mut match_rules: Vec<Rule> = parent
+            .rules
+            .iter()
+            .filter(|r| !r.criterion.is_parameter())
+            .cloned()
+            .collect();
+        for (i, text) in section.rules.iter().enumerate() {
+            match parse_rule(text.get_ref()) {
+                Ok(rule) => match_rules.push(rule),
+                Err(e) => errors.push(PolicyError {
+                    field: format!("rules[{i}]"),
+                    span: Some(text.span()),
+                    message: e.message(),
+                }),
+            }
+        }
+        // RuleId is u16: keep room for the parameter rules.
+        if match_rules.len() > usize::from(RuleId::MAX) - 16 {
+            errors.push(PolicyError {
+                field: "rules".into(),
+                span: None,
+                message: format!("{} rules is too many", match_rules.len()),
+            });
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Policy::assemble(
+            name,
+            true,
+            params,
+            mail_relay,
+            match_rules,
+        ))
+    }
+
+    /// Builds the derived sets, the parameter rules and the index.
+    fn assemble(
+        name: &str,
+        inspect: bool,
+        params: Parameters,
+        mail_relay: Option<String>,
+        match_rules: Vec<Rule>,
+    ) -> Policy {
+        let mut allowed_ehlo = params.base_ehlo & !EhloKeyword::Starttls.bit();
+        let mut allowed_private_ehlo: Vec<Box<[u8]>> = Vec::new();
+        let mut allowed_commands = params.base_commands.clone();
+        for word in &params.allow_verbs {
+            // One list for both, as operators think of them ("let X-LINK2STATE through").
+            allowed_commands.insert_name(word);
+            match EhloKeyword::parse(word.as_bytes()) {
+                EhloKeyword::Others => {
+                    let upper: Box<[u8]> = word.as_bytes().into();
+                    if !allowed_private_ehlo.contains(&upper) {
+                        allowed_private_ehlo.push(upper);
+                    }
+                }
+                k => allowed_ehlo |= k.bit(),
+            }
+        }
+        if params.allow_tls && inspect {
+            allowed_ehlo |= EhloKeyword::Starttls.bit();
+            allowed_commands.known |= Verb::Starttls.bit();
+        } else {
+            allowed_commands.known &= !Verb::Starttls.bit();
+        }
+        // BDAT is CHUNKING's command (RFC 3030): one without the other makes no sense.
+        if allowed_ehlo & EhloKeyword::Chunking.bit() != 0 {
+            allowed_commands.known |= Verb::Bdat.bit();
+        } else {
+            allowed_commands.known &= !Verb::Bdat.bit();
+        }
+
+        let mut rules = Vec::with_capacity(match_rules.len() + 6);
+        let mut add = |criterion: Criterion, text: String, actions: Actions| -> Option<RuleId> {
+            rules.push(Rule {
+                text,
+                negate: false,
+                criterion,
+                actions,
+            });
+            Some((rules.len() - 1) as RuleId)
+        };
+        let mut banner_rule = None;
+        let mut unknown_verb_rule = None;
+        let mut bare_newline_rule = None;
+        let mut special_character_rule = None;
+        let mut mail_relay_rule = None;
+        let mut tls_started_rule = None;
+        if inspect {
+            if params.mask_banner {
+                banner_rule = add(Criterion::Banner, "mask-banner".into(), MASK);
+            }
+            unknown_verb_rule = add(
+                Criterion::UnknownVerb,
+                "unknown-command mask log".into(),
+                MASK_LOG,
+            );
+            if let Some(actions) = params.bare_newline {
+                bare_newline_rule = add(
+                    Criterion::BareNewline,
+                    format!("bare-newline {actions}"),
+                    actions,
+                );
+            }
+            if let Some(actions) = params.special_character {
+                special_character_rule = add(
+                    Criterion::SpecialCharacter,
+                    format!("special-character {actions}"),
+                    actions,
+                );
+            }
+            if let Some(domain) = &mail_relay {
+                let actions = params.mail_relay_actions;
+                mail_relay_rule = add(
+                    Criterion::MailRelay,
+                    format!("mail-relay {domain} {actions}"),
+                    actions,
+                );
+            }
+            if params.allow_tls {
+                tls_started_rule = add(Criterion::TlsStarted, "allow-tls log".into(), LOG);
+            }
+        }
+        let mut index = RuleIndex::default();
+        for rule in match_rules {
+            let id = rules.len() as RuleId;
+            let list = match rule.criterion {
+                Criterion::CmdLineLength(_)
+                | Criterion::CmdRcptCount(_)
+                | Criterion::CmdVerb(_) => &mut index.command,
+                Criterion::EhloReplyParameter(_) => &mut index.ehlo,
+                Criterion::SenderAddressLength(_) | Criterion::SenderAddressRegex(_) => {
+                    &mut index.sender
+                }
+                Criterion::InvalidRecipientsCount(_) => &mut index.recipient_reply,
+                Criterion::HeaderLineLength(_)
+                | Criterion::HeaderLength(_)
+                | Criterion::HeaderToFieldsCount(_) => &mut index.header,
+                Criterion::BodyLineLength(_) | Criterion::BodyLength(_) => &mut index.body,
+                Criterion::MimeFilenameLength(_)
+                | Criterion::MimeFiletype(_)
+                | Criterion::MimeEncoding(_) => &mut index.mime,
+                Criterion::Banner
+                | Criterion::UnknownVerb
+                | Criterion::BareNewline
+                | Criterion::SpecialCharacter
+                | Criterion::MailRelay
+                | Criterion::TlsStarted => unreachable!("parameter rules are built above"),
+            };
+            list.push(id);
+            rules.push(rule);
+        }
+
+        Policy {
+            name: name.to_string(),
+            inspect,
+            allowed_commands,
+            allowed_ehlo,
+            allowed_private_ehlo,
+            mail_relay,
+            rules,
+            params,
+            banner_rule,
+            unknown_verb_rule,
+            bare_newline_rule,
+            special_character_rule,
+            mail_relay_rule,
+            tls_started_rule,
+            index,
+        }
+    }
+
+    /// The rule with this id.
+    #[inline]
+    pub fn rule(&self, id: RuleId) -> &Rule {
+        &self.rules[usize::from(id)]
+    }
+
+    /// Whether an EHLO reply keyword (the bytes before the first space of the reply
+    /// text, any case) is passed by this policy: a named keyword in `allowed_ehlo`, or
+    /// a private one in `allowed_private_ehlo`. No allocation.
+    #[inline]
+    pub fn ehlo_allowed(&self, keyword: &[u8]) -> bool {
+        match EhloKeyword::parse(keyword) {
+            EhloKeyword::Others => self
+                .allowed_private_ehlo
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(keyword)),
+            k => self.allowed_ehlo & k.bit() != 0,
+        }
+    }
+
+    /// Whether an `ehlo-reply-parameter` set matches an EHLO reply keyword: the
+    /// keyword's own bit is in the set, or the set has `others` and the keyword is not
+    /// one this policy passes ([`Policy::ehlo_allowed`]). No allocation.
+    #[inline]
+    pub fn ehlo_matches(&self, set: EhloSet, keyword: &[u8]) -> bool {
+        let k = EhloKeyword::parse(keyword);
+        (k != EhloKeyword::Others && set & k.bit() != 0)
+            || (set & EhloKeyword::Others.bit() != 0 && !self.ehlo_allowed(keyword))
+    }
+
+    /// The ids of this policy's rules whose criterion satisfies `pred`.
+    pub fn find<'a>(
+        &'a self,
+        pred: impl Fn(&Criterion) -> bool + 'a,
+    ) -> impl Iterator<Item = RuleId> + 'a {
+        self.rules
+            .iter()
+            .enumerate()
+            .filter(move |(_, r)| pred(&r.criterion))
+            .map(|(i, _)| i as RuleId)
+    }
+}
+
+/// `mail_relay = "example.com"` or `"example.com drop-connection log"` (the firewall's
+/// `mail-relay example.com action drop-connection log`); `""` switches it off.
+fn parse_mail_relay(value: &str) -> Result<Option<(String, Actions)>, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let (domain, rest) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
+    let domain = domain.trim_start_matches('@').to_ascii_lowercase();
+    let valid_domain = !domain.is_empty()
+        && domain.len() <= 253
+        && domain
+            .split('.')
+            .all(|label| !label.is_empty() && is_token(label));
+    if !valid_domain {
+        return Err(format!(
+            "expected a domain like example.com, then optional actions, found `{value}`"
+        ));
+    }
+    let actions = if rest.trim().is_empty() {
+        DROP_LOG
+    } else {
+        parse_parameter_actions(rest, "mail_relay").map_err(|mut e| {
+            // Columns relative to the whole value, not just the actions part.
+            e.column += value.len() - rest.trim_start().len();
+            e.message()
+        })?
+    };
+    Ok(Some((domain, actions)))
+}
+
+/// Letters, digits, `-` (and `_`, seen in private verbs): what a verb, an EHLO keyword
+/// or a domain label is made of.
+fn is_token(word: &str) -> bool {
+    !word.is_empty()
+        && word.len() <= 64
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Resolves `extends` chains among user policies in dependency order, so each is
+/// compiled after its parent. Returns the order, or the names in a cycle.
+pub(crate) fn resolution_order<'a>(
+    parents: &[(&'a str, Option<&'a str>)],
+) -> Result<Vec<&'a str>, Vec<&'a str>> {
+    let user: HashSet<&str> = parents.iter().map(|(n, _)| *n).collect();
+    let mut done: Vec<&str> = Vec::new();
+    let mut remaining: Vec<(&str, Option<&str>)> = parents.to_vec();
+    while !remaining.is_empty() {
+        let before = remaining.len();
+        remaining.retain(|&(name, parent)| {
+            // A parent that is not a user policy is a built-in (or unknown, which the
+            // caller reports): ready at once.
+            let ready = match parent {
+                Some(p) if user.contains(p) => done.contains(&p),
+                _ => true,
+            };
+            if ready {
+                done.push(name);
+            }
+            !ready
+        });
+        if remaining.len() == before {
+            return Err(remaining.iter().map(|(n, _)| *n).collect());
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use toml::Spanned;
+
+    fn builtin(name: &str) -> Policy {
+        Policy::builtin(name).expect("built-in")
+    }
+
+    fn texts(p: &Policy) -> Vec<&str> {
+        p.rules.iter().map(|r| r.text.as_str()).collect()
+    }
+
+    fn spanned<T>(v: T) -> Spanned<T> {
+        Spanned::new(0..0, v)
+    }
+
+    fn section(extends: &str) -> PolicySection {
+        PolicySection {
+            extends: Some(spanned(extends.to_string())),
+            ..PolicySection::default()
+        }
+    }
+
+    #[test]
+    fn builtin_names_resolve() {
+        for name in BUILTIN_NAMES {
+            assert_eq!(builtin(name).name, name);
+        }
+        assert!(Policy::builtin("strict").is_none());
+    }
+
+    #[test]
+    fn default_is_the_firewall_map_plus_tls_pipelining_chunking_and_smuggling_defence() {
+        let p = builtin("default");
+        assert!(p.inspect);
+        assert_eq!(
+            texts(&p),
+            [
+                "mask-banner",
+                "unknown-command mask log",
+                "bare-newline drop-connection log",
+                "allow-tls log",
+                "match cmd line length gt 512 drop-connection log",
+                "match cmd RCPT count gt 100 drop-connection log",
+                "match body line length gt 998 log",
+                "match header line length gt 998 drop-connection log",
+                "match sender-address length gt 320 drop-connection log",
+                "match MIME filename length gt 255 drop-connection log",
+                "match ehlo-reply-parameter others mask",
+            ]
+        );
+        for v in FIREWALL_COMMANDS
+            .iter()
+            .chain(&[Verb::Starttls, Verb::Bdat])
+        {
+            assert!(
+                p.allowed_commands.contains(*v, v.name().as_bytes()),
+                "{v:?}"
+            );
+        }
+        for v in [Verb::Expn, Verb::Turn, Verb::Other] {
+            assert!(!p.allowed_commands.contains(v, b"XYZZY"), "{v:?}");
+        }
+        for k in [
+            "STARTTLS",
+            "PIPELINING",
+            "CHUNKING",
+            "8BITMIME",
+            "SIZE",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "DSN",
+            "AUTH",
+        ] {
+            assert!(p.ehlo_allowed(k.as_bytes()), "{k}");
+        }
+        for k in ["BINARYMIME", "ETRN", "VRFY", "HELP", "X-EXPS", "XEXCH50"] {
+            assert!(!p.ehlo_allowed(k.as_bytes()), "{k}");
+        }
+        assert_eq!(p.banner_rule, Some(0));
+        assert_eq!(p.unknown_verb_rule, Some(1));
+        assert_eq!(p.bare_newline_rule, Some(2));
+        assert_eq!(p.tls_started_rule, Some(3));
+        assert_eq!(p.special_character_rule, None);
+        assert_eq!(p.mail_relay_rule, None);
+        assert_eq!(p.rule(2).actions, DROP_LOG);
+        assert_eq!(p.index.command, [4, 5]);
+        assert_eq!(p.index.body, [6]);
+        assert_eq!(p.index.header, [7]);
+        assert_eq!(p.index.sender, [8]);
+        assert_eq!(p.index.mime, [9]);
+        assert_eq!(p.index.ehlo, [10]);
+        assert!(p.index.recipient_reply.is_empty());
+    }
+
+    #[test]
+    fn others_means_not_passed_by_this_policy() {
+        let p = builtin("default");
+        let others = EhloKeyword::Others.bit();
+        assert!(p.ehlo_matches(others, b"X-EXPS"));
+        assert!(p.ehlo_matches(others, b"etrn"));
+        assert!(!p.ehlo_matches(others, b"pipelining"));
+        assert!(!p.ehlo_matches(others, b"STARTTLS"));
+        // A named keyword matches by its bit, allowed or not.
+        let pipelining = EhloKeyword::Pipelining.bit();
+        assert!(p.ehlo_matches(pipelining, b"PIPELINING"));
+        assert!(!p.ehlo_matches(pipelining, b"SIZE"));
+    }
+
+    #[test]
+    fn asa_compat_masks_starttls_pipelining_chunking() {
+        let p = builtin("asa-compat");
+        let others = EhloKeyword::Others.bit();
+        for k in ["STARTTLS", "PIPELINING", "CHUNKING", "SMTPUTF8", "X-EXPS"] {
+            assert!(!p.ehlo_allowed(k.as_bytes()), "{k}");
+            assert!(p.ehlo_matches(others, k.as_bytes()), "{k}");
+        }
+        for k in [
+            "8BITMIME",
+            "SIZE",
+            "DSN",
+            "ENHANCEDSTATUSCODES",
+            "ETRN",
+            "VRFY",
+            "AUTH",
+        ] {
+            assert!(p.ehlo_allowed(k.as_bytes()), "{k}");
+        }
+        assert!(!p.allowed_commands.contains(Verb::Starttls, b"STARTTLS"));
+        assert!(!p.allowed_commands.contains(Verb::Bdat, b"BDAT"));
+        assert!(p.allowed_commands.contains(Verb::Vrfy, b"VRFY"));
+        assert_eq!(p.banner_rule, Some(0));
+        assert_eq!(p.bare_newline_rule, None);
+        assert_eq!(p.tls_started_rule, None);
+        let match_rules: Vec<&str> = texts(&p)
+            .into_iter()
+            .filter(|t| t.starts_with("match"))
+            .collect();
+        assert_eq!(match_rules, DEFAULT_RULES);
+    }
+
+    #[test]
+    fn mailguard_passes_only_rfc821_minimum() {
+        let p = builtin("mailguard");
+        for v in Verb::ALL {
+            let allowed = p.allowed_commands.contains(v, v.name().as_bytes());
+            assert_eq!(allowed, MAILGUARD_COMMANDS.contains(&v), "{v:?}");
+        }
+        assert!(!p.allowed_commands.contains(Verb::Ehlo, b"EHLO"));
+        assert_eq!(p.allowed_ehlo, 0);
+        assert_eq!(texts(&p), ["mask-banner", "unknown-command mask log"]);
+    }
+
+    #[test]
+    fn none_inspects_nothing() {
+        let p = builtin("none");
+        assert!(!p.inspect);
+        assert!(p.rules.is_empty());
+        assert_eq!(p.unknown_verb_rule, None);
+    }
+
+    #[test]
+    fn user_policy_appends_rules_and_overrides_parameters() {
+        let mut s = section("default");
+        s.mask_banner = Some(false);
+        s.allow_tls = Some(false);
+        s.special_character = Some(spanned(ParamValue::Text("log".into())));
+        s.bare_newline = Some(spanned(ParamValue::Text("reset log".into())));
+        s.mail_relay = Some(spanned("@Example.COM".into()));
+        s.allow_verbs = Some(vec![
+            spanned("X-LINK2STATE".into()),
+            spanned("xexch50".into()),
+        ]);
+        s.rules = vec![spanned("match cmd verb VRFY EXPN mask log".into())];
+        let p = Policy::compile("strict", &s, &builtin("default")).unwrap();
+        assert_eq!(p.name, "strict");
+        assert_eq!(p.banner_rule, None);
+        assert_eq!(p.tls_started_rule, None);
+        assert!(!p.ehlo_allowed(b"STARTTLS"));
+        assert!(!p.allowed_commands.contains(Verb::Starttls, b"STARTTLS"));
+        assert_eq!(p.mail_relay.as_deref(), Some("example.com"));
+        assert!(p.allowed_commands.contains(Verb::Other, b"x-link2state"));
+        assert!(p.allowed_commands.contains(Verb::Other, b"XEXCH50"));
+        assert!(p.ehlo_allowed(b"X-LINK2STATE"));
+        assert!(!p.ehlo_matches(EhloKeyword::Others.bit(), b"XEXCH50"));
+        assert_eq!(
+            texts(&p)[..4],
+            [
+                "unknown-command mask log",
+                "bare-newline reset log",
+                "special-character log",
+                "mail-relay example.com drop-connection log",
+            ]
+        );
+        assert_eq!(texts(&p).last(), Some(&"match cmd verb VRFY EXPN mask log"));
+        assert_eq!(p.rules.len(), 4 + DEFAULT_RULES.len() + 1);
+        // The index points at the appended rule too.
+        let verb_rule = (p.rules.len() - 1) as RuleId;
+        assert_eq!(p.index.command.last(), Some(&verb_rule));
+        assert_eq!(
+            p.find(|c| matches!(c, Criterion::CmdVerb(_)))
+                .collect::<Vec<_>>(),
+            [verb_rule]
+        );
+
+        // A grandchild inherits all of it, and can switch a parameter back on.
+        let mut child = section("strict");
+        child.allow_tls = Some(true);
+        child.bare_newline = Some(spanned(ParamValue::Bool(false)));
+        let c = Policy::compile("child", &child, &p).unwrap();
+        assert_eq!(
+            c.tls_started_rule.map(|id| c.rule(id).text.as_str()),
+            Some("allow-tls log")
+        );
+        assert_eq!(c.bare_newline_rule, None);
+        assert_eq!(c.mail_relay.as_deref(), Some("example.com"));
+        assert_eq!(c.rules.len(), p.rules.len());
+        assert!(c.allowed_commands.contains(Verb::Other, b"XEXCH50"));
+    }
+
+    #[test]
+    fn asa_compat_with_allow_tls_and_chunking() {
+        let mut s = section("asa-compat");
+        s.allow_tls = Some(true);
+        s.allow_verbs = Some(vec![spanned("CHUNKING".into())]);
+        let p = Policy::compile("edge", &s, &builtin("asa-compat")).unwrap();
+        assert!(p.ehlo_allowed(b"STARTTLS"));
+        assert!(p.ehlo_allowed(b"CHUNKING"));
+        assert!(!p.ehlo_allowed(b"PIPELINING"));
+        assert!(p.allowed_commands.contains(Verb::Starttls, b"STARTTLS"));
+        assert!(p.allowed_commands.contains(Verb::Bdat, b"BDAT"));
+    }
+
+    #[test]
+    fn user_policy_errors_name_field_and_span() {
+        let mut s = section("default");
+        s.bare_newline = Some(Spanned::new(10..20, ParamValue::Text("mask".into())));
+        s.mail_relay = Some(Spanned::new(30..40, "not a domain!".into()));
+        s.allow_verbs = Some(vec![Spanned::new(50..55, "STARTTLS".into())]);
+        s.rules = vec![
+            spanned("match body length gt 1 log".into()),
+            Spanned::new(60..70, "match body length gt x log".into()),
+        ];
+        let errors = Policy::compile("x", &s, &builtin("default")).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["bare_newline", "mail_relay", "allow_verbs[0]", "rules[1]"]
+        );
+        assert_eq!(errors[3].span, Some(60..70));
+        assert_eq!(
+            errors[3].message,
+            "expected a number at column 22, found `x`"
+        );
+        assert!(errors[2].message.contains("allow_tls"));
+    }
+
+    #[test]
+    fn extending_none_takes_no_settings() {
+        let p = Policy::compile("pass", &section("none"), &builtin("none")).unwrap();
+        assert!(!p.inspect);
+        let mut s = section("none");
+        s.rules = vec![spanned("match body length gt 1 log".into())];
+        let errors = Policy::compile("pass", &s, &builtin("none")).unwrap_err();
+        assert_eq!(errors[0].field, "extends");
+    }
+
+    #[test]
+    fn resolution_order_detects_cycles() {
+        let order = resolution_order(&[("b", Some("a")), ("a", Some("default")), ("c", Some("b"))])
+            .unwrap();
+        assert_eq!(order, ["a", "b", "c"]);
+        let cycle =
+            resolution_order(&[("a", Some("b")), ("b", Some("a")), ("c", None)]).unwrap_err();
+        assert_eq!(cycle, ["a", "b"]);
+        assert_eq!(resolution_order(&[("a", Some("a"))]).unwrap_err(), ["a"]);
+    }
 }

@@ -665,16 +665,17 @@ impl<'a> Parser<'a> {
         &mut self,
         allow: impl Fn(&'static str) -> bool,
         context: &'static str,
+        words: &str,
     ) -> PResult<(Actions, Option<usize>)> {
         let mut actions = Actions::default();
         let mut mask_at = None;
         if self.peek().is_none() {
-            return self.expected(format!("an action ({ACTION_WORDS})"));
+            return self.expected(format!("an action ({words})"));
         }
         while let Some(t) = self.peek() {
             let start = t.start;
             let Some(index) = action_index(t) else {
-                return self.expected(format!("one of {ACTION_WORDS}"));
+                return self.expected(format!("one of {words}"));
             };
             let name = ACTIONS[index];
             if !allow(name) {
@@ -797,7 +798,7 @@ pub fn parse_rule(text: &str) -> Result<Rule, RuleError> {
             p.pos += 1;
         }
         let criterion = p.criterion()?;
-        let (actions, mask_at) = p.actions(|_| true, "this rule")?;
+        let (actions, mask_at) = p.actions(|_| true, "this rule", ACTION_WORDS)?;
         if let Some(at) = mask_at {
             if !criterion.allows_mask() {
                 return Err((
@@ -834,7 +835,8 @@ pub fn parse_parameter_actions(text: &str, parameter: &'static str) -> Result<Ac
             p.pos += 1;
         }
         let allow = |a: &'static str| matches!(a, "drop-connection" | "reset" | "log");
-        Ok(p.actions(allow, parameter)?.0)
+        Ok(p.actions(allow, parameter, "drop-connection, reset, log")?
+            .0)
     };
     parse().map_err(|e| error_at(trimmed, e))
 }
