@@ -1,1 +1,208 @@
-fn main() {}
+//! smtpgate-loadgen: SMTP load generator, sink, and the
+//! inspection-vs-exemption comparison.
+//!
+//! # Layout
+//! - `main`    — command line (clap) and exit codes.
+//! - `sink`    — SMTP server that counts, hashes and discards mail; fault injection.
+//! - `send`    — thread-per-core load generator, open or closed loop.
+//! - `compare` — starts a sink and `smtpgate`, runs the same load through an
+//!   inspecting and an exempt listener in alternation, writes JSON and HTML.
+//! - `message` — the realistic message corpus, built once.
+//! - `reply`   — client-side SMTP reply reader.
+//! - `report`  — latency histograms per SMTP step, text and JSON report.
+//! - `util`    — PRNG, parsing, counters, ports, CPU time.
+//!
+//! The loadgen has its own minimal SMTP client and server code (it does not
+//! use smtpgate-policy): it must never be the bottleneck of what it measures.
+
+mod message;
+mod reply;
+mod report;
+mod send;
+mod sink;
+mod util;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use util::{parse_duration, SizeSpec};
+
+#[derive(Parser)]
+#[command(name = "smtpgate-loadgen", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// SMTP server that accepts and discards mail, counting (and hashing) it.
+    /// Prints "sink: listening on ADDR" on stderr when ready and a summary
+    /// line on stdout at SIGTERM/SIGINT.
+    Sink {
+        /// Address to listen on; port 0 picks a free port (printed).
+        #[arg(long, default_value = "127.0.0.1:2526")]
+        listen: String,
+        /// Write the SHA-256 (lowercase hex) of each accepted message, one per line.
+        #[arg(long)]
+        digest_log: Option<PathBuf>,
+        /// Fraction of transactions answered 451 (at MAIL or end of data).
+        #[arg(long, default_value_t = 0.0)]
+        tempfail_rate: f64,
+        /// Fraction of transactions answered 550/554 (at MAIL or end of data).
+        #[arg(long, default_value_t = 0.0)]
+        permfail_rate: f64,
+        /// Wait this long before answering end of data (e.g. 20ms).
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        delay: Duration,
+        /// Executors (one per core); default: all available cores.
+        #[arg(long)]
+        cores: Option<usize>,
+        /// Print a progress line on stderr this often while mail flows (0 = never).
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        report_interval: Duration,
+    },
+    /// Drive SMTP load and report msgs/s, MB/s, errors and latency percentiles.
+    ///
+    /// Exit status: 0 when every message was accepted, 1 when any message
+    /// failed (refused or I/O error; the report is printed either way),
+    /// 2 for usage or setup errors.
+    Send {
+        /// Server to send to, host:port.
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 10)]
+        connections: usize,
+        /// Total messages to send (split over the connections).
+        #[arg(long, required_unless_present = "duration")]
+        messages: Option<u64>,
+        /// Send for this long instead of a fixed count (e.g. 30s).
+        #[arg(long, value_parser = parse_duration, conflicts_with = "messages")]
+        duration: Option<Duration>,
+        /// Message size in bytes or a mix: 1k, 10240, 1k:60,10k:30,100k:10.
+        #[arg(long, default_value = "1k")]
+        size: SizeSpec,
+        #[arg(long, default_value_t = 1)]
+        recipients: u32,
+        /// Send MAIL, RCPTs and DATA (or BDAT) as one group when advertised.
+        #[arg(long)]
+        pipelining: bool,
+        /// Send the body with BDAT (CHUNKING) instead of DATA.
+        #[arg(long)]
+        bdat: bool,
+        /// One message per connection (connect, EHLO, message, QUIT).
+        #[arg(long)]
+        per_connection: bool,
+        /// Open loop at this total rate (messages/s); latencies are measured
+        /// from the scheduled send time (coordinated-omission corrected).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Executors (one per core); default: all available cores.
+        #[arg(long)]
+        cores: Option<usize>,
+        /// Write the SHA-256 of each accepted message, one per line.
+        #[arg(long)]
+        digest_log: Option<PathBuf>,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Sink {
+            listen,
+            digest_log,
+            tempfail_rate,
+            permfail_rate,
+            delay,
+            cores,
+            report_interval,
+        } => {
+            let listen = match util::resolve(&listen) {
+                Ok(addr) => addr,
+                Err(e) => return fail(&format!("sink: --listen {listen}: {e}")),
+            };
+            for (name, rate) in [("tempfail", tempfail_rate), ("permfail", permfail_rate)] {
+                if !(0.0..=1.0).contains(&rate) {
+                    return fail(&format!("sink: --{name}-rate must be within 0..1"));
+                }
+            }
+            let options = sink::SinkOptions {
+                listen,
+                digest_log,
+                tempfail_rate,
+                permfail_rate,
+                delay,
+                cores: cores.unwrap_or_else(util::default_cores),
+                report_interval,
+            };
+            match sink::run(options) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => fail(&format!("sink: {e}")),
+            }
+        }
+        Command::Send {
+            target,
+            connections,
+            messages,
+            duration,
+            size,
+            recipients,
+            pipelining,
+            bdat,
+            per_connection,
+            rate,
+            json,
+            cores,
+            digest_log,
+            quiet,
+        } => {
+            let target = match util::resolve(&target) {
+                Ok(addr) => addr,
+                Err(e) => return fail(&format!("send: --target {target}: {e}")),
+            };
+            let options = send::SendOptions {
+                target,
+                connections,
+                messages,
+                duration,
+                size,
+                recipients,
+                pipelining,
+                bdat,
+                per_connection,
+                rate,
+                cores: cores.unwrap_or_else(util::default_cores),
+                digest_log,
+                progress: !quiet,
+            };
+            let report = match send::run(options) {
+                Ok(report) => report,
+                Err(e) => return fail(&format!("send: {e}")),
+            };
+            print!("{}", report.text());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report).expect("report serializes");
+                if let Err(e) = std::fs::write(&path, text + "\n") {
+                    return fail(&format!("send: writing {}: {e}", path.display()));
+                }
+            }
+            if report.messages_failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,738 @@
+//! `send`: drives SMTP load, thread-per-core.
+//!
+//! Connections are spread round-robin over one glommio executor per core;
+//! each runs EHLO then transactions (MAIL, RCPT×R, DATA or BDAT), reusing the
+//! connection unless `--per-connection`. Messages come from a [`Corpus`]
+//! built once; a transaction only writes precomputed bytes and parses reply
+//! codes, so the generator costs a few syscalls per message.
+//!
+//! Closed loop by default (each connection sends its next message when the
+//! previous one is answered). With `--rate`, open loop: every connection has
+//! a fixed schedule and the `message` latency is measured from the scheduled
+//! time, so a stalled server shows up in the percentiles instead of silently
+//! slowing the generator (coordinated omission).
+//!
+//! Shards keep their histograms and error maps locally and hand them back at
+//! the end; only progress counters are shared (single-writer atomics).
+
+use crate::message::{Corpus, Message};
+use crate::reply::{Extensions, ReplyReader};
+use crate::report::{Latencies, Report, Step};
+use crate::util::{self, ShardCounter, SizeSpec, XorShift};
+use futures_lite::io::AsyncWriteExt;
+use glommio::net::TcpStream;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// BDAT chunk size; larger messages are sent as several chunks.
+const BDAT_CHUNK: usize = 64 * 1024;
+/// Up to this size a command and its data go out in one write (copying is
+/// cheaper than a second syscall).
+const COALESCE_LIMIT: usize = 16 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Debug)]
+pub struct SendOptions {
+    pub target: SocketAddr,
+    pub connections: usize,
+    pub messages: Option<u64>,
+    pub duration: Option<Duration>,
+    pub size: SizeSpec,
+    pub recipients: u32,
+    pub pipelining: bool,
+    pub bdat: bool,
+    pub per_connection: bool,
+    pub rate: Option<f64>,
+    pub cores: usize,
+    pub digest_log: Option<PathBuf>,
+    /// Show progress (bar on a terminal, plain lines otherwise).
+    pub progress: bool,
+}
+
+#[derive(Default)]
+struct Progress {
+    ok: ShardCounter,
+    failed: ShardCounter,
+}
+
+/// What a shard hands back at the end.
+#[derive(Default)]
+struct ShardResult {
+    latencies: Latencies,
+    errors: BTreeMap<String, u64>,
+    attempted: u64,
+    ok: u64,
+    failed: u64,
+    bytes_ok: u64,
+    connections: u64,
+    /// Corpus index of every accepted message, for the digest log.
+    accepted: Vec<u32>,
+}
+
+struct Shared {
+    options: SendOptions,
+    corpus: Corpus,
+    started: Instant,
+    progress: Vec<Progress>,
+    shards_done: AtomicUsize,
+    next_shard: AtomicUsize,
+    bdat_warned: std::sync::atomic::AtomicBool,
+}
+
+struct Shard {
+    shared: Arc<Shared>,
+    index: usize,
+    result: RefCell<ShardResult>,
+}
+
+impl Shard {
+    fn progress(&self) -> &Progress {
+        &self.shared.progress[self.index]
+    }
+
+    fn error(&self, key: String) {
+        *self.result.borrow_mut().errors.entry(key).or_insert(0) += 1;
+    }
+
+    fn record(&self, step: Step, since: Instant) {
+        self.result
+            .borrow_mut()
+            .latencies
+            .record(step, since.elapsed());
+    }
+
+    fn failed(&self, key: String) {
+        self.result.borrow_mut().failed += 1;
+        self.progress().failed.add(1);
+        self.error(key);
+    }
+}
+
+/// How one transaction ended.
+enum Outcome {
+    Accepted,
+    /// Refused with this reply at this step; `fatal` when the server closes
+    /// the session (421) so the connection must be replaced.
+    Refused {
+        step: &'static str,
+        code: u16,
+        fatal: bool,
+    },
+}
+
+struct Connection {
+    stream: TcpStream,
+    reader: ReplyReader,
+    extensions: Extensions,
+    out: Vec<u8>,
+}
+
+impl Connection {
+    async fn open(shard: &Shard) -> io::Result<Connection> {
+        let started = Instant::now();
+        let stream = TcpStream::connect_timeout(shard.shared.options.target, IO_TIMEOUT).await?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let mut conn = Connection {
+            stream,
+            reader: ReplyReader::new(),
+            extensions: Extensions::default(),
+            out: Vec::with_capacity(4096),
+        };
+        let greeting = conn.reader.read(&mut conn.stream).await?;
+        shard.result.borrow_mut().connections += 1;
+        if greeting != 220 {
+            return Err(refused("greeting", greeting));
+        }
+        shard.record(Step::Connect, started);
+        let started = Instant::now();
+        conn.stream
+            .write_all(b"EHLO loadgen.smtpgate.test\r\n")
+            .await?;
+        let (code, extensions) = conn.reader.read_ehlo(&mut conn.stream).await?;
+        if code != 250 {
+            return Err(refused("EHLO", code));
+        }
+        shard.record(Step::Ehlo, started);
+        conn.extensions = extensions;
+        Ok(conn)
+    }
+
+    async fn command(&mut self, line: &[u8]) -> io::Result<u16> {
+        self.stream.write_all(line).await?;
+        self.reader.read(&mut self.stream).await
+    }
+
+    async fn quit(mut self) {
+        // Best effort: the session is over either way.
+        if self.stream.write_all(b"QUIT\r\n").await.is_ok() {
+            let _ = self.reader.read(&mut self.stream).await;
+        }
+    }
+}
+
+/// A refusal during connection setup, carried as an io::Error so the
+/// caller's single error path reports it as "greeting 421" and the like.
+fn refused(step: &str, code: u16) -> io::Error {
+    io::Error::other(format!("{step} {code}"))
+}
+
+fn is_positive(code: u16) -> bool {
+    (200..300).contains(&code)
+}
+
+fn push_mail(out: &mut Vec<u8>, message: &Message) {
+    let _ = write!(
+        out,
+        "MAIL FROM:<loadgen@sender.example> SIZE={}\r\n",
+        message.content.len()
+    );
+}
+
+fn push_rcpt(out: &mut Vec<u8>, n: u32) {
+    let _ = write!(out, "RCPT TO:<sink{n}@recipient.example>\r\n");
+}
+
+fn bdat_chunks(content: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
+    let count = content.len().div_ceil(BDAT_CHUNK).max(1);
+    (0..count).map(move |i| {
+        let chunk = &content[i * BDAT_CHUNK..((i + 1) * BDAT_CHUNK).min(content.len())];
+        (chunk, i + 1 == count)
+    })
+}
+
+/// Sends BDAT chunks (header + data); coalesces small ones with `out`.
+async fn write_bdat(conn: &mut Connection, chunk: &[u8], last: bool) -> io::Result<()> {
+    let _ = write!(
+        conn.out,
+        "BDAT {}{}\r\n",
+        chunk.len(),
+        if last { " LAST" } else { "" }
+    );
+    if chunk.len() <= COALESCE_LIMIT {
+        conn.out.extend_from_slice(chunk);
+        conn.stream.write_all(&conn.out).await?;
+    } else {
+        conn.stream.write_all(&conn.out).await?;
+        conn.stream.write_all(chunk).await?;
+    }
+    conn.out.clear();
+    Ok(())
+}
+
+async fn transaction(
+    shard: &Shard,
+    conn: &mut Connection,
+    message: &Message,
+) -> io::Result<Outcome> {
+    let options = &shard.shared.options;
+    let pipelined = options.pipelining && conn.extensions.pipelining;
+    let bdat = options.bdat && conn.extensions.chunking;
+    if options.bdat && !bdat && !shard.shared.bdat_warned.swap(true, Ordering::Relaxed) {
+        eprintln!("send: server does not advertise CHUNKING; sending with DATA instead");
+    }
+    let refuse = |step, code| {
+        Ok(Outcome::Refused {
+            step,
+            code,
+            fatal: code == 421,
+        })
+    };
+
+    // Envelope: MAIL and RCPTs, one write when pipelined (RFC 2920), with
+    // DATA (or, for BDAT, the chunks themselves) in the same group.
+    conn.out.clear();
+    push_mail(&mut conn.out, message);
+    let mut rcpt_accepted = 0;
+    let mut first_rcpt_refusal = 0;
+    let mail_code;
+    if pipelined {
+        for n in 0..options.recipients {
+            push_rcpt(&mut conn.out, n);
+        }
+        if !bdat {
+            conn.out.extend_from_slice(b"DATA\r\n");
+        }
+        let sent = Instant::now();
+        if bdat {
+            for (chunk, last) in bdat_chunks(&message.content) {
+                write_bdat(conn, chunk, last).await?;
+            }
+        } else {
+            conn.stream.write_all(&conn.out).await?;
+        }
+        mail_code = conn.reader.read(&mut conn.stream).await?;
+        shard.record(Step::Mail, sent);
+        for _ in 0..options.recipients {
+            let code = conn.reader.read(&mut conn.stream).await?;
+            shard.record(Step::Rcpt, sent);
+            if is_positive(code) {
+                rcpt_accepted += 1;
+            } else if first_rcpt_refusal == 0 {
+                first_rcpt_refusal = code;
+            }
+        }
+        if bdat {
+            let chunk_count = bdat_chunks(&message.content).count();
+            let mut final_code = 0;
+            for i in 0..chunk_count {
+                final_code = conn.reader.read(&mut conn.stream).await?;
+                if i + 1 == chunk_count {
+                    shard.record(Step::EndOfData, sent);
+                }
+            }
+            return finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, |_| {
+                if is_positive(final_code) {
+                    Ok(Outcome::Accepted)
+                } else {
+                    refuse("end-of-data", final_code)
+                }
+            });
+        }
+        let data_code = conn.reader.read(&mut conn.stream).await?;
+        shard.record(Step::DataCommand, sent);
+        if data_code == 354 {
+            // Whatever the envelope replies were, a 354 obliges us to send
+            // the message; it only counts if the envelope was accepted.
+            let sent = Instant::now();
+            conn.stream.write_all(&message.data_wire).await?;
+            let code = conn.reader.read(&mut conn.stream).await?;
+            shard.record(Step::EndOfData, sent);
+            return finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, |_| {
+                if is_positive(code) {
+                    Ok(Outcome::Accepted)
+                } else {
+                    refuse("end-of-data", code)
+                }
+            });
+        }
+        let outcome = finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, |_| {
+            refuse("DATA", data_code)
+        });
+        if is_positive(mail_code) && data_code != 421 {
+            conn.command(b"RSET\r\n").await?;
+        }
+        return outcome;
+    }
+
+    // One command at a time (RFC 5321 §4.3).
+    let sent = Instant::now();
+    conn.stream.write_all(&conn.out).await?;
+    mail_code = conn.reader.read(&mut conn.stream).await?;
+    shard.record(Step::Mail, sent);
+    if !is_positive(mail_code) {
+        return refuse("MAIL", mail_code);
+    }
+    for n in 0..options.recipients {
+        conn.out.clear();
+        push_rcpt(&mut conn.out, n);
+        let sent = Instant::now();
+        conn.stream.write_all(&conn.out).await?;
+        let code = conn.reader.read(&mut conn.stream).await?;
+        shard.record(Step::Rcpt, sent);
+        if is_positive(code) {
+            rcpt_accepted += 1;
+        } else if code == 421 {
+            return refuse("RCPT", code);
+        } else if first_rcpt_refusal == 0 {
+            first_rcpt_refusal = code;
+        }
+    }
+    if rcpt_accepted == 0 {
+        conn.command(b"RSET\r\n").await?;
+        return finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, |_| {
+            unreachable!("finish reports the refused recipients")
+        });
+    }
+    conn.out.clear();
+    if bdat {
+        let mut final_code = 0;
+        for (chunk, last) in bdat_chunks(&message.content) {
+            let sent = Instant::now();
+            write_bdat(conn, chunk, last).await?;
+            final_code = conn.reader.read(&mut conn.stream).await?;
+            if last {
+                shard.record(Step::EndOfData, sent);
+            } else if !is_positive(final_code) {
+                break;
+            }
+        }
+        return finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, |_| {
+            if is_positive(final_code) {
+                Ok(Outcome::Accepted)
+            } else {
+                refuse("end-of-data", final_code)
+            }
+        });
+    }
+    let sent = Instant::now();
+    let data_code = conn.command(b"DATA\r\n").await?;
+    shard.record(Step::DataCommand, sent);
+    if data_code != 354 {
+        if data_code != 421 {
+            conn.command(b"RSET\r\n").await?;
+        }
+        return refuse("DATA", data_code);
+    }
+    let sent = Instant::now();
+    conn.stream.write_all(&message.data_wire).await?;
+    let code = conn.reader.read(&mut conn.stream).await?;
+    shard.record(Step::EndOfData, sent);
+    if is_positive(code) {
+        Ok(Outcome::Accepted)
+    } else {
+        refuse("end-of-data", code)
+    }
+}
+
+/// Decides a transaction's outcome from its envelope replies, then from
+/// `data_outcome` when the envelope was accepted. Refused recipients of a
+/// message that was still delivered are counted as errors on their own.
+fn finish(
+    shard: &Shard,
+    mail_code: u16,
+    rcpt_accepted: u32,
+    first_rcpt_refusal: u16,
+    data_outcome: impl FnOnce(()) -> io::Result<Outcome>,
+) -> io::Result<Outcome> {
+    let fatal = |code| code == 421;
+    if !is_positive(mail_code) {
+        return Ok(Outcome::Refused {
+            step: "MAIL",
+            code: mail_code,
+            fatal: fatal(mail_code),
+        });
+    }
+    if rcpt_accepted == 0 {
+        return Ok(Outcome::Refused {
+            step: "RCPT",
+            code: first_rcpt_refusal,
+            fatal: fatal(first_rcpt_refusal),
+        });
+    }
+    if first_rcpt_refusal != 0 {
+        shard.error(format!("RCPT {first_rcpt_refusal}"));
+    }
+    data_outcome(())
+}
+
+/// Per-connection message budget and schedule.
+struct Plan {
+    quota: Option<u64>,
+    deadline: Option<Instant>,
+    /// Open loop: time between this connection's messages, and its first slot.
+    interval: Option<Duration>,
+    first_slot: Instant,
+}
+
+impl Plan {
+    fn slot(&self, n: u64) -> Option<Instant> {
+        self.interval.map(|i| self.first_slot + i.mul_f64(n as f64))
+    }
+
+    fn more(&self, attempted: u64) -> bool {
+        if let Some(quota) = self.quota {
+            if attempted >= quota {
+                return false;
+            }
+        }
+        match self.deadline {
+            Some(deadline) => self.slot(attempted).unwrap_or_else(Instant::now) < deadline,
+            None => true,
+        }
+    }
+}
+
+async fn connection_loop(shard: Rc<Shard>, connection_index: usize, plan: Plan) {
+    let shared = shard.shared.clone();
+    let mut rng = XorShift::new(connection_index as u64 + 1);
+    let mut attempted = 0u64;
+    'session: while plan.more(attempted) {
+        let mut conn = match Connection::open(&shard).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                attempted += 1;
+                shard.result.borrow_mut().attempted += 1;
+                shard.failed(io_error_key("connect", &e));
+                glommio::timer::sleep(RECONNECT_BACKOFF).await;
+                continue;
+            }
+        };
+        while plan.more(attempted) {
+            let intended_start = match plan.slot(attempted) {
+                Some(slot) => {
+                    let now = Instant::now();
+                    if slot > now {
+                        glommio::timer::sleep(slot - now).await;
+                    }
+                    slot
+                }
+                None => Instant::now(),
+            };
+            attempted += 1;
+            let index = shared.corpus.pick(&mut rng);
+            let message = &shared.corpus.messages[index];
+            shard.result.borrow_mut().attempted += 1;
+            match transaction(&shard, &mut conn, message).await {
+                Ok(Outcome::Accepted) => {
+                    shard.record(Step::Message, intended_start);
+                    let mut result = shard.result.borrow_mut();
+                    result.ok += 1;
+                    result.bytes_ok += message.content.len() as u64;
+                    if shared.options.digest_log.is_some() {
+                        result.accepted.push(index as u32);
+                    }
+                    drop(result);
+                    shard.progress().ok.add(1);
+                }
+                Ok(Outcome::Refused { step, code, fatal }) => {
+                    shard.failed(format!("{step} {code}"));
+                    if fatal {
+                        continue 'session;
+                    }
+                }
+                Err(e) => {
+                    shard.failed(io_error_key("transaction", &e));
+                    continue 'session;
+                }
+            }
+            if shared.options.per_connection {
+                break;
+            }
+        }
+        conn.quit().await;
+    }
+}
+
+fn io_error_key(step: &str, e: &io::Error) -> String {
+    // Refusals during setup carry "greeting 421"-style text already.
+    if e.kind() == io::ErrorKind::Other {
+        let text = e.to_string();
+        if text.split(' ').count() == 2 && text.ends_with(|c: char| c.is_ascii_digit()) {
+            return text;
+        }
+    }
+    format!("io {step} {:?}", e.kind())
+}
+
+async fn shard_main(shared: Arc<Shared>) -> ShardResult {
+    let index = shared.next_shard.fetch_add(1, Ordering::Relaxed);
+    let options = &shared.options;
+    let shard = Rc::new(Shard {
+        shared: shared.clone(),
+        index,
+        result: RefCell::new(ShardResult::default()),
+    });
+    let n = options.connections as u64;
+    let interval = options
+        .rate
+        .map(|rate| Duration::from_secs_f64(n as f64 / rate));
+    let deadline = options.duration.map(|d| shared.started + d);
+    let mut tasks = Vec::new();
+    for connection in (index..options.connections).step_by(options.cores) {
+        let c = connection as u64;
+        let quota = options.messages.map(|m| m / n + u64::from(c < m % n));
+        // Stagger open-loop schedules so the total rate is smooth.
+        let first_slot =
+            shared.started + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / n as f64));
+        let plan = Plan {
+            quota,
+            deadline,
+            interval,
+            first_slot,
+        };
+        tasks.push(glommio::spawn_local(connection_loop(
+            shard.clone(),
+            connection,
+            plan,
+        )));
+    }
+    for task in tasks {
+        task.await;
+    }
+    shared.shards_done.fetch_add(1, Ordering::Release);
+    let result = std::mem::take(&mut *shard.result.borrow_mut());
+    result
+}
+
+/// Runs the load and returns the report (printing nothing but progress).
+pub fn run(options: SendOptions) -> io::Result<Report> {
+    if options.connections == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--connections must be at least 1",
+        ));
+    }
+    if options.messages.is_none() && options.duration.is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "give --messages or --duration",
+        ));
+    }
+    if let Some(rate) = options.rate {
+        if rate.is_nan() || rate <= 0.0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--rate must be positive",
+            ));
+        }
+    }
+    let cores = options.cores.min(options.connections).max(1);
+    let options = SendOptions { cores, ..options };
+    let corpus = Corpus::build(&options.size);
+    let cpu_before = util::process_cpu_time();
+    let shared = Arc::new(Shared {
+        progress: (0..cores).map(|_| Progress::default()).collect(),
+        options: options.clone(),
+        corpus,
+        started: Instant::now(),
+        shards_done: AtomicUsize::new(0),
+        next_shard: AtomicUsize::new(0),
+        bdat_warned: Default::default(),
+    });
+    let handles = {
+        let shared = shared.clone();
+        LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(cores, None))
+            .name("send")
+            .on_all_shards(move || shard_main(shared))
+            .map_err(|e| io::Error::other(e.to_string()))?
+    };
+    if options.progress {
+        show_progress(&shared);
+    }
+    let mut total = ShardResult::default();
+    for result in handles.join_all() {
+        let r = result.map_err(|e| io::Error::other(e.to_string()))?;
+        total.latencies.merge(&r.latencies);
+        for (key, count) in r.errors {
+            *total.errors.entry(key).or_insert(0) += count;
+        }
+        total.attempted += r.attempted;
+        total.ok += r.ok;
+        total.failed += r.failed;
+        total.bytes_ok += r.bytes_ok;
+        total.connections += r.connections;
+        total.accepted.extend(r.accepted);
+    }
+    let elapsed = shared.started.elapsed().as_secs_f64();
+    let cpu = (util::process_cpu_time() - cpu_before).as_secs_f64();
+
+    if let Some(path) = &options.digest_log {
+        let mut text = String::with_capacity(total.accepted.len() * 65);
+        for &index in &total.accepted {
+            text.push_str(&util::hex(&shared.corpus.messages[index as usize].digest));
+            text.push('\n');
+        }
+        std::fs::write(path, text)?;
+    }
+
+    let mut errors_by_code = BTreeMap::new();
+    for (key, count) in &total.errors {
+        let code = key.rsplit(' ').next().unwrap_or("");
+        let code = if key.starts_with("io ") { "io" } else { code };
+        *errors_by_code.entry(code.to_string()).or_insert(0) += count;
+    }
+    let mut report = Report {
+        target: options.target.to_string(),
+        connections: options.connections,
+        cores,
+        size: options.size.to_string(),
+        recipients: options.recipients,
+        pipelining: options.pipelining,
+        bdat: options.bdat,
+        per_connection: options.per_connection,
+        mode: if options.rate.is_some() {
+            "open-loop"
+        } else {
+            "closed-loop"
+        }
+        .to_string(),
+        target_rate: options.rate,
+        elapsed_s: elapsed,
+        messages_attempted: total.attempted,
+        messages_ok: total.ok,
+        messages_failed: total.failed,
+        bytes_ok: total.bytes_ok,
+        msgs_per_s: total.ok as f64 / elapsed,
+        mb_per_s: total.bytes_ok as f64 / 1e6 / elapsed,
+        connections_opened: total.connections,
+        connections_per_s: total.connections as f64 / elapsed,
+        errors: total.errors,
+        errors_by_code,
+        latency_us: BTreeMap::new(),
+        loadgen_cpu_s: cpu,
+        loadgen_cpu_us_per_msg: if total.attempted > 0 {
+            cpu * 1e6 / total.attempted as f64
+        } else {
+            0.0
+        },
+    };
+    report.fill_latencies(&total.latencies);
+    Ok(report)
+}
+
+/// Until all shards are done: an indicatif bar on a terminal, otherwise a
+/// plain line every 5 s (logs and CI keep readable output).
+fn show_progress(shared: &Shared) {
+    use std::io::IsTerminal;
+    let cores = shared.progress.len();
+    let counts = || {
+        shared.progress.iter().fold((0, 0), |(ok, failed), p| {
+            (ok + p.ok.get(), failed + p.failed.get())
+        })
+    };
+    let options = &shared.options;
+    if std::io::stderr().is_terminal() {
+        let (length, template) = match (options.messages, options.duration) {
+            (Some(m), _) => (m, "{bar:40} {pos}/{len} messages {msg}"),
+            (None, Some(d)) => (d.as_secs().max(1), "{bar:40} {pos}/{len} s {msg}"),
+            (None, None) => (0, "{msg}"),
+        };
+        let bar = indicatif::ProgressBar::new(length);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        while shared.shards_done.load(Ordering::Acquire) < cores {
+            std::thread::sleep(Duration::from_millis(200));
+            let (ok, failed) = counts();
+            let elapsed = shared.started.elapsed().as_secs_f64();
+            bar.set_position(if options.messages.is_some() {
+                ok + failed
+            } else {
+                elapsed as u64
+            });
+            bar.set_message(format!(
+                "ok {ok} failed {failed} {:.0} msgs/s",
+                ok as f64 / elapsed
+            ));
+        }
+        bar.finish_and_clear();
+    } else {
+        let mut last = Instant::now();
+        let mut last_ok = 0;
+        while shared.shards_done.load(Ordering::Acquire) < cores {
+            std::thread::sleep(Duration::from_millis(100));
+            if last.elapsed() >= Duration::from_secs(5) {
+                let (ok, failed) = counts();
+                eprintln!(
+                    "send: {:.0}s ok {ok} failed {failed} {:.0} msgs/s",
+                    shared.started.elapsed().as_secs_f64(),
+                    (ok - last_ok) as f64 / last.elapsed().as_secs_f64()
+                );
+                last = Instant::now();
+                last_ok = ok;
+            }
+        }
+    }
+}
