@@ -1,1 +1,130 @@
-fn main() {}
+//! smtpgate: the thin I/O driver around `smtpgate-policy`. It moves bytes between
+//! SMTP clients and the upstream mail server on glommio, one executor per core, and
+//! asks the sans-IO inspector what to forward.
+//!
+//! # Layout
+//! - `main` (this file): the command line (`run`, `check`, `import-asa`).
+//! - [`config_file`]: reading a config file or the embedded default into a validated `Config`.
+//! - [`engine`]: start-up (port probe, executor pool, readiness line), signals, reload, drain.
+//! - [`shard`]: what runs on each core: accept loops and the housekeeping tick.
+//! - [`session`]: one client connection: admission, upstream connect, PROXY header, relay.
+//! - [`relay`]: the single-task, both-directions relay loop, inspected or verbatim.
+//! - [`limits`]: global and per-client connection/embryonic admission, exact across cores.
+//! - [`clock`]: per-shard coarse deadlines (embryonic / idle) swept by one tick, not per-read timers.
+//! - [`bufpool`]: per-shard read buffers, lent to sessions only while they read.
+//! - [`stats`]: counters shared across cores and their JSON / Prometheus rendering.
+//! - [`admin`]: the tiny HTTP/1.1 endpoint serving `/status` and `/metrics`.
+//! - [`log`]: event lines (text or JSON) and diagnostics.
+//! - [`proxy_v2`]: the PROXY protocol v2 header sent upstream.
+
+mod admin;
+mod bufpool;
+mod clock;
+mod config_file;
+mod engine;
+mod limits;
+mod log;
+mod proxy_v2;
+mod relay;
+mod session;
+mod shard;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "smtpgate", version, about = "SMTP inspection dataplane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the dataplane.
+    Run {
+        /// Config file (TOML). Without it: the embedded default config.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Executors (cores) to run; default: every available core.
+        #[arg(long)]
+        cores: Option<usize>,
+        /// Event log format on stdout.
+        #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate a config file: exit 0, or 1 with every error and where it is.
+    Check {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
+    /// Turn a firewall `policy-map type inspect esmtp` block into config TOML.
+    ImportAsa {
+        /// The firewall config excerpt.
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            config,
+            cores,
+            log_format,
+        } => engine::run(engine::RunOptions {
+            config_path: config,
+            cores,
+            log_format,
+        }),
+        Command::Check { config } => check(&config),
+        Command::ImportAsa { file } => import_asa(&file),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config_file::load(path) {
+        Ok(config) => {
+            println!(
+                "ok: {} ({} listener{})",
+                path.display(),
+                config.listeners.len(),
+                if config.listeners.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn import_asa(path: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("smtpgate: cannot read {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match config_file::import_asa(&text) {
+        Ok(toml) => {
+            print!("{toml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Reading the config: a file, or the embedded default (SPEC: listen 127.0.0.1:2525,
+//! upstream 127.0.0.1:2526, policy `default`, admin 127.0.0.1:9725). Parsing and
+//! validation belong to `smtpgate-policy`; this module only reads files and reports.
+
+use std::path::Path;
+
+use smtpgate_policy::config::Config;
+
+/// Reads and validates a config file. The error text has one error per line, each
+/// with its location, ready to print.
+pub fn load(path: &Path) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    parse(&text).map_err(|errors| {
+        errors
+            .lines()
+            .map(|line| format!("{}: {line}", path.display()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+/// The config used by `smtpgate run` without `-c`.
+pub fn embedded_default() -> Config {
+    Config::embedded_default()
+}
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::from_toml_str(text).map_err(|errors| errors.to_string())
+}
+
+pub fn import_asa(text: &str) -> Result<String, String> {
+    temporary_import_asa_shim(text)
+}
+
+/// TEMPORARY, deleted when `asa::import_asa` lands in smtpgate-policy.
+fn temporary_import_asa_shim(_text: &str) -> Result<String, String> {
+    Err("import-asa is not available in this build yet".into())
+}

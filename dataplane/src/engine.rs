@@ -1,0 +1,337 @@
+//! Start-up, signals, reload and shutdown.
+//!
+//! - Start-up: every listen address is first bound once with a plain socket *without*
+//!   SO_REUSEPORT and released. glommio's listeners always set SO_REUSEPORT, so without
+//!   this probe a port already held by another process would be silently shared.
+//! - One glommio executor per core (`PoolPlacement::MaxSpread`); each binds every
+//!   listener and reports back; the readiness line is printed once all have.
+//! - SIGHUP re-reads the config file: new sessions use it, live ones keep theirs, a bad
+//!   file keeps the old config and says why. SIGTERM/SIGINT stop accepting and drain
+//!   live sessions for up to `shutdown_drain`, then exit 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use smtpgate_policy::config::Config;
+
+use crate::limits::Admission;
+use crate::log;
+use crate::stats::{ListenerStats, Stats};
+use crate::{admin, config_file, shard, LogFormat};
+
+/// io_uring registered memory per executor. glommio only uses it for file I/O, which
+/// smtpgate does not do; the default (10 MiB) exceeds a non-root RLIMIT_MEMLOCK.
+const IO_MEMORY: usize = 256 << 10;
+/// How long shards may take to bind their listeners.
+const STARTUP_LIMIT: Duration = Duration::from_secs(20);
+
+pub struct RunOptions {
+    pub config_path: Option<PathBuf>,
+    pub cores: Option<usize>,
+    pub log_format: LogFormat,
+}
+
+/// One loaded config with the counters of its listeners.
+pub struct Generation {
+    pub number: u64,
+    pub config: Arc<Config>,
+    pub listeners: Vec<Arc<ListenerStats>>,
+}
+
+/// State shared by all cores and the main thread (leaked: it lives as long as the process).
+pub struct Shared {
+    pub admission: Admission,
+    pub stats: Stats,
+    pub log_format: LogFormat,
+    current: RwLock<Arc<Generation>>,
+    generation: AtomicU64,
+    shutdown: AtomicBool,
+}
+
+impl Shared {
+    pub fn current(&self) -> Arc<Generation> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn generation_number(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    fn install(&self, config: Config) {
+        let number = self.generation_number() + 1;
+        let listeners = self.stats.for_config(&config);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Generation {
+            number,
+            config: Arc::new(config),
+            listeners,
+        });
+        self.generation.store(number, Ordering::Release);
+    }
+}
+
+enum Message {
+    Signal(i32),
+    ShardsExited(Vec<String>),
+}
+
+pub fn run(options: RunOptions) -> ExitCode {
+    match start(options) {
+        Ok(code) => code,
+        Err(message) => {
+            log::diag(&message);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Option<PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(path) => config_file::load(path),
+        None => Ok(config_file::embedded_default()),
+    }
+}
+
+/// Binds each address once without SO_REUSEPORT; returns the addresses with any
+/// port 0 replaced by the port the kernel chose.
+fn probe_listen_addresses(config: &mut Config) -> Result<(), String> {
+    let mut seen = Vec::new();
+    for listener in &mut config.listeners {
+        if seen.contains(&listener.listen) {
+            return Err(format!(
+                "listen address {} is configured twice",
+                listener.listen
+            ));
+        }
+        let probe = std::net::TcpListener::bind(listener.listen).map_err(|e| {
+            format!(
+                "cannot listen on {}: {e} (is another process holding the port?)",
+                listener.listen
+            )
+        })?;
+        listener.listen = probe.local_addr().map_err(|e| e.to_string())?;
+        seen.push(listener.listen);
+    }
+    Ok(())
+}
+
+fn start(options: RunOptions) -> Result<ExitCode, String> {
+    let mut config = load(&options.config_path)?;
+    probe_listen_addresses(&mut config)?;
+    let configured_listens: Vec<SocketAddr> = config.listeners.iter().map(|l| l.listen).collect();
+    let admin_listener = match config.admin.listen {
+        Some(address) => Some(
+            std::net::TcpListener::bind(address)
+                .map_err(|e| format!("cannot listen on admin address {address}: {e}"))?,
+        ),
+        None => None,
+    };
+
+    let shared: &'static Shared = Box::leak(Box::new(Shared {
+        admission: Admission::default(),
+        stats: Stats::default(),
+        log_format: options.log_format,
+        current: RwLock::new(Arc::new(Generation {
+            number: 0,
+            config: Arc::new(config.clone()),
+            listeners: Vec::new(),
+        })),
+        generation: AtomicU64::new(0),
+        shutdown: AtomicBool::new(false),
+    }));
+    shared.install(config);
+
+    // Registered before the shards start so an early signal is queued, not fatal.
+    let mut signals =
+        Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
+    let signal_handle = signals.handle();
+    let (messages_tx, messages) = mpsc::channel::<Message>();
+    let signal_tx = messages_tx.clone();
+    std::thread::Builder::new()
+        .name("smtpgate-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal_tx.send(Message::Signal(signal)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| format!("signal thread: {e}"))?;
+
+    let cores = options
+        .cores
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let (ready_tx, ready) = mpsc::channel::<Result<(), String>>();
+    let addresses = configured_listens.clone();
+    let pool = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(cores, None))
+        .name("smtpgate")
+        .io_memory(IO_MEMORY)
+        .on_all_shards(move || shard::run(shared, ready_tx, addresses))
+        .map_err(|e| format!("cannot start executors: {e}"))?;
+    // Executor start-up errors only surface at join: a watcher thread reports them.
+    std::thread::Builder::new()
+        .name("smtpgate-join".into())
+        .spawn(move || {
+            let errors = pool
+                .join_all()
+                .into_iter()
+                .filter_map(|r| r.err().map(|e| e.to_string()))
+                .collect();
+            let _ = messages_tx.send(Message::ShardsExited(errors));
+        })
+        .map_err(|e| format!("join thread: {e}"))?;
+
+    wait_until_bound(shared, &ready, cores, &messages)?;
+    if let Some(listener) = admin_listener {
+        admin::spawn(listener, shared).map_err(|e| format!("admin thread: {e}"))?;
+    }
+    announce(shared, cores);
+
+    let mut drain_started: Option<Instant> = None;
+    for message in messages.iter() {
+        match message {
+            Message::Signal(SIGHUP) => reload(shared, &options.config_path, &configured_listens),
+            Message::Signal(signal) => {
+                if drain_started.is_some() {
+                    log::diag("second stop signal: exiting now");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                log::diag(&format!(
+                    "signal {signal}: no longer accepting, draining live sessions for up to {:?}",
+                    shared.current().config.timeouts.shutdown_drain
+                ));
+                drain_started = Some(Instant::now());
+                shared.shutdown.store(true, Ordering::Release);
+            }
+            Message::ShardsExited(errors) => {
+                signal_handle.close();
+                if drain_started.is_some() && errors.is_empty() {
+                    log::diag("stopped");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                return Err(format!(
+                    "executors stopped unexpectedly: {}",
+                    errors.join("; ")
+                ));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn wait_until_bound(
+    shared: &Shared,
+    ready: &mpsc::Receiver<Result<(), String>>,
+    cores: usize,
+    messages: &mpsc::Receiver<Message>,
+) -> Result<(), String> {
+    let until = Instant::now() + STARTUP_LIMIT;
+    let mut bound = 0;
+    while bound < cores {
+        let left = until.saturating_duration_since(Instant::now());
+        match ready.recv_timeout(left) {
+            Ok(Ok(())) => bound += 1,
+            Ok(Err(e)) => {
+                shared.shutdown.store(true, Ordering::Release);
+                return Err(e);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Every shard's sender is gone without all reporting: an executor failed
+                // to start; its error comes from the join thread.
+                let detail = match messages.recv_timeout(Duration::from_secs(5)) {
+                    Ok(Message::ShardsExited(errors)) => errors.join("; "),
+                    _ => "unknown error".into(),
+                };
+                return Err(format!("executors failed to start: {detail}"));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                shared.shutdown.store(true, Ordering::Release);
+                return Err("executors did not start in time".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn announce(shared: &Shared, cores: usize) {
+    let generation = shared.current();
+    let listeners: Vec<String> = generation
+        .config
+        .listeners
+        .iter()
+        .map(|l| {
+            format!(
+                "{} -> {} (policy {}{}{})",
+                l.listen,
+                l.upstream,
+                l.policy.name,
+                if l.exempt.is_empty() {
+                    ""
+                } else {
+                    ", exemptions"
+                },
+                if l.proxy_protocol { ", PROXY v2" } else { "" }
+            )
+        })
+        .collect();
+    let admin = generation
+        .config
+        .admin
+        .listen
+        .map_or("off".to_string(), |a| a.to_string());
+    log::diag(&format!(
+        "listening on {}; admin {admin}; {cores} shard{}",
+        listeners.join(", "),
+        if cores == 1 { "" } else { "s" }
+    ));
+}
+
+fn reload(shared: &Shared, path: &Option<PathBuf>, listens: &[SocketAddr]) {
+    let Some(path) = path else {
+        log::diag("SIGHUP: running on the embedded default config, nothing to reload");
+        return;
+    };
+    let mut config = match config_file::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            log::diag(&format!(
+                "SIGHUP: keeping the current config; the new one has errors:\n{errors}"
+            ));
+            return;
+        }
+    };
+    // Listening sockets are bound at start; a reload may change everything else.
+    let same_listeners = config.listeners.len() == listens.len()
+        && config.listeners.iter().zip(listens).all(|(l, bound)| {
+            l.listen == *bound || (l.listen.port() == 0 && l.listen.ip() == bound.ip())
+        });
+    if !same_listeners {
+        log::diag(
+            "SIGHUP: keeping the current config; listen addresses changed (that needs a restart)",
+        );
+        return;
+    }
+    for (listener, bound) in config.listeners.iter_mut().zip(listens) {
+        listener.listen = *bound;
+    }
+    if config.admin.listen != shared.current().config.admin.listen {
+        log::diag("SIGHUP: admin address change ignored until restart");
+    }
+    shared.install(config);
+    log::diag(&format!("SIGHUP: reloaded {}", path.display()));
+}

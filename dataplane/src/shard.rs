@@ -1,0 +1,117 @@
+//! What runs on each core: one accept loop per listener (all shards bind the same
+//! addresses with SO_REUSEPORT, so the kernel spreads clients across cores) and one
+//! housekeeping tick that sweeps session deadlines, picks up a reloaded config and
+//! notices shutdown. Shard state is `Rc`/`Cell`: nothing here is shared across cores
+//! except through [`Shared`].
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpListener;
+use glommio::timer::sleep;
+use glommio::{spawn_local, Task};
+
+use crate::bufpool::BufPool;
+use crate::clock::{Deadlines, TICK};
+use crate::engine::{Generation, Shared};
+use crate::log;
+use crate::session;
+
+pub struct Shard {
+    pub shared: &'static Shared,
+    pub deadlines: Deadlines,
+    pub pool: BufPool,
+    generation: RefCell<Arc<Generation>>,
+    live_sessions: Cell<usize>,
+}
+
+impl Shard {
+    /// The config generation new sessions start with.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.generation.borrow().clone()
+    }
+
+    /// Counts a live session on this shard for as long as the guard lives (drain waits on it).
+    pub fn session_guard(self: &Rc<Self>) -> LiveSession {
+        self.live_sessions.set(self.live_sessions.get() + 1);
+        LiveSession(self.clone())
+    }
+}
+
+pub struct LiveSession(Rc<Shard>);
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        self.0.live_sessions.set(self.0.live_sessions.get() - 1);
+    }
+}
+
+/// The shard's main future: bind, report readiness, serve until shutdown, drain.
+pub async fn run(
+    shared: &'static Shared,
+    ready: Sender<Result<(), String>>,
+    addresses: Vec<SocketAddr>,
+) {
+    let mut listeners = Vec::with_capacity(addresses.len());
+    for address in &addresses {
+        match TcpListener::bind(address) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot listen on {address}: {e}")));
+                return;
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
+    drop(ready);
+
+    let shard = Rc::new(Shard {
+        shared,
+        deadlines: Deadlines::default(),
+        pool: BufPool::default(),
+        generation: RefCell::new(shared.current()),
+        live_sessions: Cell::new(0),
+    });
+    let accepting: Vec<Task<()>> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(index, listener)| spawn_local(accept_loop(shard.clone(), index, listener)))
+        .collect();
+
+    while !shared.is_shutting_down() {
+        sleep(TICK).await;
+        shard.deadlines.sweep(Instant::now());
+        if shard.generation.borrow().number != shared.generation_number() {
+            *shard.generation.borrow_mut() = shared.current();
+        }
+    }
+
+    // Stop accepting (dropping the tasks closes this shard's listening sockets), then
+    // let live sessions finish, up to shutdown_drain.
+    drop(accepting);
+    let drain = shard.generation().config.timeouts.shutdown_drain;
+    let until = Instant::now() + drain;
+    while shard.live_sessions.get() > 0 && Instant::now() < until {
+        sleep(TICK.min(Duration::from_millis(50))).await;
+        shard.deadlines.sweep(Instant::now());
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, index: usize, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(client) => {
+                spawn_local(session::serve(shard.clone(), index, client)).detach();
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                log::diag(&format!("accept failed: {e}"));
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Counters shared by all cores, and their rendering for `/status` (JSON) and
+//! `/metrics` (Prometheus text format).
+//!
+//! Counters are relaxed atomics bumped at most a few times per session (accept, limit,
+//! upstream failure, rule hit), never per byte or per read, so cross-core traffic stays
+//! off the relay's hot path; they are read and summed only when the admin endpoint asks.
+//! Rule counters are keyed by listener and rule text and survive a reload for rules that
+//! did not change, as `show service-policy inspect esmtp` counters do.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use smtpgate_policy::config::{Config, Listener};
+use smtpgate_policy::rules::Actions;
+
+use crate::limits::{Admission, LimitHit};
+
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One rule's counters (the firewall's match / drop / reset / log / mask columns).
+#[derive(Default, Debug)]
+pub struct RuleCounters {
+    pub matched: Counter,
+    pub drop: Counter,
+    pub reset: Counter,
+    pub log: Counter,
+    pub mask: Counter,
+}
+
+impl RuleCounters {
+    pub fn count(&self, actions: &Actions) {
+        self.matched.inc();
+        if actions.drop_connection {
+            self.drop.inc();
+        }
+        if actions.reset {
+            self.reset.inc();
+        }
+        if actions.log {
+            self.log.inc();
+        }
+        if actions.mask {
+            self.mask.inc();
+        }
+    }
+}
+
+/// Per-listener counters; `rules[i]` counts `policy.rules[i]` of the config generation
+/// this value was built for.
+#[derive(Debug)]
+pub struct ListenerStats {
+    pub listen: SocketAddr,
+    pub upstream: SocketAddr,
+    pub policy: String,
+    pub rules: Vec<(String, Arc<RuleCounters>)>,
+    pub sessions: Arc<ListenerSessions>,
+}
+
+#[derive(Default, Debug)]
+pub struct ListenerSessions {
+    pub accepted: Counter,
+    pub exempt: Counter,
+}
+
+/// Process-wide counters.
+#[derive(Default)]
+pub struct Stats {
+    pub accepted: Counter,
+    pub exempt: Counter,
+    pub rejected: [Counter; 4],
+    pub upstream_failures: Counter,
+    pub upstream_lost: Counter,
+    pub timeout_embryonic: Counter,
+    pub timeout_idle: Counter,
+    pub dropped: Counter,
+    pub reset: Counter,
+    pub client_bytes: Counter,
+    pub server_bytes: Counter,
+    /// Rule counters by (listen address, policy name, rule text), kept across reloads.
+    rule_registry: Mutex<HashMap<(SocketAddr, String, String), Arc<RuleCounters>>>,
+    session_registry: Mutex<HashMap<SocketAddr, Arc<ListenerSessions>>>,
+    /// The listeners of the config in force, for rendering.
+    current: Mutex<Vec<Arc<ListenerStats>>>,
+}
+
+impl Stats {
+    pub fn rejected(&self, hit: LimitHit) -> &Counter {
+        &self.rejected[hit as usize]
+    }
+
+    /// Counters for a (new or reloaded) config's listeners; becomes what is rendered.
+    pub fn for_config(&self, config: &Config) -> Vec<Arc<ListenerStats>> {
+        let listeners: Vec<_> = config.listeners.iter().map(|l| self.listener(l)).collect();
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = listeners.clone();
+        listeners
+    }
+
+    fn listener(&self, listener: &Listener) -> Arc<ListenerStats> {
+        let mut registry = self.rule_registry.lock().unwrap_or_else(|e| e.into_inner());
+        let rules = listener
+            .policy
+            .rules
+            .iter()
+            .map(|rule| {
+                let key = (
+                    listener.listen,
+                    listener.policy.name.clone(),
+                    rule.text.clone(),
+                );
+                let counters = registry.entry(key).or_default().clone();
+                (rule.text.clone(), counters)
+            })
+            .collect();
+        let sessions = self
+            .session_registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(listener.listen)
+            .or_default()
+            .clone();
+        Arc::new(ListenerStats {
+            listen: listener.listen,
+            upstream: listener.upstream,
+            policy: listener.policy.name.clone(),
+            rules,
+            sessions,
+        })
+    }
+
+    fn listeners(&self) -> Vec<Arc<ListenerStats>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn status_json(&self, admission: &Admission) -> String {
+        let rejected: serde_json::Map<_, _> = LimitHit::ALL
+            .iter()
+            .map(|&hit| (hit.name().to_string(), json!(self.rejected(hit).get())))
+            .collect();
+        let listeners: Vec<_> = self
+            .listeners()
+            .iter()
+            .map(|l| {
+                json!({
+                    "listen": l.listen.to_string(),
+                    "upstream": l.upstream.to_string(),
+                    "policy": l.policy,
+                    "accepted": l.sessions.accepted.get(),
+                    "exempt": l.sessions.exempt.get(),
+                    "rules": l.rules.iter().map(|(text, c)| json!({
+                        "rule": text,
+                        "matched": c.matched.get(),
+                        "drop": c.drop.get(),
+                        "reset": c.reset.get(),
+                        "log": c.log.get(),
+                        "mask": c.mask.get(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let status = json!({
+            "connections": {
+                "accepted": self.accepted.get(),
+                "active": admission.active(),
+                "embryonic": admission.embryonic(),
+                "exempt": self.exempt.get(),
+                "rejected": rejected,
+                "upstream_failures": self.upstream_failures.get(),
+                "upstream_lost": self.upstream_lost.get(),
+                "timeouts": {
+                    "embryonic": self.timeout_embryonic.get(),
+                    "idle": self.timeout_idle.get(),
+                },
+                "dropped": self.dropped.get(),
+                "reset": self.reset.get(),
+            },
+            "bytes": {
+                "from_clients": self.client_bytes.get(),
+                "from_upstreams": self.server_bytes.get(),
+            },
+            "listeners": listeners,
+        });
+        let mut text = serde_json::to_string_pretty(&status).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
+    pub fn prometheus(&self, admission: &Admission) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP smtpgate_{name} {help}");
+            let _ = writeln!(out, "# TYPE smtpgate_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "smtpgate_{name}{labels} {value}");
+            }
+        };
+        let one = |v: u64| vec![(String::new(), v)];
+        metric(
+            "connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+            &one(self.accepted.get()),
+        );
+        metric(
+            "connections_active",
+            "gauge",
+            "Client sessions open now.",
+            &one(admission.active()),
+        );
+        metric(
+            "connections_embryonic",
+            "gauge",
+            "Sessions with no HELO/EHLO accepted yet.",
+            &one(admission.embryonic()),
+        );
+        metric(
+            "connections_exempt_total",
+            "counter",
+            "Sessions relayed verbatim (exempt).",
+            &one(self.exempt.get()),
+        );
+        let rejected: Vec<_> = LimitHit::ALL
+            .iter()
+            .map(|&hit| {
+                (
+                    format!("{{limit=\"{}\"}}", hit.name()),
+                    self.rejected(hit).get(),
+                )
+            })
+            .collect();
+        metric(
+            "connections_rejected_total",
+            "counter",
+            "Clients refused by a connection limit.",
+            &rejected,
+        );
+        metric(
+            "upstream_failures_total",
+            "counter",
+            "Upstream connects refused or timed out.",
+            &one(self.upstream_failures.get()),
+        );
+        metric(
+            "upstream_lost_total",
+            "counter",
+            "Upstream connections that failed mid-session.",
+            &one(self.upstream_lost.get()),
+        );
+        metric(
+            "timeouts_total",
+            "counter",
+            "Sessions closed by a timeout.",
+            &[
+                (
+                    "{timeout=\"embryonic\"}".into(),
+                    self.timeout_embryonic.get(),
+                ),
+                ("{timeout=\"idle\"}".into(), self.timeout_idle.get()),
+            ],
+        );
+        metric(
+            "sessions_dropped_total",
+            "counter",
+            "Sessions ended by drop-connection.",
+            &one(self.dropped.get()),
+        );
+        metric(
+            "sessions_reset_total",
+            "counter",
+            "Sessions ended by reset.",
+            &one(self.reset.get()),
+        );
+        metric(
+            "bytes_total",
+            "counter",
+            "Bytes read from each side.",
+            &[
+                ("{from=\"client\"}".into(), self.client_bytes.get()),
+                ("{from=\"upstream\"}".into(), self.server_bytes.get()),
+            ],
+        );
+        let mut matches = Vec::new();
+        let mut actions = Vec::new();
+        for l in self.listeners() {
+            for (text, c) in &l.rules {
+                let labels = format!(
+                    "listener=\"{}\",policy=\"{}\",rule=\"{}\"",
+                    l.listen,
+                    escape_label(&l.policy),
+                    escape_label(text)
+                );
+                matches.push((format!("{{{labels}}}"), c.matched.get()));
+                for (action, counter) in [
+                    ("drop", &c.drop),
+                    ("reset", &c.reset),
+                    ("log", &c.log),
+                    ("mask", &c.mask),
+                ] {
+                    actions.push((format!("{{{labels},action=\"{action}\"}}"), counter.get()));
+                }
+            }
+        }
+        metric(
+            "rule_matches_total",
+            "counter",
+            "Policy rule matches.",
+            &matches,
+        );
+        metric(
+            "rule_actions_total",
+            "counter",
+            "Policy rule actions taken.",
+            &actions,
+        );
+        out
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
