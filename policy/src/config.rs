@@ -191,6 +191,11 @@ pub struct PolicySection {
     /// `match ...` lines, appended after the parent's.
     #[serde(default)]
     pub rules: Vec<Spanned<String>>,
+    /// `false`: take the parent's command and EHLO handling and its parameters, but
+    /// none of its `match` rules (only this section's). Default `true`. This is how an
+    /// imported firewall policy map, which replaces the firewall's default map rather
+    /// than adding to it, is reproduced (`import-asa` writes it).
+    pub inherit_rules: Option<bool>,
 }
 
 impl PolicySection {
@@ -203,6 +208,7 @@ impl PolicySection {
             || self.mail_relay.is_some()
             || self.allow_verbs.is_some()
             || !self.rules.is_empty()
+            || self.inherit_rules.is_some()
     }
 }
 

@@ -315,7 +315,8 @@ impl Policy {
     /// A user policy (`[policy.NAME]`) over its resolved parent (`extends`; the config
     /// resolves names and cycles). Parameters given override the parent's;
     /// `allow_verbs` adds to them; `rules` are appended after the parent's `match`
-    /// rules. Every error is returned, each with its field and config span.
+    /// rules (unless `inherit_rules = false`). Every error is returned, each with its
+    /// field and config span.
     pub fn compile(
         name: &str,
         section: &PolicySection,
@@ -413,12 +414,16 @@ impl Policy {
             }
         }
 
-        let mut match_rules: Vec<Rule> = parent
-            .rules
-            .iter()
-            .filter(|r| !r.criterion.is_parameter())
-            .cloned()
-            .collect();
+        let mut match_rules: Vec<Rule> = if section.inherit_rules.unwrap_or(true) {
+            parent
+                .rules
+                .iter()
+                .filter(|r| !r.criterion.is_parameter())
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         for (i, text) in section.rules.iter().enumerate() {
             match parse_rule(text.get_ref()) {
                 Ok(rule) => match_rules.push(rule),
@@ -956,6 +961,25 @@ mod tests {
             "expected a number at column 22, found `x`"
         );
         assert!(errors[2].message.contains("allow_tls"));
+    }
+
+    #[test]
+    fn inherit_rules_false_keeps_protocol_handling_but_not_match_rules() {
+        let mut s = section("asa-compat");
+        s.inherit_rules = Some(false);
+        s.rules = vec![spanned("match body length gt 100 log".into())];
+        let p = Policy::compile("imported", &s, &builtin("asa-compat")).unwrap();
+        assert_eq!(
+            texts(&p),
+            [
+                "mask-banner",
+                "unknown-command mask log",
+                "match body length gt 100 log"
+            ]
+        );
+        assert!(!p.ehlo_allowed(b"PIPELINING"));
+        assert_eq!(p.index.body, [2]);
+        assert!(p.index.command.is_empty());
     }
 
     #[test]
