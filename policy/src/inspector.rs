@@ -1,6 +1,6 @@
 //! The per-session SMTP inspector: a state machine fed bytes from either direction.
 //!
-//! CONTRACT with the dataplane (the API below is fixed; the body is being built):
+//! CONTRACT with the dataplane (the API below is fixed):
 //! - `Inspector::new(policy)` per session; `policy` is shared (`Arc<Policy>`).
 //! - The driver reads into a buffer, freezes it into `Bytes` and calls
 //!   `on_client_bytes` / `on_server_bytes` with `now` (no clock reads in here).
@@ -10,14 +10,50 @@
 //!   events, then acts on the verdict. `Output::clear` keeps capacity between calls.
 //! - Bytes the inspector cannot yet judge (a partial command line or reply) it keeps,
 //!   bounded; the driver must not resend them.
+//!
+//! # How a session is followed
+//! - Client side, command mode: lines framed at LF ([`scanner::line_end`]); a line split
+//!   across reads is copied into a buffer of at most [`CMD_LINE_CAP`] bytes; past that the
+//!   command is judged on its first bytes and the rest of the line streams through.
+//!   Verbs outside `allowed_commands` (and `cmd verb` rules with `mask`) are forwarded as
+//!   a same-length line of `X`s, so the server answers them 5xx itself, in order.
+//! - Every forwarded command is queued ([`Pending`]) so each server reply pairs with
+//!   its command under PIPELINING (RFC 2920 §3).
+//! - DATA, STARTTLS and AUTH end a pipelined group (RFC 2920 §3.1, RFC 3207 §4,
+//!   RFC 4954 §4): the client must wait for the reply. Bytes it sends before the reply
+//!   are held (at most [`HOLD_CAP`]) and judged once the reply says what they are:
+//!   message content after `354`, TLS after `220`, an AUTH line after `334`, commands
+//!   otherwise. Past the cap the session is dropped (improper pipelining).
+//! - DATA content (RFC 5321 §4.1.1.4): strict CRLF framing ([`scanner::ContentScanner`]),
+//!   dot-stuffing undone for the checks, end of data only at CRLF.CRLF; a bare CR or
+//!   LF is SMTP smuggling and, with the `bare_newline` rule's drop action, nothing from
+//!   the offending line on is forwarded. BDAT (RFC 3030) content is counted by
+//!   `bytes_left`, one message stream across chunks. Both go through
+//!   [`mime::MessageScanner`] for header, body and MIME rules.
+//! - Server side: reply lines buffered (bounded) until complete; the greeting is masked
+//!   by the `Banner` rule, EHLO keywords by `ehlo-reply-parameter` rules with `mask`.
+//! - Decisions: every match emits one [`Event`]; `drop-connection` and `reset` end the
+//!   session with a verdict and nothing after the offending point is forwarded (in
+//!   DATA the final dot, in BDAT the last byte of the LAST chunk, never reach the
+//!   server). `rate-limit N`: more than N matches of that rule within one second of
+//!   `now` ends the session with a `421 4.7.0` rate reply (the firewall drops too).
+//!
+//! Per line the hot path allocates nothing: forwarded bytes are slices of the input,
+//! contiguous unchanged ranges coalesced into one slice per read; rewrites (masking,
+//! a line re-joined across reads, released held bytes) allocate, and are rare.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::event::Event;
+use crate::event::{Direction, Event, MessageId};
+use crate::mime::{MessageScanner, Observation, Observer, LINE_HEAD_CAP};
 use crate::policy::Policy;
+use crate::rules::{Cmp, Criterion, Rule, RuleId};
+use crate::scanner::{self, ContentScanner, Scan};
+use crate::verb::Verb;
 
 /// What the session must do next, beyond forwarding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -50,14 +86,631 @@ impl Output {
     }
 }
 
+/// A command line split across reads is buffered up to this many bytes; a longer one
+/// is judged on these first bytes and the rest streams through (RFC 5321 §4.5.3.1.4
+/// allows 512; extensions push real commands to a few hundred more).
+pub const CMD_LINE_CAP: usize = 4096;
+/// Same for a server reply line.
+pub const REPLY_LINE_CAP: usize = 4096;
+/// Client bytes held while DATA / STARTTLS / AUTH await their reply.
+pub const HOLD_CAP: usize = 64 * 1024;
+/// Outstanding pipelined commands tracked; beyond it client bytes wait (held).
+pub const QUEUE_CAP: usize = 1024;
+
+const REPLY_IMPROPER_PIPELINING: &[u8] =
+    b"421 4.7.0 Improper command pipelining, closing connection\r\n";
+const REPLY_RATE_LIMIT: &[u8] = b"421 4.7.0 Message rate limit exceeded, closing connection\r\n";
+
+/// The `421 4.7.0` reply naming why a rule dropped the session.
+fn drop_reply(criterion: &Criterion) -> &'static [u8] {
+    match criterion {
+        Criterion::CmdLineLength(_) => b"421 4.7.0 Command line too long, closing connection\r\n",
+        Criterion::CmdRcptCount(_) => b"421 4.7.0 Too many recipients, closing connection\r\n",
+        Criterion::CmdVerb(_) | Criterion::UnknownVerb => {
+            b"421 4.7.0 Command not allowed, closing connection\r\n"
+        }
+        Criterion::EhloReplyParameter(_) => {
+            b"421 4.7.0 EHLO reply parameter not allowed, closing connection\r\n"
+        }
+        Criterion::HeaderLineLength(_) => {
+            b"421 4.7.0 Message header line too long, closing connection\r\n"
+        }
+        Criterion::HeaderLength(_) => b"421 4.7.0 Message header too long, closing connection\r\n",
+        Criterion::HeaderToFieldsCount(_) => {
+            b"421 4.7.0 Too many To: recipients, closing connection\r\n"
+        }
+        Criterion::BodyLineLength(_) => {
+            b"421 4.7.0 Message body line too long, closing connection\r\n"
+        }
+        Criterion::BodyLength(_) => b"421 4.7.0 Message body too long, closing connection\r\n",
+        Criterion::SenderAddressLength(_) => {
+            b"421 4.7.0 Sender address too long, closing connection\r\n"
+        }
+        Criterion::SenderAddressRegex(_) => {
+            b"421 4.7.0 Sender address not allowed, closing connection\r\n"
+        }
+        Criterion::MimeFilenameLength(_) => {
+            b"421 4.7.0 MIME filename too long, closing connection\r\n"
+        }
+        Criterion::MimeFiletype(_) => {
+            b"421 4.7.0 MIME file type not allowed, closing connection\r\n"
+        }
+        Criterion::MimeEncoding(_) => {
+            b"421 4.7.0 MIME encoding not allowed, closing connection\r\n"
+        }
+        Criterion::InvalidRecipientsCount(_) => {
+            b"421 4.7.0 Too many invalid recipients, closing connection\r\n"
+        }
+        Criterion::Banner => b"421 4.7.0 Server banner not allowed, closing connection\r\n",
+        Criterion::BareNewline => {
+            b"421 4.7.0 Bare CR or LF in message (SMTP smuggling), closing connection\r\n"
+        }
+        Criterion::SpecialCharacter => {
+            b"421 4.7.0 Special character in address, closing connection\r\n"
+        }
+        Criterion::MailRelay => b"421 4.7.0 Relaying denied, closing connection\r\n",
+        Criterion::TlsStarted => b"421 4.7.0 TLS not allowed, closing connection\r\n",
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Rule index: the rules of each criterion kind, found without scanning per line.
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Kind {
+    CmdLineLength,
+    CmdRcptCount,
+    CmdVerb,
+    EhloReplyParameter,
+    HeaderLineLength,
+    HeaderLength,
+    HeaderToFieldsCount,
+    BodyLineLength,
+    BodyLength,
+    SenderAddressLength,
+    SenderAddressRegex,
+    MimeFilenameLength,
+    MimeFiletype,
+    MimeEncoding,
+    InvalidRecipientsCount,
+    Banner,
+    UnknownVerb,
+    BareNewline,
+    SpecialCharacter,
+    MailRelay,
+    TlsStarted,
+}
+
+const KINDS: usize = Kind::TlsStarted as usize + 1;
+
+fn kind_of(c: &Criterion) -> Kind {
+    match c {
+        Criterion::CmdLineLength(_) => Kind::CmdLineLength,
+        Criterion::CmdRcptCount(_) => Kind::CmdRcptCount,
+        Criterion::CmdVerb(_) => Kind::CmdVerb,
+        Criterion::EhloReplyParameter(_) => Kind::EhloReplyParameter,
+        Criterion::HeaderLineLength(_) => Kind::HeaderLineLength,
+        Criterion::HeaderLength(_) => Kind::HeaderLength,
+        Criterion::HeaderToFieldsCount(_) => Kind::HeaderToFieldsCount,
+        Criterion::BodyLineLength(_) => Kind::BodyLineLength,
+        Criterion::BodyLength(_) => Kind::BodyLength,
+        Criterion::SenderAddressLength(_) => Kind::SenderAddressLength,
+        Criterion::SenderAddressRegex(_) => Kind::SenderAddressRegex,
+        Criterion::MimeFilenameLength(_) => Kind::MimeFilenameLength,
+        Criterion::MimeFiletype(_) => Kind::MimeFiletype,
+        Criterion::MimeEncoding(_) => Kind::MimeEncoding,
+        Criterion::InvalidRecipientsCount(_) => Kind::InvalidRecipientsCount,
+        Criterion::Banner => Kind::Banner,
+        Criterion::UnknownVerb => Kind::UnknownVerb,
+        Criterion::BareNewline => Kind::BareNewline,
+        Criterion::SpecialCharacter => Kind::SpecialCharacter,
+        Criterion::MailRelay => Kind::MailRelay,
+        Criterion::TlsStarted => Kind::TlsStarted,
+    }
+}
+
+/// Rule ids grouped by kind: `ids[start[k]..start[k + 1]]` are the rules of kind `k`.
+struct RuleIndex {
+    ids: Box<[RuleId]>,
+    start: [u16; KINDS + 1],
+}
+
+impl RuleIndex {
+    fn new(policy: &Policy) -> RuleIndex {
+        let mut ids: Vec<RuleId> = (0..policy.rules.len() as RuleId).collect();
+        ids.sort_by_key(|&id| kind_of(&policy.rules[id as usize].criterion) as u8);
+        let mut start = [0u16; KINDS + 1];
+        for k in 0..KINDS {
+            start[k + 1] = start[k]
+                + ids
+                    .iter()
+                    .filter(|&&id| kind_of(&policy.rules[id as usize].criterion) as usize == k)
+                    .count() as u16;
+        }
+        RuleIndex {
+            ids: ids.into_boxed_slice(),
+            start,
+        }
+    }
+
+    #[inline]
+    fn of(&self, kind: Kind) -> &[RuleId] {
+        let k = kind as usize;
+        &self.ids[self.start[k] as usize..self.start[k + 1] as usize]
+    }
+}
+
+/// What a rule check asks of the line being judged.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Outcome {
+    Pass,
+    Mask,
+    Stop,
+}
+
+impl Outcome {
+    #[inline]
+    fn and(self, other: Outcome) -> Outcome {
+        match (self, other) {
+            (Outcome::Stop, _) | (_, Outcome::Stop) => Outcome::Stop,
+            (Outcome::Mask, _) | (_, Outcome::Mask) => Outcome::Mask,
+            _ => Outcome::Pass,
+        }
+    }
+}
+
+/// Applies rule actions: events, verdicts, rate windows.
+struct Actor {
+    dead: bool,
+    now: Option<Instant>,
+    /// Per rule (only when the policy has `rate-limit` rules): window start and count.
+    rate: Vec<(Option<Instant>, u32)>,
+}
+
+impl Actor {
+    fn fire(
+        &mut self,
+        id: RuleId,
+        rule: &Rule,
+        direction: Direction,
+        value: u64,
+        out: &mut Output,
+    ) -> Outcome {
+        let a = rule.actions;
+        let message_id = match rule.criterion {
+            Criterion::SpecialCharacter | Criterion::BareNewline => MessageId::MaliciousPattern,
+            Criterion::TlsStarted => MessageId::TlsStarted,
+            _ if a.drop_connection || a.reset => MessageId::PolicyAction,
+            _ if a.mask => MessageId::ReplacedString,
+            _ => MessageId::PolicyLog,
+        };
+        out.events.push(Event {
+            rule: id,
+            actions: a,
+            message_id,
+            direction,
+            value,
+        });
+        if a.reset {
+            return self.stop(out, Verdict::Reset);
+        }
+        if a.drop_connection {
+            return self.stop(
+                out,
+                Verdict::Drop {
+                    reply: drop_reply(&rule.criterion),
+                },
+            );
+        }
+        if a.rate_limit > 0 {
+            if let (Some(now), Some(slot)) = (self.now, self.rate.get_mut(id as usize)) {
+                match slot.0 {
+                    Some(start)
+                        if now.saturating_duration_since(start) < Duration::from_secs(1) =>
+                    {
+                        slot.1 += 1
+                    }
+                    _ => *slot = (Some(now), 1),
+                }
+                if slot.1 > a.rate_limit {
+                    return self.stop(
+                        out,
+                        Verdict::Drop {
+                            reply: REPLY_RATE_LIMIT,
+                        },
+                    );
+                }
+            }
+        }
+        if a.mask {
+            Outcome::Mask
+        } else {
+            Outcome::Pass
+        }
+    }
+
+    fn stop(&mut self, out: &mut Output, verdict: Verdict) -> Outcome {
+        if !self.dead {
+            out.verdict = verdict;
+            self.dead = true;
+        }
+        Outcome::Stop
+    }
+}
+
+/// Runs every rule in `ids` whose criterion `matches` (after `match not`).
+#[inline]
+fn check(
+    policy: &Policy,
+    ids: &[RuleId],
+    actor: &mut Actor,
+    out: &mut Output,
+    direction: Direction,
+    value: u64,
+    matches: impl Fn(&Criterion) -> bool,
+) -> Outcome {
+    let mut outcome = Outcome::Pass;
+    for &id in ids {
+        let rule = &policy.rules[id as usize];
+        if matches(&rule.criterion) != rule.negate {
+            outcome = outcome.and(actor.fire(id, rule, direction, value, out));
+            if outcome == Outcome::Stop {
+                break;
+            }
+        }
+    }
+    outcome
+}
+
+/// A comparison rule of a given kind against `value`.
+#[inline]
+fn check_cmp(
+    policy: &Policy,
+    index: &RuleIndex,
+    kind: Kind,
+    actor: &mut Actor,
+    out: &mut Output,
+    direction: Direction,
+    value: u64,
+) -> Outcome {
+    let ids = index.of(kind);
+    if ids.is_empty() {
+        return Outcome::Pass;
+    }
+    check(policy, ids, actor, out, direction, value, |c| match c {
+        Criterion::CmdLineLength(cmp)
+        | Criterion::CmdRcptCount(cmp)
+        | Criterion::HeaderLineLength(cmp)
+        | Criterion::HeaderLength(cmp)
+        | Criterion::HeaderToFieldsCount(cmp)
+        | Criterion::BodyLineLength(cmp)
+        | Criterion::BodyLength(cmp)
+        | Criterion::SenderAddressLength(cmp)
+        | Criterion::MimeFilenameLength(cmp)
+        | Criterion::InvalidRecipientsCount(cmp) => cmp.matches(value),
+        _ => false,
+    })
+}
+
+/// When a `cmd line length` check runs.
+#[derive(Clone, Copy)]
+enum LenCheck {
+    /// The line crossed the buffer cap and is still growing: only non-negated `gt`
+    /// rules can already be sure (its final length can only be larger).
+    Partial,
+    /// The line ended; `early` is the length at which a partial check ran, so a `gt`
+    /// rule that fired then does not fire twice.
+    Final { early: Option<u64> },
+}
+
+fn check_line_length(
+    policy: &Policy,
+    index: &RuleIndex,
+    actor: &mut Actor,
+    out: &mut Output,
+    len: u64,
+    when: LenCheck,
+) -> Outcome {
+    let mut outcome = Outcome::Pass;
+    for &id in index.of(Kind::CmdLineLength) {
+        let rule = &policy.rules[id as usize];
+        let Criterion::CmdLineLength(cmp) = rule.criterion else {
+            continue;
+        };
+        let decidable_early = matches!(cmp, Cmp::Gt(_)) && !rule.negate;
+        let skip = match when {
+            LenCheck::Partial => !decidable_early,
+            LenCheck::Final { early: Some(at) } => decidable_early && cmp.matches(at),
+            LenCheck::Final { early: None } => false,
+        };
+        if !skip && cmp.matches(len) != rule.negate {
+            outcome = outcome.and(actor.fire(id, rule, Direction::ClientToServer, len, out));
+            if outcome == Outcome::Stop {
+                break;
+            }
+        }
+    }
+    outcome
+}
+
+/// A built-in rule (parameter) that matched: no comparison, `match not` not applicable.
+fn check_flag(
+    policy: &Policy,
+    index: &RuleIndex,
+    kind: Kind,
+    actor: &mut Actor,
+    out: &mut Output,
+    direction: Direction,
+    value: u64,
+) -> Outcome {
+    let mut outcome = Outcome::Pass;
+    for &id in index.of(kind) {
+        let rule = &policy.rules[id as usize];
+        outcome = outcome.and(actor.fire(id, rule, direction, value, out));
+        if outcome == Outcome::Stop {
+            break;
+        }
+    }
+    outcome
+}
+
+/// Message rules, fed by [`MessageScanner`].
+struct Judge<'a> {
+    policy: &'a Policy,
+    index: &'a RuleIndex,
+    actor: &'a mut Actor,
+    out: &'a mut Output,
+}
+
+impl Observer for Judge<'_> {
+    #[inline]
+    fn observe(&mut self, o: Observation<'_>) -> bool {
+        let d = Direction::ClientToServer;
+        let (p, i) = (self.policy, self.index);
+        let outcome = match o {
+            Observation::BodyLine { len } => {
+                check_cmp(p, i, Kind::BodyLineLength, self.actor, self.out, d, len)
+            }
+            Observation::HeaderLine { len } => {
+                check_cmp(p, i, Kind::HeaderLineLength, self.actor, self.out, d, len)
+            }
+            Observation::HeaderEnd { len, to_recipients } => {
+                match check_cmp(p, i, Kind::HeaderLength, self.actor, self.out, d, len) {
+                    Outcome::Stop => Outcome::Stop,
+                    first => first.and(check_cmp(
+                        p,
+                        i,
+                        Kind::HeaderToFieldsCount,
+                        self.actor,
+                        self.out,
+                        d,
+                        to_recipients,
+                    )),
+                }
+            }
+            Observation::MessageEnd { body_len } => {
+                check_cmp(p, i, Kind::BodyLength, self.actor, self.out, d, body_len)
+            }
+            Observation::MimeFilenameLength { len } => {
+                check_cmp(p, i, Kind::MimeFilenameLength, self.actor, self.out, d, len)
+            }
+            Observation::MimeType { value } => check(
+                p,
+                i.of(Kind::MimeFiletype),
+                self.actor,
+                self.out,
+                d,
+                value.len() as u64,
+                |c| matches!(c, Criterion::MimeFiletype(re) if re.is_match(value)),
+            ),
+            Observation::MimeEncoding { encoding } => check(
+                p,
+                i.of(Kind::MimeEncoding),
+                self.actor,
+                self.out,
+                d,
+                encoding as u64,
+                |c| matches!(c, Criterion::MimeEncoding(set) if set & encoding != 0),
+            ),
+        };
+        outcome != Outcome::Stop
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Forwarding: coalesce unchanged ranges of one read into one slice.
+
+/// The pending unchanged range `[start, end)` of the current input.
+#[derive(Default)]
+struct Fwd {
+    start: usize,
+    end: usize,
+}
+
+impl Fwd {
+    #[inline]
+    fn pass(&mut self, input: &Bytes, from: usize, to: usize, sink: &mut Vec<Bytes>) {
+        if from == to {
+            return;
+        }
+        if from != self.end {
+            self.flush(input, sink);
+            self.start = from;
+        }
+        self.end = to;
+    }
+
+    #[inline]
+    fn flush(&mut self, input: &Bytes, sink: &mut Vec<Bytes>) {
+        if self.end > self.start {
+            sink.push(input.slice(self.start..self.end));
+        }
+        self.start = self.end;
+    }
+
+    fn emit(&mut self, input: &Bytes, bytes: Bytes, sink: &mut Vec<Bytes>) {
+        self.flush(input, sink);
+        if !bytes.is_empty() {
+            sink.push(bytes);
+        }
+    }
+
+    /// Takes back the last pending byte (the LAST BDAT chunk's end, when a check at
+    /// the end of the message stops the session).
+    fn retract_last(&mut self, sink: &mut Vec<Bytes>) {
+        if self.end > self.start {
+            self.end -= 1;
+        } else if let Some(last) = sink.last_mut() {
+            last.truncate(last.len() - 1);
+            if last.is_empty() {
+                sink.pop();
+            }
+        }
+    }
+}
+
+static XS: [u8; 1024] = [b'X'; 1024];
+static STARS: [u8; 1024] = [b'*'; 1024];
+
+/// `n` copies of a mask byte, as static slices (no allocation).
+fn emit_fill(fwd: &mut Fwd, input: &Bytes, fill: u8, mut n: usize, sink: &mut Vec<Bytes>) {
+    let src: &'static [u8; 1024] = if fill == b'*' { &STARS } else { &XS };
+    fwd.flush(input, sink);
+    while n > 0 {
+        let k = n.min(src.len());
+        sink.push(Bytes::from_static(&src[..k]));
+        n -= k;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Session state.
+
+/// What a queued command's reply means to us.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Pending {
+    Helo,
+    Ehlo,
+    Rcpt,
+    Data,
+    Starttls,
+    Auth,
+    /// Every other command, and the reply to a message's end of data.
+    Other,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ClientMode {
+    Command,
+    /// After `334`: the next line is an AUTH response (RFC 4954 §4), not a command.
+    AuthLine,
+    /// After `354`: message content until CRLF.CRLF.
+    Data,
+    /// Inside a BDAT chunk: `left` octets to go.
+    Bdat {
+        left: u64,
+        last: bool,
+    },
+    /// After STARTTLS was accepted: relayed untouched.
+    Opaque,
+}
+
+/// A line longer than its buffer cap, judged on its head; the rest streams through.
+#[derive(Clone, Copy, Debug)]
+struct Streaming {
+    /// Replace the rest with this byte (`X` for a masked command, `*` for a banner).
+    fill: Option<u8>,
+    /// Content bytes so far (CR/LF excluded).
+    len: u64,
+    last_was_cr: bool,
+    /// The length at which `gt` length rules were already checked (when the line
+    /// crossed the buffer cap).
+    checked_at: u64,
+}
+
 /// One SMTP session's inspection state.
 pub struct Inspector {
     policy: Arc<Policy>,
+    index: RuleIndex,
+    actor: Actor,
+    pending: VecDeque<Pending>,
+    embryonic: bool,
+    opaque: bool,
+
+    // ---- client side ----
+    mode: ClientMode,
+    cmd_buf: Vec<u8>,
+    cmd_stream: Option<Streaming>,
+    /// Client bytes waiting for a DATA / STARTTLS / AUTH reply (or queue room).
+    hold: Vec<u8>,
+    holding: bool,
+    /// A DATA / STARTTLS / AUTH is outstanding.
+    barrier: bool,
+    rcpt_count: u64,
+    /// A BDAT message has started and has not had its LAST chunk.
+    bdat_message: bool,
+    content: ContentScanner,
+    /// First bytes of a content line that spans reads.
+    carry: Vec<u8>,
+    /// BDAT content framing: length of the current line so far, last byte CR.
+    bdat_line_len: u64,
+    bdat_last_cr: bool,
+    msg: MessageScanner,
+
+    // ---- server side ----
+    reply_buf: Vec<u8>,
+    reply_stream: Option<Streaming>,
+    greeted: bool,
+    /// Line number within the reply being read.
+    reply_line: u32,
+    banner_mask: bool,
+    invalid_rcpts: u64,
 }
 
 impl Inspector {
     pub fn new(policy: Arc<Policy>) -> Inspector {
-        Inspector { policy }
+        let index = RuleIndex::new(&policy);
+        let rate = if policy.rules.iter().any(|r| r.actions.rate_limit > 0) {
+            vec![(None, 0); policy.rules.len()]
+        } else {
+            Vec::new()
+        };
+        Inspector {
+            index,
+            actor: Actor {
+                dead: false,
+                now: None,
+                rate,
+            },
+            pending: VecDeque::with_capacity(16),
+            embryonic: true,
+            opaque: !policy.inspect,
+            mode: if policy.inspect {
+                ClientMode::Command
+            } else {
+                ClientMode::Opaque
+            },
+            cmd_buf: Vec::new(),
+            cmd_stream: None,
+            hold: Vec::new(),
+            holding: false,
+            barrier: false,
+            rcpt_count: 0,
+            bdat_message: false,
+            content: ContentScanner::new(),
+            carry: Vec::new(),
+            bdat_line_len: 0,
+            bdat_last_cr: false,
+            msg: MessageScanner::new(),
+            reply_buf: Vec::new(),
+            reply_stream: None,
+            greeted: false,
+            reply_line: 0,
+            banner_mask: false,
+            invalid_rcpts: 0,
+            policy,
+        }
     }
 
     pub fn policy(&self) -> &Arc<Policy> {
@@ -65,23 +718,2022 @@ impl Inspector {
     }
 
     /// Bytes read from the client.
-    pub fn on_client_bytes(&mut self, input: Bytes, _now: Instant, out: &mut Output) {
-        out.to_server.push(input);
+    pub fn on_client_bytes(&mut self, input: Bytes, now: Instant, out: &mut Output) {
+        self.actor.now = Some(now);
+        if self.actor.dead {
+            return;
+        }
+        if self.opaque && self.mode == ClientMode::Opaque {
+            if !input.is_empty() {
+                out.to_server.push(input);
+            }
+            return;
+        }
+        self.client_input(input, out);
     }
 
     /// Bytes read from the server.
-    pub fn on_server_bytes(&mut self, input: Bytes, _now: Instant, out: &mut Output) {
-        out.to_client.push(input);
+    pub fn on_server_bytes(&mut self, input: Bytes, now: Instant, out: &mut Output) {
+        self.actor.now = Some(now);
+        if self.actor.dead {
+            return;
+        }
+        if self.opaque {
+            if !input.is_empty() {
+                out.to_client.push(input);
+            }
+            return;
+        }
+        self.server_input(input, out);
     }
 
     /// True until a HELO/EHLO has been answered 2xx (SPEC: embryonic session).
     pub fn is_embryonic(&self) -> bool {
-        true
+        self.embryonic
     }
 
     /// True once STARTTLS was accepted: from here both directions are opaque and the
     /// driver may relay them verbatim without calling the inspector.
     pub fn is_opaque(&self) -> bool {
-        false
+        self.opaque
+    }
+
+    /// True once a drop or reset verdict was given: nothing more will be forwarded.
+    pub fn is_stopped(&self) -> bool {
+        self.actor.dead
+    }
+
+    /// Bytes the inspector keeps between calls (partial lines, held bytes, parser
+    /// state); bounded by the caps above whatever the peers send.
+    pub fn buffered_bytes(&self) -> usize {
+        self.cmd_buf.len()
+            + self.hold.len()
+            + self.carry.len()
+            + self.reply_buf.len()
+            + self.msg.buffered_bytes()
+    }
+
+    // ---------------------------------------------------------------------------
+    // Client side.
+
+    fn client_input(&mut self, input: Bytes, out: &mut Output) {
+        let mut fwd = Fwd::default();
+        let mut pos = 0;
+        // `BDAT 0 LAST` ends a message with no further input.
+        let empty_chunk = |mode: ClientMode| matches!(mode, ClientMode::Bdat { left: 0, .. });
+        while (pos < input.len() || empty_chunk(self.mode)) && !self.actor.dead {
+            if self.holding {
+                let rest = &input[pos..];
+                if self.hold.len() + rest.len() > HOLD_CAP {
+                    self.improper_pipelining(out);
+                } else {
+                    self.hold.extend_from_slice(rest);
+                }
+                break;
+            }
+            pos = match self.mode {
+                ClientMode::Command => self.client_commands(&input, pos, &mut fwd, out),
+                ClientMode::AuthLine => self.client_auth_line(&input, pos, &mut fwd, out),
+                ClientMode::Data => self.client_data(&input, pos, &mut fwd, out),
+                ClientMode::Bdat { .. } => self.client_bdat(&input, pos, &mut fwd, out),
+                ClientMode::Opaque => {
+                    fwd.pass(&input, pos, input.len(), &mut out.to_server);
+                    input.len()
+                }
+            };
+        }
+        // Whatever was judged clean before a stop still goes out, in order.
+        fwd.flush(&input, &mut out.to_server);
+    }
+
+    fn improper_pipelining(&mut self, out: &mut Output) {
+        // Attributed to the smuggling rule when there is one: content sent before the
+        // server's go-ahead is how pipelined smuggling works.
+        let ids = self.index.of(Kind::BareNewline);
+        if let Some(&id) = ids.first() {
+            let rule = &self.policy.rules[id as usize];
+            out.events.push(Event {
+                rule: id,
+                actions: rule.actions,
+                message_id: MessageId::PolicyAction,
+                direction: Direction::ClientToServer,
+                value: (self.hold.len()) as u64,
+            });
+        }
+        self.actor.stop(
+            out,
+            Verdict::Drop {
+                reply: REPLY_IMPROPER_PIPELINING,
+            },
+        );
+    }
+
+    /// Releases held client bytes after the reply that decides what they are.
+    fn release_hold(&mut self, out: &mut Output) {
+        self.holding = false;
+        if self.hold.is_empty() || self.actor.dead {
+            return;
+        }
+        let held = Bytes::from(std::mem::take(&mut self.hold));
+        if self.opaque {
+            out.to_server.push(held);
+        } else {
+            self.client_input(held, out);
+        }
+    }
+
+    /// Command mode: frames lines, judges each, returns where it stopped.
+    fn client_commands(
+        &mut self,
+        input: &Bytes,
+        mut pos: usize,
+        fwd: &mut Fwd,
+        out: &mut Output,
+    ) -> usize {
+        let sink_len = input.len();
+        while pos < sink_len
+            && self.mode == ClientMode::Command
+            && !self.holding
+            && !self.actor.dead
+        {
+            let rest = &input[pos..];
+            if let Some(mut s) = self.cmd_stream {
+                // The tail of an overlong command line.
+                match scanner::line_end(rest) {
+                    Some(n) => {
+                        let ends_crlf = if n >= 2 {
+                            rest[n - 2] == b'\r'
+                        } else {
+                            s.last_was_cr
+                        };
+                        let len = s.len + n as u64 - 1 - ends_crlf as u64;
+                        self.cmd_stream = None;
+                        let outcome = check_line_length(
+                            &self.policy,
+                            &self.index,
+                            &mut self.actor,
+                            out,
+                            len,
+                            LenCheck::Final {
+                                early: Some(s.checked_at),
+                            },
+                        );
+                        if outcome == Outcome::Stop {
+                            return pos;
+                        }
+                        match s.fill {
+                            Some(fill) => {
+                                let content = (n - 1).saturating_sub(ends_crlf as usize);
+                                emit_fill(fwd, input, fill, content, &mut out.to_server);
+                                fwd.pass(input, pos + content, pos + n, &mut out.to_server);
+                            }
+                            None => fwd.pass(input, pos, pos + n, &mut out.to_server),
+                        }
+                        pos += n;
+                    }
+                    None => {
+                        s.len += rest.len() as u64;
+                        s.last_was_cr = rest.last() == Some(&b'\r');
+                        self.cmd_stream = Some(s);
+                        match s.fill {
+                            Some(fill) => {
+                                emit_fill(fwd, input, fill, rest.len(), &mut out.to_server)
+                            }
+                            None => fwd.pass(input, pos, sink_len, &mut out.to_server),
+                        }
+                        pos = sink_len;
+                    }
+                }
+                continue;
+            }
+            match scanner::line_end(rest) {
+                Some(n) if self.cmd_buf.is_empty() => {
+                    let line = &rest[..n];
+                    let len = scanner::content_len(line);
+                    let head = &line[..line.len().min(CMD_LINE_CAP)];
+                    let outcome = self.on_command(head, len as u64, true, out);
+                    match outcome {
+                        Outcome::Stop => return pos,
+                        Outcome::Pass => fwd.pass(input, pos, pos + n, &mut out.to_server),
+                        Outcome::Mask => {
+                            emit_fill(fwd, input, b'X', len, &mut out.to_server);
+                            fwd.pass(input, pos + len, pos + n, &mut out.to_server);
+                        }
+                    }
+                    pos += n;
+                }
+                Some(n) => {
+                    // The line began in an earlier read.
+                    let held = self.cmd_buf.len();
+                    let room = CMD_LINE_CAP.saturating_sub(held);
+                    self.cmd_buf.extend_from_slice(&rest[..n.min(room)]);
+                    let ends_crlf = if n >= 2 {
+                        rest[n - 2] == b'\r'
+                    } else {
+                        self.cmd_buf[held - 1] == b'\r'
+                    };
+                    let total = held + n;
+                    let len = total - 1 - ends_crlf as usize;
+                    let buf = std::mem::take(&mut self.cmd_buf);
+                    let outcome = self.on_command(&buf, len as u64, true, out);
+                    match outcome {
+                        Outcome::Stop => {
+                            self.cmd_buf = buf;
+                            self.cmd_buf.clear();
+                            return pos;
+                        }
+                        Outcome::Pass => {
+                            fwd.emit(
+                                input,
+                                Bytes::copy_from_slice(&buf[..held]),
+                                &mut out.to_server,
+                            );
+                            fwd.pass(input, pos, pos + n, &mut out.to_server);
+                        }
+                        Outcome::Mask => {
+                            emit_fill(fwd, input, b'X', len, &mut out.to_server);
+                            let term: &'static [u8] = if ends_crlf { b"\r\n" } else { b"\n" };
+                            fwd.emit(input, Bytes::from_static(term), &mut out.to_server);
+                        }
+                    }
+                    self.cmd_buf = buf;
+                    self.cmd_buf.clear();
+                    pos += n;
+                }
+                None if self.cmd_buf.len() + rest.len() <= CMD_LINE_CAP => {
+                    self.cmd_buf.extend_from_slice(rest);
+                    pos = sink_len;
+                }
+                None => {
+                    // Overlong: judge the command on its first CMD_LINE_CAP bytes, then
+                    // stream the rest of the line without buffering it.
+                    let held = self.cmd_buf.len();
+                    let room = CMD_LINE_CAP - held;
+                    self.cmd_buf.extend_from_slice(&rest[..room]);
+                    let total = (held + rest.len()) as u64;
+                    let buf = std::mem::take(&mut self.cmd_buf);
+                    let outcome = self.on_command(&buf, total, false, out);
+                    let fill = match outcome {
+                        Outcome::Stop => {
+                            self.cmd_buf = buf;
+                            self.cmd_buf.clear();
+                            return pos;
+                        }
+                        Outcome::Pass => {
+                            if held > 0 {
+                                fwd.emit(
+                                    input,
+                                    Bytes::copy_from_slice(&buf[..held]),
+                                    &mut out.to_server,
+                                );
+                            }
+                            fwd.pass(input, pos, sink_len, &mut out.to_server);
+                            None
+                        }
+                        Outcome::Mask => {
+                            emit_fill(fwd, input, b'X', held + rest.len(), &mut out.to_server);
+                            Some(b'X')
+                        }
+                    };
+                    self.cmd_stream = Some(Streaming {
+                        fill,
+                        len: total,
+                        last_was_cr: rest.last() == Some(&b'\r'),
+                        checked_at: total,
+                    });
+                    self.cmd_buf = buf;
+                    self.cmd_buf.clear();
+                    pos = sink_len;
+                }
+            }
+        }
+        pos
+    }
+
+    /// Judges one command: `head` is the line (or, when `!complete`, its first bytes),
+    /// `len` its length without CRLF. Queues it for reply pairing.
+    fn on_command(&mut self, head: &[u8], len: u64, complete: bool, out: &mut Output) -> Outcome {
+        let d = Direction::ClientToServer;
+        let (policy, index) = (&*self.policy, &self.index);
+        // An overlong line is judged when it crosses the cap, on `gt` rules (its final
+        // length can only be larger); the others wait for its end.
+        let when = if complete {
+            LenCheck::Final { early: None }
+        } else {
+            LenCheck::Partial
+        };
+        if check_line_length(policy, index, &mut self.actor, out, len, when) == Outcome::Stop {
+            return Outcome::Stop;
+        }
+        let content = &head[..scanner::content_len(head).min(head.len())];
+        let word_end = memchr::memchr(b' ', content).unwrap_or(content.len());
+        let word = &content[..word_end];
+        let args = &content[word_end..];
+        let verb = Verb::parse(word);
+
+        let mut outcome = Outcome::Pass;
+        if !policy.allowed_commands.contains(verb, word) {
+            outcome = check_flag(policy, index, Kind::UnknownVerb, &mut self.actor, out, d, 0);
+            // SPEC: a command outside the allowed set is always X-ed, rule or not.
+            if outcome != Outcome::Stop {
+                outcome = Outcome::Mask;
+            }
+        }
+        if outcome != Outcome::Stop {
+            let ids = index.of(Kind::CmdVerb);
+            if !ids.is_empty() {
+                outcome = outcome.and(check(
+                    policy,
+                    ids,
+                    &mut self.actor,
+                    out,
+                    d,
+                    0,
+                    |c| matches!(c, Criterion::CmdVerb(set) if set.contains(verb, word)),
+                ));
+            }
+        }
+        match outcome {
+            Outcome::Stop => return Outcome::Stop,
+            Outcome::Mask => {
+                self.queue(Pending::Other);
+                return Outcome::Mask;
+            }
+            Outcome::Pass => {}
+        }
+
+        let pending = match verb {
+            Verb::Helo | Verb::Ehlo => {
+                // RFC 5321 §4.1.4: HELO/EHLO clears any transaction.
+                self.reset_transaction();
+                if verb == Verb::Helo {
+                    Pending::Helo
+                } else {
+                    Pending::Ehlo
+                }
+            }
+            Verb::Rset => {
+                self.reset_transaction();
+                Pending::Other
+            }
+            Verb::Mail => {
+                if let Some(addr) = path_argument(args, b"FROM:") {
+                    if self.check_sender(addr, out) == Outcome::Stop {
+                        return Outcome::Stop;
+                    }
+                }
+                Pending::Other
+            }
+            Verb::Rcpt => {
+                self.rcpt_count += 1;
+                let (policy, index) = (&*self.policy, &self.index);
+                let count = self.rcpt_count;
+                if check_cmp(
+                    policy,
+                    index,
+                    Kind::CmdRcptCount,
+                    &mut self.actor,
+                    out,
+                    d,
+                    count,
+                ) == Outcome::Stop
+                {
+                    return Outcome::Stop;
+                }
+                if let Some(addr) = path_argument(args, b"TO:") {
+                    if self.check_recipient(addr, out) == Outcome::Stop {
+                        return Outcome::Stop;
+                    }
+                }
+                Pending::Rcpt
+            }
+            // An overlong DATA/STARTTLS/AUTH/BDAT line is a syntax error the server
+            // rejects; it changes no state.
+            Verb::Data if complete => {
+                self.barrier = true;
+                self.holding = true;
+                Pending::Data
+            }
+            Verb::Starttls if complete => {
+                self.barrier = true;
+                self.holding = true;
+                Pending::Starttls
+            }
+            Verb::Auth if complete => {
+                self.barrier = true;
+                self.holding = true;
+                Pending::Auth
+            }
+            Verb::Bdat if complete => {
+                if let Some((size, last)) = bdat_arguments(args) {
+                    if !self.bdat_message {
+                        self.start_message();
+                        self.bdat_message = true;
+                    }
+                    self.mode = ClientMode::Bdat { left: size, last };
+                }
+                Pending::Other
+            }
+            _ => Pending::Other,
+        };
+        self.queue(pending);
+        Outcome::Pass
+    }
+
+    fn queue(&mut self, pending: Pending) {
+        self.pending.push_back(pending);
+        if self.pending.len() >= QUEUE_CAP {
+            self.holding = true;
+        }
+    }
+
+    fn reset_transaction(&mut self) {
+        self.rcpt_count = 0;
+        self.bdat_message = false;
+    }
+
+    fn start_message(&mut self) {
+        self.msg.reset();
+        self.content.reset();
+        self.carry.clear();
+        self.bdat_line_len = 0;
+        self.bdat_last_cr = false;
+    }
+
+    fn check_sender(&mut self, addr: &[u8], out: &mut Output) -> Outcome {
+        let d = Direction::ClientToServer;
+        let (policy, index) = (&*self.policy, &self.index);
+        let len = addr.len() as u64;
+        let mut outcome = check_cmp(
+            policy,
+            index,
+            Kind::SenderAddressLength,
+            &mut self.actor,
+            out,
+            d,
+            len,
+        );
+        if outcome != Outcome::Stop {
+            let ids = index.of(Kind::SenderAddressRegex);
+            if !ids.is_empty() {
+                outcome = outcome.and(check(
+                    policy,
+                    ids,
+                    &mut self.actor,
+                    out,
+                    d,
+                    len,
+                    |c| matches!(c, Criterion::SenderAddressRegex(re) if re.is_match(addr)),
+                ));
+            }
+        }
+        if outcome != Outcome::Stop && has_special_character(addr) {
+            outcome = outcome.and(check_flag(
+                policy,
+                index,
+                Kind::SpecialCharacter,
+                &mut self.actor,
+                out,
+                d,
+                len,
+            ));
+        }
+        outcome
+    }
+
+    fn check_recipient(&mut self, addr: &[u8], out: &mut Output) -> Outcome {
+        let d = Direction::ClientToServer;
+        let (policy, index) = (&*self.policy, &self.index);
+        let len = addr.len() as u64;
+        let mut outcome = Outcome::Pass;
+        if has_special_character(addr) {
+            outcome = check_flag(
+                policy,
+                index,
+                Kind::SpecialCharacter,
+                &mut self.actor,
+                out,
+                d,
+                len,
+            );
+        }
+        if outcome != Outcome::Stop {
+            if let Some(domain) = policy.mail_relay.as_deref() {
+                if is_relay(addr, domain.as_bytes()) {
+                    outcome = outcome.and(check_flag(
+                        policy,
+                        index,
+                        Kind::MailRelay,
+                        &mut self.actor,
+                        out,
+                        d,
+                        len,
+                    ));
+                }
+            }
+        }
+        outcome
+    }
+
+    /// After `334`: one AUTH response line passes untouched, then we wait again.
+    fn client_auth_line(
+        &mut self,
+        input: &Bytes,
+        pos: usize,
+        fwd: &mut Fwd,
+        out: &mut Output,
+    ) -> usize {
+        match scanner::line_end(&input[pos..]) {
+            Some(n) => {
+                fwd.pass(input, pos, pos + n, &mut out.to_server);
+                self.mode = ClientMode::Command;
+                self.holding = true;
+                pos + n
+            }
+            None => {
+                fwd.pass(input, pos, input.len(), &mut out.to_server);
+                input.len()
+            }
+        }
+    }
+
+    /// DATA content: strict CRLF lines, dot-stuffing, end of data, smuggling defence.
+    fn client_data(
+        &mut self,
+        input: &Bytes,
+        start: usize,
+        fwd: &mut Fwd,
+        out: &mut Output,
+    ) -> usize {
+        let buf: &[u8] = input;
+        let mut pos = start;
+        let mut line_start = start;
+        // A CR held back at the end of the previous read: it goes out once we know it
+        // is not the start of a smuggled line end (or that such lines are tolerated).
+        let mut owes_cr = self.content.holds_cr() && start == 0;
+        loop {
+            let step = self.content.next(buf, pos);
+            if owes_cr && matches!(step, Scan::Bare { held: true, .. }) {
+                owes_cr = false;
+                if check_flag(
+                    &self.policy,
+                    &self.index,
+                    Kind::BareNewline,
+                    &mut self.actor,
+                    out,
+                    Direction::ClientToServer,
+                    0,
+                ) == Outcome::Stop
+                {
+                    return pos;
+                }
+                fwd.emit(input, Bytes::from_static(b"\r"), &mut out.to_server);
+                continue;
+            }
+            match step {
+                Scan::Line { end, len } => {
+                    // Content of this line inside this read (an end of 1 means the CR
+                    // came at the end of the previous read).
+                    let content_end = end.saturating_sub(2).max(line_start);
+                    let piece = &buf[line_start..content_end];
+                    let head: &[u8] = if self.carry.is_empty() {
+                        &piece[..piece.len().min(LINE_HEAD_CAP)]
+                    } else {
+                        let room = LINE_HEAD_CAP.saturating_sub(self.carry.len());
+                        self.carry
+                            .extend_from_slice(&piece[..piece.len().min(room)]);
+                        &self.carry
+                    };
+                    if len == 1 && head == b"." {
+                        // RFC 5321 §4.1.1.4: CRLF.CRLF ends the message.
+                        let mut judge = Judge {
+                            policy: &self.policy,
+                            index: &self.index,
+                            actor: &mut self.actor,
+                            out: &mut *out,
+                        };
+                        if !self.msg.on_end(&mut judge) {
+                            return line_start;
+                        }
+                        if std::mem::take(&mut owes_cr) {
+                            fwd.emit(input, Bytes::from_static(b"\r"), &mut out.to_server);
+                        }
+                        fwd.pass(input, line_start, end, &mut out.to_server);
+                        self.carry.clear();
+                        self.queue(Pending::Other);
+                        self.reset_transaction();
+                        self.mode = ClientMode::Command;
+                        return end;
+                    }
+                    // RFC 5321 §4.5.2: a leading dot was doubled by the client.
+                    let (head, len) = match head {
+                        [b'.', rest @ ..] => (rest, len - 1),
+                        _ => (head, len),
+                    };
+                    let mut judge = Judge {
+                        policy: &self.policy,
+                        index: &self.index,
+                        actor: &mut self.actor,
+                        out,
+                    };
+                    if !self.msg.on_line(head, len, len + 2, &mut judge) {
+                        return line_start;
+                    }
+                    self.carry.clear();
+                    if std::mem::take(&mut owes_cr) {
+                        fwd.emit(input, Bytes::from_static(b"\r"), &mut out.to_server);
+                    }
+                    fwd.pass(input, line_start, end, &mut out.to_server);
+                    line_start = end;
+                    pos = end;
+                }
+                Scan::Bare {
+                    at, resume, held, ..
+                } => {
+                    if !held
+                        && check_flag(
+                            &self.policy,
+                            &self.index,
+                            Kind::BareNewline,
+                            &mut self.actor,
+                            out,
+                            Direction::ClientToServer,
+                            at as u64,
+                        ) == Outcome::Stop
+                    {
+                        // Nothing of the offending line (from this read) goes out.
+                        return line_start;
+                    }
+                    pos = resume;
+                }
+                Scan::Partial { holds_cr, .. } => {
+                    let end = buf.len() - holds_cr as usize;
+                    let piece = &buf[line_start..end];
+                    let room = LINE_HEAD_CAP.saturating_sub(self.carry.len());
+                    self.carry
+                        .extend_from_slice(&piece[..piece.len().min(room)]);
+                    fwd.pass(input, line_start, end, &mut out.to_server);
+                    return buf.len();
+                }
+            }
+        }
+    }
+
+    /// BDAT chunk content (RFC 3030 §2): exactly `left` octets, no dot handling.
+    fn client_bdat(
+        &mut self,
+        input: &Bytes,
+        start: usize,
+        fwd: &mut Fwd,
+        out: &mut Output,
+    ) -> usize {
+        let ClientMode::Bdat { left, last } = self.mode else {
+            return start;
+        };
+        let take = left.min((input.len() - start) as u64) as usize;
+        let end = start + take;
+        let buf: &[u8] = input;
+        let mut pos = start;
+        while pos < end {
+            match memchr::memchr(b'\n', &buf[pos..end]) {
+                Some(i) => {
+                    let lf = pos + i;
+                    let ends_crlf = if i > 0 {
+                        buf[lf - 1] == b'\r'
+                    } else {
+                        self.bdat_last_cr
+                    };
+                    let wire_len = self.bdat_line_len + i as u64 + 1;
+                    let len = wire_len - 1 - ends_crlf as u64;
+                    let content_end = (lf - ends_crlf as usize).max(pos);
+                    let piece = &buf[pos..content_end];
+                    let head: &[u8] = if self.carry.is_empty() {
+                        &piece[..piece.len().min(LINE_HEAD_CAP)]
+                    } else {
+                        let room = LINE_HEAD_CAP.saturating_sub(self.carry.len());
+                        self.carry
+                            .extend_from_slice(&piece[..piece.len().min(room)]);
+                        let keep = (len as usize).min(self.carry.len());
+                        &self.carry[..keep]
+                    };
+                    let mut judge = Judge {
+                        policy: &self.policy,
+                        index: &self.index,
+                        actor: &mut self.actor,
+                        out,
+                    };
+                    if !self.msg.on_line(head, len, wire_len, &mut judge) {
+                        return pos;
+                    }
+                    self.carry.clear();
+                    self.bdat_line_len = 0;
+                    self.bdat_last_cr = false;
+                    fwd.pass(input, pos, lf + 1, &mut out.to_server);
+                    pos = lf + 1;
+                }
+                None => {
+                    let piece = &buf[pos..end];
+                    let room = LINE_HEAD_CAP.saturating_sub(self.carry.len());
+                    self.carry
+                        .extend_from_slice(&piece[..piece.len().min(room)]);
+                    self.bdat_line_len += piece.len() as u64;
+                    self.bdat_last_cr = piece.last() == Some(&b'\r');
+                    fwd.pass(input, pos, end, &mut out.to_server);
+                    pos = end;
+                }
+            }
+        }
+        let left = left - take as u64;
+        if left > 0 {
+            self.mode = ClientMode::Bdat { left, last };
+            return end;
+        }
+        self.mode = ClientMode::Command;
+        if last {
+            let mut judge = Judge {
+                policy: &self.policy,
+                index: &self.index,
+                actor: &mut self.actor,
+                out: &mut *out,
+            };
+            // A last line without CRLF is still a line of the message.
+            let ok = (self.bdat_line_len == 0
+                || self.msg.on_line(
+                    &self.carry,
+                    self.bdat_line_len,
+                    self.bdat_line_len,
+                    &mut judge,
+                ))
+                && self.msg.on_end(&mut judge);
+            if !ok {
+                // The LAST chunk must never be complete at the server.
+                fwd.retract_last(&mut out.to_server);
+                return end;
+            }
+            self.carry.clear();
+            self.reset_transaction();
+        }
+        end
+    }
+
+    // ---------------------------------------------------------------------------
+    // Server side.
+
+    fn server_input(&mut self, input: Bytes, out: &mut Output) {
+        let mut fwd = Fwd::default();
+        let mut pos = 0;
+        let len_all = input.len();
+        while pos < len_all && !self.actor.dead {
+            if self.opaque {
+                fwd.pass(&input, pos, len_all, &mut out.to_client);
+                break;
+            }
+            let rest = &input[pos..];
+            if let Some(mut s) = self.reply_stream {
+                match scanner::line_end(rest) {
+                    Some(n) => {
+                        self.reply_stream = None;
+                        match s.fill {
+                            Some(fill) => {
+                                let ends_crlf = if n >= 2 {
+                                    rest[n - 2] == b'\r'
+                                } else {
+                                    s.last_was_cr
+                                };
+                                let content = (n - 1).saturating_sub(ends_crlf as usize);
+                                emit_fill(&mut fwd, &input, fill, content, &mut out.to_client);
+                                fwd.pass(&input, pos + content, pos + n, &mut out.to_client);
+                            }
+                            None => fwd.pass(&input, pos, pos + n, &mut out.to_client),
+                        }
+                        pos += n;
+                    }
+                    None => {
+                        s.len += rest.len() as u64;
+                        s.last_was_cr = rest.last() == Some(&b'\r');
+                        self.reply_stream = Some(s);
+                        match s.fill {
+                            Some(fill) => {
+                                emit_fill(&mut fwd, &input, fill, rest.len(), &mut out.to_client)
+                            }
+                            None => fwd.pass(&input, pos, len_all, &mut out.to_client),
+                        }
+                        pos = len_all;
+                    }
+                }
+                continue;
+            }
+            match scanner::line_end(rest) {
+                Some(n) if self.reply_buf.is_empty() => {
+                    let line = &rest[..n];
+                    let head = &line[..n.min(REPLY_LINE_CAP)];
+                    match self.on_reply(head, out) {
+                        ReplyAction::Stop => break,
+                        ReplyAction::Pass => fwd.pass(&input, pos, pos + n, &mut out.to_client),
+                        ReplyAction::Rewrite(b, _) => fwd.emit(&input, b, &mut out.to_client),
+                    }
+                    pos += n;
+                }
+                Some(n) => {
+                    let held = self.reply_buf.len();
+                    let room = REPLY_LINE_CAP.saturating_sub(held);
+                    self.reply_buf.extend_from_slice(&rest[..n.min(room)]);
+                    let buf = std::mem::take(&mut self.reply_buf);
+                    let action = self.on_reply(&buf, out);
+                    match action {
+                        ReplyAction::Stop => {
+                            self.reply_buf = buf;
+                            self.reply_buf.clear();
+                            break;
+                        }
+                        ReplyAction::Pass => {
+                            fwd.emit(
+                                &input,
+                                Bytes::copy_from_slice(&buf[..held]),
+                                &mut out.to_client,
+                            );
+                            fwd.pass(&input, pos, pos + n, &mut out.to_client);
+                        }
+                        ReplyAction::Rewrite(b, _) => fwd.emit(&input, b, &mut out.to_client),
+                    }
+                    self.reply_buf = buf;
+                    self.reply_buf.clear();
+                    pos += n;
+                }
+                None if self.reply_buf.len() + rest.len() <= REPLY_LINE_CAP => {
+                    self.reply_buf.extend_from_slice(rest);
+                    pos = len_all;
+                }
+                None => {
+                    // Overlong reply line: judge its head, stream the rest.
+                    let held = self.reply_buf.len();
+                    let room = REPLY_LINE_CAP - held;
+                    self.reply_buf.extend_from_slice(&rest[..room]);
+                    let buf = std::mem::take(&mut self.reply_buf);
+                    let fill = match self.on_reply(&buf, out) {
+                        ReplyAction::Stop => {
+                            self.reply_buf = buf;
+                            self.reply_buf.clear();
+                            break;
+                        }
+                        ReplyAction::Pass => {
+                            if held > 0 {
+                                fwd.emit(
+                                    &input,
+                                    Bytes::copy_from_slice(&buf[..held]),
+                                    &mut out.to_client,
+                                );
+                            }
+                            fwd.pass(&input, pos, len_all, &mut out.to_client);
+                            None
+                        }
+                        ReplyAction::Rewrite(b, fill) => {
+                            // `b` is the masked head; the remainder of this read follows it.
+                            fwd.emit(&input, b, &mut out.to_client);
+                            let tail = held + rest.len() - buf.len();
+                            match fill {
+                                Some(f) => emit_fill(&mut fwd, &input, f, tail, &mut out.to_client),
+                                None => {
+                                    fwd.pass(&input, len_all - tail, len_all, &mut out.to_client)
+                                }
+                            }
+                            fill
+                        }
+                    };
+                    self.reply_stream = Some(Streaming {
+                        fill,
+                        len: (held + rest.len()) as u64,
+                        last_was_cr: rest.last() == Some(&b'\r'),
+                        checked_at: 0,
+                    });
+                    self.reply_buf = buf;
+                    self.reply_buf.clear();
+                    pos = len_all;
+                }
+            }
+        }
+        fwd.flush(&input, &mut out.to_client);
+    }
+
+    /// Judges one reply line (for an overlong line, its first bytes).
+    fn on_reply(&mut self, line: &[u8], out: &mut Output) -> ReplyAction {
+        let d = Direction::ServerToClient;
+        let code = reply_code(line);
+        let last = line.get(3) != Some(&b'-');
+        let line_no = self.reply_line;
+        self.reply_line = if last { 0 } else { line_no + 1 };
+
+        if !self.greeted {
+            // RFC 5321 §4.3.1: the first reply is the greeting (its text is the banner).
+            if line_no == 0 {
+                let (policy, index) = (&*self.policy, &self.index);
+                let ids = index.of(Kind::Banner);
+                self.banner_mask = false;
+                if !ids.is_empty() {
+                    let outcome =
+                        check_flag(policy, index, Kind::Banner, &mut self.actor, out, d, 0);
+                    if outcome == Outcome::Stop {
+                        return ReplyAction::Stop;
+                    }
+                    self.banner_mask = outcome == Outcome::Mask;
+                }
+            }
+            let mask = self.banner_mask;
+            if last {
+                self.greeted = true;
+                self.banner_mask = false;
+            }
+            if mask {
+                return ReplyAction::Rewrite(Bytes::from(mask_banner(line)), Some(b'*'));
+            }
+            return ReplyAction::Pass;
+        }
+
+        let Some(&head) = self.pending.front() else {
+            // Unsolicited (e.g. a 421 before closing): forwarded as is.
+            return ReplyAction::Pass;
+        };
+        let mut action = ReplyAction::Pass;
+        if head == Pending::Ehlo && line_no > 0 && (200..300).contains(&code) {
+            match self.ehlo_keyword(line, out) {
+                Outcome::Stop => return ReplyAction::Stop,
+                Outcome::Mask => {
+                    action = ReplyAction::Rewrite(Bytes::from(mask_keyword(line)), None)
+                }
+                Outcome::Pass => {}
+            }
+        }
+        if !last {
+            return action;
+        }
+        // The reply is complete: it answers `head` (RFC 2920 §3: replies come in order).
+        let class = code / 100;
+        match head {
+            Pending::Helo | Pending::Ehlo => {
+                self.pending.pop_front();
+                if class == 2 {
+                    self.embryonic = false;
+                }
+            }
+            Pending::Rcpt => {
+                self.pending.pop_front();
+                if class == 5 {
+                    self.invalid_rcpts += 1;
+                    let (policy, index) = (&*self.policy, &self.index);
+                    let n = self.invalid_rcpts;
+                    if check_cmp(
+                        policy,
+                        index,
+                        Kind::InvalidRecipientsCount,
+                        &mut self.actor,
+                        out,
+                        d,
+                        n,
+                    ) == Outcome::Stop
+                    {
+                        return ReplyAction::Stop;
+                    }
+                }
+            }
+            Pending::Data => {
+                self.pending.pop_front();
+                self.barrier = false;
+                if code == 354 {
+                    self.start_message();
+                    self.mode = ClientMode::Data;
+                }
+                self.release_after_reply(out);
+            }
+            Pending::Starttls => {
+                self.pending.pop_front();
+                self.barrier = false;
+                if code == 220 {
+                    // RFC 3207 §4: TLS starts after this reply; nothing after it can be read.
+                    let (policy, index) = (&*self.policy, &self.index);
+                    if check_flag(policy, index, Kind::TlsStarted, &mut self.actor, out, d, 0)
+                        == Outcome::Stop
+                    {
+                        return ReplyAction::Stop;
+                    }
+                    self.opaque = true;
+                    self.embryonic = false;
+                    self.mode = ClientMode::Opaque;
+                }
+                self.release_after_reply(out);
+            }
+            Pending::Auth => {
+                if code == 334 {
+                    self.mode = ClientMode::AuthLine;
+                    self.holding = false;
+                    self.release_hold(out);
+                } else {
+                    self.pending.pop_front();
+                    self.barrier = false;
+                    self.release_after_reply(out);
+                }
+            }
+            Pending::Other => {
+                self.pending.pop_front();
+                self.release_after_reply(out);
+            }
+        }
+        // Even if held client bytes just stopped the session, this reply goes out first.
+        action
+    }
+
+    fn release_after_reply(&mut self, out: &mut Output) {
+        if self.holding && !self.barrier && self.pending.len() < QUEUE_CAP {
+            self.release_hold(out);
+        }
+    }
+
+    /// An EHLO reply line after the first: mask its keyword per the rules.
+    fn ehlo_keyword(&mut self, line: &[u8], out: &mut Output) -> Outcome {
+        let ids = self.index.of(Kind::EhloReplyParameter);
+        if ids.is_empty() || line.len() < 4 {
+            return Outcome::Pass;
+        }
+        let text = &line[4..scanner::content_len(line).max(4)];
+        let word = &text[..memchr::memchr(b' ', text).unwrap_or(text.len())];
+        if word.is_empty() {
+            return Outcome::Pass;
+        }
+        let policy = &*self.policy;
+        check(
+            policy,
+            ids,
+            &mut self.actor,
+            out,
+            Direction::ServerToClient,
+            0,
+            |c| matches!(c, Criterion::EhloReplyParameter(set) if policy.ehlo_matches(*set, word)),
+        )
+    }
+}
+
+enum ReplyAction {
+    Pass,
+    /// The rewritten line; for an overlong line, the byte that masks its remainder.
+    Rewrite(Bytes, Option<u8>),
+    Stop,
+}
+
+/// The three-digit reply code, or 0 when the line does not start with one.
+fn reply_code(line: &[u8]) -> u16 {
+    match line {
+        [a, b, c, ..] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
+            (a - b'0') as u16 * 100 + (b - b'0') as u16 * 10 + (c - b'0') as u16
+        }
+        _ => 0,
+    }
+}
+
+/// `220 mail.example.com ESMTP` → `220 ********************`: code and separator
+/// kept, every other character of the text `*`, length and line end kept.
+fn mask_banner(line: &[u8]) -> Vec<u8> {
+    let content = scanner::content_len(line);
+    let keep = 4.min(content);
+    let mut masked = line.to_vec();
+    for b in &mut masked[keep..content] {
+        *b = b'*';
+    }
+    masked
+}
+
+/// `250-X-EXPS GSSAPI` → `250-XXXXXX GSSAPI`: the keyword becomes same-length `X`s.
+fn mask_keyword(line: &[u8]) -> Vec<u8> {
+    let content = scanner::content_len(line);
+    let mut masked = line.to_vec();
+    if content > 4 {
+        let text = &line[4..content];
+        let word = memchr::memchr(b' ', text).unwrap_or(text.len());
+        for b in &mut masked[4..4 + word] {
+            *b = b'X';
+        }
+    }
+    masked
+}
+
+/// The address of `FROM:<addr> params` / `TO:<addr> params` (RFC 5321 §4.1.2), without
+/// the angle brackets. Tolerates a space after the colon, as servers do.
+fn path_argument<'a>(args: &'a [u8], keyword: &[u8]) -> Option<&'a [u8]> {
+    let args = args.trim_ascii_start();
+    if args.len() < keyword.len() || !args[..keyword.len()].eq_ignore_ascii_case(keyword) {
+        return None;
+    }
+    let rest = args[keyword.len()..].trim_ascii_start();
+    Some(match rest {
+        [b'<', inner @ ..] => &inner[..memchr::memchr(b'>', inner).unwrap_or(inner.len())],
+        _ => &rest[..memchr::memchr(b' ', rest).unwrap_or(rest.len())],
+    })
+}
+
+/// `BDAT <size> [LAST]` (RFC 3030 §2).
+fn bdat_arguments(args: &[u8]) -> Option<(u64, bool)> {
+    let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let size = words.next()?;
+    if size.is_empty() || size.len() > 19 || !size.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let size = size.iter().fold(0u64, |n, &d| n * 10 + (d - b'0') as u64);
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case(b"LAST") => true,
+        Some(_) => return None,
+    };
+    words.next().is_none().then_some((size, last))
+}
+
+/// The firewall's special characters in an address: pipe, backquote, NUL.
+fn has_special_character(addr: &[u8]) -> bool {
+    addr.iter().any(|&b| matches!(b, b'|' | b'`' | 0))
+}
+
+/// A recipient outside the `mail_relay` domain (exact match, any case).
+fn is_relay(addr: &[u8], domain: &[u8]) -> bool {
+    let Some(at) = memchr::memrchr(b'@', addr) else {
+        return false; // a local part only, e.g. <postmaster>
+    };
+    let rcpt_domain = &addr[at + 1..];
+    let rcpt_domain = rcpt_domain.strip_suffix(b".").unwrap_or(rcpt_domain);
+    !rcpt_domain.eq_ignore_ascii_case(domain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::MessageId;
+    use crate::rules::{parse_rule, Actions};
+
+    const DROP_LOG: Actions = Actions {
+        drop_connection: true,
+        reset: false,
+        log: true,
+        mask: false,
+        rate_limit: 0,
+    };
+
+    /// A session fed byte-literal transcripts; collects everything forwarded.
+    struct Session {
+        inspector: Inspector,
+        out: Output,
+        to_server: Vec<u8>,
+        to_client: Vec<u8>,
+        events: Vec<Event>,
+        verdict: Verdict,
+        now: Instant,
+    }
+
+    impl Session {
+        fn new(policy: Policy) -> Session {
+            Session {
+                inspector: Inspector::new(Arc::new(policy)),
+                out: Output::default(),
+                to_server: Vec::new(),
+                to_client: Vec::new(),
+                events: Vec::new(),
+                verdict: Verdict::Continue,
+                now: Instant::now(),
+            }
+        }
+
+        fn builtin(name: &str) -> Session {
+            Session::new(Policy::builtin(name).unwrap())
+        }
+
+        /// `default` plus extra `match ...` rules.
+        fn with_rules(rules: &[&str]) -> Session {
+            let mut p = Policy::builtin("default").unwrap();
+            for r in rules {
+                p.rules.push(parse_rule(r).unwrap());
+            }
+            Session::new(p)
+        }
+
+        fn collect(&mut self) {
+            for b in self.out.to_server.drain(..) {
+                self.to_server.extend_from_slice(&b);
+            }
+            for b in self.out.to_client.drain(..) {
+                self.to_client.extend_from_slice(&b);
+            }
+            self.events.append(&mut self.out.events);
+            if self.out.verdict != Verdict::Continue {
+                assert_eq!(self.verdict, Verdict::Continue, "one verdict only");
+                self.verdict = self.out.verdict;
+            }
+            self.out.clear();
+        }
+
+        fn client(&mut self, bytes: &[u8]) -> &mut Self {
+            self.inspector
+                .on_client_bytes(Bytes::copy_from_slice(bytes), self.now, &mut self.out);
+            self.collect();
+            self
+        }
+
+        fn server(&mut self, bytes: &[u8]) -> &mut Self {
+            self.inspector
+                .on_server_bytes(Bytes::copy_from_slice(bytes), self.now, &mut self.out);
+            self.collect();
+            self
+        }
+
+        /// Greeting, EHLO and its reply, MAIL and RCPT accepted.
+        fn in_transaction(&mut self) -> &mut Self {
+            self.server(b"220 mx ESMTP\r\n")
+                .client(b"EHLO c\r\n")
+                .server(b"250-mx\r\n250 PIPELINING\r\n")
+                .client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n")
+                .server(b"250 ok\r\n250 ok\r\n");
+            self.to_server.clear();
+            self.to_client.clear();
+            self.events.clear();
+            self
+        }
+
+        /// ... then DATA accepted.
+        fn in_data(&mut self) -> &mut Self {
+            self.in_transaction()
+                .client(b"DATA\r\n")
+                .server(b"354 go\r\n");
+            self.to_server.clear();
+            self.to_client.clear();
+            self.events.clear();
+            self
+        }
+
+        fn server_text(&self) -> String {
+            String::from_utf8_lossy(&self.to_server).into_owned()
+        }
+
+        fn client_text(&self) -> String {
+            String::from_utf8_lossy(&self.to_client).into_owned()
+        }
+
+        fn rule_text(&self, event: &Event) -> &str {
+            &self.inspector.policy().rules[event.rule as usize].text
+        }
+
+        fn drop_reply(&self) -> String {
+            match self.verdict {
+                Verdict::Drop { reply } => String::from_utf8_lossy(reply).into_owned(),
+                other => panic!("expected a drop, got {other:?}"),
+            }
+        }
+    }
+
+    // ---- server replies: banner and EHLO masking ----
+
+    #[test]
+    fn banner_is_masked_keeping_code_length_and_crlf() {
+        let mut s = Session::builtin("default");
+        s.server(b"220-mx.example.com ESMTP Postfix\r\n220 \r\n");
+        assert_eq!(
+            s.client_text(),
+            "220-****************************\r\n220 \r\n"
+        );
+        assert_eq!(s.events.len(), 1);
+        assert_eq!(s.events[0].message_id, MessageId::ReplacedString);
+        // The next reply is not a banner.
+        s.client(b"NOOP\r\n").server(b"250 2.0.0 Ok\r\n");
+        assert!(s.client_text().ends_with("250 2.0.0 Ok\r\n"));
+    }
+
+    #[test]
+    fn banner_passes_without_mask_banner() {
+        let mut p = Policy::builtin("default").unwrap();
+        p.rules
+            .retain(|r| !matches!(r.criterion, Criterion::Banner));
+        let mut s = Session::new(p);
+        s.server(b"220 mx ESMTP\r\n");
+        assert_eq!(s.client_text(), "220 mx ESMTP\r\n");
+        assert!(s.events.is_empty());
+    }
+
+    #[test]
+    fn banner_split_across_reads_is_masked_the_same() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 mx.exa").server(b"mple.com\r");
+        assert_eq!(s.client_text(), "");
+        s.server(b"\n");
+        assert_eq!(s.client_text(), "220 **************\r\n");
+    }
+
+    #[test]
+    fn ehlo_keywords_outside_the_policy_are_masked_same_length() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n").client(b"EHLO c\r\n");
+        s.to_client.clear();
+        s.server(b"250-mx.example.com\r\n250-PIPELINING\r\n250-X-EXPS GSSAPI\r\n250-ETRN\r\n250-STARTTLS\r\n250 CHUNKING\r\n");
+        assert_eq!(
+            s.client_text(),
+            "250-mx.example.com\r\n250-PIPELINING\r\n250-XXXXXX GSSAPI\r\n250-XXXX\r\n250-STARTTLS\r\n250 CHUNKING\r\n"
+        );
+        assert!(!s.inspector.is_embryonic());
+    }
+
+    #[test]
+    fn asa_compat_masks_starttls_pipelining_and_chunking() {
+        let mut s = Session::builtin("asa-compat");
+        s.server(b"220 x\r\n").client(b"EHLO c\r\n");
+        s.to_client.clear();
+        s.server(b"250-mx\r\n250-STARTTLS\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 CHUNKING\r\n");
+        assert_eq!(
+            s.client_text(),
+            "250-mx\r\n250-XXXXXXXX\r\n250-XXXXXXXXXX\r\n250-SIZE 1000\r\n250 XXXXXXXX\r\n"
+        );
+    }
+
+    #[test]
+    fn private_ehlo_keywords_pass_when_allowed() {
+        let mut p = Policy::builtin("default").unwrap();
+        p.allowed_private_ehlo.push(b"X-LINK2STATE".to_vec().into());
+        let mut s = Session::new(p);
+        s.server(b"220 x\r\n").client(b"EHLO c\r\n");
+        s.to_client.clear();
+        s.server(b"250-mx\r\n250-X-LINK2STATE\r\n250 XEXCH50\r\n");
+        assert_eq!(
+            s.client_text(),
+            "250-mx\r\n250-X-LINK2STATE\r\n250 XXXXXXX\r\n"
+        );
+    }
+
+    #[test]
+    fn embryonic_until_helo_is_accepted() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n").client(b"HELO c\r\n");
+        assert!(s.inspector.is_embryonic());
+        s.server(b"501 no\r\n");
+        assert!(s.inspector.is_embryonic());
+        s.client(b"HELO c\r\n").server(b"250 ok\r\n");
+        assert!(!s.inspector.is_embryonic());
+    }
+
+    // ---- commands ----
+
+    #[test]
+    fn unknown_verbs_become_same_length_x_lines_in_order() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n");
+        s.client(b"NOOP\r\nXYZZY magic words\r\nTURN\r\nNOOP\r\n");
+        assert_eq!(
+            s.server_text(),
+            "NOOP\r\nXXXXXXXXXXXXXXXXX\r\nXXXX\r\nNOOP\r\n"
+        );
+        assert_eq!(
+            s.events
+                .iter()
+                .filter(|e| s.rule_text(e).contains("verb")
+                    || e.message_id == MessageId::ReplacedString)
+                .count(),
+            3
+        );
+        s.to_client.clear();
+        s.server(b"250 ok\r\n502 5.5.2 what\r\n502 5.5.2 what\r\n250 ok\r\n");
+        assert_eq!(
+            s.client_text(),
+            "250 ok\r\n502 5.5.2 what\r\n502 5.5.2 what\r\n250 ok\r\n"
+        );
+        assert!(s.inspector.pending.is_empty());
+    }
+
+    #[test]
+    fn mailguard_passes_only_rfc821_minimum() {
+        let mut s = Session::builtin("mailguard");
+        s.server(b"220 mx ESMTP\r\n");
+        assert_eq!(s.client_text(), "220 ********\r\n");
+        s.client(b"EHLO c\r\nHELO c\r\nVRFY root\r\n");
+        assert_eq!(s.server_text(), "XXXXXX\r\nHELO c\r\nXXXXXXXXX\r\n");
+    }
+
+    #[test]
+    fn cmd_verb_rule_with_mask_x_es_the_command() {
+        let mut s = Session::with_rules(&["match cmd verb VRFY EXPN mask log"]);
+        s.server(b"220 x\r\n")
+            .client(b"VRFY root\r\nEXPN staff\r\nHELP\r\n");
+        assert_eq!(s.server_text(), "XXXXXXXXX\r\nXXXXXXXXXX\r\nHELP\r\n");
+    }
+
+    #[test]
+    fn match_not_cmd_verb() {
+        let mut s = Session::with_rules(&[
+            "match not cmd verb HELO EHLO MAIL RCPT DATA QUIT drop-connection log",
+        ]);
+        s.server(b"220 x\r\n").client(b"EHLO c\r\nNOOP\r\n");
+        assert_eq!(s.server_text(), "EHLO c\r\n");
+        assert!(s.drop_reply().starts_with("421 4.7.0 "));
+    }
+
+    #[test]
+    fn command_line_length_limit_hit_and_near_miss() {
+        let mut s = Session::builtin("default");
+        let ok = format!("NOOP {}\r\n", "a".repeat(512 - 5));
+        let long = format!("NOOP {}\r\n", "a".repeat(513 - 5));
+        s.server(b"220 x\r\n").client(ok.as_bytes());
+        assert_eq!(s.server_text(), ok);
+        assert_eq!(s.verdict, Verdict::Continue);
+        s.client(long.as_bytes()).client(b"QUIT\r\n");
+        assert_eq!(s.server_text(), ok, "nothing of the long line or after it");
+        assert_eq!(
+            s.drop_reply(),
+            "421 4.7.0 Command line too long, closing connection\r\n"
+        );
+        let e = s.events.last().unwrap();
+        assert_eq!((e.value, e.message_id), (513, MessageId::PolicyAction));
+    }
+
+    #[test]
+    fn command_split_across_reads_is_judged_whole() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n")
+            .client(b"XY")
+            .client(b"ZZY x")
+            .client(b"\r")
+            .client(b"\nNO");
+        assert_eq!(s.server_text(), "XXXXXXX\r\n");
+        s.client(b"OP\r\n");
+        assert_eq!(s.server_text(), "XXXXXXX\r\nNOOP\r\n");
+        assert!(s.inspector.buffered_bytes() == 0);
+    }
+
+    #[test]
+    fn overlong_command_without_rule_streams_and_keeps_bytes() {
+        let mut p = Policy::builtin("default").unwrap();
+        p.rules
+            .retain(|r| !matches!(r.criterion, Criterion::CmdLineLength(_)));
+        let mut s = Session::new(p);
+        s.server(b"220 x\r\n");
+        let line = format!("NOOP {}\r\n", "b".repeat(3 * CMD_LINE_CAP));
+        for chunk in line.as_bytes().chunks(1000) {
+            s.client(chunk);
+            assert!(s.inspector.buffered_bytes() <= CMD_LINE_CAP);
+        }
+        assert_eq!(s.server_text(), line);
+        s.client(b"NOOP\r\n");
+        assert!(s.server_text().ends_with("\r\nNOOP\r\n"));
+    }
+
+    #[test]
+    fn overlong_command_across_cap_is_dropped_before_its_end() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n");
+        s.client(b"NOOP ").client(&[b'c'; 2 * CMD_LINE_CAP]);
+        assert_eq!(s.server_text(), "", "judged once it crossed the buffer cap");
+        assert!(s.drop_reply().contains("Command line too long"));
+    }
+
+    #[test]
+    fn rcpt_count_per_transaction() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n")
+            .client(b"EHLO c\r\nMAIL FROM:<a@x>\r\n");
+        for _ in 0..100 {
+            s.client(b"RCPT TO:<b@y>\r\n");
+        }
+        s.client(b"RSET\r\nMAIL FROM:<a@x>\r\n");
+        for _ in 0..100 {
+            s.client(b"RCPT TO:<b@y>\r\n");
+        }
+        assert_eq!(s.verdict, Verdict::Continue, "100 per transaction is fine");
+        s.client(b"RCPT TO:<c@y>\r\n");
+        assert!(s.drop_reply().contains("Too many recipients"));
+        assert!(!s.server_text().contains("c@y"));
+        assert_eq!(s.events.last().unwrap().value, 101);
+    }
+
+    #[test]
+    fn sender_address_length_and_regex() {
+        let mut s = Session::with_rules(&[
+            "match sender-address regex \"@spam\\.example$\" drop-connection log",
+        ]);
+        let ok = format!("MAIL FROM:<{}@x.example> SIZE=10\r\n", "a".repeat(320 - 10));
+        s.server(b"220 x\r\n").client(ok.as_bytes());
+        assert_eq!(s.verdict, Verdict::Continue);
+        s.client(b"MAIL FROM: <boss@spam.example.org>\r\n");
+        assert_eq!(s.verdict, Verdict::Continue, "regex near miss");
+        s.client(b"MAIL FROM:<boss@spam.example>\r\n");
+        assert!(s.drop_reply().contains("Sender address not allowed"));
+
+        let mut s = Session::builtin("default");
+        let long = format!("MAIL FROM:<{}@x.example>\r\n", "a".repeat(321 - 10));
+        s.server(b"220 x\r\n").client(long.as_bytes());
+        assert!(s.drop_reply().contains("Sender address too long"));
+        assert_eq!(s.events.last().unwrap().value, 321);
+    }
+
+    fn with_parameter_rule(criterion: Criterion, actions: Actions) -> Policy {
+        let mut p = Policy::builtin("default").unwrap();
+        p.rules.push(Rule {
+            text: "parameter".into(),
+            negate: false,
+            criterion,
+            actions,
+        });
+        p
+    }
+
+    #[test]
+    fn special_characters_in_addresses() {
+        let p = with_parameter_rule(Criterion::SpecialCharacter, DROP_LOG);
+        let mut s = Session::new(p.clone());
+        s.server(b"220 x\r\n")
+            .client(b"MAIL FROM:<a-b.c+d@x>\r\nRCPT TO:<ok@y>\r\n");
+        assert_eq!(s.verdict, Verdict::Continue);
+        s.client(b"RCPT TO:<\"|/bin/sh\"@y>\r\n");
+        assert!(s.drop_reply().contains("Special character"));
+        assert_eq!(
+            s.events.last().unwrap().message_id,
+            MessageId::MaliciousPattern
+        );
+        for bad in [&b"MAIL FROM:<a`id`@x>\r\n"[..], b"MAIL FROM:<a\0@x>\r\n"] {
+            let mut s = Session::new(p.clone());
+            s.server(b"220 x\r\n").client(bad);
+            assert!(s.drop_reply().contains("Special character"));
+            assert_eq!(s.server_text(), "");
+        }
+    }
+
+    #[test]
+    fn mail_relay_domain() {
+        let mut p = with_parameter_rule(Criterion::MailRelay, DROP_LOG);
+        p.mail_relay = Some("example.com".into());
+        let mut s = Session::new(p);
+        s.server(b"220 x\r\n")
+            .client(b"RCPT TO:<a@Example.COM>\r\nRCPT TO:<postmaster>\r\n");
+        assert_eq!(s.verdict, Verdict::Continue);
+        s.client(b"RCPT TO:<a@example.com.evil>\r\n");
+        assert!(s.drop_reply().contains("Relaying denied"));
+    }
+
+    #[test]
+    fn invalid_recipients_counted_from_5xx_replies() {
+        let mut s =
+            Session::with_rules(&["match invalid-recipients count gt 2 drop-connection log"]);
+        s.in_transaction();
+        s.client(b"RCPT TO:<1@y>\r\nRCPT TO:<2@y>\r\nRCPT TO:<3@y>\r\nRCPT TO:<4@y>\r\n");
+        s.server(b"550 no\r\n250 ok\r\n550 no\r\n");
+        assert_eq!(s.verdict, Verdict::Continue);
+        s.server(b"550 no\r\n");
+        assert!(s.drop_reply().contains("invalid recipients"));
+        assert_eq!(s.client_text(), "550 no\r\n250 ok\r\n550 no\r\n");
+    }
+
+    #[test]
+    fn reset_action() {
+        let mut s = Session::with_rules(&["match cmd verb HELP reset log"]);
+        s.server(b"220 x\r\n").client(b"NOOP\r\nHELP\r\nNOOP\r\n");
+        assert_eq!(s.verdict, Verdict::Reset);
+        assert_eq!(s.server_text(), "NOOP\r\n");
+        s.client(b"NOOP\r\n").server(b"250 ok\r\n");
+        assert_eq!(s.server_text(), "NOOP\r\n", "nothing after a verdict");
+        assert_eq!(s.client_text(), "220 *\r\n");
+    }
+
+    #[test]
+    fn log_action_emits_one_event_and_traffic_goes_on() {
+        let mut s = Session::with_rules(&["match cmd verb NOOP log"]);
+        s.server(b"220 x\r\n").client(b"NOOP\r\nNOOP\r\n");
+        assert_eq!(s.server_text(), "NOOP\r\nNOOP\r\n");
+        let logs: Vec<_> = s
+            .events
+            .iter()
+            .filter(|e| e.message_id == MessageId::PolicyLog)
+            .collect();
+        assert_eq!(logs.len(), 2);
+    }
+
+    #[test]
+    fn rate_limit_per_second_uses_now() {
+        let mut s = Session::with_rules(&["match cmd verb MAIL rate-limit 2"]);
+        s.server(b"220 x\r\n")
+            .client(b"MAIL FROM:<a@x>\r\nRSET\r\nMAIL FROM:<a@x>\r\n");
+        assert_eq!(s.verdict, Verdict::Continue);
+        s.now += Duration::from_millis(1100);
+        s.client(b"MAIL FROM:<a@x>\r\nMAIL FROM:<a@x>\r\n");
+        assert_eq!(s.verdict, Verdict::Continue, "a new second, a new window");
+        s.client(b"MAIL FROM:<a@x>\r\n");
+        assert!(s.drop_reply().contains("rate limit"));
+    }
+
+    #[test]
+    fn auth_continuation_lines_are_not_commands() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n")
+            .client(b"EHLO c\r\n")
+            .server(b"250-mx\r\n250 AUTH LOGIN\r\n");
+        s.to_server.clear();
+        s.client(b"AUTH LOGIN\r\n").server(b"334 VXNlcm5hbWU6\r\n");
+        s.client(b"dXNlcg==\r\n").server(b"334 UGFzc3dvcmQ6\r\n");
+        s.client(b"cGFzcw==\r\n").server(b"235 ok\r\n");
+        s.client(b"XYZZY\r\n");
+        assert_eq!(
+            s.server_text(),
+            "AUTH LOGIN\r\ndXNlcg==\r\ncGFzcw==\r\nXXXXX\r\n"
+        );
+    }
+
+    #[test]
+    fn pipelined_commands_after_auth_wait_for_its_reply() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n");
+        s.client(b"AUTH PLAIN AGEAYg==\r\nMAIL FROM:<a@x>\r\n");
+        assert_eq!(s.server_text(), "AUTH PLAIN AGEAYg==\r\n");
+        s.server(b"235 ok\r\n");
+        assert_eq!(
+            s.server_text(),
+            "AUTH PLAIN AGEAYg==\r\nMAIL FROM:<a@x>\r\n"
+        );
+    }
+
+    // ---- DATA ----
+
+    #[test]
+    fn message_passes_byte_for_byte_with_dot_stuffing() {
+        let mut s = Session::builtin("default");
+        s.in_data();
+        let msg = b"Subject: t\r\n\r\n..leading dot\r\n.\r\n";
+        s.client(msg);
+        assert_eq!(s.to_server, msg);
+        s.client(b"QUIT\r\n");
+        assert!(s.server_text().ends_with(".\r\nQUIT\r\n"));
+        s.server(b"250 queued\r\n221 bye\r\n");
+        assert!(s.inspector.pending.is_empty());
+    }
+
+    #[test]
+    fn content_before_354_is_held_then_judged_by_the_reply() {
+        let mut s = Session::builtin("default");
+        s.in_transaction();
+        s.client(b"DATA\r\nXYZZY: header\r\n\r\nbody\r\n.\r\n");
+        assert_eq!(s.server_text(), "DATA\r\n");
+        s.server(b"354 go\r\n");
+        assert_eq!(
+            s.server_text(),
+            "DATA\r\nXYZZY: header\r\n\r\nbody\r\n.\r\n"
+        );
+
+        // Refused DATA: what followed is commands after all.
+        let mut s = Session::builtin("default");
+        s.in_transaction();
+        s.client(b"DATA\r\nXYZZY: header\r\n");
+        s.server(b"554 no valid recipients\r\n");
+        assert_eq!(s.server_text(), "DATA\r\nXXXXXXXXXXXXX\r\n");
+    }
+
+    #[test]
+    fn held_bytes_are_bounded() {
+        let mut s = Session::builtin("default");
+        s.in_transaction();
+        s.client(b"DATA\r\n");
+        let chunk = vec![b'a'; 16 * 1024];
+        for _ in 0..5 {
+            s.client(&chunk);
+            assert!(s.inspector.buffered_bytes() <= HOLD_CAP);
+        }
+        assert!(s.drop_reply().contains("Improper command pipelining"));
+    }
+
+    #[test]
+    fn header_line_too_long_drops_mid_data_without_final_dot() {
+        let mut s = Session::builtin("default");
+        s.in_data();
+        s.client(b"Subject: ok\r\n");
+        let long = format!("X-Long: {}\r\n", "h".repeat(999 - 8));
+        s.client(long.as_bytes()).client(b"\r\nbody\r\n.\r\n");
+        assert_eq!(s.server_text(), "Subject: ok\r\n");
+        assert_eq!(
+            s.drop_reply(),
+            "421 4.7.0 Message header line too long, closing connection\r\n"
+        );
+        assert_eq!(s.events.last().unwrap().value, 999);
+    }
+
+    #[test]
+    fn header_line_at_limit_passes() {
+        let mut s = Session::builtin("default");
+        s.in_data();
+        let line = format!("X-Long: {}\r\n\r\n.\r\n", "h".repeat(998 - 8));
+        s.client(line.as_bytes());
+        assert_eq!(s.server_text(), line);
+        assert_eq!(s.verdict, Verdict::Continue);
+    }
+
+    #[test]
+    fn drop_inside_a_long_line_split_across_reads() {
+        let mut s = Session::builtin("default");
+        s.in_data();
+        s.client(b"X-Long: ");
+        for _ in 0..10 {
+            s.client(&[b'h'; 500]);
+        }
+        s.client(b"\r\n\r\nbody\r\n.\r\n");
+        assert!(!s.server_text().contains("\r\n.\r\n"));
+        assert!(s.drop_reply().contains("header line too long"));
+        assert!(s.inspector.buffered_bytes() <= LINE_HEAD_CAP);
+    }
+
+    #[test]
+    fn body_line_length_is_logged_not_dropped() {
+        let mut s = Session::builtin("default");
+        s.in_data();
+        let msg = format!(
+            "Subject: x\r\n\r\n{}\r\n{}\r\n.\r\n",
+            "b".repeat(999),
+            "b".repeat(998)
+        );
+        s.client(msg.as_bytes());
+        assert_eq!(s.server_text(), msg);
+        let hits: Vec<_> = s
+            .events
+            .iter()
+            .filter(|e| s.rule_text(e).contains("body line length"))
+            .collect();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(
+            (hits[0].value, hits[0].message_id),
+            (999, MessageId::PolicyLog)
+        );
+    }
+
+    #[test]
+    fn header_length_to_fields_and_body_length() {
+        let rules = [
+            "match header length gt 40 log",
+            "match header to-fields count gt 2 log",
+            "match body length gt 10 drop-connection log",
+        ];
+        let mut s = Session::with_rules(&rules);
+        s.in_data();
+        s.client(b"To: a@x, b@x\r\nSubject: hello\r\n\r\n123456\r\n.\r\n");
+        assert_eq!(s.verdict, Verdict::Continue, "near misses");
+        assert!(s.events.is_empty());
+
+        let mut s = Session::with_rules(&rules);
+        s.in_data();
+        s.client(
+            b"To: a@x, \"Doe, J\" <b@x>,\r\n c@x\r\nSubject: hello world\r\n\r\n123456789\r\n.\r\n",
+        );
+        assert_eq!(s.events.len(), 3, "{:?}", s.events);
+        assert_eq!(
+            s.events[0].value,
+            26 + 6 + 22,
+            "header bytes with their CRLFs"
+        );
+        assert_eq!(s.events[1].value, 3, "a quoted comma is not a separator");
+        assert_eq!(s.events[2].value, 11, "body bytes with their CRLFs");
+        assert!(s.drop_reply().contains("body too long"));
+        assert!(!s.server_text().contains(".\r\n"), "final dot withheld");
+    }
+
+    const MIME: &str = "Subject: m\r\nContent-Type: multipart/mixed; boundary=\"=_b\"\r\n\r\n\
+        --=_b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--=_b\r\n\
+        Content-Type: application/x-msdownload; name=\"NAME\"\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA\r\n--=_b--\r\n.\r\n";
+
+    #[test]
+    fn mime_filename_length() {
+        let mut s = Session::builtin("default");
+        s.in_data();
+        let ok = MIME.replace("NAME", &"n".repeat(255));
+        s.client(ok.as_bytes());
+        assert_eq!(s.server_text(), ok);
+        assert_eq!(s.verdict, Verdict::Continue);
+
+        let mut s = Session::builtin("default");
+        s.in_data();
+        let long = MIME.replace("NAME", &"n".repeat(256));
+        s.client(long.as_bytes());
+        assert!(s.drop_reply().contains("MIME filename too long"));
+        assert!(!s.server_text().contains("TVqQ"));
+    }
+
+    #[test]
+    fn mime_filetype_and_encoding() {
+        let mut s = Session::with_rules(&[
+            "match MIME filetype regex \"x-msdownload\" drop-connection log",
+        ]);
+        s.in_data();
+        s.client(MIME.as_bytes());
+        assert!(s.drop_reply().contains("MIME file type"));
+
+        let mut s =
+            Session::with_rules(&["match MIME filetype regex \"^image/\" drop-connection log"]);
+        s.in_data();
+        s.client(MIME.as_bytes());
+        assert_eq!(s.verdict, Verdict::Continue);
+
+        let mut s = Session::with_rules(&["match MIME encoding base64 log"]);
+        s.in_data();
+        s.client(MIME.as_bytes());
+        assert_eq!(
+            s.events
+                .iter()
+                .filter(|e| e.value == crate::rules::ENC_BASE64 as u64)
+                .count(),
+            1
+        );
+
+        let mut s = Session::with_rules(&["match MIME encoding quoted-printable log"]);
+        s.in_data();
+        s.client(MIME.as_bytes());
+        assert!(s.events.is_empty());
+    }
+
+    // ---- SMTP smuggling ----
+
+    fn smuggle(reads: &[&[u8]]) -> Session {
+        let mut s = Session::builtin("default");
+        s.in_data();
+        for r in reads {
+            s.client(r);
+        }
+        s
+    }
+
+    #[test]
+    fn smuggled_end_of_data_never_reaches_the_server() {
+        let cases: [&[&[u8]]; 6] = [
+            &[b"Subject: x\r\n\r\nbody\n.\r\nMAIL FROM:<evil@x>\r\n"],
+            &[b"Subject: x\r\n\r\nbody\r\n.\nMAIL FROM:<evil@x>\r\n"],
+            &[b"Subject: x\r\n\r\nbody\n.\nMAIL FROM:<evil@x>\r\n"],
+            &[b"Subject: x\r\n\r\nbody\r.\rMAIL FROM:<evil@x>\r\n"],
+            &[b"Subject: x\r\n\r\nbody\r\n.\r", b"MAIL FROM:<evil@x>\r\n"],
+            &[b"Subject: x\r\n\r\nbody\r", b"\n.\r", b"\nMAIL"],
+        ];
+        for (i, reads) in cases.iter().enumerate() {
+            let s = smuggle(reads);
+            let sent = s.server_text();
+            if i == 5 {
+                // CRLF split across reads is a real line end: nothing to defend.
+                assert_eq!(sent, "Subject: x\r\n\r\nbody\r\n.\r\n", "case {i}");
+                assert_eq!(s.verdict, Verdict::Continue);
+                continue;
+            }
+            assert!(!sent.contains("MAIL"), "case {i}: {sent:?}");
+            assert!(
+                !sent.ends_with('\r') && !sent.ends_with(".\n"),
+                "case {i}: {sent:?}"
+            );
+            assert!(s.drop_reply().contains("Bare CR or LF"), "case {i}");
+            assert_eq!(
+                s.events.last().unwrap().message_id,
+                MessageId::MaliciousPattern
+            );
+        }
+    }
+
+    #[test]
+    fn held_cr_is_not_forwarded_until_judged() {
+        let mut s = smuggle(&[b"Subject: x\r\n\r\nbody\r\n.\r"]);
+        assert_eq!(s.server_text(), "Subject: x\r\n\r\nbody\r\n.");
+        s.client(b"\n");
+        assert_eq!(s.server_text(), "Subject: x\r\n\r\nbody\r\n.\r\n");
+    }
+
+    #[test]
+    fn bare_newlines_pass_when_the_policy_tolerates_them() {
+        let mut s = Session::builtin("asa-compat");
+        s.in_data();
+        let msg = b"Subject: x\r\n\r\nbody\nmore\rtext\r\n.\r\n";
+        s.client(msg);
+        assert_eq!(s.to_server, msg);
+        assert_eq!(s.verdict, Verdict::Continue);
+        // The bare LF did not end the message: the next line is still content.
+        s.client(b"QUIT\r\n");
+        assert_eq!(s.inspector.mode, ClientMode::Command);
+        assert!(s.server_text().ends_with("\r\n.\r\nQUIT\r\n"));
+    }
+
+    // ---- BDAT ----
+
+    #[test]
+    fn bdat_chunks_counted_across_reads() {
+        let mut s = Session::builtin("default");
+        s.in_transaction();
+        let body = b"Subject: x\r\n\r\nNOOP is content here\r\n";
+        let cmd = format!("BDAT {} LAST\r\n", body.len());
+        s.client(cmd.as_bytes())
+            .client(&body[..7])
+            .client(&body[7..])
+            .client(b"XYZZY\r\n");
+        let mut expect = cmd.into_bytes();
+        expect.extend_from_slice(body);
+        expect.extend_from_slice(b"XXXXX\r\n");
+        assert_eq!(s.to_server, expect);
+        assert_eq!(s.verdict, Verdict::Continue);
+    }
+
+    #[test]
+    fn bdat_content_gets_message_checks_across_chunks() {
+        let mut s = Session::builtin("default");
+        s.in_transaction();
+        let line = format!("X-Long: {}\r\n", "h".repeat(1200));
+        let (a, b) = line.split_at(600);
+        s.client(format!("BDAT {}\r\n{a}", a.len()).as_bytes());
+        assert_eq!(s.verdict, Verdict::Continue);
+        s.client(format!("BDAT {} LAST\r\n{b}", b.len()).as_bytes());
+        assert!(s.drop_reply().contains("header line too long"));
+        assert!(
+            s.to_server.len()
+                < format!("BDAT {}\r\n{a}BDAT {} LAST\r\n{b}", a.len(), b.len()).len()
+        );
+    }
+
+    #[test]
+    fn bdat_last_chunk_never_completes_when_the_message_is_dropped() {
+        let mut s = Session::with_rules(&["match body length gt 3 drop-connection log"]);
+        s.in_transaction();
+        let chunk = b"S: x\r\n\r\nabcd";
+        let all = [
+            format!("BDAT {} LAST\r\n", chunk.len()).as_bytes(),
+            &chunk[..],
+        ]
+        .concat();
+        s.client(&all);
+        assert!(s.drop_reply().contains("body too long"));
+        assert_eq!(s.to_server, all[..all.len() - 1]);
+    }
+
+    #[test]
+    fn bdat_zero_last_ends_the_message() {
+        let mut s = Session::with_rules(&["match header length lt 1 drop-connection log"]);
+        s.in_transaction();
+        s.client(b"BDAT 0 LAST\r\n");
+        assert!(s.drop_reply().contains("header too long"));
+        assert_eq!(s.server_text(), "BDAT 0 LAST\r");
+    }
+
+    // ---- STARTTLS ----
+
+    #[test]
+    fn starttls_goes_opaque_after_220() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n")
+            .client(b"EHLO c\r\n")
+            .server(b"250-mx\r\n250 STARTTLS\r\n");
+        s.to_server.clear();
+        s.to_client.clear();
+        s.client(b"STARTTLS\r\n\x16\x03\x01\x00\x05hello");
+        assert_eq!(
+            s.server_text(),
+            "STARTTLS\r\n",
+            "TLS bytes wait for the 220"
+        );
+        assert!(!s.inspector.is_opaque());
+        s.server(b"220 2.0.0 Ready\r\n");
+        assert!(s.inspector.is_opaque());
+        assert_eq!(s.to_server, b"STARTTLS\r\n\x16\x03\x01\x00\x05hello");
+        let tls = s.events.last().unwrap();
+        assert_eq!(tls.message_id, MessageId::TlsStarted);
+        s.client(b"XYZZY\r\n\0\n")
+            .server(b"\x16\x03\x03 anything\n");
+        assert!(s.to_server.ends_with(b"XYZZY\r\n\0\n"));
+        assert!(s.to_client.ends_with(b"\x16\x03\x03 anything\n"));
+    }
+
+    #[test]
+    fn starttls_refused_stays_inspected() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n")
+            .client(b"STARTTLS\r\nXYZZY\r\n")
+            .server(b"454 no\r\n");
+        assert!(!s.inspector.is_opaque());
+        assert_eq!(s.server_text(), "STARTTLS\r\nXXXXX\r\n");
+    }
+
+    #[test]
+    fn starttls_masked_by_asa_compat() {
+        let mut s = Session::builtin("asa-compat");
+        s.server(b"220 x\r\n").client(b"STARTTLS\r\n");
+        assert_eq!(s.server_text(), "XXXXXXXX\r\n");
+        s.server(b"502 what\r\n");
+        assert!(!s.inspector.is_opaque());
+    }
+
+    #[test]
+    fn none_policy_relays_verbatim() {
+        let mut s = Session::builtin("none");
+        s.server(b"220 mx\r\n").client(b"XYZZY\r\n");
+        assert_eq!(s.server_text(), "XYZZY\r\n");
+        assert_eq!(s.client_text(), "220 mx\r\n");
+    }
+
+    #[test]
+    fn unchanged_bytes_of_a_read_are_one_slice() {
+        let mut s = Session::builtin("default");
+        s.in_data();
+        let input = Bytes::from_static(
+            b"Subject: x\r\n\r\nline one\r\nline two\r\n.\r\nMAIL FROM:<a@x>\r\n",
+        );
+        let mut out = Output::default();
+        s.inspector.on_client_bytes(input.clone(), s.now, &mut out);
+        assert_eq!(out.to_server.len(), 1);
+        assert_eq!(
+            out.to_server[0].as_ptr(),
+            input.as_ptr(),
+            "a slice, not a copy"
+        );
+        assert_eq!(out.to_server[0], input);
     }
 }
