@@ -324,7 +324,9 @@ impl<'t> Errors<'t> {
     }
 
     fn toml(&mut self, path: &str, e: &toml::de::Error) {
-        self.at(e.span(), path, e.message().trim().to_string());
+        // toml's messages may span lines; one error per line is the contract.
+        let message = e.message().trim().replace('\n', "; ");
+        self.at(e.span(), path, message);
     }
 
     fn finish(mut self) -> Option<ConfigErrors> {
@@ -535,6 +537,8 @@ impl Config {
         let mut known_names: Vec<String> = BUILTIN_NAMES.iter().map(|s| s.to_string()).collect();
         known_names.extend(user_names);
         let mut listeners = Vec::new();
+        // Listeners naming the same built-in share one `Arc<Policy>`, as user ones do.
+        let mut builtin_cache: BTreeMap<String, Arc<Policy>> = BTreeMap::new();
         let mut seen_listen: Vec<(SocketAddr, usize)> = Vec::new();
         for (i, raw) in raw_listeners {
             let span = raw.span();
@@ -591,8 +595,12 @@ impl Config {
             let policy = match policies.get(policy_name) {
                 Some(Some(policy)) => Some(policy.clone()),
                 Some(None) => None, // its own errors are reported
-                None => match Policy::builtin(policy_name) {
-                    Some(p) => Some(Arc::new(p)),
+                None => match builtin_cache.get(policy_name).cloned().or_else(|| {
+                    let p = Arc::new(Policy::builtin(policy_name)?);
+                    builtin_cache.insert(policy_name.to_string(), p.clone());
+                    Some(p)
+                }) {
+                    Some(p) => Some(p),
                     None => {
                         if !known_names.iter().any(|n| n == policy_name) {
                             errors.at(

@@ -315,7 +315,8 @@ impl Policy {
     /// A user policy (`[policy.NAME]`) over its resolved parent (`extends`; the config
     /// resolves names and cycles). Parameters given override the parent's;
     /// `allow_verbs` adds to them; `rules` are appended after the parent's `match`
-    /// rules (unless `inherit_rules = false`). Every error is returned, each with its
+    /// rules (unless `inherit_rules = false`), a rule written exactly like one already
+    /// there only once. Every error is returned, each with its
     /// field and config span.
     pub fn compile(
         name: &str,
@@ -426,6 +427,9 @@ impl Policy {
         };
         for (i, text) in section.rules.iter().enumerate() {
             match parse_rule(text.get_ref()) {
+                // The same rule as an inherited one (SPEC's own sample repeats two of
+                // default's) would match twice and log twice: keep one.
+                Ok(rule) if match_rules.iter().any(|r| r.same_text(&rule)) => {}
                 Ok(rule) => match_rules.push(rule),
                 Err(e) => errors.push(PolicyError {
                     field: format!("rules[{i}]"),

@@ -771,6 +771,22 @@ fn regex_error_summary(e: &regex::Error) -> String {
         .to_string()
 }
 
+impl Rule {
+    /// Whether two rules say the same thing as written: same tokens, keywords in any
+    /// case, blanks ignored, quoted regexes compared exactly. Config time only.
+    pub fn same_text(&self, other: &Rule) -> bool {
+        let (Ok(a), Ok(b)) = (tokenize(&self.text), tokenize(&other.text)) else {
+            return false;
+        };
+        a.len() == b.len()
+            && a.iter().zip(&b).all(|(x, y)| match (&x.quoted, &y.quoted) {
+                (Some(p), Some(q)) => p == q,
+                (None, None) => x.raw.eq_ignore_ascii_case(y.raw),
+                _ => false,
+            })
+    }
+}
+
 fn error_at(text: &str, (offset, kind): (usize, RuleErrorKind)) -> RuleError {
     RuleError {
         rule: text.to_string(),
@@ -1146,6 +1162,15 @@ mod tests {
         );
         assert!(parse_parameter_actions("", "bare_newline").is_err());
         assert_eq!(DROP_LOG.to_string(), "drop-connection log");
+    }
+
+    #[test]
+    fn same_text_ignores_case_and_blanks_but_not_patterns() {
+        let a = ok("match cmd RCPT count gt 100 drop-connection log");
+        assert!(a.same_text(&ok("MATCH  cmd rcpt count GT 100   Drop-Connection log")));
+        assert!(!a.same_text(&ok("match cmd RCPT count gt 101 drop-connection log")));
+        let r = ok(r#"match sender-address regex "@A" log"#);
+        assert!(!r.same_text(&ok(r#"match sender-address regex "@a" log"#)));
     }
 
     #[test]
