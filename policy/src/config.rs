@@ -460,172 +460,13 @@ impl Config {
             errors.toml("", &e);
         }
 
-        let admin = parse_section::<RawAdmin>(text, "admin", &mut errors);
-        let limits = parse_section::<RawLimits>(text, "limits", &mut errors);
-        let timeouts = parse_section::<RawTimeouts>(text, "timeouts", &mut errors);
-
-        // Listeners: each one on its own, so one bad listener does not hide the others.
-        let listener_count = match doc.get("listener") {
-            Some(toml::Value::Array(items)) => items.len(),
-            Some(_) => {
-                if let Err(e) = parse_at::<Vec<IgnoredAny>>(text, &[Step::Key("listener")]) {
-                    errors.toml("listener", &e);
-                } else {
-                    errors.at(None, "listener", "expected [[listener]] tables");
-                }
-                0
-            }
-            None => 0,
-        };
-        let mut raw_listeners = Vec::new();
-        for i in 0..listener_count {
-            let path = [Step::Key("listener"), Step::Index(i)];
-            match parse_at::<Spanned<RawListener>>(text, &path) {
-                Ok(Some(l)) => raw_listeners.push((i, l)),
-                Ok(None) => {}
-                Err(e) => errors.toml(&format!("listener[{i}]"), &e),
-            }
-        }
-
-        // Policies: each section on its own too.
-        let mut sections: BTreeMap<String, Spanned<PolicySection>> = BTreeMap::new();
-        let mut broken_sections: Vec<String> = Vec::new();
-        match doc.get("policy") {
-            Some(toml::Value::Table(table)) => {
-                for name in table.keys() {
-                    let path = [Step::Key("policy"), Step::Key(name)];
-                    match parse_at::<Spanned<PolicySection>>(text, &path) {
-                        Ok(Some(s)) => {
-                            sections.insert(name.clone(), s);
-                        }
-                        Ok(None) => broken_sections.push(name.clone()),
-                        Err(e) => {
-                            errors.toml(&format!("policy.{name}"), &e);
-                            broken_sections.push(name.clone());
-                        }
-                    }
-                }
-            }
-            Some(_) => {
-                if let Err(e) =
-                    parse_at::<BTreeMap<String, IgnoredAny>>(text, &[Step::Key("policy")])
-                {
-                    errors.toml("policy", &e);
-                } else {
-                    errors.at(None, "policy", "expected [policy.NAME] tables");
-                }
-            }
-            None => {}
-        }
-
-        let policies = compile_policies(&sections, &broken_sections, &mut errors);
-        let admin = validate_admin(admin, &mut errors);
-        let limits = validate_limits(limits, &mut errors);
-        let timeouts = validate_timeouts(timeouts, &mut errors);
-
-        if listener_count == 0 {
-            errors.at(
-                None,
-                "listener",
-                "at least one [[listener]] is required (listen, upstream, policy)",
-            );
-        }
-        let mut user_names: Vec<String> = sections.keys().cloned().collect();
-        user_names.extend(broken_sections.iter().cloned());
-        user_names.retain(|n| !BUILTIN_NAMES.contains(&n.as_str()));
-        user_names.sort();
-        let mut known_names: Vec<String> = BUILTIN_NAMES.iter().map(|s| s.to_string()).collect();
-        known_names.extend(user_names);
-        let mut listeners = Vec::new();
-        // Listeners naming the same built-in share one `Arc<Policy>`, as user ones do.
-        let mut builtin_cache: BTreeMap<String, Arc<Policy>> = BTreeMap::new();
-        let mut seen_listen: Vec<(SocketAddr, usize)> = Vec::new();
-        for (i, raw) in raw_listeners {
-            let span = raw.span();
-            let raw = raw.into_inner();
-            let listen = parse_addr(&raw.listen, &format!("listener[{i}].listen"), &mut errors);
-            let upstream = parse_addr(
-                &raw.upstream,
-                &format!("listener[{i}].upstream"),
-                &mut errors,
-            );
-            if let Some(addr) = listen {
-                if let Some((_, first)) = seen_listen.iter().find(|(a, _)| *a == addr) {
-                    errors.at(
-                        Some(raw.listen.span()),
-                        format!("listener[{i}].listen"),
-                        format!("{addr} is already the address of listener[{first}]"),
-                    );
-                } else {
-                    seen_listen.push((addr, i));
-                }
-                if admin.listen == Some(addr) {
-                    errors.at(
-                        Some(raw.listen.span()),
-                        format!("listener[{i}].listen"),
-                        format!("{addr} is also the admin endpoint's address"),
-                    );
-                }
-                if upstream == Some(addr) {
-                    errors.at(
-                        Some(raw.upstream.span()),
-                        format!("listener[{i}].upstream"),
-                        format!("{addr} is the listener's own address: it would relay to itself"),
-                    );
-                }
-            }
-            let mut exempt = Vec::new();
-            for (j, cidr) in raw.exempt.iter().enumerate() {
-                match parse_cidr(cidr.get_ref()) {
-                    Some(net) => exempt.push(net),
-                    None => errors.at(
-                        Some(cidr.span()),
-                        format!("listener[{i}].exempt[{j}]"),
-                        format!(
-                            "expected a network like 192.0.2.0/24 or an address, found `{}`",
-                            cidr.get_ref()
-                        ),
-                    ),
-                }
-            }
-            let (policy_name, policy_span) = match &raw.policy {
-                Some(p) => (p.get_ref().as_str(), Some(p.span())),
-                None => ("default", Some(span.clone())),
-            };
-            let policy = match policies.get(policy_name) {
-                Some(Some(policy)) => Some(policy.clone()),
-                Some(None) => None, // its own errors are reported
-                None => match builtin_cache.get(policy_name).cloned().or_else(|| {
-                    let p = Arc::new(Policy::builtin(policy_name)?);
-                    builtin_cache.insert(policy_name.to_string(), p.clone());
-                    Some(p)
-                }) {
-                    Some(p) => Some(p),
-                    None => {
-                        if !known_names.iter().any(|n| n == policy_name) {
-                            errors.at(
-                                policy_span,
-                                format!("listener[{i}].policy"),
-                                format!(
-                                    "unknown policy `{policy_name}` (known: {})",
-                                    known_names.join(", ")
-                                ),
-                            );
-                        }
-                        None
-                    }
-                },
-            };
-            if let (Some(listen), Some(upstream), Some(policy)) = (listen, upstream, policy) {
-                listeners.push(Listener {
-                    listen,
-                    upstream,
-                    policy,
-                    exempt,
-                    proxy_protocol: raw.proxy_protocol,
-                });
-            }
-        }
+        let admin = validate_admin(parse_section(text, "admin", &mut errors), &mut errors);
+        let limits = validate_limits(parse_section(text, "limits", &mut errors), &mut errors);
+        let timeouts = validate_timeouts(parse_section(text, "timeouts", &mut errors), &mut errors);
+        let (sections, broken_sections) = read_policy_sections(text, &doc, &mut errors);
+        let mut policies = Policies::compile(&sections, &broken_sections, &mut errors);
+        let raw_listeners = read_listeners(text, &doc, &mut errors);
+        let listeners = validate_listeners(raw_listeners, &admin, &mut policies, &mut errors);
 
         match errors.finish() {
             Some(errors) => Err(errors),
@@ -637,6 +478,185 @@ impl Config {
             }),
         }
     }
+}
+
+/// Every `[[listener]]`, each read on its own so one bad listener does not hide the
+/// others; `None` when there is no `listener` key at all.
+fn read_listeners(
+    text: &str,
+    doc: &toml::Table,
+    errors: &mut Errors<'_>,
+) -> Option<Vec<(usize, Spanned<RawListener>)>> {
+    let count = match doc.get("listener")? {
+        toml::Value::Array(items) => items.len(),
+        _ => {
+            if let Err(e) = parse_at::<Vec<IgnoredAny>>(text, &[Step::Key("listener")]) {
+                errors.toml("listener", &e);
+            } else {
+                errors.at(None, "listener", "expected [[listener]] tables");
+            }
+            return Some(Vec::new());
+        }
+    };
+    let mut listeners = Vec::with_capacity(count);
+    for i in 0..count {
+        let path = [Step::Key("listener"), Step::Index(i)];
+        match parse_at::<Spanned<RawListener>>(text, &path) {
+            Ok(Some(l)) => listeners.push((i, l)),
+            Ok(None) => {}
+            Err(e) => errors.toml(&format!("listener[{i}]"), &e),
+        }
+    }
+    Some(listeners)
+}
+
+/// Every `[policy.NAME]`, each read on its own; also the names of those that could
+/// not be read (their errors are reported; they still count as defined names).
+fn read_policy_sections(
+    text: &str,
+    doc: &toml::Table,
+    errors: &mut Errors<'_>,
+) -> (BTreeMap<String, Spanned<PolicySection>>, Vec<String>) {
+    let mut sections = BTreeMap::new();
+    let mut broken = Vec::new();
+    match doc.get("policy") {
+        Some(toml::Value::Table(table)) => {
+            for name in table.keys() {
+                let path = [Step::Key("policy"), Step::Key(name)];
+                match parse_at::<Spanned<PolicySection>>(text, &path) {
+                    Ok(Some(s)) => {
+                        sections.insert(name.clone(), s);
+                    }
+                    Ok(None) => broken.push(name.clone()),
+                    Err(e) => {
+                        errors.toml(&format!("policy.{name}"), &e);
+                        broken.push(name.clone());
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            if let Err(e) = parse_at::<BTreeMap<String, IgnoredAny>>(text, &[Step::Key("policy")]) {
+                errors.toml("policy", &e);
+            } else {
+                errors.at(None, "policy", "expected [policy.NAME] tables");
+            }
+        }
+        None => {}
+    }
+    (sections, broken)
+}
+
+/// The policies listeners may name: compiled user policies, and built-ins on first use
+/// (each compiled once, so listeners naming the same policy share one `Arc`).
+struct Policies {
+    /// `None` for a user policy that failed (its errors are already reported).
+    compiled: BTreeMap<String, Option<Arc<Policy>>>,
+    /// Built-ins, then user policies, for "unknown policy" errors.
+    known: Vec<String>,
+}
+
+impl Policies {
+    fn get(&mut self, name: &str) -> Result<Option<Arc<Policy>>, String> {
+        if let Some(found) = self.compiled.get(name) {
+            return Ok(found.clone());
+        }
+        match Policy::builtin(name) {
+            Some(p) => {
+                let p = Arc::new(p);
+                self.compiled.insert(name.to_string(), Some(p.clone()));
+                Ok(Some(p))
+            }
+            None => Err(format!(
+                "unknown policy `{name}` (known: {})",
+                self.known.join(", ")
+            )),
+        }
+    }
+}
+
+fn validate_listeners(
+    raw_listeners: Option<Vec<(usize, Spanned<RawListener>)>>,
+    admin: &Admin,
+    policies: &mut Policies,
+    errors: &mut Errors<'_>,
+) -> Vec<Listener> {
+    let Some(raw_listeners) = raw_listeners else {
+        errors.at(
+            None,
+            "listener",
+            "at least one [[listener]] is required (listen, upstream, policy)",
+        );
+        return Vec::new();
+    };
+    let mut listeners = Vec::new();
+    let mut seen_listen: Vec<(SocketAddr, usize)> = Vec::new();
+    for (i, raw) in raw_listeners {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let listen = parse_addr(&raw.listen, &format!("listener[{i}].listen"), errors);
+        let upstream = parse_addr(&raw.upstream, &format!("listener[{i}].upstream"), errors);
+        if let Some(addr) = listen {
+            if let Some((_, first)) = seen_listen.iter().find(|(a, _)| *a == addr) {
+                errors.at(
+                    Some(raw.listen.span()),
+                    format!("listener[{i}].listen"),
+                    format!("{addr} is already the address of listener[{first}]"),
+                );
+            } else {
+                seen_listen.push((addr, i));
+            }
+            if admin.listen == Some(addr) {
+                errors.at(
+                    Some(raw.listen.span()),
+                    format!("listener[{i}].listen"),
+                    format!("{addr} is also the admin endpoint's address"),
+                );
+            }
+            if upstream == Some(addr) {
+                errors.at(
+                    Some(raw.upstream.span()),
+                    format!("listener[{i}].upstream"),
+                    format!("{addr} is the listener's own address: it would relay to itself"),
+                );
+            }
+        }
+        let mut exempt = Vec::new();
+        for (j, cidr) in raw.exempt.iter().enumerate() {
+            match parse_cidr(cidr.get_ref()) {
+                Some(net) => exempt.push(net),
+                None => errors.at(
+                    Some(cidr.span()),
+                    format!("listener[{i}].exempt[{j}]"),
+                    format!(
+                        "expected a network like 192.0.2.0/24 or an address, found `{}`",
+                        cidr.get_ref()
+                    ),
+                ),
+            }
+        }
+        let (policy_name, policy_span) = match &raw.policy {
+            Some(p) => (p.get_ref().as_str(), p.span()),
+            None => ("default", span),
+        };
+        let policy = match policies.get(policy_name) {
+            Ok(policy) => policy,
+            Err(message) => {
+                errors.at(Some(policy_span), format!("listener[{i}].policy"), message);
+                None
+            }
+        };
+        if let (Some(listen), Some(upstream), Some(policy)) = (listen, upstream, policy) {
+            listeners.push(Listener {
+                listen,
+                upstream,
+                policy,
+                exempt,
+                proxy_protocol: raw.proxy_protocol,
+            });
+        }
+    }
+    listeners
 }
 
 fn parse_section<T: DeserializeOwned + Default>(
@@ -653,128 +673,134 @@ fn parse_section<T: DeserializeOwned + Default>(
     }
 }
 
-/// Compiles user policies in `extends` order. The map has `None` for a policy that
-/// failed (its errors are reported; listeners naming it add none of their own).
-fn compile_policies(
-    sections: &BTreeMap<String, Spanned<PolicySection>>,
-    broken: &[String],
-    errors: &mut Errors<'_>,
-) -> BTreeMap<String, Option<Arc<Policy>>> {
-    let mut compiled: BTreeMap<String, Option<Arc<Policy>>> =
-        broken.iter().map(|n| (n.clone(), None)).collect();
-    let mut parents = Vec::new();
-    for (name, section) in sections {
-        let path = format!("policy.{name}");
-        if BUILTIN_NAMES.contains(&name.as_str()) {
-            errors.at(
+impl Policies {
+    /// Compiles user policies in `extends` order, reporting every error.
+    fn compile(
+        sections: &BTreeMap<String, Spanned<PolicySection>>,
+        broken: &[String],
+        errors: &mut Errors<'_>,
+    ) -> Policies {
+        let mut compiled: BTreeMap<String, Option<Arc<Policy>>> =
+            broken.iter().map(|n| (n.clone(), None)).collect();
+        let mut parents = Vec::new();
+        for (name, section) in sections {
+            let path = format!("policy.{name}");
+            if BUILTIN_NAMES.contains(&name.as_str()) {
+                errors.at(
                 Some(section.span()),
                 &path,
                 format!("`{name}` is a built-in policy; give yours another name and `extends = \"{name}\"`"),
             );
-            compiled.insert(name.clone(), None);
-            continue;
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            errors.at(
-                Some(section.span()),
-                &path,
-                "policy names are letters, digits, `-` and `_`",
-            );
-        }
-        let parent = section
-            .get_ref()
-            .extends
-            .as_ref()
-            .map(|e| e.get_ref().as_str());
-        parents.push((name.as_str(), parent.or(Some("default"))));
-    }
-    let order = match resolution_order(&parents) {
-        Ok(order) => order,
-        Err(cycle) => {
-            for name in &cycle {
-                let section = &sections[*name];
-                let span = section.get_ref().extends.as_ref().map(|e| e.span());
+                compiled.insert(name.clone(), None);
+                continue;
+            }
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 errors.at(
-                    span,
-                    format!("policy.{name}.extends"),
-                    format!("`extends` goes round in a circle: {}", cycle.join(", ")),
+                    Some(section.span()),
+                    &path,
+                    "policy names are letters, digits, `-` and `_`",
                 );
-                compiled.insert(name.to_string(), None);
             }
-            // Compile the rest (those outside the cycle) for their own errors.
-            parents
-                .iter()
-                .map(|(n, _)| *n)
-                .filter(|n| !cycle.contains(n))
-                .collect()
+            let parent = section
+                .get_ref()
+                .extends
+                .as_ref()
+                .map(|e| e.get_ref().as_str());
+            parents.push((name.as_str(), parent.or(Some("default"))));
         }
-    };
-    let user_names: Vec<&str> = sections.keys().map(String::as_str).collect();
-    for name in order {
-        if compiled.contains_key(name) {
-            continue;
-        }
-        let section = sections[name].get_ref();
-        let parent_name = section
-            .extends
-            .as_ref()
-            .map_or("default", |e| e.get_ref().as_str());
-        let (parent, parent_ok) = match compiled.get(parent_name) {
-            Some(Some(p)) => (p.clone(), true),
-            // The parent failed or is in a cycle: still check this policy's own
-            // settings, against `default`, but do not produce it.
-            Some(None) => (
-                Arc::new(Policy::builtin("default").expect("built-in")),
-                false,
-            ),
-            None => match Policy::builtin(parent_name) {
-                Some(p) => (Arc::new(p), true),
-                None => {
-                    let mut known: Vec<&str> = BUILTIN_NAMES.to_vec();
-                    known.extend(
-                        user_names
-                            .iter()
-                            .filter(|n| **n != name && !BUILTIN_NAMES.contains(n)),
-                    );
+        let order = match resolution_order(&parents) {
+            Ok(order) => order,
+            Err(cycle) => {
+                for name in &cycle {
+                    let section = &sections[*name];
+                    let span = section.get_ref().extends.as_ref().map(|e| e.span());
                     errors.at(
-                        section.extends.as_ref().map(|e| e.span()),
+                        span,
                         format!("policy.{name}.extends"),
-                        format!(
-                            "unknown policy `{parent_name}` (known: {})",
-                            known.join(", ")
-                        ),
+                        format!("`extends` goes round in a circle: {}", cycle.join(", ")),
                     );
-                    (
-                        Arc::new(Policy::builtin("default").expect("built-in")),
-                        false,
-                    )
+                    compiled.insert(name.to_string(), None);
                 }
-            },
+                // Compile the rest (those outside the cycle) for their own errors.
+                parents
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .filter(|n| !cycle.contains(n))
+                    .collect()
+            }
         };
-        match Policy::compile(name, section, &parent) {
-            Ok(policy) if parent_ok => {
-                compiled.insert(name.to_string(), Some(Arc::new(policy)));
+        let user_names: Vec<&str> = sections.keys().map(String::as_str).collect();
+        for name in order {
+            if compiled.contains_key(name) {
+                continue;
             }
-            Ok(_) => {
-                compiled.insert(name.to_string(), None);
-            }
-            Err(list) => {
-                for PolicyError {
-                    field,
-                    span,
-                    message,
-                } in list
-                {
-                    errors.at(span, format!("policy.{name}.{field}"), message);
+            let section = sections[name].get_ref();
+            let parent_name = section
+                .extends
+                .as_ref()
+                .map_or("default", |e| e.get_ref().as_str());
+            let (parent, parent_ok) = match compiled.get(parent_name) {
+                Some(Some(p)) => (p.clone(), true),
+                // The parent failed or is in a cycle: still check this policy's own
+                // settings, against `default`, but do not produce it.
+                Some(None) => (
+                    Arc::new(Policy::builtin("default").expect("built-in")),
+                    false,
+                ),
+                None => match Policy::builtin(parent_name) {
+                    Some(p) => (Arc::new(p), true),
+                    None => {
+                        let mut known: Vec<&str> = BUILTIN_NAMES.to_vec();
+                        known.extend(
+                            user_names
+                                .iter()
+                                .filter(|n| **n != name && !BUILTIN_NAMES.contains(n)),
+                        );
+                        errors.at(
+                            section.extends.as_ref().map(|e| e.span()),
+                            format!("policy.{name}.extends"),
+                            format!(
+                                "unknown policy `{parent_name}` (known: {})",
+                                known.join(", ")
+                            ),
+                        );
+                        (
+                            Arc::new(Policy::builtin("default").expect("built-in")),
+                            false,
+                        )
+                    }
+                },
+            };
+            match Policy::compile(name, section, &parent) {
+                Ok(policy) if parent_ok => {
+                    compiled.insert(name.to_string(), Some(Arc::new(policy)));
                 }
-                compiled.insert(name.to_string(), None);
+                Ok(_) => {
+                    compiled.insert(name.to_string(), None);
+                }
+                Err(list) => {
+                    for PolicyError {
+                        field,
+                        span,
+                        message,
+                    } in list
+                    {
+                        errors.at(span, format!("policy.{name}.{field}"), message);
+                    }
+                    compiled.insert(name.to_string(), None);
+                }
             }
         }
+        let mut user_names: Vec<String> = sections.keys().chain(broken).cloned().collect();
+        user_names.retain(|n| !BUILTIN_NAMES.contains(&n.as_str()));
+        user_names.sort();
+        let mut known: Vec<String> = BUILTIN_NAMES.iter().map(|s| s.to_string()).collect();
+        known.extend(user_names);
+        Policies { compiled, known }
     }
-    compiled
 }
 
 fn parse_addr(value: &Spanned<String>, path: &str, errors: &mut Errors<'_>) -> Option<SocketAddr> {
