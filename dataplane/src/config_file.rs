@@ -29,11 +29,7 @@ fn parse(text: &str) -> Result<Config, String> {
     Config::from_toml_str(text).map_err(|errors| errors.to_string())
 }
 
+/// `smtpgate import-asa`: a firewall's esmtp policy map as config TOML.
 pub fn import_asa(text: &str) -> Result<String, String> {
-    temporary_import_asa_shim(text)
-}
-
-/// TEMPORARY, deleted when `asa::import_asa` lands in smtpgate-policy.
-fn temporary_import_asa_shim(_text: &str) -> Result<String, String> {
-    Err("import-asa is not available in this build yet".into())
+    smtpgate_policy::asa::import_asa(text).map_err(|e| e.to_string())
 }

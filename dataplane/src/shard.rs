@@ -30,8 +30,12 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// The config generation new sessions start with.
+    /// The config generation new sessions start with: the latest installed one (one
+    /// atomic load per accept; the shared lock is taken only after a reload).
     pub fn generation(&self) -> Arc<Generation> {
+        if self.generation.borrow().number != self.shared.generation_number() {
+            *self.generation.borrow_mut() = self.shared.current();
+        }
         self.generation.borrow().clone()
     }
 
@@ -85,9 +89,6 @@ pub async fn run(
     while !shared.is_shutting_down() {
         sleep(TICK).await;
         shard.deadlines.sweep(Instant::now());
-        if shard.generation.borrow().number != shared.generation_number() {
-            *shard.generation.borrow_mut() = shared.current();
-        }
     }
 
     // Stop accepting (dropping the tasks closes this shard's listening sockets), then

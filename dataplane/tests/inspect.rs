@@ -11,7 +11,7 @@ use common::*;
 
 fn masked_banner() -> Vec<u8> {
     let mut b = b"220 ".to_vec();
-    b.extend(std::iter::repeat(b'*').take(UPSTREAM_BANNER.len() - 6));
+    b.extend(std::iter::repeat_n(b'*', UPSTREAM_BANNER.len() - 6));
     b.extend_from_slice(b"\r\n");
     b
 }
@@ -41,7 +41,10 @@ fn default_policy_masks_banner_and_keywords_and_xes_unknown_verbs_in_order() {
     assert_eq!(lines[0], b"EHLO client.test\r\n");
     assert_eq!(lines[1].len(), b"XYZZY magic\r\n".len(), "same length");
     assert!(lines[1].starts_with(b"XXXXX") && lines[1].ends_with(b"\r\n"));
-    assert!(!wire.windows(5).any(|w| w == b"XYZZY"), "the verb never reaches the server");
+    assert!(
+        !wire.windows(5).any(|w| w == b"XYZZY"),
+        "the verb never reaches the server"
+    );
     assert_eq!(&lines[2..], [&b"NOOP\r\n"[..], b"QUIT\r\n"]);
 }
 
@@ -56,14 +59,22 @@ fn overlong_command_drops_the_session_and_logs() {
     c.send(b"HELO me\r\n");
     assert_eq!(c.reply(), b"250 mx.upstream.test\r\n");
     let mut long = b"MAIL FROM:<".to_vec();
-    long.extend(std::iter::repeat(b'a').take(600));
+    long.extend(std::iter::repeat_n(b'a', 600));
     long.extend_from_slice(b"@example.org>\r\n");
     c.send(&long);
     let reply = c.reply();
-    assert!(reply.starts_with(b"421 4.7.0 "), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"421 4.7.0 "),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
     assert_eq!(c.read_to_end(), b"", "session closed after the 421");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(up.wire(0), b"HELO me\r\n", "the long command never reached the server");
+    assert_eq!(
+        up.wire(0),
+        b"HELO me\r\n",
+        "the long command never reached the server"
+    );
 
     let log = gate.wait_log("108004");
     let line = log.lines().find(|l| l.contains("108004")).unwrap();
@@ -85,16 +96,23 @@ fn drop_mid_data_never_delivers_a_partial_message() {
         c.reply();
     }
     let mut header = b"Subject: ".to_vec();
-    header.extend(std::iter::repeat(b'x').take(1200));
+    header.extend(std::iter::repeat_n(b'x', 1200));
     c.send(b"From: a@example.org\r\n");
     c.send(&header);
     c.send(b"\r\n\r\nbody\r\n.\r\n");
     let reply = c.reply();
-    assert!(reply.starts_with(b"421 4.7.0 "), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"421 4.7.0 "),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert!(up.messages().is_empty(), "no message may be delivered");
     let wire = up.wire(0);
-    assert!(!wire.windows(5).any(|w| w == b"\r\n.\r\n"), "no end of data upstream");
+    assert!(
+        !wire.windows(5).any(|w| w == b"\r\n.\r\n"),
+        "no end of data upstream"
+    );
 }
 
 #[test]
@@ -113,7 +131,10 @@ fn reset_action_resets_both_sides() {
     c.reply();
     c.send(b"VRFY root\r\n");
     let mut rest = Vec::new();
-    let err = c.stream.read_to_end(&mut rest).expect_err("a reset, not a clean close");
+    let err = c
+        .stream
+        .read_to_end(&mut rest)
+        .expect_err("a reset, not a clean close");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     gate.wait_log("match cmd verb VRFY reset log");
 }
@@ -127,7 +148,7 @@ fn json_log_format_prints_one_object_per_event() {
     let mut c = Client::connect(listen);
     c.reply();
     let mut long = b"HELO ".to_vec();
-    long.extend(std::iter::repeat(b'h').take(700));
+    long.extend(std::iter::repeat_n(b'h', 700));
     long.extend_from_slice(b"\r\n");
     c.send(&long);
     assert!(c.reply().starts_with(b"421 4.7.0 "));
@@ -139,7 +160,10 @@ fn json_log_format_prints_one_object_per_event() {
         .map(|l| serde_json::from_str(l).expect("a JSON object"))
         .unwrap();
     assert_eq!(event["message_id"], 108004);
-    assert_eq!(event["rule"], "match cmd line length gt 512 drop-connection log");
+    assert_eq!(
+        event["rule"],
+        "match cmd line length gt 512 drop-connection log"
+    );
     assert_eq!(event["value"], 705);
     assert_eq!(event["server"], up.addr.to_string());
 }
@@ -167,8 +191,13 @@ fn smtplib_delivers_two_messages_unchanged_through_the_default_policy() {
         .output()
         .expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("SENT"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let mut expected = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hello\r\n\r\n".to_vec();
+    assert!(
+        out.status.success() && stdout.contains("SENT"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut expected =
+        b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hello\r\n\r\n".to_vec();
     for _ in 0..50 {
         expected.extend_from_slice(b"line of body text\r\n");
     }

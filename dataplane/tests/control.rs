@@ -1,0 +1,232 @@
+//! Operating smtpgate: `check`, the admin endpoint, SIGHUP reload, SIGTERM drain and
+//! the PROXY v2 header.
+
+mod common;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn admin_addr(conf: &str) -> SocketAddr {
+    let line = conf.lines().nth(1).unwrap(); // `listen = "..."` under [admin]
+    line.trim_start_matches("listen = \"")
+        .trim_end_matches('"')
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn check_accepts_a_good_config_and_lists_every_error_of_a_bad_one() {
+    let dir = scratch_dir("check");
+    let good = dir.join("good.toml");
+    let (conf, _) = config(local(2526), "policy = \"default\"", "");
+    std::fs::write(&good, conf).unwrap();
+    let (code, stdout, _) = smtpgate(&["check", "-c", good.to_str().unwrap()]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.starts_with("ok"), "{stdout}");
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[limits]\nmax_connections = 10\nno_such_key = 1\n\n[[listener]]\nlisten = \"127.0.0.1:2525\"\nupstream = \"127.0.0.1:2526\"\npolicy = \"strict\"\n\n[policy.strict]\nextends = \"default\"\nrules = [\"match cmd line length gt banana drop-connection\"]\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = smtpgate(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no_such_key"), "{stderr}");
+    assert!(stderr.contains("banana"), "{stderr}");
+    assert!(stderr.lines().count() >= 2, "one line per error: {stderr}");
+    assert!(stderr.contains("bad.toml"), "names the file: {stderr}");
+
+    let (code, _, stderr) = smtpgate(&["check", "-c", "/nonexistent/smtpgate.toml"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("cannot read"), "{stderr}");
+}
+
+#[test]
+fn status_and_metrics_count_connections_and_rule_hits() {
+    let up = Upstream::start(&[]);
+    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
+    let _gate = Gate::start(&conf);
+
+    let mut c = Client::connect(listen);
+    c.reply();
+    let mut long = b"HELO ".to_vec();
+    long.extend(std::iter::repeat_n(b'h', 600));
+    long.extend_from_slice(b"\r\n");
+    c.send(&long);
+    assert!(c.reply().starts_with(b"421 4.7.0"));
+    assert_eq!(c.read_to_end(), b"");
+
+    let admin = admin_addr(&conf);
+    let deadline = Instant::now() + LIMIT;
+    let status: serde_json::Value = loop {
+        let response = http_get(admin, "/status");
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        let body = response.split("\r\n\r\n").nth(1).unwrap();
+        let status: serde_json::Value = serde_json::from_str(body).unwrap();
+        if status["connections"]["dropped"] == 1 && status["connections"]["active"] == 0 {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status["connections"]["accepted"], 1);
+    let rules = status["listeners"][0]["rules"].as_array().unwrap();
+    let long_line = rules
+        .iter()
+        .find(|r| r["rule"] == "match cmd line length gt 512 drop-connection log")
+        .expect("default rule listed with its text");
+    assert_eq!(long_line["matched"], 1);
+    assert_eq!(long_line["drop"], 1);
+    assert_eq!(long_line["log"], 1);
+    let banner = rules
+        .iter()
+        .find(|r| r["mask"] == 1)
+        .expect("the banner mask counted");
+    assert_eq!(banner["matched"], 1);
+
+    let metrics = http_get(admin, "/metrics");
+    assert!(
+        metrics.contains("smtpgate_connections_accepted_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# TYPE smtpgate_rule_matches_total counter"));
+    assert!(metrics
+        .contains("rule=\"match cmd line length gt 512 drop-connection log\",action=\"drop\"} 1"));
+    assert!(http_get(admin, "/nope").starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn sighup_reload_applies_to_new_sessions_and_a_bad_file_keeps_the_old_config() {
+    let up = Upstream::start(&[]);
+    let (conf, listen) = config(up.addr, "policy = \"none\"", "");
+    let gate = Gate::start(&conf);
+
+    let mut old = Client::connect(listen);
+    assert_eq!(old.reply(), UPSTREAM_BANNER);
+
+    std::fs::write(
+        &gate.config_path,
+        conf.replace("policy = \"none\"", "policy = \"default\""),
+    )
+    .unwrap();
+    gate.signal(libc::SIGHUP);
+    gate.wait_log("reloaded");
+    let mut new = Client::connect(listen);
+    let banner = new.reply();
+    assert!(
+        banner.starts_with(b"220 ***"),
+        "{}",
+        String::from_utf8_lossy(&banner)
+    );
+    // The live session keeps its policy: unknown verbs still pass verbatim.
+    old.send(b"XYZZY\r\n");
+    assert_eq!(old.reply(), b"500 5.5.1 Command unrecognized\r\n");
+    assert_eq!(up.wait_wire(0, |w| !w.is_empty()), b"XYZZY\r\n");
+
+    std::fs::write(&gate.config_path, "this is not toml [").unwrap();
+    gate.signal(libc::SIGHUP);
+    gate.wait_log("keeping the current config");
+    let mut after = Client::connect(listen);
+    assert!(
+        after.reply().starts_with(b"220 ***"),
+        "still the last good config"
+    );
+}
+
+#[test]
+fn sigterm_stops_accepting_drains_live_sessions_and_exits_zero() {
+    let up = Upstream::start(&[]);
+    let (conf, listen) = config(
+        up.addr,
+        "policy = \"none\"",
+        "[timeouts]\nshutdown_drain = \"10s\"",
+    );
+    let mut gate = Gate::start(&conf);
+
+    let mut live = Client::connect(listen);
+    assert_eq!(live.reply(), UPSTREAM_BANNER);
+    gate.signal(libc::SIGTERM);
+    gate.wait_log("draining");
+    // New clients are refused once the listeners close (within a housekeeping tick).
+    let deadline = Instant::now() + LIMIT;
+    while std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The live session still works, then the process exits cleanly once it ends.
+    live.send(b"NOOP\r\n");
+    assert_eq!(live.reply(), b"250 2.0.0 Ok\r\n");
+    assert_eq!(
+        gate.child.try_wait().unwrap(),
+        None,
+        "waits for the live session"
+    );
+    live.send(b"QUIT\r\n");
+    assert_eq!(live.reply(), b"221 2.0.0 Bye\r\n");
+    assert_eq!(gate.wait_exit(LIMIT), Some(0));
+}
+
+#[test]
+fn proxy_protocol_v2_header_goes_first_to_the_upstream() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (conf, listen) = config(
+        upstream.local_addr().unwrap(),
+        "policy = \"none\"\nproxy_protocol = true",
+        "",
+    );
+    let _gate = Gate::start(&conf);
+
+    let client = std::net::TcpStream::connect(listen).unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let (mut conn, _) = upstream.accept().unwrap();
+    conn.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut header = [0u8; 28];
+    conn.read_exact(&mut header).unwrap();
+    let mut expected = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    expected.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+    expected.extend_from_slice(&client_addr.port().to_be_bytes());
+    expected.extend_from_slice(&listen.port().to_be_bytes());
+    assert_eq!(header.to_vec(), expected);
+}
+
+const ASA_EXCERPT: &str = "\
+regex spam_sender \"@spam\\.example$\"
+class-map type regex match-any bad_senders
+ match regex spam_sender
+policy-map type inspect esmtp edge_esmtp
+ parameters
+  mask-banner
+ match sender-address regex class bad_senders
+  drop-connection log
+policy-map global_policy
+ class smtp
+  inspect esmtp edge_esmtp
+  set connection conn-max 5000 embryonic-conn-max 500 per-client-max 50 per-client-embryonic-max 10
+";
+
+#[test]
+fn import_asa_prints_toml_that_check_accepts() {
+    let dir = scratch_dir("asa");
+    let asa = dir.join("asa.txt");
+    std::fs::write(&asa, ASA_EXCERPT).unwrap();
+    let (code, toml, stderr) = smtpgate(&["import-asa", asa.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(toml.contains("[policy.edge_esmtp]"), "{toml}");
+    assert!(toml.contains("max_connections = 5000"), "{toml}");
+
+    // Imported policy and limits, plus a listener using it: a config `run` accepts.
+    let conf = dir.join("imported.toml");
+    let listener = "\n[[listener]]\nlisten = \"127.0.0.1:2525\"\nupstream = \"127.0.0.1:2526\"\npolicy = \"edge_esmtp\"\n";
+    std::fs::write(&conf, format!("{toml}{listener}")).unwrap();
+    let (code, _, stderr) = smtpgate(&["check", "-c", conf.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}\n{toml}");
+
+    std::fs::write(&asa, "hostname fw1\n").unwrap();
+    let (code, _, stderr) = smtpgate(&["import-asa", asa.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("esmtp"), "{stderr}");
+}
