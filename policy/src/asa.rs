@@ -161,6 +161,8 @@ enum RegexClass {
 #[derive(Default)]
 struct EsmtpMap {
     asa_name: String,
+    /// The `[policy.NAME]` it becomes: unique, smtpgate's characters.
+    policy_name: String,
     line_no: usize,
     mask_banner: bool,
     allow_tls: bool,
@@ -258,12 +260,26 @@ pub fn import_asa(text: &str) -> Result<String, AsaImportError> {
             && is(w.get(2), "inspect")
             && is(w.get(3), "esmtp")
         {
-            maps.push(import_map(
-                node,
-                w.get(4).copied().unwrap_or("esmtp"),
-                &regexes,
-                &classes,
-            ));
+            // Entering the same map again adds to it, as on the firewall.
+            let asa_name = w.get(4).copied().unwrap_or("esmtp");
+            let index = match maps.iter().position(|m| m.asa_name == asa_name) {
+                Some(i) => i,
+                None => {
+                    let mut name = policy_name(asa_name);
+                    // Two firewall names may map to one smtpgate name (`a.b`, `a-b`).
+                    while maps.iter().any(|m| m.policy_name == name) {
+                        name.push_str("-2");
+                    }
+                    maps.push(EsmtpMap {
+                        asa_name: asa_name.to_string(),
+                        policy_name: name,
+                        line_no: node.line_no,
+                        ..EsmtpMap::default()
+                    });
+                    maps.len() - 1
+                }
+            };
+            import_map(node, &mut maps[index], &regexes, &classes);
             continue;
         }
         if is(w.first(), "policy-map") && !is(w.get(1), "type") {
@@ -368,11 +384,24 @@ pub fn import_asa(text: &str) -> Result<String, AsaImportError> {
     }
 
     // A listener to fill in, naming the policy the firewall applies.
+    for used in &used_maps {
+        if !maps.iter().any(|m| m.asa_name == *used) {
+            let _ = writeln!(
+                out,
+                "# not imported: `inspect esmtp {used}` names a map that is not in the input"
+            );
+        }
+    }
+    let policy_of = |asa_name: &str| {
+        maps.iter()
+            .find(|m| m.asa_name == asa_name)
+            .map(|m| m.policy_name.clone())
+    };
     let listener_policy = used_maps
-        .first()
-        .map(|m| policy_name(m))
+        .iter()
+        .find_map(|m| policy_of(m))
         .or_else(|| default_map_used.then(|| "asa-compat".to_string()))
-        .or_else(|| maps.first().map(|m| policy_name(&m.asa_name)))
+        .or_else(|| maps.first().map(|m| m.policy_name.clone()))
         .unwrap_or_else(|| "asa-compat".to_string());
     if default_map_used {
         out.push_str(
@@ -517,15 +546,10 @@ fn resolve_regex(
 
 fn import_map(
     node: &Node<'_>,
-    asa_name: &str,
+    map: &mut EsmtpMap,
     regexes: &BTreeMap<&str, String>,
     classes: &BTreeMap<&str, RegexClass>,
-) -> EsmtpMap {
-    let mut map = EsmtpMap {
-        asa_name: asa_name.to_string(),
-        line_no: node.line_no,
-        ..EsmtpMap::default()
-    };
+) {
     for child in &node.children {
         let w = words(child.text);
         if is(w.first(), "description") {
@@ -533,7 +557,7 @@ fn import_map(
         }
         if is(w.first(), "parameters") {
             for p in &child.children {
-                import_parameter(p, &mut map);
+                import_parameter(p, map);
             }
             continue;
         }
@@ -569,7 +593,6 @@ fn import_map(
             Err(e) => map.notes.push(note(child.line_no, &shown, &e.message())),
         }
     }
-    map
 }
 
 fn import_parameter(p: &Node<'_>, map: &mut EsmtpMap) {
@@ -607,7 +630,7 @@ fn import_parameter(p: &Node<'_>, map: &mut EsmtpMap) {
 }
 
 fn write_map(out: &mut String, map: &EsmtpMap, used_maps: &[String]) {
-    let name = policy_name(&map.asa_name);
+    let name = &map.policy_name;
     let _ = write!(
         out,
         "\n# From `policy-map type inspect esmtp {}` (line {}){}.\n\
@@ -869,6 +892,48 @@ service-policy global_policy global
         assert_eq!(asa_duration("x"), None);
         assert_eq!(duration_text(90), "90s");
         assert_eq!(duration_text(300), "5m");
+    }
+
+    proptest::proptest! {
+        /// Any mix of firewall lines, indented anyhow, imports without panicking, and
+        /// whatever it imports is a config smtpgate accepts.
+        #[test]
+        fn any_firewall_text_imports_into_a_valid_config(
+            lines in proptest::collection::vec(
+                (0usize..3, proptest::sample::select(&[
+                    "policy-map type inspect esmtp m", "parameters", "mask-banner",
+                    "allow-tls action log", "mail-relay example.com action log",
+                    "mail-relay", "special-character action drop-connection",
+                    "match cmd line length gt 512", "match sender-address regex r",
+                    "match sender-address regex class c", "match ehlo-reply-parameter others",
+                    "match MIME encoding base64", "match body length gt x",
+                    "drop-connection log", "mask", "log", "reset", "rate-limit 5",
+                    "regex r \"@x$\"", "regex bad \"(\"", "class-map type regex match-any c",
+                    "match regex r", "match regex bad", "policy-map global_policy", "class smtp",
+                    "inspect esmtp m", "inspect esmtp", "set connection conn-max 10",
+                    "set connection embryonic-conn-max 5 per-client-max", "set connection timeout idle 0:00:00",
+                    "set connection timeout embryonic 0:01:00 half-closed", "!", "interface x",
+                ][..])),
+                0..30,
+            )
+        ) {
+            let text: String = lines
+                .iter()
+                .map(|(indent, line)| format!("{}{line}\n", " ".repeat(*indent)))
+                .collect();
+            if let Ok(toml) = import_asa(&text) {
+                let policy = if toml.contains("[policy.m]") { "m" } else { "asa-compat" };
+                let config = with_listener(&toml, policy);
+                if let Err(e) = Config::from_toml_str(&config) {
+                    // Limits the firewall itself would take but smtpgate rejects
+                    // (embryonic above total) are the only acceptable failure.
+                    proptest::prop_assert!(
+                        e.0.iter().all(|e| e.path.starts_with("limits.")),
+                        "{e}\n---\n{config}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

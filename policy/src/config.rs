@@ -488,6 +488,8 @@ fn read_listeners(
     errors: &mut Errors<'_>,
 ) -> Option<Vec<(usize, Spanned<RawListener>)>> {
     let count = match doc.get("listener")? {
+        // `listener = []` is as good as none.
+        toml::Value::Array(items) if items.is_empty() => return None,
         toml::Value::Array(items) => items.len(),
         _ => {
             if let Err(e) = parse_at::<Vec<IgnoredAny>>(text, &[Step::Key("listener")]) {

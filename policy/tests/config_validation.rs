@@ -283,6 +283,10 @@ fn a_listener_is_required() {
         errors("[admin]\nlisten = \"127.0.0.1:9725\"\n"),
         ["listener: at least one [[listener]] is required (listen, upstream, policy)"]
     );
+    assert_eq!(
+        errors("listener = []\n"),
+        ["listener: at least one [[listener]] is required (listen, upstream, policy)"]
+    );
     let e = errors("[[listener]]\nupstream = \"127.0.0.1:1\"\n");
     assert_eq!(e.len(), 1, "{e:#?}");
     assert!(e[0].contains("missing field `listen`"), "{}", e[0]);
