@@ -326,6 +326,23 @@ impl<'t> Errors<'t> {
     fn toml(&mut self, path: &str, e: &toml::de::Error) {
         // toml's messages may span lines; one error per line is the contract.
         let message = e.message().trim().replace('\n', "; ");
+        // serde names the item, not the key: for `key = <bad value>` add the key.
+        let key = e.span().and_then(|span| {
+            let before = &self.text[..span.start.min(self.text.len())];
+            let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+            let (key, _) = line.split_once('=')?;
+            let key = key.trim();
+            let bare = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            bare.then(|| key.to_string())
+        });
+        let path = match key {
+            Some(key) if path.is_empty() => key,
+            Some(key) => format!("{path}.{key}"),
+            None => path.to_string(),
+        };
         self.at(e.span(), path, message);
     }
 

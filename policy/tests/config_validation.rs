@@ -264,12 +264,12 @@ fn wrong_types_are_errors() {
     );
     assert_eq!(e.len(), 2, "{e:#?}");
     assert!(
-        e[0].starts_with("line 2, column 10: listener[0]: invalid type: integer `25`"),
+        e[0].starts_with("line 2, column 10: listener[0].listen: invalid type: integer `25`, expected a string"),
         "{}",
         e[0]
     );
     assert!(
-        e[1].starts_with("line 5, column 17: limits: invalid value: integer `-1`"),
+        e[1].starts_with("line 5, column 17: limits.max_embryonic: invalid value: integer `-1`"),
         "{}",
         e[1]
     );
