@@ -264,7 +264,9 @@ fn wrong_types_are_errors() {
     );
     assert_eq!(e.len(), 2, "{e:#?}");
     assert!(
-        e[0].starts_with("line 2, column 10: listener[0].listen: invalid type: integer `25`, expected a string"),
+        e[0].starts_with(
+            "line 2, column 10: listener[0].listen: invalid type: integer `25`, expected a string"
+        ),
         "{}",
         e[0]
     );
