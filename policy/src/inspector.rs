@@ -585,6 +585,337 @@ fn emit_fill(fwd: &mut Fwd, input: &Bytes, fill: u8, mut n: usize, sink: &mut Ve
 }
 
 // ---------------------------------------------------------------------------------
+// Command and reply lines: framed at LF, judged on their first `cap` bytes.
+
+/// What a side decided about a line from its content (or its head, when overlong).
+enum LineDecision {
+    Pass,
+    /// Every content byte becomes this byte (`X` for a masked command).
+    Fill(u8),
+    /// These bytes replace the judged content (same length); `Some(fill)` masks the
+    /// rest of an overlong line too.
+    Rewrite(Bytes, Option<u8>),
+    Stop,
+}
+
+/// A side of the session as the framer sees it.
+trait LineSide {
+    /// Judges a line from its content, CRLF excluded: the whole of it (`complete`), or
+    /// for a line longer than the cap its first `cap` bytes, `len` then being `cap + 1`
+    /// (all that is known wherever the reads split it).
+    fn head(&mut self, content: &[u8], len: u64, complete: bool, out: &mut Output) -> LineDecision;
+    /// An overlong line ended with `len` content bytes; `false` stops the session before
+    /// its line end goes out.
+    fn overlong_end(&mut self, len: u64, out: &mut Output) -> bool;
+    /// The session was stopped (possibly while judging a line for another reason,
+    /// e.g. held client bytes it released): nothing of the line goes out then.
+    fn stopped(&self) -> bool;
+}
+
+/// The tail of an overlong line, streaming through.
+#[derive(Clone, Copy, Debug)]
+struct Stream {
+    fill: Option<u8>,
+    /// Content bytes so far.
+    len: u64,
+    /// The previous read ended with a CR: content, or the start of the line end.
+    held_cr: bool,
+}
+
+/// Incremental line framing for commands and replies. A line split across reads is
+/// copied (at most `cap + 1` bytes) until complete; a longer one is judged on its first
+/// `cap` bytes, then streams through. The cut points (what is forwarded before a stop)
+/// do not depend on where reads split the input: content before a line end, never the
+/// line end itself, and a CR at the end of a read waits for the next byte.
+#[derive(Default)]
+struct LineFramer {
+    /// Bytes of a line begun in an earlier read; then, while judging, its head.
+    buf: Vec<u8>,
+    stream: Option<Stream>,
+}
+
+fn sink_of(out: &mut Output, to_server: bool) -> &mut Vec<Bytes> {
+    if to_server {
+        &mut out.to_server
+    } else {
+        &mut out.to_client
+    }
+}
+
+/// Forwards line content that is `held` (copied from earlier reads) followed by
+/// `input[from..to]`, skipping its first `skip` bytes, unchanged or as `fill`.
+#[allow(clippy::too_many_arguments)]
+fn emit_content(
+    fwd: &mut Fwd,
+    input: &Bytes,
+    sink: &mut Vec<Bytes>,
+    held: &[u8],
+    from: usize,
+    to: usize,
+    skip: usize,
+    fill: Option<u8>,
+) {
+    let held_skip = skip.min(held.len());
+    let held = &held[held_skip..];
+    let from = (from + (skip - held_skip)).min(to);
+    match fill {
+        Some(f) => emit_fill(fwd, input, f, held.len() + (to - from), sink),
+        None => {
+            if !held.is_empty() {
+                fwd.emit(input, Bytes::copy_from_slice(held), sink);
+            }
+            fwd.pass(input, from, to, sink);
+        }
+    }
+}
+
+/// One content CR (a CR held at the end of a read that turned out not to end the line).
+fn emit_cr(fwd: &mut Fwd, input: &Bytes, fill: Option<u8>, sink: &mut Vec<Bytes>) {
+    match fill {
+        Some(f) => emit_fill(fwd, input, f, 1, sink),
+        None => fwd.emit(input, Bytes::from_static(b"\r"), sink),
+    }
+}
+
+impl LineFramer {
+    fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Frames from `pos`: returns after one line, at the end of the input, or where a
+    /// stop left it.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        cap: usize,
+        input: &Bytes,
+        pos: usize,
+        fwd: &mut Fwd,
+        to_server: bool,
+        out: &mut Output,
+        side: &mut impl LineSide,
+    ) -> usize {
+        let rest = &input[pos..];
+        let lf = memchr::memchr(b'\n', rest);
+        if let Some(s) = self.stream.take() {
+            return self.stream_step(s, input, pos, lf, fwd, to_server, out, side);
+        }
+        let held = self.buf.len();
+        match lf {
+            Some(i) => {
+                let n = i + 1;
+                let ends_crlf = if i > 0 {
+                    rest[i - 1] == b'\r'
+                } else {
+                    held > 0 && self.buf[held - 1] == b'\r'
+                };
+                let len = held + i - ends_crlf as usize;
+                let held_content = held.min(len);
+                let rest_content = len - held_content;
+                let overlong = len > cap;
+                let head_len = len.min(cap);
+                if held > 0 && held_content == held {
+                    let want = head_len.saturating_sub(held);
+                    self.buf.extend_from_slice(&rest[..want]);
+                }
+                let head: &[u8] = if held == 0 {
+                    &rest[..head_len]
+                } else {
+                    &self.buf[..head_len]
+                };
+                let judged_len = if overlong { cap as u64 + 1 } else { len as u64 };
+                let mut decision = side.head(head, judged_len, !overlong, out);
+                if side.stopped() {
+                    decision = LineDecision::Stop;
+                }
+                let held_bytes = &self.buf[..held_content];
+                let sink = sink_of(out, to_server);
+                let (from, to) = (pos, pos + rest_content);
+                match decision {
+                    LineDecision::Stop => {
+                        self.buf.clear();
+                        return pos;
+                    }
+                    LineDecision::Pass => {
+                        emit_content(fwd, input, sink, held_bytes, from, to, 0, None)
+                    }
+                    LineDecision::Fill(f) => {
+                        emit_content(fwd, input, sink, held_bytes, from, to, 0, Some(f))
+                    }
+                    LineDecision::Rewrite(bytes, fill) => {
+                        let covered = bytes.len();
+                        fwd.emit(input, bytes, sink);
+                        emit_content(fwd, input, sink, held_bytes, from, to, covered, fill);
+                    }
+                }
+                self.buf.clear();
+                if overlong && !side.overlong_end(len as u64, out) {
+                    return to;
+                }
+                let sink = sink_of(out, to_server);
+                if ends_crlf && i == 0 {
+                    fwd.emit(input, Bytes::from_static(b"\r"), sink);
+                }
+                fwd.pass(input, to, pos + n, sink);
+                pos + n
+            }
+            None if held + rest.len() < cap + 2 => {
+                // cap content bytes and a CR still fit: wait for the rest of the line.
+                self.buf.extend_from_slice(rest);
+                input.len()
+            }
+            None => {
+                // More than `cap` content bytes: judge the head, stream the rest.
+                let trailing_cr = rest.last() == Some(&b'\r');
+                let rest_content = rest.len() - trailing_cr as usize;
+                let len = held + rest_content;
+                if held < cap {
+                    self.buf.extend_from_slice(&rest[..cap - held]);
+                }
+                let mut decision = side.head(&self.buf[..cap], cap as u64 + 1, false, out);
+                if side.stopped() {
+                    decision = LineDecision::Stop;
+                }
+                let held_bytes = &self.buf[..held];
+                let sink = sink_of(out, to_server);
+                let (from, to) = (pos, pos + rest_content);
+                let fill = match decision {
+                    LineDecision::Stop => {
+                        self.buf.clear();
+                        return pos;
+                    }
+                    LineDecision::Pass => {
+                        emit_content(fwd, input, sink, held_bytes, from, to, 0, None);
+                        None
+                    }
+                    LineDecision::Fill(f) => {
+                        emit_content(fwd, input, sink, held_bytes, from, to, 0, Some(f));
+                        Some(f)
+                    }
+                    LineDecision::Rewrite(bytes, fill) => {
+                        let covered = bytes.len();
+                        fwd.emit(input, bytes, sink);
+                        emit_content(fwd, input, sink, held_bytes, from, to, covered, fill);
+                        fill
+                    }
+                };
+                self.buf.clear();
+                self.stream = Some(Stream {
+                    fill,
+                    len: len as u64,
+                    held_cr: trailing_cr,
+                });
+                input.len()
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn stream_step(
+        &mut self,
+        mut s: Stream,
+        input: &Bytes,
+        pos: usize,
+        lf: Option<usize>,
+        fwd: &mut Fwd,
+        to_server: bool,
+        out: &mut Output,
+        side: &mut impl LineSide,
+    ) -> usize {
+        let rest = &input[pos..];
+        let Some(i) = lf else {
+            let sink = sink_of(out, to_server);
+            if s.held_cr {
+                emit_cr(fwd, input, s.fill, sink);
+                s.len += 1;
+            }
+            let trailing_cr = rest.last() == Some(&b'\r');
+            let content = rest.len() - trailing_cr as usize;
+            emit_content(fwd, input, sink, &[], pos, pos + content, 0, s.fill);
+            s.len += content as u64;
+            s.held_cr = trailing_cr;
+            self.stream = Some(s);
+            return input.len();
+        };
+        let ends_crlf = if i > 0 {
+            rest[i - 1] == b'\r'
+        } else {
+            s.held_cr
+        };
+        let sink = sink_of(out, to_server);
+        if s.held_cr && i > 0 {
+            emit_cr(fwd, input, s.fill, sink);
+            s.len += 1;
+        }
+        let content = i - (ends_crlf && i > 0) as usize;
+        emit_content(fwd, input, sink, &[], pos, pos + content, 0, s.fill);
+        s.len += content as u64;
+        if !side.overlong_end(s.len, out) {
+            return pos + content;
+        }
+        let sink = sink_of(out, to_server);
+        if ends_crlf && i == 0 {
+            fwd.emit(input, Bytes::from_static(b"\r"), sink);
+        }
+        fwd.pass(input, pos + content, pos + i + 1, sink);
+        pos + i + 1
+    }
+}
+
+/// The client's command lines.
+struct CommandSide<'a>(&'a mut Inspector);
+
+impl LineSide for CommandSide<'_> {
+    fn head(&mut self, content: &[u8], len: u64, complete: bool, out: &mut Output) -> LineDecision {
+        match self.0.on_command(content, len, complete, out) {
+            Outcome::Pass => LineDecision::Pass,
+            Outcome::Mask => LineDecision::Fill(b'X'),
+            Outcome::Stop => LineDecision::Stop,
+        }
+    }
+
+    fn overlong_end(&mut self, len: u64, out: &mut Output) -> bool {
+        let i = &mut *self.0;
+        let early = Some(CMD_LINE_CAP as u64 + 1);
+        check_line_length(
+            &i.policy,
+            &i.index,
+            &mut i.actor,
+            out,
+            len,
+            LenCheck::Final { early },
+        ) != Outcome::Stop
+    }
+
+    fn stopped(&self) -> bool {
+        self.0.actor.dead
+    }
+}
+
+/// The server's reply lines.
+struct ReplySide<'a>(&'a mut Inspector);
+
+impl LineSide for ReplySide<'_> {
+    fn head(
+        &mut self,
+        content: &[u8],
+        _len: u64,
+        _complete: bool,
+        out: &mut Output,
+    ) -> LineDecision {
+        self.0.on_reply(content, out)
+    }
+
+    fn overlong_end(&mut self, _len: u64, _out: &mut Output) -> bool {
+        true
+    }
+
+    fn stopped(&self) -> bool {
+        self.0.actor.dead
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // Session state.
 
 /// What a queued command's reply means to us.
@@ -616,19 +947,6 @@ enum ClientMode {
     Opaque,
 }
 
-/// A line longer than its buffer cap, judged on its head; the rest streams through.
-#[derive(Clone, Copy, Debug)]
-struct Streaming {
-    /// Replace the rest with this byte (`X` for a masked command, `*` for a banner).
-    fill: Option<u8>,
-    /// Content bytes so far (CR/LF excluded).
-    len: u64,
-    last_was_cr: bool,
-    /// The length at which `gt` length rules were already checked (when the line
-    /// crossed the buffer cap).
-    checked_at: u64,
-}
-
 /// One SMTP session's inspection state.
 pub struct Inspector {
     policy: Arc<Policy>,
@@ -640,8 +958,7 @@ pub struct Inspector {
 
     // ---- client side ----
     mode: ClientMode,
-    cmd_buf: Vec<u8>,
-    cmd_stream: Option<Streaming>,
+    cmd_framer: LineFramer,
     /// Client bytes waiting for a DATA / STARTTLS / AUTH reply (or queue room).
     hold: Vec<u8>,
     holding: bool,
@@ -659,8 +976,7 @@ pub struct Inspector {
     msg: MessageScanner,
 
     // ---- server side ----
-    reply_buf: Vec<u8>,
-    reply_stream: Option<Streaming>,
+    reply_framer: LineFramer,
     greeted: bool,
     /// Line number within the reply being read.
     reply_line: u32,
@@ -691,8 +1007,7 @@ impl Inspector {
             } else {
                 ClientMode::Opaque
             },
-            cmd_buf: Vec::new(),
-            cmd_stream: None,
+            cmd_framer: LineFramer::default(),
             hold: Vec::new(),
             holding: false,
             barrier: false,
@@ -703,8 +1018,7 @@ impl Inspector {
             bdat_line_len: 0,
             bdat_last_cr: false,
             msg: MessageScanner::new(),
-            reply_buf: Vec::new(),
-            reply_stream: None,
+            reply_framer: LineFramer::default(),
             greeted: false,
             reply_line: 0,
             banner_mask: false,
@@ -766,10 +1080,10 @@ impl Inspector {
     /// Bytes the inspector keeps between calls (partial lines, held bytes, parser
     /// state); bounded by the caps above whatever the peers send.
     pub fn buffered_bytes(&self) -> usize {
-        self.cmd_buf.len()
+        self.cmd_framer.buffered()
             + self.hold.len()
             + self.carry.len()
-            + self.reply_buf.len()
+            + self.reply_framer.buffered()
             + self.msg.buffered_bytes()
     }
 
@@ -817,7 +1131,7 @@ impl Inspector {
                 actions: rule.actions,
                 message_id: MessageId::PolicyAction,
                 direction: Direction::ClientToServer,
-                value: (self.hold.len()) as u64,
+                value: HOLD_CAP as u64,
             });
         }
         self.actor.stop(
@@ -850,169 +1164,36 @@ impl Inspector {
         fwd: &mut Fwd,
         out: &mut Output,
     ) -> usize {
-        let sink_len = input.len();
-        while pos < sink_len
+        let mut framer = std::mem::take(&mut self.cmd_framer);
+        while pos < input.len()
             && self.mode == ClientMode::Command
             && !self.holding
             && !self.actor.dead
         {
-            let rest = &input[pos..];
-            if let Some(mut s) = self.cmd_stream {
-                // The tail of an overlong command line.
-                match scanner::line_end(rest) {
-                    Some(n) => {
-                        let ends_crlf = if n >= 2 {
-                            rest[n - 2] == b'\r'
-                        } else {
-                            s.last_was_cr
-                        };
-                        let len = s.len + n as u64 - 1 - ends_crlf as u64;
-                        self.cmd_stream = None;
-                        let outcome = check_line_length(
-                            &self.policy,
-                            &self.index,
-                            &mut self.actor,
-                            out,
-                            len,
-                            LenCheck::Final {
-                                early: Some(s.checked_at),
-                            },
-                        );
-                        if outcome == Outcome::Stop {
-                            return pos;
-                        }
-                        match s.fill {
-                            Some(fill) => {
-                                let content = (n - 1).saturating_sub(ends_crlf as usize);
-                                emit_fill(fwd, input, fill, content, &mut out.to_server);
-                                fwd.pass(input, pos + content, pos + n, &mut out.to_server);
-                            }
-                            None => fwd.pass(input, pos, pos + n, &mut out.to_server),
-                        }
-                        pos += n;
-                    }
-                    None => {
-                        s.len += rest.len() as u64;
-                        s.last_was_cr = rest.last() == Some(&b'\r');
-                        self.cmd_stream = Some(s);
-                        match s.fill {
-                            Some(fill) => {
-                                emit_fill(fwd, input, fill, rest.len(), &mut out.to_server)
-                            }
-                            None => fwd.pass(input, pos, sink_len, &mut out.to_server),
-                        }
-                        pos = sink_len;
-                    }
-                }
-                continue;
-            }
-            match scanner::line_end(rest) {
-                Some(n) if self.cmd_buf.is_empty() => {
-                    let line = &rest[..n];
-                    let len = scanner::content_len(line);
-                    let head = &line[..line.len().min(CMD_LINE_CAP)];
-                    let outcome = self.on_command(head, len as u64, true, out);
-                    match outcome {
-                        Outcome::Stop => return pos,
-                        Outcome::Pass => fwd.pass(input, pos, pos + n, &mut out.to_server),
-                        Outcome::Mask => {
-                            emit_fill(fwd, input, b'X', len, &mut out.to_server);
-                            fwd.pass(input, pos + len, pos + n, &mut out.to_server);
-                        }
-                    }
-                    pos += n;
-                }
-                Some(n) => {
-                    // The line began in an earlier read.
-                    let held = self.cmd_buf.len();
-                    let room = CMD_LINE_CAP.saturating_sub(held);
-                    self.cmd_buf.extend_from_slice(&rest[..n.min(room)]);
-                    let ends_crlf = if n >= 2 {
-                        rest[n - 2] == b'\r'
-                    } else {
-                        self.cmd_buf[held - 1] == b'\r'
-                    };
-                    let total = held + n;
-                    let len = total - 1 - ends_crlf as usize;
-                    let buf = std::mem::take(&mut self.cmd_buf);
-                    let outcome = self.on_command(&buf, len as u64, true, out);
-                    match outcome {
-                        Outcome::Stop => {
-                            self.cmd_buf = buf;
-                            self.cmd_buf.clear();
-                            return pos;
-                        }
-                        Outcome::Pass => {
-                            fwd.emit(
-                                input,
-                                Bytes::copy_from_slice(&buf[..held]),
-                                &mut out.to_server,
-                            );
-                            fwd.pass(input, pos, pos + n, &mut out.to_server);
-                        }
-                        Outcome::Mask => {
-                            emit_fill(fwd, input, b'X', len, &mut out.to_server);
-                            let term: &'static [u8] = if ends_crlf { b"\r\n" } else { b"\n" };
-                            fwd.emit(input, Bytes::from_static(term), &mut out.to_server);
-                        }
-                    }
-                    self.cmd_buf = buf;
-                    self.cmd_buf.clear();
-                    pos += n;
-                }
-                None if self.cmd_buf.len() + rest.len() <= CMD_LINE_CAP => {
-                    self.cmd_buf.extend_from_slice(rest);
-                    pos = sink_len;
-                }
-                None => {
-                    // Overlong: judge the command on its first CMD_LINE_CAP bytes, then
-                    // stream the rest of the line without buffering it.
-                    let held = self.cmd_buf.len();
-                    let room = CMD_LINE_CAP - held;
-                    self.cmd_buf.extend_from_slice(&rest[..room]);
-                    let total = (held + rest.len()) as u64;
-                    let buf = std::mem::take(&mut self.cmd_buf);
-                    let outcome = self.on_command(&buf, total, false, out);
-                    let fill = match outcome {
-                        Outcome::Stop => {
-                            self.cmd_buf = buf;
-                            self.cmd_buf.clear();
-                            return pos;
-                        }
-                        Outcome::Pass => {
-                            if held > 0 {
-                                fwd.emit(
-                                    input,
-                                    Bytes::copy_from_slice(&buf[..held]),
-                                    &mut out.to_server,
-                                );
-                            }
-                            fwd.pass(input, pos, sink_len, &mut out.to_server);
-                            None
-                        }
-                        Outcome::Mask => {
-                            emit_fill(fwd, input, b'X', held + rest.len(), &mut out.to_server);
-                            Some(b'X')
-                        }
-                    };
-                    self.cmd_stream = Some(Streaming {
-                        fill,
-                        len: total,
-                        last_was_cr: rest.last() == Some(&b'\r'),
-                        checked_at: total,
-                    });
-                    self.cmd_buf = buf;
-                    self.cmd_buf.clear();
-                    pos = sink_len;
-                }
-            }
+            pos = framer.step(
+                CMD_LINE_CAP,
+                input,
+                pos,
+                fwd,
+                true,
+                out,
+                &mut CommandSide(self),
+            );
         }
+        self.cmd_framer = framer;
         pos
     }
 
-    /// Judges one command: `head` is the line (or, when `!complete`, its first bytes),
-    /// `len` its length without CRLF. Queues it for reply pairing.
-    fn on_command(&mut self, head: &[u8], len: u64, complete: bool, out: &mut Output) -> Outcome {
+    /// Judges one command from its content (CRLF excluded; for an overlong line its
+    /// first [`CMD_LINE_CAP`] bytes, `len` then being `CMD_LINE_CAP + 1`). Queues it for
+    /// reply pairing.
+    fn on_command(
+        &mut self,
+        content: &[u8],
+        len: u64,
+        complete: bool,
+        out: &mut Output,
+    ) -> Outcome {
         let d = Direction::ClientToServer;
         let (policy, index) = (&*self.policy, &self.index);
         // An overlong line is judged when it crosses the cap, on `gt` rules (its final
@@ -1025,7 +1206,6 @@ impl Inspector {
         if check_line_length(policy, index, &mut self.actor, out, len, when) == Outcome::Stop {
             return Outcome::Stop;
         }
-        let content = &head[..scanner::content_len(head).min(head.len())];
         let word_end = memchr::memchr(b' ', content).unwrap_or(content.len());
         let word = &content[..word_end];
         let args = &content[word_end..];
@@ -1270,7 +1450,7 @@ impl Inspector {
         let mut line_start = start;
         // A CR held back at the end of the previous read: it goes out once we know it
         // is not the start of a smuggled line end (or that such lines are tolerated).
-        let mut owes_cr = self.content.holds_cr() && start == 0;
+        let mut owes_cr = self.content.holds_cr();
         loop {
             let step = self.content.next(buf, pos);
             if owes_cr && matches!(step, Scan::Bare { held: true, .. }) {
@@ -1282,12 +1462,17 @@ impl Inspector {
                     &mut self.actor,
                     out,
                     Direction::ClientToServer,
-                    0,
+                    b'\r' as u64,
                 ) == Outcome::Stop
                 {
                     return pos;
                 }
                 fwd.emit(input, Bytes::from_static(b"\r"), &mut out.to_server);
+                // The CR is content of the line: its head must show it, as it would
+                // had the read not split there.
+                if self.carry.len() < LINE_HEAD_CAP {
+                    self.carry.push(b'\r');
+                }
                 continue;
             }
             match step {
@@ -1313,7 +1498,9 @@ impl Inspector {
                             out: &mut *out,
                         };
                         if !self.msg.on_end(&mut judge) {
-                            return line_start;
+                            // Stop before the line end: the dot never ends the message.
+                            fwd.pass(input, line_start, content_end, &mut out.to_server);
+                            return content_end;
                         }
                         if std::mem::take(&mut owes_cr) {
                             fwd.emit(input, Bytes::from_static(b"\r"), &mut out.to_server);
@@ -1337,7 +1524,9 @@ impl Inspector {
                         out,
                     };
                     if !self.msg.on_line(head, len, len + 2, &mut judge) {
-                        return line_start;
+                        // The cut is the line end, wherever the reads split the line.
+                        fwd.pass(input, line_start, content_end, &mut out.to_server);
+                        return content_end;
                     }
                     self.carry.clear();
                     if std::mem::take(&mut owes_cr) {
@@ -1348,24 +1537,31 @@ impl Inspector {
                     pos = end;
                 }
                 Scan::Bare {
-                    at, resume, held, ..
+                    at,
+                    resume,
+                    cr,
+                    held: false,
                 } => {
-                    if !held
-                        && check_flag(
-                            &self.policy,
-                            &self.index,
-                            Kind::BareNewline,
-                            &mut self.actor,
-                            out,
-                            Direction::ClientToServer,
-                            at as u64,
-                        ) == Outcome::Stop
+                    if check_flag(
+                        &self.policy,
+                        &self.index,
+                        Kind::BareNewline,
+                        &mut self.actor,
+                        out,
+                        Direction::ClientToServer,
+                        if cr { b'\r' } else { b'\n' } as u64,
+                    ) == Outcome::Stop
                     {
-                        // Nothing of the offending line (from this read) goes out.
-                        return line_start;
+                        // Everything before the bare byte, nothing from it on.
+                        fwd.pass(input, line_start, at, &mut out.to_server);
+                        return at;
                     }
                     pos = resume;
                 }
+                // Only the first step of a read can report the held CR; judged above.
+                Scan::Bare {
+                    held: true, resume, ..
+                } => pos = resume,
                 Scan::Partial { holds_cr, .. } => {
                     let end = buf.len() - holds_cr as usize;
                     let piece = &buf[line_start..end];
@@ -1405,7 +1601,8 @@ impl Inspector {
                     };
                     let wire_len = self.bdat_line_len + i as u64 + 1;
                     let len = wire_len - 1 - ends_crlf as u64;
-                    let content_end = (lf - ends_crlf as usize).max(pos);
+                    // With `i == 0` a CR ending the previous read was the line's CR.
+                    let content_end = if i > 0 { lf - ends_crlf as usize } else { pos };
                     let piece = &buf[pos..content_end];
                     let head: &[u8] = if self.carry.is_empty() {
                         &piece[..piece.len().min(LINE_HEAD_CAP)]
@@ -1423,7 +1620,9 @@ impl Inspector {
                         out,
                     };
                     if !self.msg.on_line(head, len, wire_len, &mut judge) {
-                        return pos;
+                        // Cut before the LF, wherever the reads split the line.
+                        fwd.pass(input, pos, lf, &mut out.to_server);
+                        return lf;
                     }
                     self.carry.clear();
                     self.bdat_line_len = 0;
@@ -1482,141 +1681,29 @@ impl Inspector {
     fn server_input(&mut self, input: Bytes, out: &mut Output) {
         let mut fwd = Fwd::default();
         let mut pos = 0;
-        let len_all = input.len();
-        while pos < len_all && !self.actor.dead {
+        let mut framer = std::mem::take(&mut self.reply_framer);
+        while pos < input.len() && !self.actor.dead {
             if self.opaque {
-                fwd.pass(&input, pos, len_all, &mut out.to_client);
+                fwd.pass(&input, pos, input.len(), &mut out.to_client);
                 break;
             }
-            let rest = &input[pos..];
-            if let Some(mut s) = self.reply_stream {
-                match scanner::line_end(rest) {
-                    Some(n) => {
-                        self.reply_stream = None;
-                        match s.fill {
-                            Some(fill) => {
-                                let ends_crlf = if n >= 2 {
-                                    rest[n - 2] == b'\r'
-                                } else {
-                                    s.last_was_cr
-                                };
-                                let content = (n - 1).saturating_sub(ends_crlf as usize);
-                                emit_fill(&mut fwd, &input, fill, content, &mut out.to_client);
-                                fwd.pass(&input, pos + content, pos + n, &mut out.to_client);
-                            }
-                            None => fwd.pass(&input, pos, pos + n, &mut out.to_client),
-                        }
-                        pos += n;
-                    }
-                    None => {
-                        s.len += rest.len() as u64;
-                        s.last_was_cr = rest.last() == Some(&b'\r');
-                        self.reply_stream = Some(s);
-                        match s.fill {
-                            Some(fill) => {
-                                emit_fill(&mut fwd, &input, fill, rest.len(), &mut out.to_client)
-                            }
-                            None => fwd.pass(&input, pos, len_all, &mut out.to_client),
-                        }
-                        pos = len_all;
-                    }
-                }
-                continue;
-            }
-            match scanner::line_end(rest) {
-                Some(n) if self.reply_buf.is_empty() => {
-                    let line = &rest[..n];
-                    let head = &line[..n.min(REPLY_LINE_CAP)];
-                    match self.on_reply(head, out) {
-                        ReplyAction::Stop => break,
-                        ReplyAction::Pass => fwd.pass(&input, pos, pos + n, &mut out.to_client),
-                        ReplyAction::Rewrite(b, _) => fwd.emit(&input, b, &mut out.to_client),
-                    }
-                    pos += n;
-                }
-                Some(n) => {
-                    let held = self.reply_buf.len();
-                    let room = REPLY_LINE_CAP.saturating_sub(held);
-                    self.reply_buf.extend_from_slice(&rest[..n.min(room)]);
-                    let buf = std::mem::take(&mut self.reply_buf);
-                    let action = self.on_reply(&buf, out);
-                    match action {
-                        ReplyAction::Stop => {
-                            self.reply_buf = buf;
-                            self.reply_buf.clear();
-                            break;
-                        }
-                        ReplyAction::Pass => {
-                            fwd.emit(
-                                &input,
-                                Bytes::copy_from_slice(&buf[..held]),
-                                &mut out.to_client,
-                            );
-                            fwd.pass(&input, pos, pos + n, &mut out.to_client);
-                        }
-                        ReplyAction::Rewrite(b, _) => fwd.emit(&input, b, &mut out.to_client),
-                    }
-                    self.reply_buf = buf;
-                    self.reply_buf.clear();
-                    pos += n;
-                }
-                None if self.reply_buf.len() + rest.len() <= REPLY_LINE_CAP => {
-                    self.reply_buf.extend_from_slice(rest);
-                    pos = len_all;
-                }
-                None => {
-                    // Overlong reply line: judge its head, stream the rest.
-                    let held = self.reply_buf.len();
-                    let room = REPLY_LINE_CAP - held;
-                    self.reply_buf.extend_from_slice(&rest[..room]);
-                    let buf = std::mem::take(&mut self.reply_buf);
-                    let fill = match self.on_reply(&buf, out) {
-                        ReplyAction::Stop => {
-                            self.reply_buf = buf;
-                            self.reply_buf.clear();
-                            break;
-                        }
-                        ReplyAction::Pass => {
-                            if held > 0 {
-                                fwd.emit(
-                                    &input,
-                                    Bytes::copy_from_slice(&buf[..held]),
-                                    &mut out.to_client,
-                                );
-                            }
-                            fwd.pass(&input, pos, len_all, &mut out.to_client);
-                            None
-                        }
-                        ReplyAction::Rewrite(b, fill) => {
-                            // `b` is the masked head; the remainder of this read follows it.
-                            fwd.emit(&input, b, &mut out.to_client);
-                            let tail = held + rest.len() - buf.len();
-                            match fill {
-                                Some(f) => emit_fill(&mut fwd, &input, f, tail, &mut out.to_client),
-                                None => {
-                                    fwd.pass(&input, len_all - tail, len_all, &mut out.to_client)
-                                }
-                            }
-                            fill
-                        }
-                    };
-                    self.reply_stream = Some(Streaming {
-                        fill,
-                        len: (held + rest.len()) as u64,
-                        last_was_cr: rest.last() == Some(&b'\r'),
-                        checked_at: 0,
-                    });
-                    self.reply_buf = buf;
-                    self.reply_buf.clear();
-                    pos = len_all;
-                }
-            }
+            pos = framer.step(
+                REPLY_LINE_CAP,
+                &input,
+                pos,
+                &mut fwd,
+                false,
+                out,
+                &mut ReplySide(self),
+            );
         }
+        self.reply_framer = framer;
         fwd.flush(&input, &mut out.to_client);
     }
 
-    /// Judges one reply line (for an overlong line, its first bytes).
-    fn on_reply(&mut self, line: &[u8], out: &mut Output) -> ReplyAction {
+    /// Judges one reply line from its content (CRLF excluded; for an overlong line its
+    /// first [`REPLY_LINE_CAP`] bytes).
+    fn on_reply(&mut self, line: &[u8], out: &mut Output) -> LineDecision {
         let d = Direction::ServerToClient;
         let code = reply_code(line);
         let last = line.get(3) != Some(&b'-');
@@ -1633,7 +1720,7 @@ impl Inspector {
                     let outcome =
                         check_flag(policy, index, Kind::Banner, &mut self.actor, out, d, 0);
                     if outcome == Outcome::Stop {
-                        return ReplyAction::Stop;
+                        return LineDecision::Stop;
                     }
                     self.banner_mask = outcome == Outcome::Mask;
                 }
@@ -1644,21 +1731,21 @@ impl Inspector {
                 self.banner_mask = false;
             }
             if mask {
-                return ReplyAction::Rewrite(Bytes::from(mask_banner(line)), Some(b'*'));
+                return LineDecision::Rewrite(Bytes::from(mask_banner(line)), Some(b'*'));
             }
-            return ReplyAction::Pass;
+            return LineDecision::Pass;
         }
 
         let Some(&head) = self.pending.front() else {
             // Unsolicited (e.g. a 421 before closing): forwarded as is.
-            return ReplyAction::Pass;
+            return LineDecision::Pass;
         };
-        let mut action = ReplyAction::Pass;
+        let mut action = LineDecision::Pass;
         if head == Pending::Ehlo && line_no > 0 && (200..300).contains(&code) {
             match self.ehlo_keyword(line, out) {
-                Outcome::Stop => return ReplyAction::Stop,
+                Outcome::Stop => return LineDecision::Stop,
                 Outcome::Mask => {
-                    action = ReplyAction::Rewrite(Bytes::from(mask_keyword(line)), None)
+                    action = LineDecision::Rewrite(Bytes::from(mask_keyword(line)), None)
                 }
                 Outcome::Pass => {}
             }
@@ -1691,7 +1778,7 @@ impl Inspector {
                         n,
                     ) == Outcome::Stop
                     {
-                        return ReplyAction::Stop;
+                        return LineDecision::Stop;
                     }
                 }
             }
@@ -1713,7 +1800,7 @@ impl Inspector {
                     if check_flag(policy, index, Kind::TlsStarted, &mut self.actor, out, d, 0)
                         == Outcome::Stop
                     {
-                        return ReplyAction::Stop;
+                        return LineDecision::Stop;
                     }
                     self.opaque = true;
                     self.embryonic = false;
@@ -1737,7 +1824,8 @@ impl Inspector {
                 self.release_after_reply(out);
             }
         }
-        // Even if held client bytes just stopped the session, this reply goes out first.
+        // If held client bytes just stopped the session, the framer withholds this line
+        // too: a stop forwards nothing of the line being judged.
         action
     }
 
@@ -1769,13 +1857,6 @@ impl Inspector {
             |c| matches!(c, Criterion::EhloReplyParameter(set) if policy.ehlo_matches(*set, word)),
         )
     }
-}
-
-enum ReplyAction {
-    Pass,
-    /// The rewritten line; for an overlong line, the byte that masks its remainder.
-    Rewrite(Bytes, Option<u8>),
-    Stop,
 }
 
 /// The three-digit reply code, or 0 when the line does not start with one.
@@ -2401,7 +2482,11 @@ mod tests {
         s.client(b"Subject: ok\r\n");
         let long = format!("X-Long: {}\r\n", "h".repeat(999 - 8));
         s.client(long.as_bytes()).client(b"\r\nbody\r\n.\r\n");
-        assert_eq!(s.server_text(), "Subject: ok\r\n");
+        // The cut is the offending line's end: the server never sees it end.
+        assert_eq!(
+            s.server_text(),
+            format!("Subject: ok\r\n{}", long.trim_end())
+        );
         assert_eq!(
             s.drop_reply(),
             "421 4.7.0 Message header line too long, closing connection\r\n"

@@ -39,7 +39,7 @@ pub enum Scan {
     /// A bare CR (not followed by LF) or bare LF (not preceded by CR). The bytes before
     /// `at` are clean; the bare byte is content and scanning resumes at `resume`.
     /// `held` means the bare byte is the CR held back at the end of the previous read
-    /// (then `at == resume == 0` and the caller still owes that CR downstream).
+    /// (then `at == resume` and the caller still owes that CR downstream).
     Bare {
         at: usize,
         resume: usize,
@@ -78,8 +78,8 @@ impl ContentScanner {
     /// Scans `buf` from `pos` to the next event.
     #[inline]
     pub fn next(&mut self, buf: &[u8], pos: usize) -> Scan {
-        if self.held_cr && pos == 0 {
-            match buf.first() {
+        if self.held_cr {
+            match buf.get(pos) {
                 None => {
                     return Scan::Partial {
                         len: self.line_len,
@@ -90,14 +90,14 @@ impl ContentScanner {
                     self.held_cr = false;
                     let len = self.line_len;
                     self.line_len = 0;
-                    return Scan::Line { end: 1, len };
+                    return Scan::Line { end: pos + 1, len };
                 }
                 Some(_) => {
                     self.held_cr = false;
                     self.line_len += 1;
                     return Scan::Bare {
-                        at: 0,
-                        resume: 0,
+                        at: pos,
+                        resume: pos,
                         cr: true,
                         held: true,
                     };
