@@ -37,6 +37,64 @@ pub struct RunOptions {
     pub config_path: Option<PathBuf>,
     pub cores: Option<usize>,
     pub log_format: LogFormat,
+    pub placement: Placement,
+}
+
+/// How executors are placed on CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Placement {
+    /// One executor pinned per core, spread over packages (glommio `MaxSpread`): best
+    /// when smtpgate has the cores to itself.
+    Pinned,
+    /// Executors not pinned: the kernel may move them. Measured better on a small box
+    /// shared with the mail server or load generator (see the closing report).
+    Unbound,
+}
+
+/// The housekeeping tick of every shard, delivered as one byte per tick over a
+/// socketpair from a plain thread. A glommio timer would do, but any armed timer makes
+/// the executor submit and then cancel an io_uring timeout every time it parks, which
+/// is on every message; a readable socket costs nothing until it fires.
+struct Ticks {
+    readers: Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
+}
+
+impl Clone for Ticks {
+    fn clone(&self) -> Self {
+        Ticks {
+            readers: self.readers.clone(),
+        }
+    }
+}
+
+impl Ticks {
+    fn start(shards: usize) -> std::io::Result<Ticks> {
+        let mut writers = Vec::with_capacity(shards);
+        let mut readers = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (w, r) = std::os::unix::net::UnixStream::pair()?;
+            // A shard that stopped reading must never block the ticker.
+            w.set_nonblocking(true)?;
+            writers.push(w);
+            readers.push(r);
+        }
+        std::thread::Builder::new()
+            .name("smtpgate-tick".into())
+            .spawn(move || loop {
+                std::thread::sleep(crate::clock::TICK);
+                for mut w in &writers {
+                    let _ = std::io::Write::write(&mut w, &[0]);
+                }
+            })?;
+        Ok(Ticks {
+            readers: Arc::new(std::sync::Mutex::new(readers)),
+        })
+    }
+
+    /// This shard's end of a tick socket.
+    fn take(&self) -> Option<std::os::unix::net::UnixStream> {
+        self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
 }
 
 /// One loaded config with the counters of its listeners.
@@ -178,10 +236,18 @@ fn start(options: RunOptions) -> Result<ExitCode, String> {
         .max(1);
     let (ready_tx, ready) = mpsc::channel::<Result<(), String>>();
     let addresses = configured_listens.clone();
-    let pool = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(cores, None))
+    let placement = match options.placement {
+        Placement::Pinned => PoolPlacement::MaxSpread(cores, None),
+        Placement::Unbound => PoolPlacement::Unbound(cores),
+    };
+    let ticks = Ticks::start(cores).map_err(|e| format!("tick thread: {e}"))?;
+    let pool = LocalExecutorPoolBuilder::new(placement)
         .name("smtpgate")
         .io_memory(IO_MEMORY)
-        .on_all_shards(move || shard::run(shared, ready_tx, addresses))
+        .on_all_shards(move || {
+            let tick = ticks.take();
+            shard::run(shared, ready_tx, addresses, tick)
+        })
         .map_err(|e| format!("cannot start executors: {e}"))?;
     // Executor start-up errors only surface at join: a watcher thread reports them.
     std::thread::Builder::new()

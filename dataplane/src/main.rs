@@ -55,6 +55,9 @@ enum Command {
         /// Event log format on stdout.
         #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Executor placement on CPUs.
+        #[arg(long, value_enum, default_value_t = engine::Placement::Unbound)]
+        placement: engine::Placement,
     },
     /// Validate a config file: exit 0, or 1 with every error and where it is.
     Check {
@@ -81,10 +84,12 @@ fn main() -> ExitCode {
             config,
             cores,
             log_format,
+            placement,
         } => engine::run(engine::RunOptions {
             config_path: config,
             cores,
             log_format,
+            placement,
         }),
         Command::Check { config } => check(&config),
         Command::ImportAsa { file } => import_asa(&file),

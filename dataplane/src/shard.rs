@@ -59,6 +59,7 @@ pub async fn run(
     shared: &'static Shared,
     ready: Sender<Result<(), String>>,
     addresses: Vec<SocketAddr>,
+    tick: Option<std::os::unix::net::UnixStream>,
 ) {
     let mut listeners = Vec::with_capacity(addresses.len());
     for address in &addresses {
@@ -86,8 +87,9 @@ pub async fn run(
         .map(|(index, listener)| spawn_local(accept_loop(shard.clone(), index, listener)))
         .collect();
 
+    let mut tick = Tick::new(tick);
     while !shared.is_shutting_down() {
-        sleep(TICK).await;
+        tick.next().await;
         shard.deadlines.sweep(Instant::now());
     }
 
@@ -97,8 +99,38 @@ pub async fn run(
     let drain = shard.generation().config.timeouts.shutdown_drain;
     let until = Instant::now() + drain;
     while shard.live_sessions.get() > 0 && Instant::now() < until {
-        sleep(TICK.min(Duration::from_millis(50))).await;
+        tick.next().await;
         shard.deadlines.sweep(Instant::now());
+    }
+}
+
+/// Waits for the engine's tick (see `engine::Ticks`); falls back to a glommio timer
+/// if the tick socket is missing or broken.
+struct Tick {
+    socket: Option<glommio::net::UnixStream>,
+}
+
+impl Tick {
+    fn new(socket: Option<std::os::unix::net::UnixStream>) -> Tick {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let socket = socket.and_then(|s| {
+            s.set_nonblocking(true).ok()?;
+            // SAFETY: the descriptor is owned and handed over whole to glommio.
+            Some(unsafe { glommio::net::UnixStream::from_raw_fd(s.into_raw_fd()) })
+        });
+        Tick { socket }
+    }
+
+    async fn next(&mut self) {
+        use futures_lite::io::AsyncReadExt;
+        if let Some(socket) = self.socket.as_mut() {
+            let mut scrap = [0u8; 64];
+            match socket.read(&mut scrap).await {
+                Ok(n) if n > 0 => return,
+                _ => self.socket = None,
+            }
+        }
+        sleep(TICK).await;
     }
 }
 
