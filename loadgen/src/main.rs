@@ -15,6 +15,7 @@
 //! The loadgen has its own minimal SMTP client and server code (it does not
 //! use smtpgate-policy): it must never be the bottleneck of what it measures.
 
+mod compare;
 mod message;
 mod reply;
 mod report;
@@ -111,6 +112,10 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Measure the cost of inspection: the same load through smtpgate with
+    /// policy "default" and with policy "none", in alternation, into a sink.
+    /// Needs the smtpgate binary (cargo build --release --workspace).
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -199,6 +204,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::Compare(args) => match compare::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("compare: {e}")),
+        },
     }
 }
 

@@ -22,12 +22,13 @@ use crate::util::{self, ShardCounter, SizeSpec, XorShift};
 use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,6 +93,8 @@ struct Shard {
     shared: Arc<Shared>,
     index: usize,
     result: RefCell<ShardResult>,
+    /// Open connections: their progress stamp and socket, for the watchdog.
+    live: RefCell<Vec<(Weak<Cell<Instant>>, RawFd)>>,
 }
 
 impl Shard {
@@ -134,6 +137,8 @@ struct Connection {
     reader: ReplyReader,
     extensions: Extensions,
     out: Vec<u8>,
+    /// Bumped after every transaction; read by the shard watchdog.
+    last_progress: Rc<Cell<Instant>>,
 }
 
 impl Connection {
@@ -141,13 +146,19 @@ impl Connection {
         let started = Instant::now();
         let stream = TcpStream::connect_timeout(shard.shared.options.target, IO_TIMEOUT).await?;
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        // No per-read timeouts: glommio arms an io_uring timeout per read,
+        // a measurable cost per message. The shard watchdog handles stalls.
+        let last_progress = Rc::new(Cell::new(Instant::now()));
+        shard
+            .live
+            .borrow_mut()
+            .push((Rc::downgrade(&last_progress), stream.as_raw_fd()));
         let mut conn = Connection {
             stream,
             reader: ReplyReader::new(),
             extensions: Extensions::default(),
             out: Vec::with_capacity(4096),
+            last_progress,
         };
         let greeting = conn.reader.read(&mut conn.stream).await?;
         shard.result.borrow_mut().connections += 1;
@@ -483,7 +494,9 @@ async fn connection_loop(shard: Rc<Shard>, connection_index: usize, plan: Plan) 
             let index = shared.corpus.pick(&mut rng);
             let message = &shared.corpus.messages[index];
             shard.result.borrow_mut().attempted += 1;
-            match transaction(&shard, &mut conn, message).await {
+            let outcome = transaction(&shard, &mut conn, message).await;
+            conn.last_progress.set(Instant::now());
+            match outcome {
                 Ok(Outcome::Accepted) => {
                     shard.record(Step::Message, intended_start);
                     let mut result = shard.result.borrow_mut();
@@ -525,6 +538,27 @@ fn io_error_key(step: &str, e: &io::Error) -> String {
     format!("io {step} {:?}", e.kind())
 }
 
+/// Shuts down connections that made no progress for IO_TIMEOUT, so a
+/// server that stops answering turns into counted I/O errors, not a hang.
+async fn watchdog(shard: &Shard) {
+    loop {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        shard.live.borrow_mut().retain(|(progress, fd)| {
+            let Some(progress) = progress.upgrade() else {
+                return false;
+            };
+            if now.duration_since(progress.get()) > IO_TIMEOUT {
+                // SAFETY: the fd belongs to a live Connection (the Weak
+                // upgraded, and the Rc dies with the socket on this thread).
+                unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+                progress.set(now);
+            }
+            true
+        });
+    }
+}
+
 async fn shard_main(shared: Arc<Shared>) -> ShardResult {
     let index = shared.next_shard.fetch_add(1, Ordering::Relaxed);
     let options = &shared.options;
@@ -532,6 +566,7 @@ async fn shard_main(shared: Arc<Shared>) -> ShardResult {
         shared: shared.clone(),
         index,
         result: RefCell::new(ShardResult::default()),
+        live: RefCell::new(Vec::new()),
     });
     let n = options.connections as u64;
     let interval = options
@@ -557,9 +592,12 @@ async fn shard_main(shared: Arc<Shared>) -> ShardResult {
             plan,
         )));
     }
-    for task in tasks {
-        task.await;
-    }
+    let all_done = async {
+        for task in tasks {
+            task.await;
+        }
+    };
+    futures_lite::future::or(all_done, watchdog(&shard)).await;
     shared.shards_done.fetch_add(1, Ordering::Release);
     let result = std::mem::take(&mut *shard.result.borrow_mut());
     result

@@ -174,7 +174,6 @@ pub fn reserve_port(addr: SocketAddr) -> io::Result<(socket2::Socket, SocketAddr
 
 /// A free loopback port for a child process to bind. Racy by nature (the port
 /// is released before the child binds it), acceptable on a test machine.
-#[allow(dead_code)] // used by compare
 pub fn free_loopback_port() -> io::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())

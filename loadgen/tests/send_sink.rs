@@ -1,0 +1,461 @@
+//! End to end: `send` against `sink`, both as real processes on 127.0.0.1,
+//! plus Python's smtplib as a foreign client of the sink, and a short
+//! `compare` run when the smtpgate binary has been built.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_smtpgate-loadgen");
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "smtpgate-loadgen-test-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Sink {
+    child: Child,
+    addr: SocketAddr,
+    digests: PathBuf,
+}
+
+impl Sink {
+    fn start(dir: &Path, extra: &[&str]) -> Sink {
+        let digests = dir.join("received.sha256");
+        let mut child = Command::new(LOADGEN)
+            .args(["sink", "--listen", "127.0.0.1:0", "--cores", "1"])
+            .arg("--digest-log")
+            .arg(&digests)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("sink: listening on ")
+            .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"))
+            .parse()
+            .unwrap();
+        Sink {
+            child,
+            addr,
+            digests,
+        }
+    }
+
+    /// SIGTERM, then the summary line's counters and the digest log.
+    fn stop(mut self) -> (BTreeMap<String, u64>, Vec<String>) {
+        unsafe_kill(self.child.id(), 15);
+        let out = wait_bounded(&mut self.child, Duration::from_secs(10));
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let summary = stdout
+            .lines()
+            .find(|l| l.starts_with("sink: connections="))
+            .unwrap_or_else(|| panic!("no summary in {stdout:?}"));
+        let counters = summary
+            .trim_start_matches("sink: ")
+            .split(' ')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (k.to_string(), v.parse().unwrap())
+            })
+            .collect();
+        (counters, sorted_lines(&self.digests))
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    use std::io::Read;
+    if let Some(mut s) = child.stdout.take() {
+        s.read_to_end(&mut stdout).unwrap();
+    }
+    if let Some(mut s) = child.stderr.take() {
+        s.read_to_end(&mut stderr).unwrap();
+    }
+    Output {
+        status: child.wait().unwrap(),
+        stdout,
+        stderr,
+    }
+}
+
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+struct Sent {
+    status: i32,
+    report: Value,
+    digests: Vec<String>,
+    stdout: String,
+}
+
+fn send(dir: &Path, target: SocketAddr, args: &[&str]) -> Sent {
+    let json = dir.join("report.json");
+    let digests = dir.join("sent.sha256");
+    let mut child = Command::new(LOADGEN)
+        .args(["send", "--quiet", "--cores", "1", "--target"])
+        .arg(target.to_string())
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .arg("--digest-log")
+        .arg(&digests)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_bounded(&mut child, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let report = std::fs::read_to_string(&json).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stdout {stdout}\nstderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Sent {
+        status: out.status.code().unwrap_or(-1),
+        report: serde_json::from_str(&report).unwrap(),
+        digests: sorted_lines(&digests),
+        stdout,
+    }
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+#[test]
+fn every_message_arrives_unaltered_on_every_path() {
+    let cases: &[&[&str]] = &[
+        &[],
+        &["--pipelining"],
+        &["--bdat"],
+        &["--bdat", "--pipelining"],
+        &["--per-connection"],
+    ];
+    for flags in cases {
+        let dir = scratch("paths");
+        let sink = Sink::start(&dir, &[]);
+        let mut args = vec![
+            "--connections",
+            "4",
+            "--messages",
+            "300",
+            "--recipients",
+            "2",
+            // 100k messages are sent as two BDAT chunks.
+            "--size",
+            "1k:50,10k:30,100k:20",
+        ];
+        args.extend_from_slice(flags);
+        let sent = send(&dir, sink.addr, &args);
+        let (counters, received) = sink.stop();
+        assert_eq!(sent.status, 0, "{flags:?}: {}", sent.stdout);
+        assert_eq!(u(&sent.report, "messages_ok"), 300, "{flags:?}");
+        assert_eq!(sent.digests.len(), 300, "{flags:?}");
+        // Multisets: same digests, same number of times each.
+        assert_eq!(sent.digests, received, "{flags:?}: lost or altered mail");
+        assert_eq!(counters["messages"], 300);
+        assert_eq!(counters["bytes"], u(&sent.report, "bytes_ok"), "{flags:?}");
+        let expected_connections = if flags.contains(&"--per-connection") {
+            300
+        } else {
+            4
+        };
+        assert_eq!(counters["connections"], expected_connections, "{flags:?}");
+        assert_eq!(
+            u(&sent.report, "connections_opened"),
+            expected_connections,
+            "{flags:?}"
+        );
+    }
+}
+
+#[test]
+fn json_report_is_complete_and_consistent() {
+    let dir = scratch("json");
+    let sink = Sink::start(&dir, &[]);
+    let sent = send(
+        &dir,
+        sink.addr,
+        &[
+            "--connections",
+            "3",
+            "--messages",
+            "200",
+            "--recipients",
+            "3",
+        ],
+    );
+    drop(sink);
+    assert_eq!(sent.status, 0);
+    let r = &sent.report;
+    assert_eq!(u(r, "messages_attempted"), 200);
+    assert_eq!(u(r, "messages_ok") + u(r, "messages_failed"), 200);
+    assert_eq!(u(r, "bytes_ok"), 200 * 1024);
+    assert!(r["errors"].as_object().unwrap().is_empty());
+    let elapsed = r["elapsed_s"].as_f64().unwrap();
+    let rate = r["msgs_per_s"].as_f64().unwrap();
+    assert!((rate * elapsed - 200.0).abs() < 1.0, "{rate} x {elapsed}");
+    let mbs = r["mb_per_s"].as_f64().unwrap();
+    assert!((mbs * elapsed * 1e6 - 200.0 * 1024.0).abs() < 1000.0);
+    let latency = &r["latency_us"];
+    let count = |step: &str| u(&latency[step], "count");
+    assert_eq!(count("connect"), 3);
+    assert_eq!(count("ehlo"), 3);
+    assert_eq!(count("mail"), 200);
+    assert_eq!(count("rcpt"), 600);
+    assert_eq!(count("data_command"), 200);
+    assert_eq!(count("end_of_data"), 200);
+    assert_eq!(count("message"), 200);
+    for step in ["connect", "mail", "end_of_data", "message"] {
+        let p = &latency[step];
+        let (p50, p90, p99, p999, max) = (
+            u(p, "p50"),
+            u(p, "p90"),
+            u(p, "p99"),
+            u(p, "p99_9"),
+            u(p, "max"),
+        );
+        assert!(
+            p50 > 0 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= max,
+            "{step}: {p}"
+        );
+    }
+    // The text report carries the same numbers.
+    assert!(
+        sent.stdout.contains("messages ok 200  failed 0"),
+        "{}",
+        sent.stdout
+    );
+    assert!(sent.stdout.contains("end_of_data"));
+}
+
+#[test]
+fn injected_failures_are_counted_by_step_and_code() {
+    let dir = scratch("faults");
+    let sink = Sink::start(&dir, &["--tempfail-rate", "0.1", "--permfail-rate", "0.1"]);
+    let sent = send(
+        &dir,
+        sink.addr,
+        &["--connections", "4", "--messages", "1000", "--pipelining"],
+    );
+    let (counters, received) = sink.stop();
+    assert_eq!(sent.status, 1, "a failed message must fail the exit status");
+    let r = &sent.report;
+    let failed = u(r, "messages_failed");
+    assert_eq!(u(r, "messages_ok") + failed, 1000);
+    assert_eq!(failed, counters["tempfail"] + counters["permfail"]);
+    assert!((100..300).contains(&failed), "{failed} of 1000 at 20%");
+    let errors = r["errors"].as_object().unwrap();
+    for key in ["MAIL 451", "MAIL 550", "end-of-data 451", "end-of-data 554"] {
+        assert!(errors.contains_key(key), "{key} missing in {errors:?}");
+    }
+    let by_code = r["errors_by_code"].as_object().unwrap();
+    let total: u64 = by_code.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, failed);
+    assert_eq!(
+        by_code["451"].as_u64().unwrap(),
+        counters["tempfail"],
+        "{by_code:?}"
+    );
+    // Only accepted mail is logged, on both sides.
+    assert_eq!(sent.digests, received);
+    assert_eq!(received.len() as u64, u(r, "messages_ok"));
+}
+
+#[test]
+fn open_loop_keeps_the_schedule() {
+    let dir = scratch("rate");
+    let sink = Sink::start(&dir, &[]);
+    let sent = send(
+        &dir,
+        sink.addr,
+        &["--connections", "4", "--rate", "200", "--duration", "1s"],
+    );
+    drop(sink);
+    assert_eq!(sent.status, 0);
+    let r = &sent.report;
+    assert_eq!(r["mode"], "open-loop");
+    // 200/s for 1 s, in 4 staggered schedules.
+    let ok = u(r, "messages_ok");
+    assert!((195..=205).contains(&ok), "{ok}");
+    let elapsed = r["elapsed_s"].as_f64().unwrap();
+    assert!((0.9..1.5).contains(&elapsed), "{elapsed}");
+}
+
+#[test]
+fn a_stopped_sink_turns_into_counted_connect_errors() {
+    let dir = scratch("down");
+    let sink = Sink::start(&dir, &[]);
+    let addr = sink.addr;
+    drop(sink);
+    let sent = send(&dir, addr, &["--connections", "2", "--messages", "4"]);
+    assert_eq!(sent.status, 1);
+    assert_eq!(u(&sent.report, "messages_failed"), 4);
+    // Refused, or reset while the dead sink's io_uring still holds the
+    // listening socket (the kernel tears rings down asynchronously).
+    let errors = sent.report["errors"].as_object().unwrap();
+    assert!(
+        errors
+            .keys()
+            .all(|k| k.starts_with("io connect Connection")),
+        "{errors:?}"
+    );
+    let total: u64 = errors.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, 4);
+    assert_eq!(sent.report["errors_by_code"]["io"], 4);
+}
+
+/// smtplib is a real, independent SMTP client: the sink must speak to it,
+/// and hash what it delivered exactly as delivered.
+#[test]
+fn python_smtplib_delivers_to_the_sink() {
+    let dir = scratch("smtplib");
+    let sink = Sink::start(&dir, &[]);
+    let script = r#"
+import hashlib, smtplib, sys
+host, port = sys.argv[1], int(sys.argv[2])
+messages = [
+    b"Subject: one\r\n\r\nhello\r\n",
+    b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nlast\r\n",
+    b"Subject: eight bit\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + "gr\u00fc\u00dfe\r\n".encode(),
+]
+with smtplib.SMTP(host, port) as s:
+    code, caps = s.ehlo("python.test")
+    assert code == 250
+    for ext in ["pipelining", "8bitmime", "chunking", "size", "smtputf8", "enhancedstatuscodes"]:
+        assert s.has_extn(ext), ext
+    for m in messages:
+        refused = s.sendmail("a@python.test", ["b@sink.test", "c@sink.test"], m)
+        assert not refused
+        print(hashlib.sha256(m).hexdigest())
+    assert s.noop()[0] == 250
+    assert s.rset()[0] == 250
+    code, _ = s.docmd("VRFY", "someone")
+    assert code == 252
+    code, _ = s.docmd("XFOO")
+    assert 500 <= code < 600
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(sink.addr.ip().to_string())
+        .arg(sink.addr.port().to_string())
+        .output()
+        .expect("python3 is required for this test");
+    assert!(
+        out.status.success(),
+        "smtplib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut expected: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    expected.sort();
+    let (counters, received) = sink.stop();
+    assert_eq!(counters["messages"], 3);
+    assert_eq!(received, expected);
+}
+
+/// `compare` in a short mode, against the real smtpgate binary. The
+/// workspace's `cargo test` builds it beside this crate's binary.
+#[test]
+fn compare_short_run_writes_reports() {
+    let smtpgate = Path::new(LOADGEN).with_file_name("smtpgate");
+    if !smtpgate.is_file() {
+        eprintln!(
+            "skipping compare test: {} is not built (cargo build --release --workspace)",
+            smtpgate.display()
+        );
+        return;
+    }
+    let dir = scratch("compare");
+    let mut child = Command::new(LOADGEN)
+        .args([
+            "compare",
+            "--duration",
+            "1s",
+            "--rounds",
+            "1",
+            "--connections",
+            "4",
+            "--size",
+            "1k:80,10k:20",
+            "--out",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_bounded(&mut child, Duration::from_secs(25));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "compare failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("cost of inspection"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let paths = report["paths"].as_array().unwrap();
+    assert_eq!(paths.len(), 2);
+    for p in paths {
+        assert!(u(p, "messages_ok") > 0, "{p}");
+        assert_eq!(u(p, "messages_failed"), 0, "{p}");
+        assert!(p["relay_cpu_ms_per_1000_msgs"].is_number(), "{p}");
+    }
+    assert!(report["cost_of_inspection"]["throughput_ratio"]["median"].is_number());
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("inspect (policy default)"));
+}
