@@ -49,7 +49,7 @@ pub struct CompareArgs {
     /// The smtpgate binary; default: beside this executable, then on PATH.
     #[arg(long)]
     smtpgate: Option<PathBuf>,
-    /// Executors for the load generator (default: all cores).
+    /// Executors for the load generator (default: half the cores).
     #[arg(long)]
     cores: Option<usize>,
 }
@@ -586,7 +586,7 @@ fn summarize(
         size: args.size.to_string(),
         recipients: args.recipients,
         pipelining: args.pipelining,
-        cores_online: util::default_cores(),
+        cores_online: util::online_cpus(),
         paths: summaries,
         cost_of_inspection: cost,
         runs,

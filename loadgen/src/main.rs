@@ -57,7 +57,7 @@ enum Command {
         /// Wait this long before answering end of data (e.g. 20ms).
         #[arg(long, value_parser = parse_duration, default_value = "0s")]
         delay: Duration,
-        /// Executors (one per core); default: all available cores.
+        /// Executors (one per core); default: half the available cores, at least 1.
         #[arg(long)]
         cores: Option<usize>,
         /// Print a progress line on stderr this often while mail flows (0 = never).
@@ -102,7 +102,7 @@ enum Command {
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Executors (one per core); default: all available cores.
+        /// Executors (one per core); default: half the available cores, at least 1.
         #[arg(long)]
         cores: Option<usize>,
         /// Write the SHA-256 of each accepted message, one per line.

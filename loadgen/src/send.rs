@@ -139,6 +139,9 @@ struct Connection {
     out: Vec<u8>,
     /// Bumped after every transaction; read by the shard watchdog.
     last_progress: Rc<Cell<Instant>>,
+    /// When the next transaction's envelope was already sent, chained
+    /// behind the previous body (pipelined DATA, closed loop).
+    envelope_sent: Option<Instant>,
 }
 
 impl Connection {
@@ -159,6 +162,7 @@ impl Connection {
             extensions: Extensions::default(),
             out: Vec::with_capacity(4096),
             last_progress,
+            envelope_sent: None,
         };
         let greeting = conn.reader.read(&mut conn.stream).await?;
         shard.result.borrow_mut().connections += 1;
@@ -214,6 +218,17 @@ fn push_rcpt(out: &mut Vec<u8>, n: u32) {
     let _ = write!(out, "RCPT TO:<sink{n}@recipient.example>\r\n");
 }
 
+/// A pipelined envelope group: MAIL, the RCPTs and, for DATA, the DATA verb.
+fn push_envelope(out: &mut Vec<u8>, message: &Message, recipients: u32, data: bool) {
+    push_mail(out, message);
+    for n in 0..recipients {
+        push_rcpt(out, n);
+    }
+    if data {
+        out.extend_from_slice(b"DATA\r\n");
+    }
+}
+
 fn bdat_chunks(content: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
     let count = content.len().div_ceil(BDAT_CHUNK).max(1);
     (0..count).map(move |i| {
@@ -245,6 +260,7 @@ async fn transaction(
     shard: &Shard,
     conn: &mut Connection,
     message: &Message,
+    next: Option<&Message>,
 ) -> io::Result<Outcome> {
     let options = &shard.shared.options;
     let pipelined = options.pipelining && conn.extensions.pipelining;
@@ -262,26 +278,27 @@ async fn transaction(
 
     // Envelope: MAIL and RCPTs, one write when pipelined (RFC 2920), with
     // DATA (or, for BDAT, the chunks themselves) in the same group.
-    conn.out.clear();
-    push_mail(&mut conn.out, message);
     let mut rcpt_accepted = 0;
     let mut first_rcpt_refusal = 0;
     let mail_code;
     if pipelined {
-        for n in 0..options.recipients {
-            push_rcpt(&mut conn.out, n);
-        }
-        if !bdat {
-            conn.out.extend_from_slice(b"DATA\r\n");
-        }
-        let sent = Instant::now();
-        if bdat {
-            for (chunk, last) in bdat_chunks(&message.content) {
-                write_bdat(conn, chunk, last).await?;
+        let sent = match conn.envelope_sent.take() {
+            // Already on the wire, chained behind the previous message.
+            Some(sent) => sent,
+            None => {
+                conn.out.clear();
+                push_envelope(&mut conn.out, message, options.recipients, !bdat);
+                let sent = Instant::now();
+                if bdat {
+                    for (chunk, last) in bdat_chunks(&message.content) {
+                        write_bdat(conn, chunk, last).await?;
+                    }
+                } else {
+                    conn.stream.write_all(&conn.out).await?;
+                }
+                sent
             }
-        } else {
-            conn.stream.write_all(&conn.out).await?;
-        }
+        };
         mail_code = conn.reader.read(&mut conn.stream).await?;
         shard.record(Step::Mail, sent);
         for _ in 0..options.recipients {
@@ -316,7 +333,25 @@ async fn transaction(
             // Whatever the envelope replies were, a 354 obliges us to send
             // the message; it only counts if the envelope was accepted.
             let sent = Instant::now();
-            conn.stream.write_all(&message.data_wire).await?;
+            match next {
+                // RFC 2920 §3.1: message content may open a group, so the
+                // next envelope rides in the same segment as this body.
+                Some(next) if message.data_wire.len() <= COALESCE_LIMIT => {
+                    conn.out.clear();
+                    conn.out.extend_from_slice(&message.data_wire);
+                    push_envelope(&mut conn.out, next, options.recipients, true);
+                    conn.stream.write_all(&conn.out).await?;
+                    conn.envelope_sent = Some(sent);
+                }
+                Some(next) => {
+                    conn.stream.write_all(&message.data_wire).await?;
+                    conn.out.clear();
+                    push_envelope(&mut conn.out, next, options.recipients, true);
+                    conn.stream.write_all(&conn.out).await?;
+                    conn.envelope_sent = Some(Instant::now());
+                }
+                None => conn.stream.write_all(&message.data_wire).await?,
+            }
             let code = conn.reader.read(&mut conn.stream).await?;
             shard.record(Step::EndOfData, sent);
             return finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, |_| {
@@ -337,6 +372,8 @@ async fn transaction(
     }
 
     // One command at a time (RFC 5321 §4.3).
+    conn.out.clear();
+    push_mail(&mut conn.out, message);
     let sent = Instant::now();
     conn.stream.write_all(&conn.out).await?;
     mail_code = conn.reader.read(&mut conn.stream).await?;
@@ -466,8 +503,11 @@ impl Plan {
 
 async fn connection_loop(shard: Rc<Shard>, connection_index: usize, plan: Plan) {
     let shared = shard.shared.clone();
+    let options = &shared.options;
     let mut rng = XorShift::new(connection_index as u64 + 1);
     let mut attempted = 0u64;
+    // A message picked ahead, whose envelope may already be on the wire.
+    let mut next_index: Option<usize> = None;
     'session: while plan.more(attempted) {
         let mut conn = match Connection::open(&shard).await {
             Ok(conn) => conn,
@@ -479,22 +519,39 @@ async fn connection_loop(shard: Rc<Shard>, connection_index: usize, plan: Plan) 
                 continue;
             }
         };
-        while plan.more(attempted) {
-            let intended_start = match plan.slot(attempted) {
-                Some(slot) => {
+        // Chaining the next envelope behind a body only makes sense when the
+        // next message goes out at once: closed loop, connection reused.
+        let can_chain = options.pipelining
+            && conn.extensions.pipelining
+            && !(options.bdat && conn.extensions.chunking)
+            && plan.interval.is_none()
+            && !options.per_connection;
+        while conn.envelope_sent.is_some() || plan.more(attempted) {
+            let intended_start = match (conn.envelope_sent, plan.slot(attempted)) {
+                (Some(sent), _) => sent,
+                (None, Some(slot)) => {
                     let now = Instant::now();
                     if slot > now {
                         glommio::timer::sleep(slot - now).await;
                     }
                     slot
                 }
-                None => Instant::now(),
+                (None, None) => Instant::now(),
             };
             attempted += 1;
-            let index = shared.corpus.pick(&mut rng);
+            let index = next_index
+                .take()
+                .unwrap_or_else(|| shared.corpus.pick(&mut rng));
             let message = &shared.corpus.messages[index];
+            let next = if can_chain && plan.more(attempted) {
+                let picked = shared.corpus.pick(&mut rng);
+                next_index = Some(picked);
+                Some(&shared.corpus.messages[picked])
+            } else {
+                None
+            };
             shard.result.borrow_mut().attempted += 1;
-            let outcome = transaction(&shard, &mut conn, message).await;
+            let outcome = transaction(&shard, &mut conn, message, next).await;
             conn.last_progress.set(Instant::now());
             match outcome {
                 Ok(Outcome::Accepted) => {
@@ -502,7 +559,7 @@ async fn connection_loop(shard: Rc<Shard>, connection_index: usize, plan: Plan) 
                     let mut result = shard.result.borrow_mut();
                     result.ok += 1;
                     result.bytes_ok += message.content.len() as u64;
-                    if shared.options.digest_log.is_some() {
+                    if options.digest_log.is_some() {
                         result.accepted.push(index as u32);
                     }
                     drop(result);
@@ -519,7 +576,7 @@ async fn connection_loop(shard: Rc<Shard>, connection_index: usize, plan: Plan) 
                     continue 'session;
                 }
             }
-            if shared.options.per_connection {
+            if options.per_connection {
                 break;
             }
         }

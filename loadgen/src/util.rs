@@ -179,8 +179,19 @@ pub fn free_loopback_port() -> io::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Number of executors to run by default: one per CPU this process may use.
+/// Number of executors to run by default: half the CPUs this process may
+/// use (at least one). The loadgen usually shares the machine with what it
+/// measures (always in `compare`); an executor per core would compete with
+/// it for CPU and add cross-core wake-ups. `--cores` overrides.
 pub fn default_cores() -> usize {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    (cpus / 2).max(1)
+}
+
+/// CPUs this process may use, for reports.
+pub fn online_cpus() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
