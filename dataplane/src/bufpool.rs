@@ -15,7 +15,7 @@ pub const BUF_SIZE: usize = 16 * 1024;
 /// A buffer with less room than this is refreshed before the next read.
 const MIN_READ: usize = 2 * 1024;
 /// Idle buffers a shard keeps for reuse; more are freed.
-const MAX_POOLED: usize = 256;
+const MAX_POOLED: usize = 64;
 
 #[derive(Default)]
 pub struct BufPool {

@@ -267,3 +267,52 @@ fn a_port_held_by_another_process_refuses_start() {
         "{err}"
     );
 }
+
+#[test]
+fn upstream_dying_mid_session_closes_the_client_promptly() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::AsRawFd;
+    // An upstream that greets, reads one command, then aborts with RST.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(UPSTREAM_BANNER).unwrap();
+        let mut line = String::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const libc::linger as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    });
+    let (conf, listen) = config(addr, "policy = \"default\"", "");
+    let gate = Gate::start(&conf);
+
+    let mut c = Client::connect(listen);
+    assert!(c.reply().starts_with(b"220 "));
+    c.send(b"HELO me\r\n");
+    let started = Instant::now();
+    let rest = c.read_to_end();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        rest.is_empty() || rest.starts_with(b"421 "),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+    gate.wait_log("lost");
+}
