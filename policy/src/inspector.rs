@@ -214,6 +214,10 @@ fn kind_of(c: &Criterion) -> Kind {
 struct RuleIndex {
     ids: Box<[RuleId]>,
     start: [u16; KINDS + 1],
+    /// Per-line fast path: a body / header line this long or shorter matches no
+    /// length rule (`None` when a rule is not a plain `gt`, so every line is checked).
+    body_line_floor: Option<u64>,
+    header_line_floor: Option<u64>,
 }
 
 impl RuleIndex {
@@ -228,9 +232,25 @@ impl RuleIndex {
                     .filter(|&&id| kind_of(&policy.rules[id as usize].criterion) as usize == k)
                     .count() as u16;
         }
+        let floor = |kind: Kind| {
+            policy
+                .rules
+                .iter()
+                .filter(|r| kind_of(&r.criterion) == kind)
+                .try_fold(u64::MAX, |floor, r| match (&r.criterion, r.negate) {
+                    (
+                        Criterion::BodyLineLength(Cmp::Gt(n))
+                        | Criterion::HeaderLineLength(Cmp::Gt(n)),
+                        false,
+                    ) => Some(floor.min(*n)),
+                    _ => None,
+                })
+        };
         RuleIndex {
             ids: ids.into_boxed_slice(),
             start,
+            body_line_floor: floor(Kind::BodyLineLength),
+            header_line_floor: floor(Kind::HeaderLineLength),
         }
     }
 
@@ -470,9 +490,15 @@ impl Observer for Judge<'_> {
         let (p, i) = (self.policy, self.index);
         let outcome = match o {
             Observation::BodyLine { len } => {
+                if i.body_line_floor.is_some_and(|floor| len <= floor) {
+                    return true;
+                }
                 check_cmp(p, i, Kind::BodyLineLength, self.actor, self.out, d, len)
             }
             Observation::HeaderLine { len } => {
+                if i.header_line_floor.is_some_and(|floor| len <= floor) {
+                    return true;
+                }
                 check_cmp(p, i, Kind::HeaderLineLength, self.actor, self.out, d, len)
             }
             Observation::HeaderEnd { len, to_recipients } => {
