@@ -87,11 +87,14 @@ pub const GREETING: &[u8] = b"220 mx.example.com ESMTP Postfix\r\n";
 pub const EHLO: &[u8] = b"EHLO client.example.org\r\n";
 pub const EHLO_REPLY: &[u8] = b"250-mx.example.com\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-STARTTLS\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n";
 
+/// One read from the client and the server's answer to it.
+pub type Exchange = (Vec<u8>, Vec<u8>);
+
 /// A command-heavy session after the greeting: EHLO, then `groups` pipelined groups of
 /// `MAIL`, `recipients` × `RCPT`, `RSET`, `NOOP` (RFC 2920), then QUIT. Each entry is
 /// one read: (client bytes, server bytes answering them). Also returns the number of
 /// command lines.
-pub fn command_session(groups: usize, recipients: usize) -> (Vec<(Vec<u8>, Vec<u8>)>, u64) {
+pub fn command_session(groups: usize, recipients: usize) -> (Vec<Exchange>, u64) {
     let mut reads = vec![(EHLO.to_vec(), EHLO_REPLY.to_vec())];
     let mut lines = 1;
     for g in 0..groups {
