@@ -129,13 +129,13 @@ fn find_smtpgate(explicit: &Option<PathBuf>) -> io::Result<PathBuf> {
     if beside.is_file() {
         return Ok(beside);
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("smtpgate");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
+    if let Some(found) = find_on_path("smtpgate") {
+        return Ok(found);
+    }
+    // Under `cargo run -p smtpgate-loadgen`, only the loadgen was built:
+    // build the sibling binary with the same cargo, profile and target dir.
+    if build_sibling_smtpgate(&beside) && beside.is_file() {
+        return Ok(beside);
     }
     Err(io::Error::other(format!(
         "the smtpgate binary was not found beside {} nor on PATH.\n\
@@ -143,6 +143,42 @@ fn find_smtpgate(explicit: &Option<PathBuf>) -> io::Result<PathBuf> {
          (or pass --smtpgate PATH)",
         beside.display()
     )))
+}
+
+/// When started by `cargo run` (CARGO and CARGO_MANIFEST_DIR are set),
+/// runs `cargo build -p smtpgate` into our own target directory.
+fn build_sibling_smtpgate(beside: &Path) -> bool {
+    let (Some(cargo), Some(manifest_dir)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+    ) else {
+        return false;
+    };
+    let Some(profile_dir) = beside.parent() else {
+        return false;
+    };
+    let Some(target_dir) = profile_dir.parent() else {
+        return false;
+    };
+    let workspace_manifest = Path::new(&manifest_dir).join("../Cargo.toml");
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "-p", "smtpgate", "--manifest-path"])
+        .arg(&workspace_manifest)
+        .arg("--target-dir")
+        .arg(target_dir);
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            build.arg("--release");
+        }
+        Some(other) => {
+            build.args(["--profile", other]);
+        }
+        None => return false,
+    }
+    eprintln!("compare: smtpgate is not built yet; building it: {build:?}");
+    build.status().map(|s| s.success()).unwrap_or(false)
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {

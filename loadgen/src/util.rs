@@ -123,11 +123,18 @@ impl std::str::FromStr for SizeSpec {
 
 impl std::fmt::Display for SizeSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<String> = self
-            .classes
-            .iter()
-            .map(|(size, weight)| format!("{size}:{weight}"))
-            .collect();
+        let human = |size: usize| match size {
+            s if s % (1024 * 1024) == 0 => format!("{}m", s / (1024 * 1024)),
+            s if s % 1024 == 0 => format!("{}k", s / 1024),
+            s => s.to_string(),
+        };
+        let parts: Vec<String> = match self.classes.as_slice() {
+            [(size, _)] => vec![human(*size)],
+            classes => classes
+                .iter()
+                .map(|&(size, weight)| format!("{}:{weight}", human(size)))
+                .collect(),
+        };
         f.write_str(&parts.join(","))
     }
 }
@@ -243,8 +250,11 @@ mod tests {
             spec.classes,
             vec![(1024, 60), (10 * 1024, 30), (100 * 1024, 10)]
         );
+        assert_eq!(spec.to_string(), "1k:60,10k:30,100k:10");
         let single: SizeSpec = "1024".parse().unwrap();
         assert_eq!(single.classes, vec![(1024, 1)]);
+        assert_eq!(single.to_string(), "1k");
+        assert_eq!("1000".parse::<SizeSpec>().unwrap().to_string(), "1000");
         assert!("0".parse::<SizeSpec>().is_err());
         assert!("1k:x".parse::<SizeSpec>().is_err());
     }
