@@ -333,6 +333,18 @@ fn open_loop_keeps_the_schedule() {
 }
 
 #[test]
+fn sink_delay_shows_in_end_of_data_latency_only() {
+    let dir = scratch("delay");
+    let sink = Sink::start(&dir, &["--delay", "40ms"]);
+    let sent = send(&dir, sink.addr, &["--connections", "2", "--messages", "6"]);
+    drop(sink);
+    assert_eq!(sent.status, 0);
+    let latency = &sent.report["latency_us"];
+    assert!(u(&latency["end_of_data"], "p50") >= 40_000, "{latency}");
+    assert!(u(&latency["mail"], "p50") < 40_000, "{latency}");
+}
+
+#[test]
 fn a_stopped_sink_turns_into_counted_connect_errors() {
     let dir = scratch("down");
     let sink = Sink::start(&dir, &[]);
