@@ -203,3 +203,191 @@ fn smtplib_delivers_two_messages_unchanged_through_the_default_policy() {
     }
     assert_eq!(up.messages(), vec![expected.clone(), expected]);
 }
+
+/// The EHLO reply lines a policy lets through, for an upstream advertising `keywords`.
+fn ehlo_reply_under(policy: &str, keywords: &[&str]) -> Vec<u8> {
+    let up = Upstream::start(keywords);
+    let (conf, listen) = config(up.addr, &format!("policy = \"{policy}\""), "");
+    let _gate = Gate::start(&conf);
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"EHLO client.test\r\n");
+    c.reply()
+}
+
+#[test]
+fn ehlo_keywords_are_masked_per_policy() {
+    let keywords = [
+        "STARTTLS",
+        "PIPELINING",
+        "CHUNKING",
+        "8BITMIME",
+        "X-EXPS GSSAPI",
+    ];
+    assert_eq!(
+        ehlo_reply_under("default", &keywords),
+        b"250-mx.upstream.test\r\n250-STARTTLS\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-8BITMIME\r\n250 XXXXXX GSSAPI\r\n"
+    );
+    let asa = ehlo_reply_under("asa-compat", &keywords);
+    let asa = String::from_utf8_lossy(&asa);
+    // The firewall's own behaviour: STARTTLS and PIPELINING masked, same lengths.
+    assert!(asa.contains("250-XXXXXXXX\r\n250-XXXXXXXXXX\r\n"), "{asa}");
+    assert!(asa.contains("250-8BITMIME\r\n"), "{asa}");
+}
+
+#[test]
+fn starttls_then_both_directions_are_opaque() {
+    let up = Upstream::start(&["STARTTLS"]);
+    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
+    let gate = Gate::start(&conf);
+
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"EHLO client.test\r\n");
+    c.reply();
+    c.send(b"STARTTLS\r\n");
+    assert_eq!(c.reply(), b"220 2.0.0 Ready to start TLS\r\n");
+    // Not SMTP any more: bytes that would be X-ed or dropped if inspected.
+    let opaque: Vec<u8> = (0u8..=255)
+        .chain(b"XYZZY\r\nMAIL\n.\n".iter().copied())
+        .collect();
+    c.send(&opaque);
+    let mut echoed = vec![0u8; opaque.len()];
+    std::io::Read::read_exact(&mut c.stream, &mut echoed).unwrap();
+    assert_eq!(echoed, opaque, "server-to-client verbatim");
+    let wire = up.wait_wire(0, |w| w.ends_with(b".\n"));
+    assert_eq!(
+        &wire[wire.len() - opaque.len()..],
+        &opaque[..],
+        "client-to-server verbatim"
+    );
+    gate.wait_log("108007");
+}
+
+#[test]
+fn bdat_chunks_reach_the_server_unchanged() {
+    let up = Upstream::start(&["CHUNKING"]);
+    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
+    let _gate = Gate::start(&conf);
+
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"EHLO client.test\r\n");
+    c.reply();
+    c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n");
+    c.reply();
+    c.reply();
+    let part1 = b"Subject: chunked\r\n\r\nfirst part ";
+    let part2 = b"second part\r\n.\r\n.. dots stay\r\n";
+    c.send(format!("BDAT {}\r\n", part1.len()).as_bytes());
+    c.send(part1);
+    assert_eq!(
+        c.reply(),
+        format!("250 2.0.0 {} octets received\r\n", part1.len()).as_bytes()
+    );
+    c.send(format!("BDAT {} LAST\r\n", part2.len()).as_bytes());
+    c.send(part2);
+    assert_eq!(
+        c.reply(),
+        format!("250 2.0.0 {} octets received\r\n", part2.len()).as_bytes()
+    );
+    let mut whole = part1.to_vec();
+    whole.extend_from_slice(part2);
+    assert_eq!(up.messages(), vec![whole]);
+}
+
+#[test]
+fn pipelined_transactions_are_delivered_with_replies_in_order() {
+    let up = Upstream::start(&["PIPELINING"]);
+    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
+    let _gate = Gate::start(&conf);
+
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"EHLO client.test\r\n");
+    c.reply();
+    c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n");
+    let replies: Vec<Vec<u8>> = (0..3).map(|_| c.reply()).collect();
+    assert_eq!(
+        replies,
+        [
+            b"250 2.0.0 Ok\r\n".to_vec(),
+            b"250 2.0.0 Ok\r\n".to_vec(),
+            b"354 End data with <CR><LF>.<CR><LF>\r\n".to_vec()
+        ]
+    );
+    c.send(b"Subject: one\r\n\r\nbody one\r\n.\r\nMAIL FROM:<c@example.org>\r\nRCPT TO:<d@example.net>\r\nDATA\r\n");
+    let replies: Vec<Vec<u8>> = (0..4).map(|_| c.reply()).collect();
+    assert_eq!(replies[0], b"250 2.0.0 Ok: queued\r\n");
+    assert_eq!(replies[3], b"354 End data with <CR><LF>.<CR><LF>\r\n");
+    c.send(b"Subject: two\r\n\r\nbody two\r\n.\r\nQUIT\r\n");
+    assert_eq!(c.reply(), b"250 2.0.0 Ok: queued\r\n");
+    assert_eq!(c.reply(), b"221 2.0.0 Bye\r\n");
+    assert_eq!(
+        up.messages(),
+        vec![
+            b"Subject: one\r\n\r\nbody one\r\n".to_vec(),
+            b"Subject: two\r\n\r\nbody two\r\n".to_vec()
+        ]
+    );
+}
+
+#[test]
+fn more_than_100_recipients_drops_before_data() {
+    let up = Upstream::start(&["PIPELINING"]);
+    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
+    let _gate = Gate::start(&conf);
+
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\n");
+    c.reply();
+    c.reply();
+    let mut last = Vec::new();
+    for i in 0..101 {
+        c.send(format!("RCPT TO:<r{i}@example.net>\r\n").as_bytes());
+        last = c.reply();
+        if !last.starts_with(b"250") {
+            break;
+        }
+    }
+    assert!(
+        last.starts_with(b"421 4.7.0 "),
+        "{}",
+        String::from_utf8_lossy(&last)
+    );
+    assert_eq!(c.read_to_end(), b"");
+    std::thread::sleep(Duration::from_millis(200));
+    let wire = String::from_utf8_lossy(&up.wire(0)).into_owned();
+    assert_eq!(
+        wire.matches("RCPT TO:").count(),
+        100,
+        "the 101st never reaches the server"
+    );
+    assert!(!wire.contains("DATA"));
+}
+
+#[test]
+fn bare_lf_end_of_data_is_never_passed_on_as_an_end_of_message() {
+    let up = Upstream::start(&[]);
+    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
+    let _gate = Gate::start(&conf);
+
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"HELO me\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n");
+    for _ in 0..4 {
+        c.reply();
+    }
+    // SMTP smuggling: a bare-LF end of data followed by a second, forged transaction.
+    c.send(b"Subject: x\r\n\r\nhello\n.\nMAIL FROM:<ceo@bank.example>\r\nRCPT TO:<v@example.net>\r\nDATA\r\nforged\r\n.\r\n");
+    let reply = c.reply();
+    assert!(
+        reply.starts_with(b"421 4.7.0 "),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(up.messages().is_empty(), "nothing delivered");
+    assert!(!String::from_utf8_lossy(&up.wire(0)).contains("ceo@bank"));
+}

@@ -316,3 +316,29 @@ fn upstream_dying_mid_session_closes_the_client_promptly() {
     );
     gate.wait_log("lost");
 }
+
+#[test]
+fn per_client_embryonic_max_caps_silent_sessions_per_address() {
+    let up = Upstream::start(&[]);
+    let (conf, listen) = config(
+        up.addr,
+        "policy = \"none\"",
+        "[limits]\nper_client_embryonic_max = 1",
+    );
+    let _gate = Gate::start(&conf);
+
+    let mut silent = Client::connect_from("127.0.0.5", listen);
+    assert_eq!(silent.reply(), UPSTREAM_BANNER);
+    let mut second = Client::connect_from("127.0.0.5", listen);
+    assert!(second.reply().starts_with(b"421 4.7.0 "));
+    let mut elsewhere = Client::connect_from("127.0.0.6", listen);
+    assert_eq!(elsewhere.reply(), UPSTREAM_BANNER);
+    silent.send(b"HELO me\r\n");
+    assert_eq!(silent.reply(), b"250 mx.upstream.test\r\n");
+    let mut third = Client::connect_from("127.0.0.5", listen);
+    assert_eq!(
+        third.reply(),
+        UPSTREAM_BANNER,
+        "no longer embryonic, slot free"
+    );
+}

@@ -276,6 +276,41 @@ fn serve(stream: TcpStream, index: usize, keywords: &[String], seen: &Mutex<Seen
                 let _ = writer.write_all(b"221 2.0.0 Bye\r\n");
                 return;
             }
+            "STARTTLS" => {
+                // No real TLS: from here on echo every byte back, recording it, so a
+                // test can check both directions are relayed opaquely.
+                let _ = writer.write_all(b"220 2.0.0 Ready to start TLS\r\n");
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match reader.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            seen.lock().unwrap().sessions[index].extend_from_slice(&chunk[..n]);
+                            if writer.write_all(&chunk[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            "BDAT" => {
+                let mut words = text.split_whitespace().skip(1);
+                let size: usize = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+                let mut chunk = vec![0u8; size];
+                if reader.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                seen.lock().unwrap().sessions[index].extend_from_slice(&chunk);
+                message.extend_from_slice(&chunk);
+                if last {
+                    seen.lock()
+                        .unwrap()
+                        .messages
+                        .push(std::mem::take(&mut message));
+                }
+                format!("250 2.0.0 {size} octets received\r\n").into_bytes()
+            }
             _ => b"500 5.5.1 Command unrecognized\r\n".to_vec(),
         };
         if writer.write_all(&reply).is_err() {
