@@ -34,7 +34,7 @@ fn dkim_signed_message() -> Vec<u8> {
     m.push_str("Content-Transfer-Encoding: base64\r\n");
     m.push_str("Content-Disposition: attachment; filename=\"report.pdf\"\r\n\r\n");
     for _ in 0..40 {
-        m.push_str(&"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAx");
+        m.push_str("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAx");
         m.push_str("MjM0\r\n");
     }
     m.push_str("--b1--\r\n");
@@ -132,7 +132,11 @@ fn smtplib_dkim_signed_mail_arrives_unchanged_with_banner_and_keywords_masked() 
     let got = upstream.wait_messages(1, LIMIT);
     assert_eq!(got.len(), 1);
     // smtplib adds SIZE= because the server advertises SIZE.
-    assert!(got[0].mail_from.starts_with("FROM:<alice@example.org>"), "{}", got[0].mail_from);
+    assert!(
+        got[0].mail_from.starts_with("FROM:<alice@example.org>"),
+        "{}",
+        got[0].mail_from
+    );
     assert_eq!(got[0].rcpt_to, vec!["TO:<bob@example.net>".to_string()]);
     assert_eq!(
         String::from_utf8_lossy(&got[0].data),
