@@ -433,6 +433,7 @@ fn run_once(
         cores: args.cores.unwrap_or_else(util::default_cores),
         digest_log: None,
         progress: false,
+        timeout: Duration::from_secs(30),
     };
     let cpu_before = path.relay_pid.map(process_cpu).transpose()?;
     let report = send::run(options)?;

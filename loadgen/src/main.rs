@@ -111,6 +111,9 @@ enum Command {
         /// No progress output.
         #[arg(long)]
         quiet: bool,
+        /// Give up on a connection that makes no progress for this long.
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        timeout: Duration,
     },
     /// Measure the cost of inspection: the same load through smtpgate with
     /// policy "default" and with policy "none", in alternation, into a sink.
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
             cores,
             digest_log,
             quiet,
+            timeout,
         } => {
             let target = match util::resolve(&target) {
                 Ok(addr) => addr,
@@ -186,6 +190,7 @@ fn main() -> ExitCode {
                 cores: cores.unwrap_or_else(util::default_cores),
                 digest_log,
                 progress: !quiet,
+                timeout,
             };
             let report = match send::run(options) {
                 Ok(report) => report,

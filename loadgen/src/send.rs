@@ -38,7 +38,6 @@ const BDAT_CHUNK: usize = 64 * 1024;
 /// Up to this size a command and its data go out in one write (copying is
 /// cheaper than a second syscall).
 const COALESCE_LIMIT: usize = 16 * 1024;
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug)]
@@ -57,6 +56,9 @@ pub struct SendOptions {
     pub digest_log: Option<PathBuf>,
     /// Show progress (bar on a terminal, plain lines otherwise).
     pub progress: bool,
+    /// A connection making no progress for this long is closed and its
+    /// message counted as an I/O error ("TimedOut").
+    pub timeout: Duration,
 }
 
 #[derive(Default)]
@@ -93,8 +95,8 @@ struct Shard {
     shared: Arc<Shared>,
     index: usize,
     result: RefCell<ShardResult>,
-    /// Open connections: their progress stamp and socket, for the watchdog.
-    live: RefCell<Vec<(Weak<Cell<Instant>>, RawFd)>>,
+    /// Open connections and their sockets, for the watchdog.
+    live: RefCell<Vec<(Weak<Watch>, RawFd)>>,
 }
 
 impl Shard {
@@ -132,13 +134,32 @@ enum Outcome {
     },
 }
 
+/// Liveness of one connection, shared with the shard watchdog.
+struct Watch {
+    /// Bumped after the handshake and every transaction.
+    last_progress: Cell<Instant>,
+    /// Set when the watchdog shut the socket down.
+    timed_out: Cell<bool>,
+}
+
+impl Watch {
+    /// The error to report: a watchdog shutdown surfaces as EOF or reset,
+    /// but what happened is a timeout.
+    fn explain(&self, e: io::Error) -> io::Error {
+        if self.timed_out.get() {
+            io::Error::new(io::ErrorKind::TimedOut, "no progress within --timeout")
+        } else {
+            e
+        }
+    }
+}
+
 struct Connection {
     stream: TcpStream,
     reader: ReplyReader,
     extensions: Extensions,
     out: Vec<u8>,
-    /// Bumped after every transaction; read by the shard watchdog.
-    last_progress: Rc<Cell<Instant>>,
+    watch: Rc<Watch>,
     /// When the next transaction's envelope was already sent, chained
     /// behind the previous body (pipelined DATA, closed loop).
     envelope_sent: Option<Instant>,
@@ -147,23 +168,39 @@ struct Connection {
 impl Connection {
     async fn open(shard: &Shard) -> io::Result<Connection> {
         let started = Instant::now();
-        let stream = TcpStream::connect_timeout(shard.shared.options.target, IO_TIMEOUT).await?;
+        let options = &shard.shared.options;
+        let stream = TcpStream::connect_timeout(options.target, options.timeout).await?;
         stream.set_nodelay(true)?;
         // No per-read timeouts: glommio arms an io_uring timeout per read,
         // a measurable cost per message. The shard watchdog handles stalls.
-        let last_progress = Rc::new(Cell::new(Instant::now()));
+        let watch = Rc::new(Watch {
+            last_progress: Cell::new(Instant::now()),
+            timed_out: Cell::new(false),
+        });
         shard
             .live
             .borrow_mut()
-            .push((Rc::downgrade(&last_progress), stream.as_raw_fd()));
+            .push((Rc::downgrade(&watch), stream.as_raw_fd()));
         let mut conn = Connection {
             stream,
             reader: ReplyReader::new(),
             extensions: Extensions::default(),
             out: Vec::with_capacity(4096),
-            last_progress,
+            watch,
             envelope_sent: None,
         };
+        match conn.handshake(shard, started).await {
+            Ok(()) => {
+                conn.watch.last_progress.set(Instant::now());
+                Ok(conn)
+            }
+            Err(e) => Err(conn.watch.explain(e)),
+        }
+    }
+
+    /// Greeting and EHLO.
+    async fn handshake(&mut self, shard: &Shard, started: Instant) -> io::Result<()> {
+        let conn = self;
         let greeting = conn.reader.read(&mut conn.stream).await?;
         shard.result.borrow_mut().connections += 1;
         if greeting != 220 {
@@ -180,7 +217,7 @@ impl Connection {
         }
         shard.record(Step::Ehlo, started);
         conn.extensions = extensions;
-        Ok(conn)
+        Ok(())
     }
 
     async fn command(&mut self, line: &[u8]) -> io::Result<u16> {
@@ -552,7 +589,7 @@ async fn connection_loop(shard: Rc<Shard>, connection_index: usize, plan: Plan) 
             };
             shard.result.borrow_mut().attempted += 1;
             let outcome = transaction(&shard, &mut conn, message, next).await;
-            conn.last_progress.set(Instant::now());
+            conn.watch.last_progress.set(Instant::now());
             match outcome {
                 Ok(Outcome::Accepted) => {
                     shard.record(Step::Message, intended_start);
@@ -572,7 +609,7 @@ async fn connection_loop(shard: Rc<Shard>, connection_index: usize, plan: Plan) 
                     }
                 }
                 Err(e) => {
-                    shard.failed(io_error_key("transaction", &e));
+                    shard.failed(io_error_key("transaction", &conn.watch.explain(e)));
                     continue 'session;
                 }
             }
@@ -595,21 +632,23 @@ fn io_error_key(step: &str, e: &io::Error) -> String {
     format!("io {step} {:?}", e.kind())
 }
 
-/// Shuts down connections that made no progress for IO_TIMEOUT, so a
-/// server that stops answering turns into counted I/O errors, not a hang.
+/// Shuts down connections that made no progress within `--timeout`, so a
+/// server that stops answering turns into counted errors, not a hang.
 async fn watchdog(shard: &Shard) {
+    let timeout = shard.shared.options.timeout;
+    let period = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     loop {
-        glommio::timer::sleep(Duration::from_secs(1)).await;
+        glommio::timer::sleep(period).await;
         let now = Instant::now();
-        shard.live.borrow_mut().retain(|(progress, fd)| {
-            let Some(progress) = progress.upgrade() else {
+        shard.live.borrow_mut().retain(|(watch, fd)| {
+            let Some(watch) = watch.upgrade() else {
                 return false;
             };
-            if now.duration_since(progress.get()) > IO_TIMEOUT {
+            if !watch.timed_out.get() && now.duration_since(watch.last_progress.get()) > timeout {
+                watch.timed_out.set(true);
                 // SAFETY: the fd belongs to a live Connection (the Weak
                 // upgraded, and the Rc dies with the socket on this thread).
                 unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
-                progress.set(now);
             }
             true
         });
@@ -681,6 +720,12 @@ pub fn run(options: SendOptions) -> io::Result<Report> {
                 "--rate must be positive",
             ));
         }
+    }
+    if options.timeout.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--timeout must be positive",
+        ));
     }
     let cores = options.cores.min(options.connections).max(1);
     let options = SendOptions { cores, ..options };

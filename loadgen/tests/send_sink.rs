@@ -367,6 +367,53 @@ fn a_stopped_sink_turns_into_counted_connect_errors() {
     assert_eq!(sent.report["errors_by_code"]["io"], 4);
 }
 
+/// A server that accepts and then goes silent: before the greeting, or
+/// after EHLO. Both must end as counted timeouts, not a hang.
+#[test]
+fn a_silent_server_turns_into_counted_timeouts() {
+    use std::io::{Read, Write};
+    for greet in [false, true] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for mut stream in listener.incoming().map_while(Result::ok) {
+                if greet {
+                    let _ = stream.write_all(b"220 silent\r\n");
+                    let mut ehlo = [0u8; 256];
+                    let _ = stream.read(&mut ehlo);
+                    let _ = stream.write_all(b"250 silent\r\n");
+                }
+                held.push(stream);
+            }
+        });
+        let dir = scratch("silent");
+        let sent = send(
+            &dir,
+            addr,
+            &[
+                "--connections",
+                "1",
+                "--messages",
+                "2",
+                "--timeout",
+                "300ms",
+            ],
+        );
+        assert_eq!(sent.status, 1);
+        let expected = if greet {
+            "io transaction TimedOut"
+        } else {
+            "io connect TimedOut"
+        };
+        assert_eq!(
+            sent.report["errors"][expected], 2,
+            "{}",
+            sent.report["errors"]
+        );
+    }
+}
+
 /// smtplib is a real, independent SMTP client: the sink must speak to it,
 /// and hash what it delivered exactly as delivered.
 #[test]
