@@ -13,30 +13,39 @@
 //!
 //! # How a session is followed
 //! - Client side, command mode: lines framed at LF ([`scanner::line_end`]); a line split
-//!   across reads is copied into a buffer of at most [`CMD_LINE_CAP`] bytes; past that the
-//!   command is judged on its first bytes and the rest of the line streams through.
-//!   Verbs outside `allowed_commands` (and `cmd verb` rules with `mask`) are forwarded as
-//!   a same-length line of `X`s, so the server answers them 5xx itself, in order.
-//! - Every forwarded command is queued ([`Pending`]) so each server reply pairs with
-//!   its command under PIPELINING (RFC 2920 §3).
+//!   across reads is copied into a buffer of at most [`CMD_LINE_CAP`]` + 1` bytes; a
+//!   longer line is judged on its first [`CMD_LINE_CAP`] bytes (`gt` length rules fire
+//!   then) and the rest of it streams through. Verbs outside `allowed_commands` (and
+//!   `cmd verb` rules with `mask`) are forwarded as a same-length line of `X`s, CRLF
+//!   kept, so the server answers each with its own 5xx, in order.
+//! - Every forwarded command is queued (`Pending`) so each server reply pairs with
+//!   its command under PIPELINING (RFC 2920 §3). Transactions (RCPT counts) end at
+//!   RSET, HELO/EHLO and the end of a message (RFC 5321 §4.1.4).
 //! - DATA, STARTTLS and AUTH end a pipelined group (RFC 2920 §3.1, RFC 3207 §4,
 //!   RFC 4954 §4): the client must wait for the reply. Bytes it sends before the reply
 //!   are held (at most [`HOLD_CAP`]) and judged once the reply says what they are:
 //!   message content after `354`, TLS after `220`, an AUTH line after `334`, commands
-//!   otherwise. Past the cap the session is dropped (improper pipelining).
+//!   otherwise — so content pipelined ahead of a refused DATA is judged as the
+//!   commands the server will take it for. Past the cap the session is dropped
+//!   (`421 4.7.0 Improper command pipelining`).
 //! - DATA content (RFC 5321 §4.1.1.4): strict CRLF framing ([`scanner::ContentScanner`]),
 //!   dot-stuffing undone for the checks, end of data only at CRLF.CRLF; a bare CR or
-//!   LF is SMTP smuggling and, with the `bare_newline` rule's drop action, nothing from
-//!   the offending line on is forwarded. BDAT (RFC 3030) content is counted by
-//!   `bytes_left`, one message stream across chunks. Both go through
-//!   [`mime::MessageScanner`] for header, body and MIME rules.
-//! - Server side: reply lines buffered (bounded) until complete; the greeting is masked
-//!   by the `Banner` rule, EHLO keywords by `ehlo-reply-parameter` rules with `mask`.
+//!   LF is SMTP smuggling, judged by the `bare_newline` rule before the bare byte goes
+//!   out (a CR ending a read waits for the next byte). BDAT (RFC 3030) content is
+//!   counted by `bytes_left`, one message stream across chunks. Both go through
+//!   [`crate::mime::MessageScanner`] for header, body and MIME rules.
+//! - Server side: reply lines framed like commands; the greeting is masked by the
+//!   `Banner` rule (code and separator kept, the rest `*`), EHLO keywords by
+//!   `ehlo-reply-parameter` rules with `mask` (same-length `X`s).
 //! - Decisions: every match emits one [`Event`]; `drop-connection` and `reset` end the
-//!   session with a verdict and nothing after the offending point is forwarded (in
-//!   DATA the final dot, in BDAT the last byte of the LAST chunk, never reach the
-//!   server). `rate-limit N`: more than N matches of that rule within one second of
-//!   `now` ends the session with a `421 4.7.0` rate reply (the firewall drops too).
+//!   session with a verdict and nothing from the offending point on is forwarded: a
+//!   bare CR/LF, the byte where a DATA line crosses a dropping length limit, else the
+//!   line end of the offending line (for a command or reply, the whole line). So in
+//!   DATA the final dot and in BDAT the last byte of the LAST chunk never reach the
+//!   server. These cut points do not depend on how reads split the input: the same
+//!   transcript in any chunks gives the same bytes, events and verdict.
+//!   `rate-limit N`: more than N matches of that rule within one second of `now` ends
+//!   the session with `421 4.7.0 Message rate limit exceeded`.
 //!
 //! Per line the hot path allocates nothing: forwarded bytes are slices of the input,
 //! contiguous unchanged ranges coalesced into one slice per read; rewrites (masking,
@@ -218,6 +227,10 @@ struct RuleIndex {
     /// length rule (`None` when a rule is not a plain `gt`, so every line is checked).
     body_line_floor: Option<u64>,
     header_line_floor: Option<u64>,
+    /// The lowest `gt` threshold of a body / header line length rule that ends the
+    /// session (drop-connection or reset): such a line is cut as it crosses it.
+    body_line_drop: Option<u64>,
+    header_line_drop: Option<u64>,
 }
 
 impl RuleIndex {
@@ -246,11 +259,26 @@ impl RuleIndex {
                     _ => None,
                 })
         };
+        let drop_floor = |kind: Kind| {
+            policy
+                .rules
+                .iter()
+                .filter(|r| kind_of(&r.criterion) == kind && !r.negate)
+                .filter(|r| r.actions.drop_connection || r.actions.reset)
+                .filter_map(|r| match r.criterion {
+                    Criterion::BodyLineLength(Cmp::Gt(n))
+                    | Criterion::HeaderLineLength(Cmp::Gt(n)) => Some(n),
+                    _ => None,
+                })
+                .min()
+        };
         RuleIndex {
             ids: ids.into_boxed_slice(),
             start,
             body_line_floor: floor(Kind::BodyLineLength),
             header_line_floor: floor(Kind::HeaderLineLength),
+            body_line_drop: drop_floor(Kind::BodyLineLength),
+            header_line_drop: drop_floor(Kind::HeaderLineLength),
         }
     }
 
@@ -1463,6 +1491,47 @@ impl Inspector {
         }
     }
 
+    /// A content line growing past the lowest length threshold of a rule that ends the
+    /// session is cut there, not at its end: `raw` is its length so far (dot-stuffing
+    /// included, `stuffed` says whether it starts with a doubled dot). Returns how many
+    /// raw bytes of the line may go out, when the rules fired. Checked at positions
+    /// that do not depend on how reads split the line (bare bytes, line ends) and at
+    /// read ends, always cutting at the same byte, so the output does not either.
+    fn content_crossing(&mut self, raw: u64, stuffed: bool, out: &mut Output) -> Option<u64> {
+        let (kind, floor) = if self.msg.in_header() {
+            (Kind::HeaderLineLength, self.index.header_line_drop)
+        } else {
+            (Kind::BodyLineLength, self.index.body_line_drop)
+        };
+        let n = floor?;
+        let limit = n + stuffed as u64;
+        if raw <= limit {
+            return None;
+        }
+        for &id in self.index.of(kind) {
+            let rule = &self.policy.rules[id as usize];
+            let at_floor = matches!(
+                rule.criterion,
+                Criterion::BodyLineLength(Cmp::Gt(t)) | Criterion::HeaderLineLength(Cmp::Gt(t)) if t == n
+            );
+            if at_floor && !rule.negate && (rule.actions.drop_connection || rule.actions.reset) {
+                let direction = Direction::ClientToServer;
+                if self.actor.fire(id, rule, direction, n + 1, out) == Outcome::Stop {
+                    break;
+                }
+            }
+        }
+        Some(limit)
+    }
+
+    /// The first byte of the current content line: from the carried head, or this read.
+    fn line_starts_with_dot(&self, buf: &[u8], line_start: usize) -> bool {
+        match self.carry.first() {
+            Some(&b) => b == b'.',
+            None => buf.get(line_start) == Some(&b'.'),
+        }
+    }
+
     /// DATA content: strict CRLF lines, dot-stuffing, end of data, smuggling defence.
     fn client_data(
         &mut self,
@@ -1477,6 +1546,8 @@ impl Inspector {
         // A CR held back at the end of the previous read: it goes out once we know it
         // is not the start of a smuggled line end (or that such lines are tolerated).
         let mut owes_cr = self.content.holds_cr();
+        // Raw bytes of the current line that came in earlier reads.
+        let mut prior = self.content.line_len();
         loop {
             let step = self.content.next(buf, pos);
             if owes_cr && matches!(step, Scan::Bare { held: true, .. }) {
@@ -1493,6 +1564,11 @@ impl Inspector {
                 {
                     return pos;
                 }
+                let stuffed = self.carry.first() == Some(&b'.');
+                if self.content_crossing(prior + 1, stuffed, out).is_some() {
+                    return pos;
+                }
+                prior += 1;
                 fwd.emit(input, Bytes::from_static(b"\r"), &mut out.to_server);
                 // The CR is content of the line: its head must show it, as it would
                 // had the read not split there.
@@ -1506,6 +1582,13 @@ impl Inspector {
                     // Content of this line inside this read (an end of 1 means the CR
                     // came at the end of the previous read).
                     let content_end = end.saturating_sub(2).max(line_start);
+                    let raw = prior + (content_end - line_start) as u64;
+                    let stuffed = self.line_starts_with_dot(buf, line_start);
+                    if let Some(keep) = self.content_crossing(raw, stuffed, out) {
+                        let cut = line_start + keep.saturating_sub(prior) as usize;
+                        fwd.pass(input, line_start, cut, &mut out.to_server);
+                        return cut;
+                    }
                     let piece = &buf[line_start..content_end];
                     let head: &[u8] = if self.carry.is_empty() {
                         &piece[..piece.len().min(LINE_HEAD_CAP)]
@@ -1561,6 +1644,7 @@ impl Inspector {
                     fwd.pass(input, line_start, end, &mut out.to_server);
                     line_start = end;
                     pos = end;
+                    prior = 0;
                 }
                 Scan::Bare {
                     at,
@@ -1568,6 +1652,13 @@ impl Inspector {
                     cr,
                     held: false,
                 } => {
+                    let raw = prior + (at - line_start) as u64;
+                    let stuffed = self.line_starts_with_dot(buf, line_start);
+                    if let Some(keep) = self.content_crossing(raw, stuffed, out) {
+                        let cut = line_start + keep.saturating_sub(prior) as usize;
+                        fwd.pass(input, line_start, cut, &mut out.to_server);
+                        return cut;
+                    }
                     if check_flag(
                         &self.policy,
                         &self.index,
@@ -1590,6 +1681,13 @@ impl Inspector {
                 } => pos = resume,
                 Scan::Partial { holds_cr, .. } => {
                     let end = buf.len() - holds_cr as usize;
+                    let raw = prior + (end - line_start) as u64;
+                    let stuffed = self.line_starts_with_dot(buf, line_start);
+                    if let Some(keep) = self.content_crossing(raw, stuffed, out) {
+                        let cut = line_start + keep.saturating_sub(prior) as usize;
+                        fwd.pass(input, line_start, cut, &mut out.to_server);
+                        return cut;
+                    }
                     let piece = &buf[line_start..end];
                     let room = LINE_HEAD_CAP.saturating_sub(self.carry.len());
                     self.carry
@@ -2508,16 +2606,24 @@ mod tests {
         s.client(b"Subject: ok\r\n");
         let long = format!("X-Long: {}\r\n", "h".repeat(999 - 8));
         s.client(long.as_bytes()).client(b"\r\nbody\r\n.\r\n");
-        // The cut is the offending line's end: the server never sees it end.
-        assert_eq!(
-            s.server_text(),
-            format!("Subject: ok\r\n{}", long.trim_end())
-        );
+        // The line is cut where it crosses the limit: its 999th byte never goes out.
+        assert_eq!(s.server_text(), format!("Subject: ok\r\n{}", &long[..998]));
         assert_eq!(
             s.drop_reply(),
             "421 4.7.0 Message header line too long, closing connection\r\n"
         );
         assert_eq!(s.events.last().unwrap().value, 999);
+    }
+
+    #[test]
+    fn a_stuffed_dot_does_not_count_toward_the_line_length() {
+        let mut s = Session::with_rules(&["match body line length gt 10 drop-connection log"]);
+        s.in_data();
+        s.client(b"Subject: x\r\n\r\n..234567890\r\n");
+        assert_eq!(s.verdict, Verdict::Continue, "10 bytes once unstuffed");
+        s.client(b"..2345678901\r\n");
+        assert!(s.drop_reply().contains("body line too long"));
+        assert!(s.server_text().ends_with("\r\n..234567890\r\n..234567890"));
     }
 
     #[test]
@@ -2538,10 +2644,13 @@ mod tests {
         for _ in 0..10 {
             s.client(&[b'h'; 500]);
         }
-        s.client(b"\r\n\r\nbody\r\n.\r\n");
-        assert!(!s.server_text().contains("\r\n.\r\n"));
+        // Dropped as the line crossed 998 bytes, before it ended.
         assert!(s.drop_reply().contains("header line too long"));
+        assert_eq!(s.server_text().len(), 998);
+        assert_eq!(s.events.last().unwrap().value, 999);
         assert!(s.inspector.buffered_bytes() <= LINE_HEAD_CAP);
+        s.client(b"\r\n\r\nbody\r\n.\r\n");
+        assert_eq!(s.server_text().len(), 998, "nothing after a verdict");
     }
 
     #[test]

@@ -216,12 +216,28 @@ fn logging_policy() -> Policy {
     p
 }
 
+/// `default` with low line-length limits that end the session, so lines are cut
+/// as they cross them.
+fn strict_policy() -> Policy {
+    let mut p = Policy::builtin("default").unwrap();
+    for text in [
+        "match body line length gt 30 drop-connection log",
+        "match body line length gt 20 log",
+        "match header line length gt 40 reset",
+        "match cmd line length gt 60 drop-connection log",
+    ] {
+        p.rules.push(parse_rule(text).unwrap());
+    }
+    p
+}
+
 fn policies() -> Vec<Arc<Policy>> {
     vec![
         Arc::new(Policy::builtin("default").unwrap()),
         Arc::new(Policy::builtin("asa-compat").unwrap()),
         Arc::new(Policy::builtin("mailguard").unwrap()),
         Arc::new(logging_policy()),
+        Arc::new(strict_policy()),
     ]
 }
 
@@ -421,7 +437,7 @@ proptest! {
     fn chunking_never_changes_output_events_or_verdict(
         t in transcript(),
         chunks in chunk_sizes(),
-        which in 0..4usize,
+        which in 0..5usize,
     ) {
         let policy = &policies()[which];
         let whole = run(policy, &t, &[]);
@@ -430,7 +446,7 @@ proptest! {
     }
 
     #[test]
-    fn byte_by_byte_equals_whole(t in transcript(), which in 0..4usize) {
+    fn byte_by_byte_equals_whole(t in transcript(), which in 0..5usize) {
         let policy = &policies()[which];
         let (whole, bytes) = (run(policy, &t, &[]), run(policy, &t, &[1]));
         prop_assert!(whole == bytes, "{}\n{}", difference(&whole, &bytes).unwrap(), show(&t));
@@ -443,7 +459,7 @@ proptest! {
         t in transcript(),
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), any::<u8>()), 0..12),
         chunks in chunk_sizes(),
-        which in 0..4usize,
+        which in 0..5usize,
     ) {
         let mut t = t;
         for (seg, at, byte) in flips {
@@ -498,7 +514,7 @@ fn split_at_every_offset() {
 }
 
 #[test]
-fn overlong_lines_split_anywhere() {
+fn overlong_lines_split_near_the_cap() {
     for extra in [0usize, 1, 2, 3, 5] {
         let mut reply = b"250-".to_vec();
         reply.resize(REPLY_LINE_CAP + extra, b'k');
@@ -515,7 +531,13 @@ fn overlong_lines_split_anywhere() {
         for policy in policies() {
             let whole = run(&policy, &t, &[]);
             for seg in [2, 3] {
-                for cut in 1..t[seg].1.len() {
+                // Every cut near the line's start, the cap and its end.
+                let len = t[seg].1.len();
+                let cuts = (1..8)
+                    .chain(CMD_LINE_CAP - 8..CMD_LINE_CAP + 16)
+                    .chain(len - 12..len)
+                    .filter(|&cut| cut < len);
+                for cut in cuts {
                     let mut split = t.clone();
                     let tail = split[seg].1.split_off(cut);
                     split.insert(seg + 1, (split[seg].0, tail));
