@@ -356,7 +356,7 @@ async fn transaction(
                     shard.record(Step::EndOfData, sent);
                 }
             }
-            return finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, |_| {
+            return finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, || {
                 if is_positive(final_code) {
                     Ok(Outcome::Accepted)
                 } else {
@@ -391,7 +391,7 @@ async fn transaction(
             }
             let code = conn.reader.read(&mut conn.stream).await?;
             shard.record(Step::EndOfData, sent);
-            return finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, |_| {
+            return finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, || {
                 if is_positive(code) {
                     Ok(Outcome::Accepted)
                 } else {
@@ -399,7 +399,7 @@ async fn transaction(
                 }
             });
         }
-        let outcome = finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, |_| {
+        let outcome = finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, || {
             refuse("DATA", data_code)
         });
         if is_positive(mail_code) && data_code != 421 {
@@ -435,9 +435,7 @@ async fn transaction(
     }
     if rcpt_accepted == 0 {
         conn.command(b"RSET\r\n").await?;
-        return finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, |_| {
-            unreachable!("finish reports the refused recipients")
-        });
+        return refuse("RCPT", first_rcpt_refusal);
     }
     conn.out.clear();
     if bdat {
@@ -452,7 +450,7 @@ async fn transaction(
                 break;
             }
         }
-        return finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, |_| {
+        return finish(shard, mail_code, rcpt_accepted, first_rcpt_refusal, || {
             if is_positive(final_code) {
                 Ok(Outcome::Accepted)
             } else {
@@ -488,7 +486,7 @@ fn finish(
     mail_code: u16,
     rcpt_accepted: u32,
     first_rcpt_refusal: u16,
-    data_outcome: impl FnOnce(()) -> io::Result<Outcome>,
+    data_outcome: impl FnOnce() -> io::Result<Outcome>,
 ) -> io::Result<Outcome> {
     let fatal = |code| code == 421;
     if !is_positive(mail_code) {
@@ -508,7 +506,7 @@ fn finish(
     if first_rcpt_refusal != 0 {
         shard.error(format!("RCPT {first_rcpt_refusal}"));
     }
-    data_outcome(())
+    data_outcome()
 }
 
 /// Per-connection message budget and schedule.

@@ -5,6 +5,10 @@
 //! binding the same address (SO_REUSEPORT), answering everything found in one
 //! read with one write, so pipelined clients get one reply segment per batch.
 //!
+//! The sink is strict about framing (RFC 5321 §4.1.1.4): only CRLF.CRLF ends
+//! DATA, a bare LF never ends a line, so smuggling attempts that a relay
+//! lets through show up as altered digests rather than as extra messages.
+//!
 //! Content hashing (SHA-256 over the message as delivered: un-dot-stuffed
 //! DATA without its terminating ".\r\n", or the concatenated BDAT chunks) is
 //! done only with `--digest-log`, so the sink stays cheap when not asked.

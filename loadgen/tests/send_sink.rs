@@ -329,7 +329,7 @@ fn open_loop_keeps_the_schedule() {
     let ok = u(r, "messages_ok");
     assert!((195..=205).contains(&ok), "{ok}");
     let elapsed = r["elapsed_s"].as_f64().unwrap();
-    assert!((0.9..1.5).contains(&elapsed), "{elapsed}");
+    assert!((0.9..3.0).contains(&elapsed), "{elapsed}");
 }
 
 #[test]
