@@ -757,6 +757,43 @@ mod tests {
         assert_eq!(s.out, expected);
     }
 
+    /// Any chunking of the input (as TCP may deliver it) gives the same
+    /// replies and digests as feeding it whole.
+    #[test]
+    fn random_chunking_changes_nothing() {
+        let content = crate::message::build_content(5000, 2);
+        let mut input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n".to_vec();
+        input.extend_from_slice(&crate::message::dot_stuff(&content));
+        input.extend_from_slice(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
+        for chunk in content.chunks(1500) {
+            input.extend_from_slice(format!("BDAT {}\r\n", chunk.len()).as_bytes());
+            input.extend_from_slice(chunk);
+        }
+        input.extend_from_slice(b"BDAT 0 LAST\r\nNOOP\r\nQUIT\r\n");
+
+        let mut whole = session();
+        assert_eq!(feed(&mut whole, &input), input.len());
+        assert_eq!(whole.events.len(), 2);
+        assert!(whole.quit);
+
+        let mut rng = XorShift::new(11);
+        for _ in 0..300 {
+            let mut s = session();
+            let mut pending = Vec::new();
+            let mut offset = 0;
+            while offset < input.len() {
+                let take = (1 + rng.below(60) as usize).min(input.len() - offset);
+                pending.extend_from_slice(&input[offset..offset + take]);
+                offset += take;
+                let used = feed(&mut s, &pending);
+                pending.drain(..used);
+            }
+            assert!(pending.is_empty());
+            assert_eq!(s.out, whole.out);
+            assert_eq!(s.events, whole.events);
+        }
+    }
+
     #[test]
     fn bdat_without_transaction_is_read_then_refused() {
         let mut s = session();
