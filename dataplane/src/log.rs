@@ -115,6 +115,34 @@ pub fn diag(message: &str) {
     let _ = writeln!(std::io::stderr().lock(), "smtpgate: {message}");
 }
 
+/// A diagnostic that can repeat per connection (an upstream outage, a lost upstream):
+/// at most one line per second per shard thread, saying how many were held back, so an
+/// outage under load does not flood the log.
+pub fn diag_rate_limited(message: &str) {
+    use std::cell::Cell;
+    use std::time::Instant;
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+        static HELD_BACK: Cell<u64> = const { Cell::new(0) };
+    }
+    let now = Instant::now();
+    let due = LAST.with(|last| match last.get() {
+        Some(at) if now.duration_since(at).as_secs() < 1 => false,
+        _ => {
+            last.set(Some(now));
+            true
+        }
+    });
+    if !due {
+        HELD_BACK.with(|n| n.set(n.get() + 1));
+        return;
+    }
+    match HELD_BACK.with(|n| n.replace(0)) {
+        0 => diag(message),
+        n => diag(&format!("{message} (and {n} more held back since the last such line)")),
+    }
+}
+
 /// RFC 3339 UTC with milliseconds, without a date-time crate.
 pub fn timestamp(at: SystemTime) -> String {
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -64,7 +64,7 @@ pub async fn serve(shard: Rc<Shard>, listener_index: usize, client: TcpStream) {
         Ok(server) => server,
         Err(e) => {
             shared.stats.upstream_failures.inc();
-            log::diag(&format!(
+            log::diag_rate_limited(&format!(
                 "upstream {} unavailable for client {client_addr}: {e}",
                 listener.upstream
             ));
@@ -79,7 +79,7 @@ pub async fn serve(shard: Rc<Shard>, listener_index: usize, client: TcpStream) {
             .await
         {
             shared.stats.upstream_failures.inc();
-            log::diag(&format!(
+            log::diag_rate_limited(&format!(
                 "upstream {}: PROXY header: {e}",
                 listener.upstream
             ));
@@ -161,7 +161,7 @@ async fn relay_session(
         End::Failed(Side::Client, _) => drop((client, server)),
         End::Failed(Side::Upstream, e) => {
             shared.stats.upstream_lost.inc();
-            log::diag(&format!(
+            log::diag_rate_limited(&format!(
                 "upstream {} lost, closing client {client_addr}: {e}",
                 listener.upstream
             ));
