@@ -342,3 +342,23 @@ fn per_client_embryonic_max_caps_silent_sessions_per_address() {
         "no longer embryonic, slot free"
     );
 }
+
+#[test]
+fn ipv6_listener_relays_to_an_ipv4_upstream() {
+    let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("skipped: no IPv6 loopback on this machine");
+        return;
+    };
+    let listen = probe.local_addr().unwrap();
+    drop(probe);
+    let up = Upstream::start(&[]);
+    let conf = format!(
+        "[admin]\nlisten = \"\"\n\n[[listener]]\nlisten = \"{listen}\"\nupstream = \"{}\"\npolicy = \"none\"\n",
+        up.addr
+    );
+    let _gate = Gate::start(&conf);
+    let mut c = Client::connect(listen);
+    assert_eq!(c.reply(), UPSTREAM_BANNER);
+    c.send(b"QUIT\r\n");
+    assert_eq!(c.reply(), b"221 2.0.0 Bye\r\n");
+}
