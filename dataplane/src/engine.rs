@@ -28,8 +28,9 @@ use crate::stats::{ListenerStats, Stats};
 use crate::{admin, config_file, shard, LogFormat};
 
 /// io_uring registered memory per executor. glommio only uses it for file I/O, which
-/// smtpgate does not do; the default (10 MiB) exceeds a non-root RLIMIT_MEMLOCK.
-const IO_MEMORY: usize = 256 << 10;
+/// smtpgate does not do; the default (10 MiB) exceeds a non-root RLIMIT_MEMLOCK. 64 KiB
+/// is glommio's floor, so even 64 cores stay within an 8 MiB limit.
+const IO_MEMORY: usize = 64 << 10;
 /// How long shards may take to bind their listeners.
 const STARTUP_LIMIT: Duration = Duration::from_secs(20);
 
@@ -323,7 +324,13 @@ fn wait_until_bound(
                     Ok(Message::ShardsExited(errors)) => errors.join("; "),
                     _ => "unknown error".into(),
                 };
-                return Err(format!("executors failed to start: {detail}"));
+                let hint = if detail.contains("MemLockLimit") {
+                    " (glommio needs RLIMIT_MEMLOCK of at least 512 KiB: raise `ulimit -l` or \
+                     LimitMEMLOCK= in the systemd unit)"
+                } else {
+                    ""
+                };
+                return Err(format!("executors failed to start: {detail}{hint}"));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 shared.shutdown.store(true, Ordering::Release);

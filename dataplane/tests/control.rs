@@ -230,3 +230,27 @@ fn import_asa_prints_toml_that_check_accepts() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("esmtp"), "{stderr}");
 }
+
+#[test]
+fn executor_start_up_failure_is_reported_and_exits_one() {
+    let up = Upstream::start(&[]);
+    let (conf, _) = config(up.addr, "policy = \"none\"", "");
+    let dir = scratch_dir("memlock");
+    let path = dir.join("smtpgate.toml");
+    std::fs::write(&path, conf).unwrap();
+    // glommio refuses to start below 512 KiB of RLIMIT_MEMLOCK; that error only
+    // surfaces when the executor threads are joined.
+    let script = format!(
+        "ulimit -l 16 && exec {} run -c {}",
+        env!("CARGO_BIN_EXE_smtpgate"),
+        path.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("executors failed to start"), "{stderr}");
+    assert!(stderr.contains("RLIMIT_MEMLOCK"), "{stderr}");
+}
