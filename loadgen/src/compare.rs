@@ -316,7 +316,10 @@ fn start_haproxy(
         name: "haproxy",
         child,
     };
-    wait_for_listener(listen, &mut guard, Duration::from_secs(10))?;
+    let listening = wait_for_listener(listen, &mut guard, Duration::from_secs(10));
+    // HAProxy has read its configuration once it listens (or has failed).
+    let _ = std::fs::remove_dir_all(&dir);
+    listening?;
     Ok((guard, listen))
 }
 
