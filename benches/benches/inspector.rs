@@ -3,6 +3,8 @@
 //! - `inspector_body`: a warm `default` session in DATA, fed a 100 KiB MIME message
 //!   (base64 attachment, 76-character lines) in 16 KiB reads, as a relay would; bytes/s
 //!   per core. Each iteration also runs the few commands that start the next message.
+//!   `memchr_line_ends_baseline` only finds the line ends of the same reads: the ratio
+//!   of the two is what inspection costs over bare line framing, whatever the load.
 //! - `inspector_commands`: whole command-heavy sessions (greeting, EHLO, pipelined
 //!   MAIL / RCPT × 5 / RSET / NOOP groups, QUIT) through a new `default` inspector, as
 //!   bytes/s and as command lines/s.
@@ -95,6 +97,21 @@ fn body(c: &mut Criterion) {
             }
             forwarded += feed(&mut inspector, false, accepted.clone(), now, &mut out);
             black_box(forwarded)
+        })
+    });
+    // The floor under any line scanner on this machine, in the same conditions: find
+    // every line end of the same reads, one memchr call per line, nothing else.
+    group.bench_function("memchr_line_ends_baseline", |b| {
+        b.iter(|| {
+            let mut lines = 0usize;
+            for read in &reads {
+                let mut at = 0;
+                while let Some(i) = memchr::memchr(b'\n', &read[at..]) {
+                    at += i + 1;
+                    lines += 1;
+                }
+            }
+            black_box(lines)
         })
     });
     group.finish();

@@ -1532,6 +1532,31 @@ impl Inspector {
         }
     }
 
+    /// The hot loop of a message body: whole CRLF lines from `pos` that no rule can
+    /// match (no length rule reaches them, not a boundary, not starting with a dot, no
+    /// bare CR or LF) only count towards the body length. Returns where the first line
+    /// needing the full path starts. Equivalent to that path for these lines; it just
+    /// skips the per-line calls.
+    #[inline]
+    fn plain_body_lines(&mut self, buf: &[u8], mut pos: usize) -> usize {
+        let Some(floor) = self.index.body_line_floor else {
+            return pos;
+        };
+        while let Some(i) = memchr::memchr2(b'\r', b'\n', &buf[pos..]) {
+            let line = &buf[pos..];
+            let plain = line[i] == b'\r'
+                && line.get(i + 1) == Some(&b'\n')
+                && i as u64 <= floor
+                && line[0] != b'.'
+                && self.msg.plain_body_line(&line[..i], i as u64 + 2);
+            if !plain {
+                break;
+            }
+            pos += i + 2;
+        }
+        pos
+    }
+
     /// DATA content: strict CRLF lines, dot-stuffing, end of data, smuggling defence.
     fn client_data(
         &mut self,
@@ -1549,6 +1574,15 @@ impl Inspector {
         // Raw bytes of the current line that came in earlier reads.
         let mut prior = self.content.line_len();
         loop {
+            // Only at the start of a line with nothing of it seen yet.
+            if pos == line_start && prior == 0 && !owes_cr && self.carry.is_empty() {
+                pos = self.plain_body_lines(buf, pos);
+                fwd.pass(input, line_start, pos, &mut out.to_server);
+                line_start = pos;
+                if pos == buf.len() {
+                    return pos;
+                }
+            }
             let step = self.content.next(buf, pos);
             if owes_cr && matches!(step, Scan::Bare { held: true, .. }) {
                 owes_cr = false;

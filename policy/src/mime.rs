@@ -282,6 +282,18 @@ impl MessageScanner {
         }
     }
 
+    /// Fast path for the common body line: in the body (not a MIME part header) and not
+    /// possibly a boundary, a line only adds to the body length. Returns `false` (and
+    /// does nothing) when the line needs [`MessageScanner::on_line`].
+    #[inline]
+    pub fn plain_body_line(&mut self, head: &[u8], wire_len: u64) -> bool {
+        if self.section != Section::Body || (self.depth > 0 && head.starts_with(b"--")) {
+            return false;
+        }
+        self.body_len += wire_len;
+        true
+    }
+
     /// The message ended (end of DATA, or BDAT LAST). A message without a body still
     /// reports its header section.
     pub fn on_end(&mut self, observer: &mut impl Observer) -> bool {
