@@ -39,6 +39,7 @@ pub struct RunOptions {
     pub cores: Option<usize>,
     pub log_format: LogFormat,
     pub placement: Placement,
+    pub spin_before_park: Duration,
 }
 
 /// How executors are placed on CPUs.
@@ -242,7 +243,11 @@ fn start(options: RunOptions) -> Result<ExitCode, String> {
         Placement::Unbound => PoolPlacement::Unbound(cores),
     };
     let ticks = Ticks::start(cores).map_err(|e| format!("tick thread: {e}"))?;
-    let pool = LocalExecutorPoolBuilder::new(placement)
+    let mut builder = LocalExecutorPoolBuilder::new(placement);
+    if !options.spin_before_park.is_zero() {
+        builder = builder.spin_before_park(options.spin_before_park);
+    }
+    let pool = builder
         .name("smtpgate")
         .io_memory(IO_MEMORY)
         .on_all_shards(move || {

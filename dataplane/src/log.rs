@@ -139,7 +139,9 @@ pub fn diag_rate_limited(message: &str) {
     }
     match HELD_BACK.with(|n| n.replace(0)) {
         0 => diag(message),
-        n => diag(&format!("{message} (and {n} more held back since the last such line)")),
+        n => diag(&format!(
+            "{message} (and {n} more held back since the last such line)"
+        )),
     }
 }
 

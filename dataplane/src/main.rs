@@ -58,6 +58,14 @@ enum Command {
         /// Executor placement on CPUs.
         #[arg(long, value_enum, default_value_t = engine::Placement::Unbound)]
         placement: engine::Placement,
+        /// Microseconds an idle executor keeps polling before it sleeps (0 = sleep at
+        /// once). Trades CPU for latency on a box smtpgate has to itself.
+        #[arg(
+            long = "spin-before-park",
+            value_name = "MICROSECONDS",
+            default_value_t = 0
+        )]
+        spin_before_park: u64,
     },
     /// Validate a config file: exit 0, or 1 with every error and where it is.
     Check {
@@ -85,11 +93,13 @@ fn main() -> ExitCode {
             cores,
             log_format,
             placement,
+            spin_before_park,
         } => engine::run(engine::RunOptions {
             config_path: config,
             cores,
             log_format,
             placement,
+            spin_before_park: std::time::Duration::from_micros(spin_before_park),
         }),
         Command::Check { config } => check(&config),
         Command::ImportAsa { file } => import_asa(&file),
