@@ -544,6 +544,15 @@ async fn connection_loop(shard: Rc<Shard>, connection_index: usize, plan: Plan) 
     // A message picked ahead, whose envelope may already be on the wire.
     let mut next_index: Option<usize> = None;
     'session: while plan.more(attempted) {
+        // Open loop with one message per connection: the schedule covers the
+        // connect too, so a slow accept shows in the `message` latency.
+        let mut scheduled = None;
+        if options.per_connection {
+            if let Some(slot) = plan.slot(attempted) {
+                sleep_until(slot).await;
+                scheduled = Some(slot);
+            }
+        }
         let mut conn = match Connection::open(&shard).await {
             Ok(conn) => conn,
             Err(e) => {
@@ -562,16 +571,16 @@ async fn connection_loop(shard: Rc<Shard>, connection_index: usize, plan: Plan) 
             && plan.interval.is_none()
             && !options.per_connection;
         while conn.envelope_sent.is_some() || plan.more(attempted) {
-            let intended_start = match (conn.envelope_sent, plan.slot(attempted)) {
+            let intended_start = match (conn.envelope_sent, scheduled.take()) {
                 (Some(sent), _) => sent,
-                (None, Some(slot)) => {
-                    let now = Instant::now();
-                    if slot > now {
-                        glommio::timer::sleep(slot - now).await;
+                (None, Some(slot)) => slot,
+                (None, None) => match plan.slot(attempted) {
+                    Some(slot) => {
+                        sleep_until(slot).await;
+                        slot
                     }
-                    slot
-                }
-                (None, None) => Instant::now(),
+                    None => Instant::now(),
+                },
             };
             attempted += 1;
             let index = next_index
@@ -616,6 +625,13 @@ async fn connection_loop(shard: Rc<Shard>, connection_index: usize, plan: Plan) 
             }
         }
         conn.quit().await;
+    }
+}
+
+async fn sleep_until(when: Instant) {
+    let now = Instant::now();
+    if when > now {
+        glommio::timer::sleep(when - now).await;
     }
 }
 
