@@ -1,8 +1,8 @@
 //! What runs on each core: one accept loop per listener (all shards bind the same
 //! addresses with SO_REUSEPORT, so the kernel spreads clients across cores) and one
-//! housekeeping tick that sweeps session deadlines, picks up a reloaded config and
-//! notices shutdown. Shard state is `Rc`/`Cell`: nothing here is shared across cores
-//! except through [`Shared`].
+//! housekeeping tick that sweeps session deadlines and notices shutdown. A reloaded
+//! config is picked up on the next accept. Shard state is `Rc`/`Cell`: nothing here is
+//! shared across cores except through [`Shared`].
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
