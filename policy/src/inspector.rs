@@ -2338,6 +2338,34 @@ mod tests {
     }
 
     #[test]
+    fn pipelined_replies_pair_with_their_commands() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n");
+        s.client(b"RSET\r\nEHLO c\r\nNOOP\r\nVRFY x\r\n");
+        s.to_client.clear();
+        // Only the EHLO reply's keyword lines are subject to masking.
+        s.server(b"250 X-EXPS ok\r\n250-mx\r\n250-X-EXPS GSSAPI\r\n250 SIZE 10\r\n250 X-EXPS\r\n252 X-EXPS\r\n");
+        assert_eq!(
+            s.client_text(),
+            "250 X-EXPS ok\r\n250-mx\r\n250-XXXXXX GSSAPI\r\n250 SIZE 10\r\n250 X-EXPS\r\n252 X-EXPS\r\n"
+        );
+        assert!(s.inspector.pending.is_empty());
+    }
+
+    #[test]
+    fn private_verbs_pass_when_allowed() {
+        let mut p = Policy::builtin("default").unwrap();
+        p.allowed_commands.insert_name("X-LINK2STATE");
+        let mut s = Session::new(p);
+        s.server(b"220 x\r\n")
+            .client(b"X-LINK2STATE LAST CHUNK=1\r\nXEXCH50 10 2\r\n");
+        assert_eq!(
+            s.server_text(),
+            "X-LINK2STATE LAST CHUNK=1\r\nXXXXXXXXXXXX\r\n"
+        );
+    }
+
+    #[test]
     fn mailguard_passes_only_rfc821_minimum() {
         let mut s = Session::builtin("mailguard");
         s.server(b"220 mx ESMTP\r\n");
