@@ -89,6 +89,7 @@ struct Shared {
     shards_done: AtomicUsize,
     next_shard: AtomicUsize,
     bdat_warned: std::sync::atomic::AtomicBool,
+    pipelining_warned: std::sync::atomic::AtomicBool,
 }
 
 struct Shard {
@@ -302,6 +303,12 @@ async fn transaction(
     let options = &shard.shared.options;
     let pipelined = options.pipelining && conn.extensions.pipelining;
     let bdat = options.bdat && conn.extensions.chunking;
+    if options.pipelining
+        && !pipelined
+        && !shard.shared.pipelining_warned.swap(true, Ordering::Relaxed)
+    {
+        eprintln!("send: server does not advertise PIPELINING; sending one command at a time");
+    }
     if options.bdat && !bdat && !shard.shared.bdat_warned.swap(true, Ordering::Relaxed) {
         eprintln!("send: server does not advertise CHUNKING; sending with DATA instead");
     }
@@ -753,6 +760,7 @@ pub fn run(options: SendOptions) -> io::Result<Report> {
         shards_done: AtomicUsize::new(0),
         next_shard: AtomicUsize::new(0),
         bdat_warned: Default::default(),
+        pipelining_warned: Default::default(),
     });
     let handles = {
         let shared = shared.clone();
