@@ -58,7 +58,7 @@ impl Sink {
 
     /// SIGTERM, then the summary line's counters and the digest log.
     fn stop(mut self) -> (BTreeMap<String, u64>, Vec<String>) {
-        unsafe_kill(self.child.id(), 15);
+        send_signal(self.child.id(), 15);
         let out = wait_bounded(&mut self.child, Duration::from_secs(10));
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let summary = stdout
@@ -84,7 +84,7 @@ impl Drop for Sink {
     }
 }
 
-fn unsafe_kill(pid: u32, signal: i32) {
+fn send_signal(pid: u32, signal: i32) {
     let status = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
@@ -412,6 +412,98 @@ fn a_silent_server_turns_into_counted_timeouts() {
             sent.report["errors"]
         );
     }
+}
+
+/// Postfix's tools live in /usr/sbin on Debian; CI installs them (.ci/run).
+fn postfix_tool(name: &str) -> Option<PathBuf> {
+    let found = ["/usr/sbin", "/usr/lib/postfix/sbin", "/usr/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        eprintln!("skipping: {name} not installed (apt-get install postfix)");
+    }
+    found
+}
+
+/// Postfix's smtp-source (HELO, no pipelining) as a foreign client of the sink.
+#[test]
+fn postfix_smtp_source_delivers_to_the_sink() {
+    let Some(smtp_source) = postfix_tool("smtp-source") else {
+        return;
+    };
+    let dir = scratch("smtp-source");
+    let sink = Sink::start(&dir, &[]);
+    let out = Command::new(smtp_source)
+        .args(["-s", "4", "-l", "2000", "-m", "100", "-r", "2", "-d"])
+        .arg(sink.addr.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (counters, received) = sink.stop();
+    assert_eq!(counters["messages"], 100);
+    assert_eq!(counters["connections"], 4);
+    assert_eq!(received.len(), 100);
+}
+
+/// Postfix's smtp-sink as a foreign server for send, on every path.
+#[test]
+fn send_delivers_to_postfix_smtp_sink() {
+    let Some(smtp_sink) = postfix_tool("smtp-sink") else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut server = Command::new(smtp_sink);
+    // smtp-sink refuses to run as root without a user to switch to.
+    if is_root() {
+        server.args(["-u", "nobody"]);
+    }
+    let mut server = server
+        .arg(addr.to_string())
+        .arg("100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "smtp-sink did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dir = scratch("smtp-sink");
+    for flags in [&[][..], &["--pipelining"], &["--bdat", "--pipelining"]] {
+        let mut args = vec![
+            "--connections",
+            "4",
+            "--messages",
+            "200",
+            "--recipients",
+            "2",
+        ];
+        args.extend_from_slice(flags);
+        let sent = send(&dir, addr, &args);
+        assert_eq!(sent.status, 0, "{flags:?}: {}", sent.stdout);
+        assert_eq!(u(&sent.report, "messages_ok"), 200);
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 /// smtplib is a real, independent SMTP client: the sink must speak to it,
