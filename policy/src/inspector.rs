@@ -28,6 +28,8 @@
 //!   otherwise — so content pipelined ahead of a refused DATA is judged as the
 //!   commands the server will take it for. Past the cap the session is dropped
 //!   (`421 4.7.0 Improper command pipelining`).
+//! - Exchange's XEXCH50, when `allow_verbs` passes it, waits for its `354` the same
+//!   way; its blob of the announced size is then relayed untouched.
 //! - DATA content (RFC 5321 §4.1.1.4): strict CRLF framing ([`scanner::ContentScanner`]),
 //!   dot-stuffing undone for the checks, end of data only at CRLF.CRLF; a bare CR or
 //!   LF is SMTP smuggling, judged by the `bare_newline` rule before the bare byte goes
@@ -981,6 +983,11 @@ enum Pending {
     Data,
     Starttls,
     Auth,
+    /// Exchange's `XEXCH50 <size> <auth>` (when `allow_verbs` passes it): after `354`
+    /// the client sends `size` octets of binary routing data.
+    Xexch50 {
+        size: u64,
+    },
     /// Every other command, and the reply to a message's end of data.
     Other,
 }
@@ -996,6 +1003,10 @@ enum ClientMode {
     Bdat {
         left: u64,
         last: bool,
+    },
+    /// The XEXCH50 blob: `left` octets relayed untouched, then commands again.
+    Blob {
+        left: u64,
     },
     /// After STARTTLS was accepted: relayed untouched.
     Opaque,
@@ -1164,6 +1175,17 @@ impl Inspector {
                 ClientMode::AuthLine => self.client_auth_line(&input, pos, &mut fwd, out),
                 ClientMode::Data => self.client_data(&input, pos, &mut fwd, out),
                 ClientMode::Bdat { .. } => self.client_bdat(&input, pos, &mut fwd, out),
+                ClientMode::Blob { left } => {
+                    let end = pos + left.min((input.len() - pos) as u64) as usize;
+                    fwd.pass(&input, pos, end, &mut out.to_server);
+                    let left = left - (end - pos) as u64;
+                    self.mode = if left == 0 {
+                        ClientMode::Command
+                    } else {
+                        ClientMode::Blob { left }
+                    };
+                    end
+                }
                 ClientMode::Opaque => {
                     fwd.pass(&input, pos, input.len(), &mut out.to_server);
                     input.len()
@@ -1367,6 +1389,18 @@ impl Inspector {
                     self.mode = ClientMode::Bdat { left: size, last };
                 }
                 Pending::Other
+            }
+            // Passed only when the policy allows it (`allow_verbs`): its blob follows
+            // the server's 354, like DATA content, so the client waits for the reply.
+            Verb::Other if complete && word.eq_ignore_ascii_case(b"XEXCH50") => {
+                match xexch50_size(args) {
+                    Some(size) => {
+                        self.barrier = true;
+                        self.holding = true;
+                        Pending::Xexch50 { size }
+                    }
+                    None => Pending::Other,
+                }
             }
             _ => Pending::Other,
         };
@@ -1977,6 +2011,14 @@ impl Inspector {
                     self.release_after_reply(out);
                 }
             }
+            Pending::Xexch50 { size } => {
+                self.pending.pop_front();
+                self.barrier = false;
+                if code == 354 {
+                    self.mode = ClientMode::Blob { left: size };
+                }
+                self.release_after_reply(out);
+            }
             Pending::Other => {
                 self.pending.pop_front();
                 self.release_after_reply(out);
@@ -2081,6 +2123,15 @@ fn bdat_arguments(args: &[u8]) -> Option<(u64, bool)> {
         Some(_) => return None,
     };
     words.next().is_none().then_some((size, last))
+}
+
+/// `XEXCH50 <size> <auth level>`: the blob's size.
+fn xexch50_size(args: &[u8]) -> Option<u64> {
+    let size = args.split(|&b| b == b' ').find(|w| !w.is_empty())?;
+    if size.is_empty() || size.len() > 19 || !size.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(size.iter().fold(0u64, |n, &d| n * 10 + (d - b'0') as u64))
 }
 
 /// The firewall's special characters in an address: pipe, backquote, NUL.
@@ -2363,6 +2414,37 @@ mod tests {
             s.server_text(),
             "X-LINK2STATE LAST CHUNK=1\r\nXXXXXXXXXXXX\r\n"
         );
+    }
+
+    #[test]
+    fn xexch50_blob_after_354_is_relayed_untouched() {
+        let mut p = Policy::builtin("default").unwrap();
+        p.allowed_commands.insert_name("XEXCH50");
+        let mut s = Session::new(p);
+        s.in_transaction();
+        s.client(b"XEXCH50 12 2\r\nBINARY\r\n");
+        assert_eq!(
+            s.server_text(),
+            "XEXCH50 12 2\r\n",
+            "the blob waits for the 354"
+        );
+        s.server(b"354 Send binary data\r\n");
+        // 12 octets of blob ("BINARY\r\n\0\nXY"), then a command again.
+        s.client(b"\0\nXYNOOP\r\nXYZZY\r\n");
+        assert_eq!(
+            s.to_server,
+            b"XEXCH50 12 2\r\nBINARY\r\n\0\nXYNOOP\r\nXXXXX\r\n"
+        );
+        assert_eq!(s.inspector.mode, ClientMode::Command);
+
+        // Refused: what followed is commands.
+        let mut p = Policy::builtin("default").unwrap();
+        p.allowed_commands.insert_name("XEXCH50");
+        let mut s = Session::new(p);
+        s.in_transaction();
+        s.client(b"XEXCH50 12 2\r\nBINARY\r\n")
+            .server(b"500 no\r\n");
+        assert_eq!(s.server_text(), "XEXCH50 12 2\r\nXXXXXX\r\n");
     }
 
     #[test]

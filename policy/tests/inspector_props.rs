@@ -213,6 +213,7 @@ fn logging_policy() -> Policy {
         });
     }
     p.mail_relay = Some("example.com".into());
+    p.allowed_commands.insert_name("XEXCH50");
     p
 }
 
@@ -279,6 +280,7 @@ const CLIENT_ATOMS: &[&[u8]] = &[
     b"\r.\r",
     b"line with bare\nLF and bare\rCR\r\n",
     b"\x16\x03\x01\x00\x05hello",
+    b"XEXCH50 6 2\r\n",
 ];
 
 const SERVER_ATOMS: &[&[u8]] = &[
