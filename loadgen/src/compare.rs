@@ -344,6 +344,10 @@ struct RunResult {
     /// CPU seconds the relay process used during the run (none for direct).
     relay_cpu_s: Option<f64>,
     relay_cpu_ms_per_1000_msgs: Option<f64>,
+    /// The load generator's and the sink's own CPU, to show neither was the
+    /// bottleneck.
+    loadgen_cpu_s: f64,
+    sink_cpu_s: f64,
     errors: std::collections::BTreeMap<String, u64>,
 }
 
@@ -357,6 +361,8 @@ struct PathSummary {
     p99_end_of_data_us: u64,
     /// Total relay CPU over total messages, all rounds.
     relay_cpu_ms_per_1000_msgs: Option<f64>,
+    loadgen_cpu_ms_per_1000_msgs: f64,
+    sink_cpu_ms_per_1000_msgs: f64,
     messages_ok: u64,
     messages_failed: u64,
 }
@@ -419,6 +425,7 @@ struct CompareReport {
 fn run_once(
     args: &CompareArgs,
     path: &Path_,
+    sink_pid: u32,
     round: usize,
     duration: Duration,
 ) -> io::Result<RunResult> {
@@ -439,7 +446,9 @@ fn run_once(
         timeout: Duration::from_secs(30),
     };
     let cpu_before = path.relay_pid.map(process_cpu).transpose()?;
+    let sink_before = process_cpu(sink_pid)?;
     let report = send::run(options)?;
+    let sink_cpu_s = (process_cpu(sink_pid)? - sink_before).as_secs_f64();
     let relay_cpu_s = match (path.relay_pid, cpu_before) {
         (Some(pid), Some(before)) => Some((process_cpu(pid)? - before).as_secs_f64()),
         _ => None,
@@ -462,6 +471,8 @@ fn run_once(
         p99_end_of_data_us: report.latency_us.get("end_of_data").map_or(0, |p| p.p99),
         relay_cpu_ms_per_1000_msgs: relay_cpu_s.map(per_1000),
         relay_cpu_s,
+        loadgen_cpu_s: report.loadgen_cpu_s,
+        sink_cpu_s,
         errors: report.errors,
     })
 }
@@ -520,7 +531,7 @@ pub fn run(args: CompareArgs) -> io::Result<()> {
     // Warm-up (not counted): connections, caches, the sink's first accepts.
     let warmup = (args.duration / 4).clamp(Duration::from_millis(300), Duration::from_secs(2));
     for path in &paths {
-        run_once(&args, path, 0, warmup)?;
+        run_once(&args, path, sink.pid(), 0, warmup)?;
     }
 
     let mut runs = Vec::new();
@@ -532,7 +543,7 @@ pub fn run(args: CompareArgs) -> io::Result<()> {
         for &i in &order {
             gate.process.check_alive()?;
             sink.check_alive()?;
-            let result = run_once(&args, &paths[i], round, args.duration)?;
+            let result = run_once(&args, &paths[i], sink.pid(), round, args.duration)?;
             eprintln!(
                 "compare: round {round}/{} {:<26} {:>8.0} msgs/s{}",
                 args.rounds,
@@ -583,6 +594,9 @@ fn summarize(
             }
             let ok: u64 = mine.iter().map(|r| r.messages_ok).sum();
             let cpu: Option<f64> = mine.iter().map(|r| r.relay_cpu_s).sum();
+            let per_1000 = |cpu: f64| if ok > 0 { cpu * 1e6 / ok as f64 } else { 0.0 };
+            let loadgen_cpu: f64 = mine.iter().map(|r| r.loadgen_cpu_s).sum();
+            let sink_cpu: f64 = mine.iter().map(|r| r.sink_cpu_s).sum();
             PathSummary {
                 path: p.name.to_string(),
                 rounds: mine.len(),
@@ -590,6 +604,8 @@ fn summarize(
                 mb_per_s: median(&mbs),
                 p99_end_of_data_us: median(&p99s) as u64,
                 relay_cpu_ms_per_1000_msgs: cpu.filter(|_| ok > 0).map(|c| c * 1e6 / ok as f64),
+                loadgen_cpu_ms_per_1000_msgs: per_1000(loadgen_cpu),
+                sink_cpu_ms_per_1000_msgs: per_1000(sink_cpu),
                 messages_ok: ok,
                 messages_failed: mine.iter().map(|r| r.messages_failed).sum(),
             }
@@ -671,6 +687,21 @@ fn table(report: &CompareReport) -> String {
             format!("{:.3} (rounds {:.3}..{:.3})", s.median, s.min, s.max)
         })
     };
+    let _ = writeln!(
+        out,
+        "\nload generator / sink CPU, ms per 1k msgs: {}",
+        report
+            .paths
+            .iter()
+            .map(|p| format!(
+                "{} {:.1} / {:.1}",
+                p.path.split(' ').next().unwrap_or(""),
+                p.loadgen_cpu_ms_per_1000_msgs,
+                p.sink_cpu_ms_per_1000_msgs
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let cost = &report.cost_of_inspection;
     let _ = writeln!(out, "\ncost of inspection (inspect / exempt):");
     let _ = writeln!(
