@@ -1288,8 +1288,18 @@ impl Inspector {
         let verb = Verb::parse(word);
 
         let mut outcome = Outcome::Pass;
-        if !policy.allowed_commands.contains(verb, word) {
-            outcome = check_flag(policy, index, Kind::UnknownVerb, &mut self.actor, out, d, 0);
+        // An empty line has nothing to mask; the server answers it 500 on its own.
+        // (A line starting with a space is X-ed: a lenient server might trim it.)
+        if !content.is_empty() && !policy.allowed_commands.contains(verb, word) {
+            outcome = check_flag(
+                policy,
+                index,
+                Kind::UnknownVerb,
+                &mut self.actor,
+                out,
+                d,
+                len,
+            );
             // SPEC: a command outside the allowed set is always X-ed, rule or not.
             if outcome != Outcome::Stop {
                 outcome = Outcome::Mask;
@@ -2445,6 +2455,14 @@ mod tests {
         s.client(b"XEXCH50 12 2\r\nBINARY\r\n")
             .server(b"500 no\r\n");
         assert_eq!(s.server_text(), "XEXCH50 12 2\r\nXXXXXX\r\n");
+    }
+
+    #[test]
+    fn empty_lines_pass_and_leading_spaces_do_not_hide_a_verb() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n").client(b"\r\n VRFY root\r\n");
+        assert_eq!(s.server_text(), "\r\nXXXXXXXXXX\r\n");
+        assert_eq!(s.events.len(), 2, "banner mask and one X-ed line");
     }
 
     #[test]
