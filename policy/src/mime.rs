@@ -340,9 +340,7 @@ impl MessageScanner {
             self.append_field(line, top);
             return true;
         }
-        if !self.finish_field(observer) {
-            return false;
-        }
+        self.finish_field();
         let Some(colon) = memchr::memchr(b':', line) else {
             self.field = Field::Other;
             return true;
@@ -378,7 +376,7 @@ impl MessageScanner {
     }
 
     /// A header field ended: parse what the MIME rules need from it.
-    fn finish_field(&mut self, _observer: &mut impl Observer) -> bool {
+    fn finish_field(&mut self) {
         let value = &self.field_buf[..self.field_len];
         match self.field {
             Field::Other => {}
@@ -419,13 +417,10 @@ impl MessageScanner {
         }
         self.field = Field::Other;
         self.field_len = 0;
-        true
     }
 
     fn end_header_section(&mut self, top: bool, observer: &mut impl Observer) -> bool {
-        if !self.finish_field(observer) {
-            return false;
-        }
+        self.finish_field();
         if top
             && !observer.observe(Observation::HeaderEnd {
                 len: self.header_len,
