@@ -263,7 +263,8 @@ impl MessageScanner {
                 if !observer.observe(Observation::HeaderLine { len }) {
                     return false;
                 }
-                self.on_header_line(head, true, observer)
+                self.on_header_line(head, true);
+                true
             }
             Section::PartHeader => {
                 self.body_len += wire_len;
@@ -277,7 +278,8 @@ impl MessageScanner {
                 if head.starts_with(b"--") && self.on_dash_line(head) {
                     return true;
                 }
-                self.on_header_line(head, false, observer)
+                self.on_header_line(head, false);
+                true
             }
         }
     }
@@ -334,16 +336,16 @@ impl MessageScanner {
         false
     }
 
-    fn on_header_line(&mut self, line: &[u8], top: bool, observer: &mut impl Observer) -> bool {
+    fn on_header_line(&mut self, line: &[u8], top: bool) {
         let continuation = matches!(line.first(), Some(b' ' | b'\t'));
         if continuation {
             self.append_field(line, top);
-            return true;
+            return;
         }
         self.finish_field();
         let Some(colon) = memchr::memchr(b':', line) else {
             self.field = Field::Other;
-            return true;
+            return;
         };
         let name = trim(&line[..colon]);
         self.field = if top && name.eq_ignore_ascii_case(b"to") {
@@ -359,7 +361,6 @@ impl MessageScanner {
         };
         self.field_len = 0;
         self.append_field(&line[colon + 1..], top);
-        true
     }
 
     fn append_field(&mut self, bytes: &[u8], top: bool) {
