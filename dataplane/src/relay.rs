@@ -372,6 +372,9 @@ impl Relay<'_> {
                 Step::FromServer(Err(e)) => break End::Failed(Side::Upstream, e),
                 Step::WriteFailed(side, e) => break End::Failed(side, e),
                 Step::Expired if pump.closing => break End::Dropped,
+                // The server closed and its FIN was passed on; the client kept its side
+                // open past the grace period. The session is over, not timed out.
+                Step::Expired if pump.server_eof => break End::Finished,
                 Step::Expired => {
                     break End::TimedOut {
                         embryonic: self.ticket.is_embryonic(),

@@ -254,3 +254,84 @@ fn executor_start_up_failure_is_reported_and_exits_one() {
     assert!(stderr.contains("executors failed to start"), "{stderr}");
     assert!(stderr.contains("RLIMIT_MEMLOCK"), "{stderr}");
 }
+
+fn status(admin: SocketAddr) -> serde_json::Value {
+    let response = http_get(admin, "/status");
+    serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+#[test]
+fn status_counts_limit_rejections_upstream_failures_and_exempt_sessions() {
+    let up = Upstream::start(&[]);
+    let dead = local(free_port());
+    let (conf, listen) = config(
+        up.addr,
+        "policy = \"default\"\nexempt = [\"127.0.0.7/32\"]",
+        "[limits]\nmax_connections = 1\nmax_embryonic = 1",
+    );
+    // A second listener whose upstream is down.
+    let down_listen = local(free_port());
+    let conf = format!(
+        "{conf}\n[[listener]]\nlisten = \"{down_listen}\"\nupstream = \"{dead}\"\npolicy = \"none\"\n"
+    );
+    let _gate = Gate::start(&conf);
+    let admin = admin_addr(&conf);
+
+    let mut exempt = Client::connect_from("127.0.0.7", listen);
+    assert_eq!(exempt.reply(), UPSTREAM_BANNER);
+    let mut refused = Client::connect(listen);
+    assert!(refused.reply().starts_with(b"421 4.7.0"));
+    exempt.send(b"QUIT\r\n");
+    exempt.reply();
+    assert_eq!(exempt.read_to_end(), b"");
+    drop(exempt);
+    let deadline = Instant::now() + LIMIT;
+    while status(admin)["connections"]["active"] != 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut no_upstream = Client::connect(down_listen);
+    assert!(no_upstream.reply().starts_with(b"421 4.4.1"));
+    assert_eq!(no_upstream.read_to_end(), b"");
+
+    let s = status(admin);
+    let c = &s["connections"];
+    assert_eq!(c["accepted"], 3, "{s}");
+    assert_eq!(c["rejected"]["max_connections"], 1, "{s}");
+    assert_eq!(c["exempt"], 1, "{s}");
+    assert_eq!(c["upstream_failures"], 1, "{s}");
+    assert_eq!(s["listeners"][0]["exempt"], 1, "{s}");
+    assert_eq!(s["listeners"][1]["policy"], "none", "{s}");
+    let metrics = http_get(admin, "/metrics");
+    assert!(
+        metrics.contains("smtpgate_connections_rejected_total{limit=\"max_connections\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("smtpgate_upstream_failures_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_client_that_never_closes_after_the_server_did_is_finished_not_timed_out() {
+    let up = Upstream::start(&[]);
+    let (conf, listen) = config(up.addr, "policy = \"none\"", "");
+    let _gate = Gate::start(&conf);
+    let admin = admin_addr(&conf);
+
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"QUIT\r\n");
+    assert_eq!(c.reply(), b"221 2.0.0 Bye\r\n");
+    assert_eq!(c.read_to_end(), b"", "the server's close is passed on");
+    // Keep our side open: smtpgate ends the session after its close grace.
+    let deadline = Instant::now() + LIMIT;
+    while status(admin)["connections"]["active"] != 0 {
+        assert!(Instant::now() < deadline, "session never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = status(admin);
+    assert_eq!(s["connections"]["timeouts"]["idle"], 0, "{s}");
+    drop(c);
+}
