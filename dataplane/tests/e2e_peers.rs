@@ -339,3 +339,27 @@ fn shipped_example_configs_pass_check() {
         "expected the shipped examples, found {checked}"
     );
 }
+
+#[test]
+fn readme_config_sample_passes_check() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let start = readme.find("```toml\n").expect("README has a toml sample") + "```toml\n".len();
+    let sample = &readme[start..start + readme[start..].find("```").unwrap()];
+    let path = scratch_dir("readme").join("readme.toml");
+    std::fs::write(&path, sample).unwrap();
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_smtpgate"))
+            .arg("check")
+            .arg("-c")
+            .arg(&path),
+        LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "README sample fails check:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
