@@ -40,6 +40,11 @@ fn check_accepts_a_good_config_and_lists_every_error_of_a_bad_one() {
     assert!(stderr.lines().count() >= 2, "one line per error: {stderr}");
     assert!(stderr.contains("bad.toml"), "names the file: {stderr}");
 
+    // `run` refuses the same file with the same errors.
+    let (code, _, run_stderr) = smtpgate(&["run", "-c", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(run_stderr.contains("banana"), "{run_stderr}");
+
     let (code, _, stderr) = smtpgate(&["check", "-c", "/nonexistent/smtpgate.toml"]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("cannot read"), "{stderr}");
