@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -63,6 +64,8 @@ pub enum End {
     /// The embryonic or idle deadline passed.
     TimedOut { embryonic: bool },
 }
+
+const REPLY_INTERNAL_ERROR: &[u8] = b"421 4.3.0 Internal error, closing connection\r\n";
 
 /// Receives what the inspector reports, so the relay needs no knowledge of logs or stats.
 pub trait EventSink {
@@ -388,10 +391,25 @@ impl Relay<'_> {
             match self.inspector.as_mut() {
                 Some(inspector) => {
                     out.clear();
-                    if from_client {
-                        inspector.on_client_bytes(input, now, &mut out);
-                    } else {
-                        inspector.on_server_bytes(input, now, &mut out);
+                    // A bug in the inspector must cost one session, not the shard and
+                    // every session on it: the panic is caught, nothing the broken call
+                    // produced is forwarded, and the client is told to retry elsewhere.
+                    let fed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        if from_client {
+                            inspector.on_client_bytes(input, now, &mut out);
+                        } else {
+                            inspector.on_server_bytes(input, now, &mut out);
+                        }
+                    }));
+                    if fed.is_err() {
+                        crate::log::diag("inspector failed; session closed with 421 4.3.0");
+                        out.clear();
+                        self.inspector = None;
+                        pump.to_client
+                            .push_back(Bytes::from_static(REPLY_INTERNAL_ERROR));
+                        pump.closing = true;
+                        pump.deadline.set(now + CLOSE_GRACE);
+                        continue;
                     }
                     let non_empty = |b: &Bytes| !b.is_empty();
                     pump.to_server
