@@ -51,7 +51,7 @@ EOF
 "$gate" run -c "$work/smtpgate.toml" >"$work/smtpgate.log" 2>&1 & gate_pid=$!; pids+=($gate_pid)
 cat >"$work/haproxy.cfg" <<EOF
 global
-  maxconn 10000
+  maxconn 4000   # haproxy needs 2 fds per connection under the default 20000 fd limit
 defaults
   mode tcp
   timeout connect 10s
