@@ -2,6 +2,7 @@
 //! every message on both ends: nothing lost, nothing altered, through the inspecting
 //! and the exempt path, with DATA and with BDAT (CHUNKING), pipelined.
 
+mod common;
 mod e2e_support;
 
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::*;
 use e2e_support::*;
 
 /// `cargo test --workspace` builds every binary of the workspace into one directory.
@@ -39,7 +41,7 @@ impl Drop for Sink {
 
 fn start_sink(loadgen: &PathBuf) -> Sink {
     let dir = scratch_dir("lg-sink");
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let addr = local(free_port());
     let digests = dir.join("received.sha256");
     let child = Command::new(loadgen)
         .args([
@@ -135,12 +137,9 @@ fn two_listener_config(inspect: SocketAddr, exempt: SocketAddr, upstream: Socket
 fn loadgen_messages_survive_inspection_and_exemption_byte_for_byte() {
     let Some(loadgen) = loadgen() else { return };
     let sink = start_sink(&loadgen);
-    let inspect = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let exempt = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _gate = Gate::start(
-        &two_listener_config(inspect, exempt, sink.addr),
-        &[inspect, exempt],
-    );
+    let inspect = local(free_port());
+    let exempt = local(free_port());
+    let _gate = Gate::start(&two_listener_config(inspect, exempt, sink.addr));
 
     send_and_compare(&loadgen, &sink, inspect, 600, &[]);
     send_and_compare(&loadgen, &sink, inspect, 600, &["--pipelining"]);

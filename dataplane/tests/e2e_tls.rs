@@ -3,15 +3,15 @@
 //! `default` the session upgrades and the mail arrives through the opaque relay; with
 //! `asa-compat` STARTTLS is masked, as the firewall does.
 
+mod common;
 mod e2e_support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::*;
 use e2e_support::*;
-
-const LIMIT: Duration = Duration::from_secs(30);
 
 /// A one-connection-at-a-time SMTP server with STARTTLS. Each delivered message is
 /// written to OUT_DIR/N.eml, with the envelope and whether TLS was on in N.env.
@@ -136,7 +136,7 @@ fn start_tls_upstream() -> TlsUpstream {
     );
     let out = dir.join("mail");
     std::fs::create_dir_all(&out).unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let addr = local(free_port());
     let child = Command::new("python3")
         .arg("-c")
         .arg(TLS_UPSTREAM)
@@ -147,31 +147,15 @@ fn start_tls_upstream() -> TlsUpstream {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_listener_once(addr);
+    wait_for_listener(addr, Duration::from_secs(10));
     TlsUpstream { child, addr, out }
-}
-
-/// The upstream serves one connection at a time, so probe with a connect that is
-/// answered and closed rather than `wait_for_listener`'s repeated connects.
-fn wait_for_listener_once(addr: SocketAddr) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "TLS upstream never listened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
 fn starttls_allowed_by_default_relays_tls_opaquely_and_logs_108007() {
     let upstream = start_tls_upstream();
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let gate = Gate::start(
-        &one_listener_config(listen, upstream.addr, "default"),
-        &[listen],
-    );
+    let (config, listen) = config(upstream.addr, "policy = \"default\"", "");
+    let gate = Gate::start(&config);
 
     let out = python(TLS_CLIENT, &[listen.port().to_string()], LIMIT);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -189,22 +173,14 @@ fn starttls_allowed_by_default_relays_tls_opaquely_and_logs_108007() {
     );
     let env = String::from_utf8(upstream.delivered("1.env")).unwrap();
     assert!(env.contains("tls=True"), "{env}");
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        gate.logs().contains("108007"),
-        "no TLS-started event:\n{}",
-        gate.logs()
-    );
+    gate.wait_log("108007");
 }
 
 #[test]
 fn asa_compat_masks_starttls_like_the_firewall() {
     let upstream = start_tls_upstream();
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _gate = Gate::start(
-        &one_listener_config(listen, upstream.addr, "asa-compat"),
-        &[listen],
-    );
+    let (config, listen) = config(upstream.addr, "policy = \"asa-compat\"", "");
+    let _gate = Gate::start(&config);
 
     let out = python(TLS_CLIENT, &[listen.port().to_string()], LIMIT);
     let stdout = String::from_utf8_lossy(&out.stdout);
