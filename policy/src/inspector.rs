@@ -49,6 +49,24 @@
 //!   `rate-limit N`: more than N matches of that rule within one second of `now` ends
 //!   the session with `421 4.7.0 Message rate limit exceeded`.
 //!
+//! # What the rules measure
+//! - `cmd line length`, `header line length`, `body line length`: bytes of one line,
+//!   CRLF excluded, a doubled leading dot counted once. `header length`: bytes of the
+//!   top-level header section, line ends included, the empty line excluded. `body
+//!   length`: bytes after that empty line up to the final dot, line ends included.
+//! - `header to-fields count`: the addresses in the To: fields (all of them, folded
+//!   lines included; commas inside quotes, comments and angle brackets do not count).
+//! - `cmd RCPT count`: RCPT commands in the transaction. `invalid-recipients count`:
+//!   RCPTs the server answered 5xx, in the session.
+//! - `MIME filetype`: the regex against each part's `type/subtype` (lower-cased);
+//!   `MIME encoding`: each part's Content-Transfer-Encoding, when it has one; `MIME
+//!   filename length`: Content-Disposition `filename=` (or Content-Type `name=`),
+//!   RFC 2231 `filename*=` measured without its charset prefix.
+//! - `sender-address ...` and `special_character`: the address inside `<>` of MAIL
+//!   FROM (and RCPT TO for special characters); `mail_relay`: a RCPT domain other than
+//!   the configured one (exact, any case; a bare local part such as `<postmaster>` is
+//!   not relaying).
+//!
 //! Per line the hot path allocates nothing: forwarded bytes are slices of the input,
 //! contiguous unchanged ranges coalesced into one slice per read; rewrites (masking,
 //! a line re-joined across reads, released held bytes) allocate, and are rare.
