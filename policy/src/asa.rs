@@ -655,8 +655,9 @@ fn write_map(out: &mut String, map: &EsmtpMap, used_maps: &[String]) {
         let _ = writeln!(out, "special_character = {}", toml_str(actions));
     }
     out.push_str(
-        "# The firewall has no SMTP-smuggling defence; smtpgate's is one line away:\n\
-         # bare_newline = \"drop-connection log\"\n",
+        "# The firewall has no SMTP-smuggling defence; smtpgate keeps its own on\n\
+         # (inherited from asa-compat). To reproduce the firewall exactly:\n\
+         # bare_newline = false\n",
     );
     for note in &map.notes {
         let _ = writeln!(out, "{note}");
@@ -789,7 +790,8 @@ service-policy global_policy global
         assert!(p.banner_rule.is_some());
         assert!(p.special_character_rule.is_some());
         assert_eq!(p.mail_relay.as_deref(), Some("example.com"));
-        assert_eq!(p.bare_newline_rule, None);
+        // Smuggling defence stays on (asa-compat's), unlike the firewall.
+        assert!(p.bare_newline_rule.is_some());
         // Exactly the map's 12 importable rules, none inherited twice.
         let rules: Vec<&str> = p
             .rules

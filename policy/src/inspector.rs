@@ -2993,7 +2993,14 @@ mod tests {
 
     #[test]
     fn bare_newlines_pass_when_the_policy_tolerates_them() {
-        let mut s = Session::builtin("asa-compat");
+        // Every built-in defends against smuggling; an operator can switch it off.
+        let config = crate::config::Config::from_toml_str(
+            "[[listener]]\nlisten = \"127.0.0.1:2525\"\nupstream = \"127.0.0.1:2526\"\n\
+             policy = \"tolerant\"\n[policy.tolerant]\nextends = \"asa-compat\"\n\
+             bare_newline = false\n",
+        )
+        .unwrap();
+        let mut s = Session::new((*config.listeners[0].policy).clone());
         s.in_data();
         let msg = b"Subject: x\r\n\r\nbody\nmore\rtext\r\n.\r\n";
         s.client(msg);

@@ -15,8 +15,8 @@
 //! | | commands | EHLO keywords passed | banner | smuggling defence | match rules |
 //! |---|---|---|---|---|---|
 //! | `default` | RFC 5321 set + STARTTLS + BDAT | STARTTLS PIPELINING CHUNKING 8BITMIME SIZE SMTPUTF8 ENHANCEDSTATUSCODES DSN AUTH | masked | drop-connection log | default rules |
-//! | `asa-compat` | RFC 5321 set | the firewall's: 8BITMIME BINARYMIME CHECKPOINT DSN ENHANCEDSTATUSCODES ETRN SIZE VRFY AUTH (so STARTTLS, PIPELINING, CHUNKING are masked) | masked | none (the firewall has none) | default rules |
-//! | `mailguard` | HELO MAIL RCPT DATA RSET NOOP QUIT | none (EHLO itself is X-ed) | masked | none | none |
+//! | `asa-compat` | RFC 5321 set | the firewall's: 8BITMIME BINARYMIME CHECKPOINT DSN ENHANCEDSTATUSCODES ETRN SIZE VRFY AUTH (so STARTTLS, PIPELINING, CHUNKING are masked) | masked | drop-connection log (the firewall has none; smuggling is never passed on) | default rules |
+//! | `mailguard` | HELO MAIL RCPT DATA RSET NOOP QUIT | none (EHLO itself is X-ed) | masked | drop-connection log | none |
 //! | `none` | not inspected | | | | |
 //!
 //! "RFC 5321 set" = HELO EHLO MAIL RCPT DATA RSET NOOP QUIT AUTH ETRN HELP SAML SEND
@@ -267,7 +267,9 @@ impl Policy {
                     base_ehlo: FIREWALL_EHLO,
                     mask_banner: true,
                     allow_tls: false,
-                    bare_newline: None,
+                    // Not the firewall's behaviour, on purpose: SMTP smuggling is never
+                    // passed on (SPEC, Behaviour). `bare_newline = false` turns it off.
+                    bare_newline: Some(DROP_LOG),
                     special_character: None,
                     mail_relay_actions: DROP_LOG,
                     allow_verbs: Vec::new(),
@@ -283,7 +285,7 @@ impl Policy {
                     base_ehlo: 0,
                     mask_banner: true,
                     allow_tls: false,
-                    bare_newline: None,
+                    bare_newline: Some(DROP_LOG),
                     special_character: None,
                     mail_relay_actions: DROP_LOG,
                     allow_verbs: Vec::new(),
@@ -842,7 +844,7 @@ mod tests {
         assert!(!p.allowed_commands.contains(Verb::Bdat, b"BDAT"));
         assert!(p.allowed_commands.contains(Verb::Vrfy, b"VRFY"));
         assert_eq!(p.banner_rule, Some(0));
-        assert_eq!(p.bare_newline_rule, None);
+        assert_eq!(p.bare_newline_rule, Some(2));
         assert_eq!(p.tls_started_rule, None);
         let match_rules: Vec<&str> = texts(&p)
             .into_iter()
@@ -860,7 +862,14 @@ mod tests {
         }
         assert!(!p.allowed_commands.contains(Verb::Ehlo, b"EHLO"));
         assert_eq!(p.allowed_ehlo, 0);
-        assert_eq!(texts(&p), ["mask-banner", "unknown-command mask log"]);
+        assert_eq!(
+            texts(&p),
+            [
+                "mask-banner",
+                "unknown-command mask log",
+                "bare-newline drop-connection log"
+            ]
+        );
     }
 
     #[test]
@@ -978,11 +987,12 @@ mod tests {
             [
                 "mask-banner",
                 "unknown-command mask log",
+                "bare-newline drop-connection log",
                 "match body length gt 100 log"
             ]
         );
         assert!(!p.ehlo_allowed(b"PIPELINING"));
-        assert_eq!(p.index.body, [2]);
+        assert_eq!(p.index.body, [3]);
         assert!(p.index.command.is_empty());
     }
 
