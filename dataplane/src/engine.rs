@@ -3,8 +3,9 @@
 //! - Start-up: every listen address is first bound once with a plain socket *without*
 //!   SO_REUSEPORT and released. glommio's listeners always set SO_REUSEPORT, so without
 //!   this probe a port already held by another process would be silently shared.
-//! - One glommio executor per core (`PoolPlacement::MaxSpread`); each binds every
-//!   listener and reports back; the readiness line is printed once all have.
+//! - One glommio executor per core (`--placement`: unbound by default, pinned =
+//!   `PoolPlacement::MaxSpread`); each binds every listener and reports back; the
+//!   readiness line is printed once all have.
 //! - SIGHUP re-reads the config file: new sessions use it, live ones keep theirs, a bad
 //!   file keeps the old config and says why. SIGTERM/SIGINT stop accepting and drain
 //!   live sessions for up to `shutdown_drain`, then exit 0.
