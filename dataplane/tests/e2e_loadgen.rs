@@ -108,19 +108,21 @@ fn send_and_compare(
     );
     let sent = sorted_lines(&sent);
     assert_eq!(sent.len(), messages, "sender logged {} digests", sent.len());
-    // The sink writes its digest as it answers 250, so it may trail the sender a bit.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut received = sorted_lines(&sink.digests);
-    while received.len() < messages && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        received = sorted_lines(&sink.digests);
-    }
-    // The sink's log accumulates across sends: each send's digests must all be in it.
-    for digest in &sent {
-        assert!(
-            received.binary_search(digest).is_ok(),
-            "message {digest} lost or altered ({extra:?})"
-        );
+    // The sink's log accumulates across sends and is flushed in batches, so wait
+    // (bounded) until every digest of this send is in it.
+    let missing = |received: &[String]| -> Option<String> {
+        sent.iter()
+            .find(|d| received.binary_search(d).is_err())
+            .cloned()
+    };
+    let lost = wait_until(Duration::from_secs(10), || {
+        missing(&sorted_lines(&sink.digests))
+            .is_none()
+            .then_some(())
+    });
+    if lost.is_none() {
+        let digest = missing(&sorted_lines(&sink.digests)).unwrap_or_default();
+        panic!("message {digest} lost or altered ({extra:?})");
     }
 }
 
