@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Relay benchmark (not a test): Postfix's smtp-source -> smtp-sink, in one go on this
 # machine, through HAProxy in TCP mode, through smtpgate inspecting (policy default),
-# through smtpgate exempt (policy none), and direct. Paths alternate inside each round
-# so drift on the machine hits all of them alike.
+# through smtpgate exempt (policy none), and direct. Paths alternate inside each round,
+# in an order rotated every round, so drift on the machine hits all of them alike.
 #
 # Prints, per shape and path: msgs/s (median over rounds, min-max) and relay CPU
 # (user+system of the relay process) per 1000 messages.
@@ -81,7 +81,10 @@ for shape in "${shapes[@]}"; do
   n=$messages; [[ $name == 100k* ]] && n=$((messages / 5))
   declare -A rates=() cpus=()
   for r in $(seq "$rounds"); do
-    for p in "${paths[@]}"; do
+    # Rotate the order every round so no path always runs right after another.
+    shift_by=$(( (r - 1) % ${#paths[@]} ))
+    order=("${paths[@]:$shift_by}" "${paths[@]:0:$shift_by}")
+    for p in "${order[@]}"; do
       pid=${relay[$p]}
       before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
       start=$(date +%s.%N)
