@@ -59,7 +59,8 @@
 //! - `cmd RCPT count`: RCPT commands in the transaction. `invalid-recipients count`:
 //!   RCPTs the server answered 5xx, in the session.
 //! - `MIME filetype`: the regex against each part's `type/subtype` (lower-cased);
-//!   `MIME encoding`: each part's Content-Transfer-Encoding, when it has one; `MIME
+//!   `MIME encoding`: each part's Content-Transfer-Encoding (7bit where absent, RFC
+//!   2045 §6.1); `MIME
 //!   filename length`: Content-Disposition `filename=` (or Content-Type `name=`),
 //!   RFC 2231 `filename*=` measured without its charset prefix.
 //! - `sender-address ...` and `special_character`: the address inside `<>` of MAIL
@@ -2938,6 +2939,23 @@ mod tests {
         s.in_data();
         s.client(MIME.as_bytes());
         assert!(s.events.is_empty());
+
+        // No Content-Transfer-Encoding at all is 7bit, for allow-lists and deny-lists alike.
+        let plain = b"Subject: plain\r\n\r\nhello\r\n.\r\n";
+        let mut s = Session::with_rules(&["match MIME encoding 7bit log"]);
+        s.in_data();
+        s.client(plain);
+        assert_eq!(s.events.len(), 1);
+        assert_eq!(s.events[0].value, crate::rules::ENC_7BIT as u64);
+        let allow_list = "match not MIME encoding 7bit 8bit drop-connection";
+        let mut s = Session::with_rules(&[allow_list]);
+        s.in_data();
+        s.client(plain);
+        assert_eq!(s.verdict, Verdict::Continue);
+        let mut s = Session::with_rules(&[allow_list]);
+        s.in_data();
+        s.client(MIME.as_bytes());
+        assert!(s.drop_reply().contains("MIME encoding"));
     }
 
     // ---- SMTP smuggling ----

@@ -440,10 +440,11 @@ impl MessageScanner {
         {
             return false;
         }
-        if let Some(encoding) = part.encoding {
-            if !observer.observe(Observation::MimeEncoding { encoding }) {
-                return false;
-            }
+        // A part without Content-Transfer-Encoding is 7bit (RFC 2045 §6.1), so an
+        // operator's `match MIME encoding 7bit` sees it too.
+        let encoding = part.encoding.unwrap_or(ENC_7BIT);
+        if !observer.observe(Observation::MimeEncoding { encoding }) {
+            return false;
         }
         if let Some(len) = part.filename_len {
             if !observer.observe(Observation::MimeFilenameLength { len }) {
@@ -569,6 +570,7 @@ mod tests {
                 "HeaderLine { len: 22 }",
                 "HeaderLine { len: 8 }",
                 "HeaderEnd { len: 47, to_recipients: 3 }",
+                "MimeEncoding { encoding: 1 }",
                 "BodyLine { len: 4 }",
                 "BodyLine { len: 0 }",
                 "BodyLine { len: 4 }",
@@ -595,8 +597,11 @@ mod tests {
             vec![
                 "HeaderEnd { len: 48, to_recipients: 0 }",
                 "type multipart/mixed",
+                "MimeEncoding { encoding: 1 }", // no header: 7bit (RFC 2045 §6.1)
                 "type text/plain",
+                "MimeEncoding { encoding: 1 }",
                 "type multipart/alternative",
+                "MimeEncoding { encoding: 1 }",
                 "type application/pdf",
                 "MimeEncoding { encoding: 4 }",
                 "MimeFilenameLength { len: 15 }",
