@@ -447,18 +447,8 @@ fn check_cmp(
     if ids.is_empty() {
         return Outcome::Pass;
     }
-    check(policy, ids, actor, out, direction, value, |c| match c {
-        Criterion::CmdLineLength(cmp)
-        | Criterion::CmdRcptCount(cmp)
-        | Criterion::HeaderLineLength(cmp)
-        | Criterion::HeaderLength(cmp)
-        | Criterion::HeaderToFieldsCount(cmp)
-        | Criterion::BodyLineLength(cmp)
-        | Criterion::BodyLength(cmp)
-        | Criterion::SenderAddressLength(cmp)
-        | Criterion::MimeFilenameLength(cmp)
-        | Criterion::InvalidRecipientsCount(cmp) => cmp.matches(value),
-        _ => false,
+    check(policy, ids, actor, out, direction, value, |c| {
+        c.threshold().is_some_and(|cmp| cmp.matches(value))
     })
 }
 
