@@ -1384,20 +1384,16 @@ impl Inspector {
             }
             // An overlong DATA/STARTTLS/AUTH/BDAT line is a syntax error the server
             // rejects; it changes no state.
-            Verb::Data if complete => {
+            // These end a pipelined group (RFC 2920 §3.1): hold what follows until
+            // their reply says what it is.
+            Verb::Data | Verb::Starttls | Verb::Auth if complete => {
                 self.barrier = true;
                 self.holding = true;
-                Pending::Data
-            }
-            Verb::Starttls if complete => {
-                self.barrier = true;
-                self.holding = true;
-                Pending::Starttls
-            }
-            Verb::Auth if complete => {
-                self.barrier = true;
-                self.holding = true;
-                Pending::Auth
+                match verb {
+                    Verb::Data => Pending::Data,
+                    Verb::Starttls => Pending::Starttls,
+                    _ => Pending::Auth,
+                }
             }
             Verb::Bdat if complete => {
                 if let Some((size, last)) = bdat_arguments(args) {
