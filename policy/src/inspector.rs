@@ -54,6 +54,8 @@
 //!   CRLF excluded, a doubled leading dot counted once. `header length`: bytes of the
 //!   top-level header section, line ends included, the empty line excluded. `body
 //!   length`: bytes after that empty line up to the final dot, line ends included.
+//!   A `gt` total that ends the session fires on the line that crosses it (nothing
+//!   after that line is forwarded); other forms are judged on the final total.
 //! - `header to-fields count`: the addresses in the To: fields (all of them, folded
 //!   lines included; commas inside quotes, comments and angle brackets do not count).
 //! - `cmd RCPT count`: RCPT commands in the transaction. `invalid-recipients count`:
@@ -252,6 +254,9 @@ struct RuleIndex {
     /// session (drop-connection or reset): such a line is cut as it crosses it.
     body_line_drop: Option<u64>,
     header_line_drop: Option<u64>,
+    /// The same for `body length` / `header length`: checked as the totals grow.
+    body_len_drop: Option<u64>,
+    header_len_drop: Option<u64>,
 }
 
 impl RuleIndex {
@@ -288,7 +293,9 @@ impl RuleIndex {
                 .filter(|r| r.actions.drop_connection || r.actions.reset)
                 .filter_map(|r| match r.criterion {
                     Criterion::BodyLineLength(Cmp::Gt(n))
-                    | Criterion::HeaderLineLength(Cmp::Gt(n)) => Some(n),
+                    | Criterion::HeaderLineLength(Cmp::Gt(n))
+                    | Criterion::BodyLength(Cmp::Gt(n))
+                    | Criterion::HeaderLength(Cmp::Gt(n)) => Some(n),
                     _ => None,
                 })
                 .min()
@@ -300,6 +307,8 @@ impl RuleIndex {
             header_line_floor: floor(Kind::HeaderLineLength),
             body_line_drop: drop_floor(Kind::BodyLineLength),
             header_line_drop: drop_floor(Kind::HeaderLineLength),
+            body_len_drop: drop_floor(Kind::BodyLength),
+            header_len_drop: drop_floor(Kind::HeaderLength),
         }
     }
 
@@ -432,6 +441,34 @@ fn check(
     outcome
 }
 
+/// The session-ending `gt` rules of a running total (`header length`, `body length`)
+/// that `value` has just passed: they fire now rather than at the end of the section,
+/// so a message over the limit is not streamed whole to the server first. Rules that
+/// only log, or are negated, wait for the final total as before.
+fn check_crossed(
+    policy: &Policy,
+    index: &RuleIndex,
+    kind: Kind,
+    actor: &mut Actor,
+    out: &mut Output,
+    direction: Direction,
+    value: u64,
+) -> Outcome {
+    let mut outcome = Outcome::Pass;
+    for &id in index.of(kind) {
+        let rule = &policy.rules[id as usize];
+        let ends_session = rule.actions.drop_connection || rule.actions.reset;
+        let crossed = matches!(rule.criterion.threshold(), Some(Cmp::Gt(n)) if value > n);
+        if ends_session && !rule.negate && crossed {
+            outcome = outcome.and(actor.fire(id, rule, direction, value, out));
+            if outcome == Outcome::Stop {
+                break;
+            }
+        }
+    }
+    outcome
+}
+
 /// A comparison rule of a given kind against `value`.
 #[inline]
 fn check_cmp(
@@ -553,6 +590,12 @@ impl Observer for Judge<'_> {
                         to_recipients,
                     )),
                 }
+            }
+            Observation::HeaderLengthCrossed { len } => {
+                check_crossed(p, i, Kind::HeaderLength, self.actor, self.out, d, len)
+            }
+            Observation::BodyLengthCrossed { len } => {
+                check_crossed(p, i, Kind::BodyLength, self.actor, self.out, d, len)
             }
             Observation::MessageEnd { body_len } => {
                 check_cmp(p, i, Kind::BodyLength, self.actor, self.out, d, body_len)
@@ -1061,6 +1104,11 @@ pub struct Inspector {
 impl Inspector {
     pub fn new(policy: Arc<Policy>) -> Inspector {
         let index = RuleIndex::new(&policy);
+        let mut msg = MessageScanner::new();
+        msg.watch_lengths(
+            index.header_len_drop.unwrap_or(u64::MAX),
+            index.body_len_drop.unwrap_or(u64::MAX),
+        );
         let rate = if policy.rules.iter().any(|r| r.actions.rate_limit > 0) {
             vec![(None, 0); policy.rules.len()]
         } else {
@@ -1091,7 +1139,7 @@ impl Inspector {
             carry: Vec::new(),
             bdat_line_len: 0,
             bdat_last_cr: false,
-            msg: MessageScanner::new(),
+            msg,
             reply_framer: LineFramer::default(),
             greeted: false,
             reply_line: 0,
@@ -2871,6 +2919,43 @@ mod tests {
         assert_eq!(s.events[2].value, 11, "body bytes with their CRLFs");
         assert!(s.drop_reply().contains("body too long"));
         assert!(!s.server_text().contains(".\r\n"), "final dot withheld");
+    }
+
+    #[test]
+    fn body_and_header_length_drops_fire_as_the_total_crosses_not_at_the_end() {
+        let body_rule = ["match body length gt 20 drop-connection log"];
+        let msg = b"Subject: x\r\n\r\n0123456789\r\n0123456789\r\nthis line is never sent\r\n";
+        for split in [msg.len(), 1] {
+            let mut s = Session::with_rules(&body_rule);
+            s.in_data();
+            for piece in msg.chunks(split) {
+                s.client(piece);
+            }
+            // No end of data yet, and still dropped: on the second line (24 > 20).
+            assert!(s.drop_reply().contains("body too long"), "split {split}");
+            assert_eq!(s.events.len(), 1);
+            assert_eq!(s.events[0].value, 24);
+            assert_eq!(
+                s.server_text(),
+                "Subject: x\r\n\r\n0123456789\r\n0123456789"
+            );
+        }
+
+        let mut s = Session::with_rules(&["match header length gt 30 drop-connection log"]);
+        s.in_data();
+        s.client(b"Subject: first\r\nX-Long: 0123456789abcdef\r\nX-Never: sent\r\n");
+        assert!(s.drop_reply().contains("header too long"));
+        assert_eq!(s.events[0].value, 16 + 26);
+        assert!(!s.server_text().contains("X-Never"));
+
+        // A log-only rule still reports the final total once, at the end.
+        let mut s = Session::with_rules(&["match body length gt 20 log"]);
+        s.in_data();
+        s.client(msg);
+        s.client(b".\r\n");
+        assert_eq!(s.verdict, Verdict::Continue);
+        assert_eq!(s.events.len(), 1);
+        assert_eq!(s.events[0].value, msg.len() as u64 - 14);
     }
 
     const MIME: &str = "Subject: m\r\nContent-Type: multipart/mixed; boundary=\"=_b\"\r\n\r\n\

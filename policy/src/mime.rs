@@ -52,6 +52,17 @@ pub enum Observation<'a> {
     MimeFilenameLength {
         len: u64,
     },
+    /// The header section (bytes so far) just grew past the watch set with
+    /// [`MessageScanner::watch_lengths`]: a rule that ends the session on it need not
+    /// wait for the end of the header.
+    HeaderLengthCrossed {
+        len: u64,
+    },
+    /// The same for the body: a `body length gt N` drop fires as the body crosses N,
+    /// not after the whole body has streamed to the server.
+    BodyLengthCrossed {
+        len: u64,
+    },
     /// The message ended; body bytes counted with their line terminators.
     MessageEnd {
         body_len: u64,
@@ -183,6 +194,10 @@ pub struct MessageScanner {
     part: PartInfo,
     depth: usize,
     boundaries: [Boundary; MAX_DEPTH],
+    /// Lengths past which [`Observation::HeaderLengthCrossed`] /
+    /// [`Observation::BodyLengthCrossed`] are reported (`u64::MAX`: never).
+    header_len_watch: u64,
+    body_len_watch: u64,
 }
 
 impl Default for MessageScanner {
@@ -207,7 +222,26 @@ impl MessageScanner {
                 len: 0,
                 bytes: [0; BOUNDARY_MAX],
             }; MAX_DEPTH],
+            header_len_watch: u64::MAX,
+            body_len_watch: u64::MAX,
         }
+    }
+
+    /// Report the header section / body growing past these lengths as it happens.
+    pub fn watch_lengths(&mut self, header: u64, body: u64) {
+        self.header_len_watch = header;
+        self.body_len_watch = body;
+    }
+
+    /// Adds a body line's bytes; false when the observer stopped on the watch.
+    #[inline]
+    fn add_body(&mut self, wire_len: u64, observer: &mut impl Observer) -> bool {
+        let before = self.body_len;
+        self.body_len += wire_len;
+        // Reported once per message: on the line that crosses the watch.
+        before > self.body_len_watch
+            || self.body_len <= self.body_len_watch
+            || observer.observe(Observation::BodyLengthCrossed { len: self.body_len })
     }
 
     /// Starts a new message (RFC 5321 transaction boundary).
@@ -245,8 +279,9 @@ impl MessageScanner {
     ) -> bool {
         match self.section {
             Section::Body => {
-                self.body_len += wire_len;
-                if !observer.observe(Observation::BodyLine { len }) {
+                if !self.add_body(wire_len, observer)
+                    || !observer.observe(Observation::BodyLine { len })
+                {
                     return false;
                 }
                 // Only a line starting with "--" can be a boundary (RFC 2046 §5.1.1).
@@ -259,7 +294,17 @@ impl MessageScanner {
                 if len == 0 {
                     return self.end_header_section(true, observer);
                 }
+                let before = self.header_len;
                 self.header_len += wire_len;
+                let crossed =
+                    before <= self.header_len_watch && self.header_len > self.header_len_watch;
+                if crossed
+                    && !observer.observe(Observation::HeaderLengthCrossed {
+                        len: self.header_len,
+                    })
+                {
+                    return false;
+                }
                 if !observer.observe(Observation::HeaderLine { len }) {
                     return false;
                 }
@@ -267,8 +312,9 @@ impl MessageScanner {
                 true
             }
             Section::PartHeader => {
-                self.body_len += wire_len;
-                if !observer.observe(Observation::BodyLine { len }) {
+                if !self.add_body(wire_len, observer)
+                    || !observer.observe(Observation::BodyLine { len })
+                {
                     return false;
                 }
                 if len == 0 {
@@ -289,7 +335,10 @@ impl MessageScanner {
     /// does nothing) when the line needs [`MessageScanner::on_line`].
     #[inline]
     pub fn plain_body_line(&mut self, head: &[u8], wire_len: u64) -> bool {
-        if self.section != Section::Body || (self.depth > 0 && head.starts_with(b"--")) {
+        if self.section != Section::Body
+            || (self.depth > 0 && head.starts_with(b"--"))
+            || self.body_len + wire_len > self.body_len_watch
+        {
             return false;
         }
         self.body_len += wire_len;

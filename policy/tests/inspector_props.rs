@@ -232,12 +232,25 @@ fn strict_policy() -> Policy {
     p
 }
 
+/// `default` with low body / header totals that end the session as they are crossed.
+fn total_length_policy() -> Policy {
+    let mut p = Policy::builtin("default").unwrap();
+    for text in [
+        "match body length gt 120 drop-connection log",
+        "match header length gt 90 reset",
+    ] {
+        p.rules.push(parse_rule(text).unwrap());
+    }
+    p
+}
+
 fn policies() -> Vec<Arc<Policy>> {
     vec![
         Arc::new(Policy::builtin("default").unwrap()),
         Arc::new(Policy::builtin("asa-compat").unwrap()),
         Arc::new(Policy::builtin("mailguard").unwrap()),
         Arc::new(logging_policy()),
+        Arc::new(total_length_policy()),
         Arc::new(strict_policy()),
     ]
 }
@@ -439,7 +452,7 @@ proptest! {
     fn chunking_never_changes_output_events_or_verdict(
         t in transcript(),
         chunks in chunk_sizes(),
-        which in 0..5usize,
+        which in 0..policies().len(),
     ) {
         let policy = &policies()[which];
         let whole = run(policy, &t, &[]);
@@ -448,7 +461,7 @@ proptest! {
     }
 
     #[test]
-    fn byte_by_byte_equals_whole(t in transcript(), which in 0..5usize) {
+    fn byte_by_byte_equals_whole(t in transcript(), which in 0..policies().len()) {
         let policy = &policies()[which];
         let (whole, bytes) = (run(policy, &t, &[]), run(policy, &t, &[1]));
         prop_assert!(whole == bytes, "{}\n{}", difference(&whole, &bytes).unwrap(), show(&t));
@@ -461,7 +474,7 @@ proptest! {
         t in transcript(),
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), any::<u8>()), 0..12),
         chunks in chunk_sizes(),
-        which in 0..5usize,
+        which in 0..policies().len(),
     ) {
         let mut t = t;
         for (seg, at, byte) in flips {
