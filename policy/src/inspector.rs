@@ -417,6 +417,31 @@ impl Actor {
     }
 }
 
+/// Fires every rule in `ids` that `applies`, in order, until one stops the session.
+/// The one loop every check below shares.
+#[inline]
+fn fire_where(
+    policy: &Policy,
+    ids: &[RuleId],
+    actor: &mut Actor,
+    out: &mut Output,
+    direction: Direction,
+    value: u64,
+    applies: impl Fn(&Rule) -> bool,
+) -> Outcome {
+    let mut outcome = Outcome::Pass;
+    for &id in ids {
+        let rule = &policy.rules[id as usize];
+        if applies(rule) {
+            outcome = outcome.and(actor.fire(id, rule, direction, value, out));
+            if outcome == Outcome::Stop {
+                break;
+            }
+        }
+    }
+    outcome
+}
+
 /// Runs every rule in `ids` whose criterion `matches` (after `match not`).
 #[inline]
 fn check(
@@ -428,17 +453,9 @@ fn check(
     value: u64,
     matches: impl Fn(&Criterion) -> bool,
 ) -> Outcome {
-    let mut outcome = Outcome::Pass;
-    for &id in ids {
-        let rule = &policy.rules[id as usize];
-        if matches(&rule.criterion) != rule.negate {
-            outcome = outcome.and(actor.fire(id, rule, direction, value, out));
-            if outcome == Outcome::Stop {
-                break;
-            }
-        }
-    }
-    outcome
+    fire_where(policy, ids, actor, out, direction, value, |rule| {
+        matches(&rule.criterion) != rule.negate
+    })
 }
 
 /// The session-ending `gt` rules of a running total (`header length`, `body length`)
@@ -454,19 +471,19 @@ fn check_crossed(
     direction: Direction,
     value: u64,
 ) -> Outcome {
-    let mut outcome = Outcome::Pass;
-    for &id in index.of(kind) {
-        let rule = &policy.rules[id as usize];
-        let ends_session = rule.actions.drop_connection || rule.actions.reset;
-        let crossed = matches!(rule.criterion.threshold(), Some(Cmp::Gt(n)) if value > n);
-        if ends_session && !rule.negate && crossed {
-            outcome = outcome.and(actor.fire(id, rule, direction, value, out));
-            if outcome == Outcome::Stop {
-                break;
-            }
-        }
-    }
-    outcome
+    fire_where(
+        policy,
+        index.of(kind),
+        actor,
+        out,
+        direction,
+        value,
+        |rule| {
+            let ends_session = rule.actions.drop_connection || rule.actions.reset;
+            let crossed = matches!(rule.criterion.threshold(), Some(Cmp::Gt(n)) if value > n);
+            ends_session && !rule.negate && crossed
+        },
+    )
 }
 
 /// A comparison rule of a given kind against `value`.
@@ -508,26 +525,27 @@ fn check_line_length(
     len: u64,
     when: LenCheck,
 ) -> Outcome {
-    let mut outcome = Outcome::Pass;
-    for &id in index.of(Kind::CmdLineLength) {
-        let rule = &policy.rules[id as usize];
-        let Criterion::CmdLineLength(cmp) = rule.criterion else {
-            continue;
-        };
-        let decidable_early = matches!(cmp, Cmp::Gt(_)) && !rule.negate;
-        let skip = match when {
-            LenCheck::Partial => !decidable_early,
-            LenCheck::Final { early: Some(at) } => decidable_early && cmp.matches(at),
-            LenCheck::Final { early: None } => false,
-        };
-        if !skip && cmp.matches(len) != rule.negate {
-            outcome = outcome.and(actor.fire(id, rule, Direction::ClientToServer, len, out));
-            if outcome == Outcome::Stop {
-                break;
-            }
-        }
-    }
-    outcome
+    let ids = index.of(Kind::CmdLineLength);
+    fire_where(
+        policy,
+        ids,
+        actor,
+        out,
+        Direction::ClientToServer,
+        len,
+        |rule| {
+            let Criterion::CmdLineLength(cmp) = rule.criterion else {
+                return false;
+            };
+            let decidable_early = matches!(cmp, Cmp::Gt(_)) && !rule.negate;
+            let skip = match when {
+                LenCheck::Partial => !decidable_early,
+                LenCheck::Final { early: Some(at) } => decidable_early && cmp.matches(at),
+                LenCheck::Final { early: None } => false,
+            };
+            !skip && cmp.matches(len) != rule.negate
+        },
+    )
 }
 
 /// A built-in rule (parameter) that matched: no comparison, `match not` not applicable.
@@ -540,15 +558,9 @@ fn check_flag(
     direction: Direction,
     value: u64,
 ) -> Outcome {
-    let mut outcome = Outcome::Pass;
-    for &id in index.of(kind) {
-        let rule = &policy.rules[id as usize];
-        outcome = outcome.and(actor.fire(id, rule, direction, value, out));
-        if outcome == Outcome::Stop {
-            break;
-        }
-    }
-    outcome
+    fire_where(policy, index.of(kind), actor, out, direction, value, |_| {
+        true
+    })
 }
 
 /// Message rules, fed by [`MessageScanner`].
