@@ -151,19 +151,25 @@ fn start_tls_upstream() -> TlsUpstream {
     TlsUpstream { child, addr, out }
 }
 
-#[test]
-fn starttls_allowed_by_default_relays_tls_opaquely_and_logs_108007() {
+/// Runs the smtplib TLS client through smtpgate with `policy` in front of a TLS
+/// upstream; returns both (kept alive for the test's checks) and what the client printed.
+fn run_tls_client(policy: &str) -> (Gate, TlsUpstream, String) {
     let upstream = start_tls_upstream();
-    let (config, listen) = config(upstream.addr, "policy = \"default\"", "");
+    let (config, listen) = config(upstream.addr, &format!("policy = \"{policy}\""), "");
     let gate = Gate::start(&config);
-
     let out = python(TLS_CLIENT, &[listen.port().to_string()], LIMIT);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (gate, upstream, stdout)
+}
+
+#[test]
+fn starttls_allowed_by_default_relays_tls_opaquely_and_logs_108007() {
+    let (gate, upstream, stdout) = run_tls_client("default");
     assert!(stdout.contains("STARTTLS-ADVERTISED True"), "{stdout}");
     assert!(stdout.contains("TLS TLSv1."), "{stdout}");
 
@@ -178,17 +184,7 @@ fn starttls_allowed_by_default_relays_tls_opaquely_and_logs_108007() {
 
 #[test]
 fn asa_compat_masks_starttls_like_the_firewall() {
-    let upstream = start_tls_upstream();
-    let (config, listen) = config(upstream.addr, "policy = \"asa-compat\"", "");
-    let _gate = Gate::start(&config);
-
-    let out = python(TLS_CLIENT, &[listen.port().to_string()], LIMIT);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_gate, upstream, stdout) = run_tls_client("asa-compat");
     assert!(stdout.contains("STARTTLS-ADVERTISED False"), "{stdout}");
     // The verb itself is X-ed, so the server answers it with its own 5xx.
     assert!(stdout.contains("FORCED-STARTTLS 500"), "{stdout}");
