@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use smtpgate_policy::config::Limits;
 
@@ -98,9 +98,13 @@ impl Admission {
         self.embryonic.load(Ordering::Relaxed)
     }
 
-    fn stripe(&self, key: ClientKey) -> &Mutex<HashMap<ClientKey, ClientCount>> {
+    /// The locked stripe of the per-client map holding `key`. A panic elsewhere while
+    /// holding it leaves plain counters behind, so a poisoned lock is still used.
+    fn clients(&self, key: ClientKey) -> MutexGuard<'_, HashMap<ClientKey, ClientCount>> {
         let h = (key.0 as u64 ^ (key.0 >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        &self.per_client[(h >> 60) as usize % STRIPES]
+        self.per_client[(h >> 60) as usize % STRIPES]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Admits a new (embryonic) session or says which limit it hit.
@@ -119,7 +123,7 @@ impl Admission {
         };
         if limits.per_client_max > 0 || limits.per_client_embryonic_max > 0 {
             let key = ClientKey::of(client);
-            let mut map = self.stripe(key).lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self.clients(key);
             let count = map.entry(key).or_default();
             let refused = if limits.per_client_max > 0 && count.connections >= limits.per_client_max
             {
@@ -167,12 +171,7 @@ impl Ticket {
         self.embryonic = false;
         self.admission.embryonic.fetch_sub(1, Ordering::AcqRel);
         if let Some(key) = self.client {
-            let mut map = self
-                .admission
-                .stripe(key)
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if let Some(count) = map.get_mut(&key) {
+            if let Some(count) = self.admission.clients(key).get_mut(&key) {
                 count.embryonic -= 1;
             }
         }
@@ -184,11 +183,7 @@ impl Drop for Ticket {
         self.establish();
         self.admission.active.fetch_sub(1, Ordering::AcqRel);
         if let Some(key) = self.client {
-            let mut map = self
-                .admission
-                .stripe(key)
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut map = self.admission.clients(key);
             if let Some(count) = map.get_mut(&key) {
                 count.connections -= 1;
                 if count.connections == 0 {
