@@ -242,59 +242,39 @@ impl Policy {
                 .map(|text| parse_rule(text).expect("built-in rules parse"))
                 .collect::<Vec<_>>()
         };
-        let policy = match name {
-            "default" => Policy::assemble(
-                name,
+        // Every inspecting built-in masks the banner and stops SMTP smuggling; they
+        // differ in the commands, EHLO keywords and STARTTLS they pass.
+        let inspecting = |base_commands, base_ehlo, allow_tls| Parameters {
+            base_commands,
+            base_ehlo,
+            mask_banner: true,
+            allow_tls,
+            bare_newline: Some(DROP_LOG),
+            special_character: None,
+            mail_relay_actions: DROP_LOG,
+            allow_verbs: Vec::new(),
+        };
+        let firewall_commands = || CommandSet::of(&FIREWALL_COMMANDS);
+        let (inspect, params, rules) = match name {
+            "default" => (
                 true,
-                Parameters {
-                    base_commands: CommandSet::of(&FIREWALL_COMMANDS),
-                    base_ehlo: DEFAULT_EHLO,
-                    mask_banner: true,
-                    allow_tls: true,
-                    bare_newline: Some(DROP_LOG),
-                    special_character: None,
-                    mail_relay_actions: DROP_LOG,
-                    allow_verbs: Vec::new(),
-                },
-                None,
+                inspecting(firewall_commands(), DEFAULT_EHLO, true),
                 parse_defaults(),
             ),
-            "asa-compat" => Policy::assemble(
-                name,
+            // Smuggling defence on is not the firewall's behaviour, on purpose: SMTP
+            // smuggling is never passed on (SPEC, Behaviour). `bare_newline = false`
+            // in a policy extending it reproduces the firewall exactly.
+            "asa-compat" => (
                 true,
-                Parameters {
-                    base_commands: CommandSet::of(&FIREWALL_COMMANDS),
-                    base_ehlo: FIREWALL_EHLO,
-                    mask_banner: true,
-                    allow_tls: false,
-                    // Not the firewall's behaviour, on purpose: SMTP smuggling is never
-                    // passed on (SPEC, Behaviour). `bare_newline = false` turns it off.
-                    bare_newline: Some(DROP_LOG),
-                    special_character: None,
-                    mail_relay_actions: DROP_LOG,
-                    allow_verbs: Vec::new(),
-                },
-                None,
+                inspecting(firewall_commands(), FIREWALL_EHLO, false),
                 parse_defaults(),
             ),
-            "mailguard" => Policy::assemble(
-                name,
+            "mailguard" => (
                 true,
-                Parameters {
-                    base_commands: CommandSet::of(&MAILGUARD_COMMANDS),
-                    base_ehlo: 0,
-                    mask_banner: true,
-                    allow_tls: false,
-                    bare_newline: Some(DROP_LOG),
-                    special_character: None,
-                    mail_relay_actions: DROP_LOG,
-                    allow_verbs: Vec::new(),
-                },
-                None,
+                inspecting(CommandSet::of(&MAILGUARD_COMMANDS), 0, false),
                 Vec::new(),
             ),
-            "none" => Policy::assemble(
-                name,
+            "none" => (
                 false,
                 Parameters {
                     base_commands: CommandSet::default(),
@@ -306,12 +286,11 @@ impl Policy {
                     mail_relay_actions: DROP_LOG,
                     allow_verbs: Vec::new(),
                 },
-                None,
                 Vec::new(),
             ),
             _ => return None,
         };
-        Some(policy)
+        Some(Policy::assemble(name, inspect, params, None, rules))
     }
 
     /// A user policy (`[policy.NAME]`) over its resolved parent (`extends`; the config
