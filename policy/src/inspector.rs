@@ -100,6 +100,21 @@ pub enum Verdict {
     Reset,
 }
 
+/// What the session waits for, so the driver picks the deadline that applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The server's greeting has not reached the client yet.
+    Greeting,
+    /// The client owes a command line (none, or one partly received).
+    Command,
+    /// Message content: DATA after its 354, or inside a BDAT chunk.
+    Content,
+    /// An end of message (final dot, BDAT LAST) was forwarded; its reply is owed.
+    AwaitingEndOfData,
+    /// Relayed opaquely (STARTTLS passthrough): only the idle deadline applies.
+    Opaque,
+}
+
 /// The result of feeding bytes, reused between calls.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -987,6 +1002,9 @@ struct CommandSide<'a>(&'a mut Inspector);
 
 impl LineSide for CommandSide<'_> {
     fn head(&mut self, content: &[u8], len: u64, complete: bool, out: &mut Output) -> LineDecision {
+        if complete {
+            self.0.progress += 1;
+        }
         match self.0.on_command(content, len, complete, out) {
             Outcome::Pass => LineDecision::Pass,
             Outcome::Mask => LineDecision::Fill(b'X'),
@@ -996,6 +1014,7 @@ impl LineSide for CommandSide<'_> {
 
     fn overlong_end(&mut self, len: u64, out: &mut Output) -> bool {
         let i = &mut *self.0;
+        i.progress += 1;
         let early = Some(CMD_LINE_CAP as u64 + 1);
         check_line_length(
             &i.policy,
@@ -1043,6 +1062,7 @@ impl LineSide for ReplySide<'_> {
 enum Pending {
     Helo,
     Ehlo,
+    Mail,
     Rcpt,
     Data,
     Starttls,
@@ -1052,7 +1072,11 @@ enum Pending {
     Xexch50 {
         size: u64,
     },
-    /// Every other command, and the reply to a message's end of data.
+    /// A message's end: the final dot of DATA content, or a `BDAT ... LAST` line (its
+    /// reply follows the chunk). RFC 5321 §4.1.1.4: the reply says whether the server
+    /// took responsibility for the message.
+    EndOfData,
+    /// Every other command.
     Other,
 }
 
@@ -1111,6 +1135,15 @@ pub struct Inspector {
     reply_line: u32,
     banner_mask: bool,
     invalid_rcpts: u64,
+
+    // ---- what the driver's deadlines follow ----
+    /// Complete client command lines plus complete server replies seen.
+    progress: u64,
+    /// `EndOfData` entries in `pending`.
+    owed_end_of_data: u32,
+    /// A MAIL was forwarded and its transaction has not ended (refused MAIL, RSET,
+    /// HELO/EHLO, or the reply to its end of data).
+    transaction: bool,
 }
 
 impl Inspector {
@@ -1157,6 +1190,9 @@ impl Inspector {
             reply_line: 0,
             banner_mask: false,
             invalid_rcpts: 0,
+            progress: 0,
+            owed_end_of_data: 0,
+            transaction: false,
             policy,
         }
     }
@@ -1193,6 +1229,28 @@ impl Inspector {
             return;
         }
         self.server_input(input, out);
+    }
+
+    /// What the session waits for (which deadline applies).
+    pub fn phase(&self) -> Phase {
+        match self.mode {
+            ClientMode::Opaque => Phase::Opaque,
+            _ if !self.greeted => Phase::Greeting,
+            ClientMode::Data | ClientMode::Bdat { .. } | ClientMode::Blob { .. } => Phase::Content,
+            _ if self.owed_end_of_data > 0 => Phase::AwaitingEndOfData,
+            _ => Phase::Command,
+        }
+    }
+
+    /// Counts complete client command lines plus complete server replies seen; the
+    /// driver restarts the idle deadline whenever it changes (bytes inside a line do not).
+    pub fn progress(&self) -> u64 {
+        self.progress
+    }
+
+    /// A MAIL transaction is open (MAIL accepted or pending, not yet ended).
+    pub fn in_transaction(&self) -> bool {
+        self.transaction
     }
 
     /// True until a HELO/EHLO has been answered 2xx (SPEC: embryonic session).
@@ -1417,7 +1475,8 @@ impl Inspector {
                         return Outcome::Stop;
                     }
                 }
-                Pending::Other
+                self.transaction = true;
+                Pending::Mail
             }
             Verb::Rcpt => {
                 self.rcpt_count += 1;
@@ -1462,6 +1521,11 @@ impl Inspector {
                         self.bdat_message = true;
                     }
                     self.mode = ClientMode::Bdat { left: size, last };
+                    if last {
+                        // Its reply is the one to the end of the message.
+                        self.queue(Pending::EndOfData);
+                        return Outcome::Pass;
+                    }
                 }
                 Pending::Other
             }
@@ -1484,6 +1548,9 @@ impl Inspector {
     }
 
     fn queue(&mut self, pending: Pending) {
+        if pending == Pending::EndOfData {
+            self.owed_end_of_data += 1;
+        }
         self.pending.push_back(pending);
         if self.pending.len() >= QUEUE_CAP {
             self.holding = true;
@@ -1491,8 +1558,17 @@ impl Inspector {
     }
 
     fn reset_transaction(&mut self) {
+        self.transaction = false;
         self.rcpt_count = 0;
         self.bdat_message = false;
+    }
+
+    /// The end of a message was forwarded: the next MAIL starts a new transaction; this
+    /// one stays open (for [`Inspector::in_transaction`]) until its reply arrives.
+    fn end_message(&mut self) {
+        let open = self.transaction;
+        self.reset_transaction();
+        self.transaction = open;
     }
 
     fn start_message(&mut self) {
@@ -1588,6 +1664,7 @@ impl Inspector {
     ) -> usize {
         match scanner::line_end(&input[pos..]) {
             Some(n) => {
+                self.progress += 1;
                 fwd.pass(input, pos, pos + n, &mut out.to_server);
                 self.mode = ClientMode::Command;
                 self.holding = true;
@@ -1759,8 +1836,8 @@ impl Inspector {
                         }
                         fwd.pass(input, line_start, end, &mut out.to_server);
                         self.carry.clear();
-                        self.queue(Pending::Other);
-                        self.reset_transaction();
+                        self.queue(Pending::EndOfData);
+                        self.end_message();
                         self.mode = ClientMode::Command;
                         return end;
                     }
@@ -1937,7 +2014,7 @@ impl Inspector {
                 return end;
             }
             self.carry.clear();
-            self.reset_transaction();
+            self.end_message();
         }
         end
     }
@@ -1994,6 +2071,7 @@ impl Inspector {
             }
             let mask = self.banner_mask;
             if last {
+                self.progress += 1;
                 self.greeted = true;
                 self.banner_mask = false;
             }
@@ -2020,6 +2098,7 @@ impl Inspector {
         if !last {
             return action;
         }
+        self.progress += 1;
         // The reply is complete: it answers `head` (RFC 2920 §3: replies come in order).
         let class = code / 100;
         match head {
@@ -2028,6 +2107,18 @@ impl Inspector {
                 if class == 2 {
                     self.embryonic = false;
                 }
+            }
+            Pending::Mail => {
+                self.pending.pop_front();
+                if class != 2 {
+                    self.transaction = self.mail_pending();
+                }
+            }
+            Pending::EndOfData => {
+                self.pending.pop_front();
+                self.owed_end_of_data -= 1;
+                self.transaction = self.mail_pending();
+                self.release_after_reply(out);
             }
             Pending::Rcpt => {
                 self.pending.pop_front();
@@ -2102,6 +2193,11 @@ impl Inspector {
         // If held client bytes just stopped the session, the framer withholds this line
         // too: a stop forwards nothing of the line being judged.
         action
+    }
+
+    /// A later MAIL is still awaiting its reply (pipelined behind the reply just read).
+    fn mail_pending(&self) -> bool {
+        self.pending.contains(&Pending::Mail)
     }
 
     fn release_after_reply(&mut self, out: &mut Output) {
@@ -3225,6 +3321,151 @@ mod tests {
         s.server(b"220 mx\r\n").client(b"XYZZY\r\n");
         assert_eq!(s.server_text(), "XYZZY\r\n");
         assert_eq!(s.client_text(), "220 mx\r\n");
+    }
+
+    // ---- phase, progress and transaction: what the driver's deadlines follow ----
+
+    #[test]
+    fn phase_follows_greeting_commands_content_and_the_end_of_data_reply() {
+        let mut s = Session::builtin("default");
+        assert_eq!(s.inspector.phase(), Phase::Greeting);
+        s.server(b"220-mx ESMTP\r\n");
+        assert_eq!(
+            s.inspector.phase(),
+            Phase::Greeting,
+            "greeting not complete"
+        );
+        s.server(b"220 ready\r\n");
+        assert_eq!(s.inspector.phase(), Phase::Command);
+        s.client(b"EHLO c\r\n")
+            .server(b"250 mx\r\n")
+            .client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n")
+            .server(b"250 ok\r\n250 ok\r\n");
+        assert_eq!(s.inspector.phase(), Phase::Command, "DATA not answered yet");
+        s.server(b"354 go\r\n");
+        assert_eq!(s.inspector.phase(), Phase::Content);
+        s.client(b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(s.inspector.phase(), Phase::Content);
+        s.client(b".\r\n");
+        assert_eq!(s.inspector.phase(), Phase::AwaitingEndOfData);
+        s.client(b"QUIT\r\n");
+        assert_eq!(
+            s.inspector.phase(),
+            Phase::AwaitingEndOfData,
+            "a pipelined QUIT does not hide the owed reply"
+        );
+        s.server(b"250 queued\r\n");
+        assert_eq!(s.inspector.phase(), Phase::Command);
+    }
+
+    #[test]
+    fn phase_is_content_inside_a_bdat_chunk_then_awaits_the_last_reply() {
+        let mut s = Session::builtin("default");
+        s.in_transaction();
+        s.client(b"BDAT 10\r\n01234");
+        assert_eq!(s.inspector.phase(), Phase::Content);
+        s.client(b"56789");
+        assert_eq!(
+            s.inspector.phase(),
+            Phase::Command,
+            "a non-LAST chunk ended"
+        );
+        s.client(b"BDAT 3 LAST\r\nab");
+        assert_eq!(s.inspector.phase(), Phase::Content);
+        s.client(b"c");
+        assert_eq!(s.inspector.phase(), Phase::AwaitingEndOfData);
+        s.server(b"250 chunk\r\n");
+        assert_eq!(s.inspector.phase(), Phase::AwaitingEndOfData);
+        s.server(b"250 queued\r\n");
+        assert_eq!(s.inspector.phase(), Phase::Command);
+    }
+
+    #[test]
+    fn phase_is_opaque_after_starttls_and_for_the_none_policy() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 mx\r\n")
+            .client(b"EHLO c\r\n")
+            .server(b"250-mx\r\n250 STARTTLS\r\n")
+            .client(b"STARTTLS\r\n")
+            .server(b"220 go ahead\r\n");
+        assert_eq!(s.inspector.phase(), Phase::Opaque);
+        let s = Session::builtin("none");
+        assert_eq!(s.inspector.phase(), Phase::Opaque);
+    }
+
+    #[test]
+    fn progress_counts_complete_lines_and_replies_not_bytes_inside_them() {
+        let mut policy = Policy::builtin("default").unwrap();
+        policy
+            .rules
+            .retain(|r| !matches!(r.criterion, Criterion::CmdLineLength(_)));
+        let mut s = Session::new(policy);
+        assert_eq!(s.inspector.progress(), 0);
+        s.server(b"220-mx\r\n");
+        assert_eq!(s.inspector.progress(), 0, "a reply counts when complete");
+        s.server(b"220 ready\r\n");
+        assert_eq!(s.inspector.progress(), 1);
+        s.client(b"EHL");
+        assert_eq!(s.inspector.progress(), 1, "a partial command line");
+        s.client(b"O c\r\nNOOP\r\n");
+        assert_eq!(s.inspector.progress(), 3);
+        s.server(b"250 mx\r\n250 ok\r\n");
+        assert_eq!(s.inspector.progress(), 5);
+        let long = vec![b'a'; CMD_LINE_CAP + 100];
+        s.client(b"NOOP ").client(&long);
+        assert_eq!(s.inspector.progress(), 5, "an overlong line still growing");
+        s.client(b"\r\n");
+        assert_eq!(s.inspector.progress(), 6);
+    }
+
+    #[test]
+    fn progress_ignores_message_content() {
+        let mut s = Session::builtin("default");
+        s.in_data();
+        let before = s.inspector.progress();
+        s.client(b"Subject: x\r\n\r\nline\r\nline\r\n");
+        assert_eq!(s.inspector.progress(), before);
+    }
+
+    #[test]
+    fn transaction_opens_at_mail_and_ends_at_the_end_of_data_reply() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 mx\r\n")
+            .client(b"EHLO c\r\n")
+            .server(b"250 mx\r\n");
+        assert!(!s.inspector.in_transaction());
+        s.client(b"MAIL FROM:<a@x>\r\n");
+        assert!(s.inspector.in_transaction(), "pending MAIL");
+        s.server(b"250 ok\r\n").client(b"RCPT TO:<b@y>\r\nDATA\r\n");
+        s.server(b"250 ok\r\n354 go\r\n").client(b"body\r\n.\r\n");
+        assert!(s.inspector.in_transaction(), "end of data not answered yet");
+        s.server(b"250 queued\r\n");
+        assert!(!s.inspector.in_transaction());
+    }
+
+    #[test]
+    fn transaction_ends_at_a_refused_mail_and_at_rset() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 mx\r\n")
+            .client(b"EHLO c\r\n")
+            .server(b"250 mx\r\n");
+        s.client(b"MAIL FROM:<a@x>\r\n").server(b"550 no\r\n");
+        assert!(!s.inspector.in_transaction());
+        s.client(b"MAIL FROM:<a@x>\r\n").server(b"250 ok\r\n");
+        assert!(s.inspector.in_transaction());
+        s.client(b"RSET\r\n");
+        assert!(!s.inspector.in_transaction());
+    }
+
+    #[test]
+    fn a_mail_pipelined_behind_an_end_of_data_keeps_the_transaction_open() {
+        let mut s = Session::builtin("default");
+        s.in_data();
+        s.client(b"body\r\n.\r\nMAIL FROM:<c@x>\r\n");
+        s.server(b"250 queued\r\n");
+        assert!(s.inspector.in_transaction());
+        s.server(b"250 ok\r\n");
+        assert!(s.inspector.in_transaction());
     }
 
     #[test]
