@@ -208,6 +208,7 @@ mod tests {
             max_embryonic: emb,
             per_client_max: pc,
             per_client_embryonic_max: pce,
+            ..Limits::default()
         }
     }
 

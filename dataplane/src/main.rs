@@ -109,6 +109,9 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match config_file::load(path) {
         Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("warning: {}: {warning}", path.display());
+            }
             println!(
                 "ok: {} ({} listener{})",
                 path.display(),

@@ -41,20 +41,35 @@ pub struct Admin {
     pub listen: Option<SocketAddr>,
 }
 
-/// Connection limits; 0 = unlimited.
+/// Connection limits; 0 = unlimited / off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: u64,
     pub max_embryonic: u64,
     pub per_client_max: u64,
     pub per_client_embryonic_max: u64,
+    /// New sessions per client (IPv4 address, IPv6 /64) per minute.
+    pub per_client_rate: u64,
+    /// Bytes held and queued by all sessions together; past it the largest holders
+    /// are closed.
+    pub buffer_budget: u64,
+    /// The kernel's accept queue per listening socket (`listen(2)` backlog).
+    pub listen_backlog: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// No HELO/EHLO accepted yet.
     pub embryonic: Duration,
+    /// The wait for each complete command line, from the previous reply.
     pub idle: Duration,
+    /// The content phase (DATA after its 354, a BDAT chunk), extended by the bytes
+    /// received divided by `min_data_rate`.
+    pub data: Duration,
+    /// Bytes per second that extend `data`; 0 = no extension.
+    pub min_data_rate: u64,
+    /// The wait for the server's reply to an end of data (RFC 5321 4.5.3.2.6).
+    pub data_termination: Duration,
     pub upstream_connect: Duration,
     pub shutdown_drain: Duration,
 }
@@ -69,12 +84,43 @@ pub struct Listener {
     pub exempt: Vec<IpNet>,
     /// Send a PROXY protocol v2 header to the upstream.
     pub proxy_protocol: bool,
+    /// Sources (L4 balancers) whose connections start with a PROXY v1/v2 header
+    /// naming the real client; a header from any other source is never trusted.
+    pub accept_proxy: Vec<IpNet>,
 }
 
 impl Listener {
     /// Whether a client is relayed verbatim (exempt CIDR or `policy = "none"`).
-    pub fn is_exempt(&self, client: std::net::IpAddr) -> bool {
+    pub fn is_exempt(&self, client: IpAddr) -> bool {
+        let client = client.to_canonical();
         !self.policy.inspect || self.exempt.iter().any(|net| net.contains(&client))
+    }
+
+    /// Whether connections from `source` must start with a PROXY header.
+    pub fn expects_proxy_header(&self, source: IpAddr) -> bool {
+        let source = source.to_canonical();
+        self.accept_proxy.iter().any(|net| net.contains(&source))
+    }
+}
+
+impl Config {
+    /// Things that are valid but probably not meant; `smtpgate check` prints them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (i, listener) in self.listeners.iter().enumerate() {
+            for proxy in &listener.accept_proxy {
+                for exempt in &listener.exempt {
+                    if exempt.contains(proxy) || proxy.contains(exempt) {
+                        warnings.push(format!(
+                            "listener[{i}]: exempt range {exempt} covers accept_proxy sources \
+                             {proxy}: a balancer that ever connects without a PROXY header \
+                             would make every client behind it exempt"
+                        ));
+                    }
+                }
+            }
+        }
+        warnings
     }
 }
 
@@ -103,15 +149,22 @@ impl Limits {
         max_embryonic: 10_000,
         per_client_max: 0,
         per_client_embryonic_max: 0,
+        per_client_rate: 0,
+        buffer_budget: 512 << 20,
+        listen_backlog: 4096,
     };
 }
 
 impl Default for Timeouts {
-    /// SPEC's numbers: embryonic 30 s, idle 5 min, upstream connect 10 s, drain 30 s.
+    /// Embryonic 30 s, idle 5 min, data 3 min at 500 bytes/s, data termination 10 min
+    /// (RFC 5321 4.5.3.2), upstream connect 10 s, drain 30 s.
     fn default() -> Timeouts {
         Timeouts {
             embryonic: Duration::from_secs(30),
             idle: Duration::from_secs(300),
+            data: Duration::from_secs(180),
+            min_data_rate: 500,
+            data_termination: Duration::from_secs(600),
             upstream_connect: Duration::from_secs(10),
             shutdown_drain: Duration::from_secs(30),
         }
@@ -148,6 +201,9 @@ struct RawLimits {
     max_embryonic: Option<Spanned<u64>>,
     per_client_max: Option<Spanned<u64>>,
     per_client_embryonic_max: Option<Spanned<u64>>,
+    per_client_rate: Option<Spanned<u64>>,
+    buffer_budget: Option<Spanned<String>>,
+    listen_backlog: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -155,6 +211,9 @@ struct RawLimits {
 struct RawTimeouts {
     embryonic: Option<Spanned<String>>,
     idle: Option<Spanned<String>>,
+    data: Option<Spanned<String>>,
+    min_data_rate: Option<Spanned<u64>>,
+    data_termination: Option<Spanned<String>>,
     upstream_connect: Option<Spanned<String>>,
     shutdown_drain: Option<Spanned<String>>,
 }
@@ -170,6 +229,8 @@ struct RawListener {
     exempt: Vec<Spanned<String>>,
     #[serde(default)]
     proxy_protocol: bool,
+    #[serde(default)]
+    accept_proxy: Vec<Spanned<String>>,
 }
 
 /// One `[policy.NAME]` section as written. Spans locate errors in the file.
@@ -640,20 +701,12 @@ fn validate_listeners(
                 );
             }
         }
-        let mut exempt = Vec::new();
-        for (j, cidr) in raw.exempt.iter().enumerate() {
-            match parse_cidr(cidr.get_ref()) {
-                Some(net) => exempt.push(net),
-                None => errors.at(
-                    Some(cidr.span()),
-                    format!("listener[{i}].exempt[{j}]"),
-                    format!(
-                        "expected a network like 192.0.2.0/24 or an address, found `{}`",
-                        cidr.get_ref()
-                    ),
-                ),
-            }
-        }
+        let exempt = parse_cidrs(&raw.exempt, &format!("listener[{i}].exempt"), errors);
+        let accept_proxy = parse_cidrs(
+            &raw.accept_proxy,
+            &format!("listener[{i}].accept_proxy"),
+            errors,
+        );
         let (policy_name, policy_span) = match &raw.policy {
             Some(p) => (p.get_ref().as_str(), p.span()),
             None => ("default", span),
@@ -672,6 +725,7 @@ fn validate_listeners(
                 policy,
                 exempt,
                 proxy_protocol: raw.proxy_protocol,
+                accept_proxy,
             });
         }
     }
@@ -839,12 +893,42 @@ fn parse_addr(value: &Spanned<String>, path: &str, errors: &mut Errors<'_>) -> O
     }
 }
 
-/// A CIDR, or a bare address as /32 or /128.
+/// A CIDR, or a bare address as /32 or /128. An IPv4-mapped IPv6 network
+/// (`::ffff:192.0.2.0/120`) becomes the IPv4 network it means, because client
+/// addresses are compared in their canonical (IPv4) form.
 fn parse_cidr(text: &str) -> Option<IpNet> {
     let text = text.trim();
-    text.parse::<IpNet>()
+    let net = text
+        .parse::<IpNet>()
         .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))?;
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .ok()
+                .map(IpNet::V4),
+            None => Some(net),
+        },
+        _ => Some(net),
+    }
+}
+
+fn parse_cidrs(list: &[Spanned<String>], path: &str, errors: &mut Errors<'_>) -> Vec<IpNet> {
+    let mut nets = Vec::with_capacity(list.len());
+    for (j, cidr) in list.iter().enumerate() {
+        match parse_cidr(cidr.get_ref()) {
+            Some(net) => nets.push(net),
+            None => errors.at(
+                Some(cidr.span()),
+                format!("{path}[{j}]"),
+                format!(
+                    "expected a network like 192.0.2.0/24 or an address, found `{}`",
+                    cidr.get_ref()
+                ),
+            ),
+        }
+    }
+    nets
 }
 
 fn validate_admin(raw: RawAdmin, errors: &mut Errors<'_>) -> Admin {
@@ -856,18 +940,102 @@ fn validate_admin(raw: RawAdmin, errors: &mut Errors<'_>) -> Admin {
     Admin { listen }
 }
 
+/// Largest accepted connection count: far beyond what one host's descriptors allow,
+/// small enough that no arithmetic on it can overflow.
+const MAX_COUNT: u64 = 100_000_000;
+/// Largest accepted duration: a week. Longer is a typo, and deadlines computed from
+/// it must stay far from `Instant`'s range.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Bounds of `buffer_budget` when not 0 (off).
+const BUFFER_BUDGET_RANGE: (u64, u64) = (1 << 20, 1 << 40);
+
+/// A count at `key` within `0..=max`, or the default with an error.
+fn bounded(
+    v: &Option<Spanned<u64>>,
+    key: &str,
+    default: u64,
+    range: (u64, u64),
+    errors: &mut Errors<'_>,
+) -> u64 {
+    let Some(v) = v else { return default };
+    let n = *v.get_ref();
+    if n < range.0 || n > range.1 {
+        errors.at(
+            Some(v.span()),
+            key,
+            format!("{n} is out of range: {} to {}", range.0, range.1),
+        );
+        return default;
+    }
+    n
+}
+
 fn validate_limits(raw: RawLimits, errors: &mut Errors<'_>) -> Limits {
     let defaults = Limits::SPEC_DEFAULT;
-    let value =
-        |v: &Option<Spanned<u64>>, default: u64| v.as_ref().map_or(default, |s| *s.get_ref());
+    let count = (0, MAX_COUNT);
+    let buffer_budget = match &raw.buffer_budget {
+        None => defaults.buffer_budget,
+        Some(v) => match parse_size(v.get_ref()) {
+            Some(0) => 0,
+            Some(n) if (BUFFER_BUDGET_RANGE.0..=BUFFER_BUDGET_RANGE.1).contains(&n) => n,
+            parsed => {
+                let why = match parsed {
+                    Some(_) => "is out of range: 1MiB to 1TiB, or 0 for no budget".to_string(),
+                    None => "expected a size like \"512MiB\", \"2GiB\" or bytes".to_string(),
+                };
+                errors.at(
+                    Some(v.span()),
+                    "limits.buffer_budget",
+                    format!("`{}` {why}", v.get_ref()),
+                );
+                defaults.buffer_budget
+            }
+        },
+    };
     let limits = Limits {
-        max_connections: value(&raw.max_connections, defaults.max_connections),
-        max_embryonic: value(&raw.max_embryonic, defaults.max_embryonic),
-        per_client_max: value(&raw.per_client_max, defaults.per_client_max),
-        per_client_embryonic_max: value(
-            &raw.per_client_embryonic_max,
-            defaults.per_client_embryonic_max,
+        max_connections: bounded(
+            &raw.max_connections,
+            "limits.max_connections",
+            defaults.max_connections,
+            count,
+            errors,
         ),
+        max_embryonic: bounded(
+            &raw.max_embryonic,
+            "limits.max_embryonic",
+            defaults.max_embryonic,
+            count,
+            errors,
+        ),
+        per_client_max: bounded(
+            &raw.per_client_max,
+            "limits.per_client_max",
+            defaults.per_client_max,
+            count,
+            errors,
+        ),
+        per_client_embryonic_max: bounded(
+            &raw.per_client_embryonic_max,
+            "limits.per_client_embryonic_max",
+            defaults.per_client_embryonic_max,
+            count,
+            errors,
+        ),
+        per_client_rate: bounded(
+            &raw.per_client_rate,
+            "limits.per_client_rate",
+            defaults.per_client_rate,
+            count,
+            errors,
+        ),
+        buffer_budget,
+        listen_backlog: bounded(
+            &raw.listen_backlog,
+            "limits.listen_backlog",
+            defaults.listen_backlog as u64,
+            (1, 65_535),
+            errors,
+        ) as u32,
     };
     // (smaller, its key, its span, larger, its key): with both set (non-zero), the
     // smaller cap must not exceed the larger one, or it would never bite.
@@ -918,46 +1086,76 @@ fn validate_timeouts(raw: RawTimeouts, errors: &mut Errors<'_>) -> Timeouts {
     let mut get =
         |v: &Option<Spanned<String>>, key: &str, default: Duration, zero_ok: bool| -> Duration {
             let Some(v) = v else { return default };
-            match parse_duration(v.get_ref()) {
-                Some(d) if d.is_zero() && !zero_ok => {
-                    errors.at(
-                        Some(v.span()),
-                        format!("timeouts.{key}"),
-                        "must be more than zero",
-                    );
-                    default
+            let problem = match parse_duration(v.get_ref()) {
+                Some(d) if d.is_zero() && !zero_ok => "must be more than zero".to_string(),
+                Some(d) if d > MAX_DURATION => {
+                    format!("`{}` is longer than the maximum, 7 days", v.get_ref())
                 }
-                Some(d) => d,
-                None => {
-                    errors.at(
-                        Some(v.span()),
-                        format!("timeouts.{key}"),
-                        format!(
-                        "expected a duration like \"250ms\", \"30s\", \"5m\" or \"1h\", found `{}`",
-                        v.get_ref()
-                    ),
-                    );
-                    default
-                }
-            }
+                Some(d) => return d,
+                None => format!(
+                    "expected a duration like \"250ms\", \"30s\", \"5m\" or \"1h\", found `{}`",
+                    v.get_ref()
+                ),
+            };
+            errors.at(Some(v.span()), format!("timeouts.{key}"), problem);
+            default
         };
+    let embryonic = get(&raw.embryonic, "embryonic", defaults.embryonic, false);
+    let idle = get(&raw.idle, "idle", defaults.idle, false);
+    let data = get(&raw.data, "data", defaults.data, false);
+    let data_termination = get(
+        &raw.data_termination,
+        "data_termination",
+        defaults.data_termination,
+        false,
+    );
+    let upstream_connect = get(
+        &raw.upstream_connect,
+        "upstream_connect",
+        defaults.upstream_connect,
+        false,
+    );
+    // Zero means: stop at once, no draining.
+    let shutdown_drain = get(
+        &raw.shutdown_drain,
+        "shutdown_drain",
+        defaults.shutdown_drain,
+        true,
+    );
     Timeouts {
-        embryonic: get(&raw.embryonic, "embryonic", defaults.embryonic, false),
-        idle: get(&raw.idle, "idle", defaults.idle, false),
-        upstream_connect: get(
-            &raw.upstream_connect,
-            "upstream_connect",
-            defaults.upstream_connect,
-            false,
+        embryonic,
+        idle,
+        data,
+        min_data_rate: bounded(
+            &raw.min_data_rate,
+            "timeouts.min_data_rate",
+            defaults.min_data_rate,
+            (0, 1 << 30),
+            errors,
         ),
-        // Zero means: stop at once, no draining.
-        shutdown_drain: get(
-            &raw.shutdown_drain,
-            "shutdown_drain",
-            defaults.shutdown_drain,
-            true,
-        ),
+        data_termination,
+        upstream_connect,
+        shutdown_drain,
     }
+}
+
+/// `"512MiB"`, `"64KiB"`, `"2GiB"`, `"1TiB"` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let n: u64 = text[..digits].parse().ok()?;
+    let shift = match text[digits..].trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
 }
 
 /// `"250ms"`, `"30s"`, `"5m"`, `"1h"`: a whole number and one unit.

@@ -67,7 +67,10 @@ fn spec_sample_parses_fully() {
             max_connections: 100_000,
             max_embryonic: 10_000,
             per_client_max: 0,
-            per_client_embryonic_max: 0
+            per_client_embryonic_max: 0,
+            per_client_rate: 0,
+            buffer_budget: 512 << 20,
+            listen_backlog: 4096,
         }
     );
     assert_eq!(c.timeouts.embryonic, Duration::from_secs(30));
@@ -210,7 +213,7 @@ rules = [
     assert_eq!(
         errors(text),
         [
-            "line 2, column 1: limits: unknown field `max_connection`, expected one of `max_connections`, `max_embryonic`, `per_client_max`, `per_client_embryonic_max`",
+            "line 2, column 1: limits: unknown field `max_connection`, expected one of `max_connections`, `max_embryonic`, `per_client_max`, `per_client_embryonic_max`, `per_client_rate`, `buffer_budget`, `listen_backlog`",
             "line 5, column 8: timeouts.idle: expected a duration like \"250ms\", \"30s\", \"5m\" or \"1h\", found `5 minutes`",
             "line 10, column 10: listener[0].policy: unknown policy `strct` (known: default, asa-compat, mailguard, none, strict)",
             "line 11, column 28: listener[0].exempt[1]: expected a network like 192.0.2.0/24 or an address, found `10.0.0.0/33`",
@@ -416,4 +419,71 @@ fn deploy_examples_are_valid() {
         }
     }
     assert!(checked > 0);
+}
+
+#[test]
+fn hardening_keys_parse_with_their_units() {
+    let text = format!(
+        "[limits]\nper_client_rate = 60\nbuffer_budget = \"64MiB\"\nlisten_backlog = 1024\n\
+         [timeouts]\ndata = \"2m\"\nmin_data_rate = 0\ndata_termination = \"5m\"\n\
+         {LISTENER}accept_proxy = [\"10.1.0.0/16\", \"::ffff:192.0.2.0/120\"]\n"
+    );
+    let c = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.limits.per_client_rate, 60);
+    assert_eq!(c.limits.buffer_budget, 64 << 20);
+    assert_eq!(c.limits.listen_backlog, 1024);
+    assert_eq!(c.timeouts.data, Duration::from_secs(120));
+    assert_eq!(c.timeouts.min_data_rate, 0);
+    assert_eq!(c.timeouts.data_termination, Duration::from_secs(300));
+    let l = &c.listeners[0];
+    assert!(l.expects_proxy_header("10.1.2.3".parse().unwrap()));
+    assert!(
+        l.expects_proxy_header("192.0.2.9".parse().unwrap()),
+        "an IPv4-mapped network matches IPv4 sources"
+    );
+    assert!(l.expects_proxy_header("::ffff:10.1.0.1".parse().unwrap()));
+    assert!(!l.expects_proxy_header("10.2.0.1".parse().unwrap()));
+}
+
+#[test]
+fn an_ipv4_client_seen_as_ipv6_mapped_matches_an_ipv4_exemption() {
+    let text = format!("{LISTENER}exempt = [\"127.0.0.2/32\"]\n");
+    let c = Config::from_toml_str(&text).unwrap();
+    assert!(c.listeners[0].is_exempt("::ffff:127.0.0.2".parse().unwrap()));
+    assert!(!c.listeners[0].is_exempt("::ffff:127.0.0.3".parse().unwrap()));
+}
+
+#[test]
+fn durations_counts_and_sizes_out_of_bounds_are_errors_not_panics_later() {
+    let text = format!(
+        "[limits]\nlisten_backlog = 0\nbuffer_budget = \"12 parsecs\"\nmax_connections = 1000000000000\n\
+         [timeouts]\nidle = \"10000000000000000000s\"\ndata = \"8h\"\ndata_termination = \"0s\"\n\
+         {LISTENER}accept_proxy = [\"not-a-net\"]\n"
+    );
+    let all = errors(&text).join("\n");
+    for key in [
+        "limits.listen_backlog",
+        "limits.buffer_budget",
+        "limits.max_connections",
+        "timeouts.idle",
+        "timeouts.data_termination",
+        "listener[0].accept_proxy[0]",
+    ] {
+        assert!(all.contains(key), "no error for {key} in:\n{all}");
+    }
+    assert!(
+        !all.contains("timeouts.data:"),
+        "8h is within bounds:\n{all}"
+    );
+}
+
+#[test]
+fn an_exempt_range_covering_accept_proxy_sources_is_warned_about() {
+    let text = format!("{LISTENER}exempt = [\"10.0.0.0/8\"]\naccept_proxy = [\"10.1.0.0/16\"]\n");
+    let c = Config::from_toml_str(&text).unwrap();
+    let warnings = c.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("10.0.0.0/8") && warnings[0].contains("10.1.0.0/16"));
+    let text = format!("{LISTENER}exempt = [\"10.0.0.0/8\"]\naccept_proxy = [\"192.0.2.0/24\"]\n");
+    assert!(Config::from_toml_str(&text).unwrap().warnings().is_empty());
 }
