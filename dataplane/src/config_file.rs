@@ -2,6 +2,7 @@
 //! upstream 127.0.0.1:2526, policy `default`, admin 127.0.0.1:9725). Parsing and
 //! validation belong to `smtpgate-policy`; this module only reads files and reports.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 
 use smtpgate_policy::config::Config;
@@ -25,8 +26,20 @@ pub fn embedded_default() -> Config {
     Config::embedded_default()
 }
 
+/// Upstream host names are resolved here, at start and on every reload, on the main
+/// thread: never on a shard, and never per session.
 fn parse(text: &str) -> Result<Config, String> {
-    Config::from_toml_str(text).map_err(|errors| errors.to_string())
+    Config::from_toml_str_resolving(text, &resolve).map_err(|errors| errors.to_string())
+}
+
+/// The first address `host` resolves to (the system resolver, as `getaddrinfo` orders them).
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    match (host, port).to_socket_addrs() {
+        Ok(mut addresses) => addresses
+            .next()
+            .ok_or_else(|| format!("host name `{host}` has no address")),
+        Err(e) => Err(format!("cannot resolve host name `{host}`: {e}")),
+    }
 }
 
 /// `smtpgate import-asa`: a firewall's esmtp policy map as config TOML.

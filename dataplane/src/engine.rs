@@ -178,16 +178,27 @@ fn probe_listen_addresses(config: &mut Config) -> Result<(), String> {
                 listener.listen
             ));
         }
-        let probe = std::net::TcpListener::bind(listener.listen).map_err(|e| {
-            format!(
-                "cannot listen on {}: {e} (is another process holding the port?)",
-                listener.listen
-            )
-        })?;
+        let probe = std::net::TcpListener::bind(listener.listen)
+            .map_err(|e| bind_error(listener.listen, &e))?;
         listener.listen = probe.local_addr().map_err(|e| e.to_string())?;
         seen.push(listener.listen);
     }
     Ok(())
+}
+
+/// Why a listen address cannot be bound, with the fix an operator needs.
+fn bind_error(address: SocketAddr, e: &std::io::Error) -> String {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => "is another process holding the port?".to_string(),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "port {} is privileged: grant CAP_NET_BIND_SERVICE (systemd AmbientCapabilities=, \
+             or `setcap cap_net_bind_service=+ep` on the binary) or lower \
+             net.ipv4.ip_unprivileged_port_start",
+            address.port()
+        ),
+        _ => return format!("cannot listen on {address}: {e}"),
+    };
+    format!("cannot listen on {address}: {e} ({hint})")
 }
 
 fn start(options: RunOptions) -> Result<ExitCode, String> {

@@ -43,32 +43,11 @@ impl XorShift {
     }
 }
 
-/// Parses "500ms", "30s", "2m", "1h" or a bare number of seconds ("1.5").
+/// Parses a duration with the dataplane config's grammar ("500ms", "90s", "5min",
+/// "1h30m", a bare "0"), so an operator writes times the same way everywhere.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?} (examples: 500ms, 30s, 2m)"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "us" => value / 1_000_000.0,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {text:?} (use ms, s, m or h)"
-            ))
-        }
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("invalid duration {text:?}"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
+    smtpgate_policy::config::parse_duration(text)
+        .ok_or_else(|| format!("invalid duration {text:?} (examples: 250ms, 90s, 5min, 1h30m)"))
 }
 
 /// Parses "1024", "1k", "10K", "1m" (binary multiples: 1k = 1024 bytes).
@@ -239,7 +218,7 @@ mod tests {
     fn durations_parse() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("5x").is_err());
     }
 

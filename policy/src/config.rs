@@ -522,8 +522,20 @@ impl Config {
         Config::from_toml_str(EMBEDDED_DEFAULT_TOML).expect("the embedded default config is valid")
     }
 
-    /// Parses and validates a config file's text, reporting every error found.
+    /// Parses and validates a config file's text, reporting every error found. An
+    /// upstream given as a host name is an error here: this crate does no I/O, so
+    /// names are resolved only through [`Config::from_toml_str_resolving`].
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigErrors> {
+        Config::from_toml_str_resolving(text, &|host, _port| {
+            Err(format!(
+                "`{host}` is a host name; only the dataplane resolves names, this parser takes addresses"
+            ))
+        })
+    }
+
+    /// Like [`Config::from_toml_str`], but an upstream written `host:port` is looked
+    /// up with `resolve` (the caller's I/O), and its error is reported at the key.
+    pub fn from_toml_str_resolving(text: &str, resolve: &Resolver) -> Result<Config, ConfigErrors> {
         let mut errors = Errors::new(text);
 
         // Syntax first: without a document there is nothing more to say.
@@ -544,7 +556,8 @@ impl Config {
         let (sections, broken_sections) = read_policy_sections(text, &doc, &mut errors);
         let mut policies = Policies::compile(&sections, &broken_sections, &mut errors);
         let raw_listeners = read_listeners(text, &doc, &mut errors);
-        let listeners = validate_listeners(raw_listeners, &admin, &mut policies, &mut errors);
+        let listeners =
+            validate_listeners(raw_listeners, &admin, &mut policies, resolve, &mut errors);
 
         match errors.finish() {
             Some(errors) => Err(errors),
@@ -659,6 +672,7 @@ fn validate_listeners(
     raw_listeners: Option<Vec<(usize, Spanned<RawListener>)>>,
     admin: &Admin,
     policies: &mut Policies,
+    resolve: &Resolver,
     errors: &mut Errors<'_>,
 ) -> Vec<Listener> {
     let Some(raw_listeners) = raw_listeners else {
@@ -675,7 +689,12 @@ fn validate_listeners(
         let span = raw.span();
         let raw = raw.into_inner();
         let listen = parse_addr(&raw.listen, &format!("listener[{i}].listen"), errors);
-        let upstream = parse_addr(&raw.upstream, &format!("listener[{i}].upstream"), errors);
+        let upstream = parse_upstream(
+            &raw.upstream,
+            &format!("listener[{i}].upstream"),
+            resolve,
+            errors,
+        );
         if let Some(addr) = listen {
             if let Some((_, first)) = seen_listen.iter().find(|(a, _)| *a == addr) {
                 errors.at(
@@ -893,6 +912,44 @@ fn parse_addr(value: &Spanned<String>, path: &str, errors: &mut Errors<'_>) -> O
     }
 }
 
+/// Turns an upstream's `host:port` into an address: given the host name and port,
+/// returns the address to connect to, or why there is none.
+pub type Resolver = dyn Fn(&str, u16) -> Result<SocketAddr, String>;
+
+/// An address, or a `host:port` handed to `resolve`.
+fn parse_upstream(
+    value: &Spanned<String>,
+    path: &str,
+    resolve: &Resolver,
+    errors: &mut Errors<'_>,
+) -> Option<SocketAddr> {
+    let text = value.get_ref();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    let name_and_port = text
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+        .filter(|(host, _)| !host.is_empty() && !host.contains([':', '[', ']', ' ']));
+    let Some((host, port)) = name_and_port else {
+        errors.at(
+            Some(value.span()),
+            path,
+            format!(
+                "expected an address like 10.0.0.5:25 or [::1]:25, or a host name and port like mx.example:25, found `{text}`"
+            ),
+        );
+        return None;
+    };
+    match resolve(host, port) {
+        Ok(addr) => Some(addr),
+        Err(why) => {
+            errors.at(Some(value.span()), path, why);
+            None
+        }
+    }
+}
+
 /// A CIDR, or a bare address as /32 or /128. An IPv4-mapped IPv6 network
 /// (`::ffff:192.0.2.0/120`) becomes the IPv4 network it means, because client
 /// addresses are compared in their canonical (IPv4) form.
@@ -1003,7 +1060,12 @@ fn validate_limits(raw: RawLimits, errors: &mut Errors<'_>) -> Limits {
         max_embryonic: bounded(
             &raw.max_embryonic,
             "limits.max_embryonic",
-            defaults.max_embryonic,
+            // Unset: 10000, but never above max_connections (0 = unlimited), so
+            // `max_connections = 1000` alone is a valid config.
+            match raw.max_connections.as_ref().map(|v| *v.get_ref()) {
+                Some(max) if max > 0 => defaults.max_embryonic.min(max),
+                _ => defaults.max_embryonic,
+            },
             count,
             errors,
         ),
@@ -1083,23 +1145,26 @@ fn validate_limits(raw: RawLimits, errors: &mut Errors<'_>) -> Limits {
 
 fn validate_timeouts(raw: RawTimeouts, errors: &mut Errors<'_>) -> Timeouts {
     let defaults = Timeouts::default();
-    let mut get =
-        |v: &Option<Spanned<String>>, key: &str, default: Duration, zero_ok: bool| -> Duration {
-            let Some(v) = v else { return default };
-            let problem = match parse_duration(v.get_ref()) {
-                Some(d) if d.is_zero() && !zero_ok => "must be more than zero".to_string(),
-                Some(d) if d > MAX_DURATION => {
-                    format!("`{}` is longer than the maximum, 7 days", v.get_ref())
-                }
-                Some(d) => return d,
-                None => format!(
-                    "expected a duration like \"250ms\", \"30s\", \"5m\" or \"1h\", found `{}`",
-                    v.get_ref()
-                ),
-            };
-            errors.at(Some(v.span()), format!("timeouts.{key}"), problem);
-            default
+    let mut get = |v: &Option<Spanned<String>>,
+                   key: &str,
+                   default: Duration,
+                   zero_ok: bool|
+     -> Duration {
+        let Some(v) = v else { return default };
+        let problem = match parse_duration(v.get_ref()) {
+            Some(d) if d.is_zero() && !zero_ok => "must be more than zero".to_string(),
+            Some(d) if d > MAX_DURATION => {
+                format!("`{}` is longer than the maximum, 7 days", v.get_ref())
+            }
+            Some(d) => return d,
+            None => format!(
+                "expected a duration like \"250ms\", \"90s\", \"5min\" or \"1h30m\", found `{}`",
+                v.get_ref()
+            ),
         };
+        errors.at(Some(v.span()), format!("timeouts.{key}"), problem);
+        default
+    };
     let embryonic = get(&raw.embryonic, "embryonic", defaults.embryonic, false);
     let idle = get(&raw.idle, "idle", defaults.idle, false);
     let data = get(&raw.data, "data", defaults.data, false);
@@ -1158,20 +1223,13 @@ pub fn parse_size(text: &str) -> Option<u64> {
     n.checked_mul(1 << shift)
 }
 
-/// `"250ms"`, `"30s"`, `"5m"`, `"1h"`: a whole number and one unit.
+/// A duration as systemd and nginx write them (humantime's grammar): one or more
+/// number-unit pairs, `"250ms"`, `"90s"`, `"5m"` or `"5min"`, `"1h30m"`, `"1h 30m"`;
+/// a bare `"0"` is zero. The load generator parses its options with this too, so
+/// the config and the command line accept the same text.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 {
-        return None;
-    }
-    let n: u64 = text[..digits].parse().ok()?;
-    let unit_seconds = |s: u64| n.checked_mul(s).map(Duration::from_secs);
-    match text[digits..].trim() {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => unit_seconds(1),
-        "m" => unit_seconds(60),
-        "h" => unit_seconds(3600),
-        _ => None,
+    match text.trim() {
+        "0" => Some(Duration::ZERO),
+        text => humantime::parse_duration(text).ok(),
     }
 }

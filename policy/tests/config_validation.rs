@@ -191,7 +191,7 @@ fn every_error_is_reported_with_its_location() {
 max_connection = 5
 
 [timeouts]
-idle = "5 minutes"
+idle = "5 minuts"
 
 [[listener]]
 listen = "0.0.0.0:25"
@@ -214,11 +214,11 @@ rules = [
         errors(text),
         [
             "line 2, column 1: limits: unknown field `max_connection`, expected one of `max_connections`, `max_embryonic`, `per_client_max`, `per_client_embryonic_max`, `per_client_rate`, `buffer_budget`, `listen_backlog`",
-            "line 5, column 8: timeouts.idle: expected a duration like \"250ms\", \"30s\", \"5m\" or \"1h\", found `5 minutes`",
+            "line 5, column 8: timeouts.idle: expected a duration like \"250ms\", \"90s\", \"5min\" or \"1h30m\", found `5 minuts`",
             "line 10, column 10: listener[0].policy: unknown policy `strct` (known: default, asa-compat, mailguard, none, strict)",
             "line 11, column 28: listener[0].exempt[1]: expected a network like 192.0.2.0/24 or an address, found `10.0.0.0/33`",
             "line 14, column 10: listener[1].listen: 0.0.0.0:25 is already the address of listener[0]",
-            "line 15, column 12: listener[1].upstream: expected an address like 0.0.0.0:25 or [::]:25, found `nohost:25`",
+            "line 15, column 12: listener[1].upstream: `nohost` is a host name; only the dataplane resolves names, this parser takes addresses",
             "line 21, column 3: policy.strict.rules[1]: expected a number at column 26, found `abc`",
         ]
     );
@@ -337,7 +337,7 @@ fn timeouts_must_be_positive() {
         e,
         [
             "line 2, column 8: timeouts.idle: must be more than zero",
-            "line 3, column 13: timeouts.embryonic: expected a duration like \"250ms\", \"30s\", \"5m\" or \"1h\", found `30`",
+            "line 3, column 13: timeouts.embryonic: expected a duration like \"250ms\", \"90s\", \"5min\" or \"1h30m\", found `30`",
         ]
     );
 }
@@ -486,4 +486,50 @@ fn an_exempt_range_covering_accept_proxy_sources_is_warned_about() {
     assert!(warnings[0].contains("10.0.0.0/8") && warnings[0].contains("10.1.0.0/16"));
     let text = format!("{LISTENER}exempt = [\"10.0.0.0/8\"]\naccept_proxy = [\"192.0.2.0/24\"]\n");
     assert!(Config::from_toml_str(&text).unwrap().warnings().is_empty());
+}
+
+#[test]
+fn max_connections_alone_caps_the_embryonic_default() {
+    let c = Config::from_toml_str(&format!("[limits]\nmax_connections = 1000\n{LISTENER}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.limits.max_embryonic, 1000);
+    let c = Config::from_toml_str(&format!("[limits]\nmax_connections = 0\n{LISTENER}")).unwrap();
+    assert_eq!(c.limits.max_embryonic, 10_000);
+}
+
+#[test]
+fn durations_use_the_systemd_style_grammar() {
+    use smtpgate_policy::config::parse_duration;
+    use std::time::Duration;
+    assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("5min"), Some(Duration::from_secs(300)));
+    assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+    assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+    assert_eq!(parse_duration("30"), None);
+    assert_eq!(parse_duration("5x"), None);
+    let c = Config::from_toml_str(&format!("[timeouts]\nidle = \"1h30m\"\n{LISTENER}")).unwrap();
+    assert_eq!(c.timeouts.idle, Duration::from_secs(5400));
+}
+
+#[test]
+fn an_upstream_host_name_goes_to_the_resolver_and_its_error_is_located() {
+    let text = "[[listener]]\nlisten = \"127.0.0.1:2525\"\nupstream = \"mx.example:2526\"\n";
+    let resolved = Config::from_toml_str_resolving(text, &|host, port| {
+        assert_eq!((host, port), ("mx.example", 2526));
+        Ok("192.0.2.7:2526".parse().unwrap())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        resolved.listeners[0].upstream,
+        "192.0.2.7:2526".parse().unwrap()
+    );
+    let failed = Config::from_toml_str_resolving(text, &|_, _| Err("no such host".into()))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        failed.trim(),
+        "line 3, column 12: listener[0].upstream: no such host"
+    );
 }
