@@ -32,6 +32,9 @@ use std::{
 
 type Result<T> = crate::Result<T, ()>;
 
+/// The accept queue length [`TcpListener::bind`] asks for.
+const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
+
 #[derive(Debug)]
 /// A TCP socket server, listening for connections.
 ///
@@ -111,6 +114,19 @@ impl TcpListener {
     /// });
     /// ```
     pub fn bind<A: ToSocketAddrs>(addr: A) -> Result<TcpListener> {
+        Self::bind_with_backlog(addr, DEFAULT_LISTEN_BACKLOG)
+    }
+
+    /// Creates a TCP listener bound to the specified address, whose accept
+    /// queue holds up to `backlog` connections (the kernel caps it at
+    /// `net.core.somaxconn`). [`bind`] uses 1024.
+    ///
+    /// Like [`bind`], this sets ReusePort, and also ReuseAddr, so a restarted
+    /// process binds again at once although the connections it closed left
+    /// sockets in TIME-WAIT on the port.
+    ///
+    /// [`bind`]: TcpListener::bind
+    pub fn bind_with_backlog<A: ToSocketAddrs>(addr: A, backlog: u32) -> Result<TcpListener> {
         let addr = addr
             .to_socket_addrs()
             .unwrap()
@@ -125,8 +141,12 @@ impl TcpListener {
         let sk = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
         let addr = socket2::SockAddr::from(addr);
         sk.set_reuse_port(true)?;
+        // smtpgate patch: accepted sockets inherit SO_REUSEADDR, and only TIME-WAIT
+        // sockets that have it let a new listener bind the port.
+        sk.set_reuse_address(true)?;
         sk.bind(&addr)?;
-        sk.listen(1024)?;
+        // listen(2) takes an int; larger values mean "as many as the kernel allows".
+        sk.listen(backlog.min(i32::MAX as u32) as i32)?;
         let listener = sk.into();
 
         Ok(TcpListener {
@@ -752,6 +772,38 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             listener.set_ttl(100).unwrap();
             assert_eq!(listener.ttl().unwrap(), 100);
+        });
+    }
+
+    #[test]
+    fn tcp_listener_sets_reuse_addr_so_a_restart_binds_past_time_wait() {
+        test_executor!(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let sk = socket2::SockRef::from(&listener.listener);
+            assert!(sk.reuse_address().unwrap());
+            assert!(sk.reuse_port().unwrap());
+        });
+    }
+
+    #[test]
+    fn tcp_listener_backlog_bounds_the_accept_queue() {
+        test_executor!(async move {
+            // Linux queues backlog + 1 connections, then drops further SYNs.
+            let listener = TcpListener::bind_with_backlog("127.0.0.1:0", 1).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let wait = Duration::from_millis(300);
+            let queued: Vec<_> = (0..2)
+                .map(|_| net::TcpStream::connect_timeout(&addr, wait).unwrap())
+                .collect();
+            assert!(net::TcpStream::connect_timeout(&addr, wait).is_err());
+            drop(queued);
+
+            let roomy = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = roomy.local_addr().unwrap();
+            let queued: Vec<_> = (0..3)
+                .map(|_| net::TcpStream::connect_timeout(&addr, wait))
+                .collect();
+            assert!(queued.iter().all(|c| c.is_ok()));
         });
     }
 
