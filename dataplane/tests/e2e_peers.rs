@@ -143,17 +143,13 @@ fn smtplib_dkim_signed_mail_arrives_unchanged_with_banner_and_keywords_masked() 
     );
 }
 
-fn swaks() -> Option<std::path::PathBuf> {
-    let found = tool("swaks");
-    if found.is_none() {
-        eprintln!("skipping: swaks not installed (.ci/run installs it)");
-    }
-    found
+fn swaks() -> std::path::PathBuf {
+    peer("swaks")
 }
 
 #[test]
 fn swaks_pipelined_transaction_is_delivered() {
-    let Some(swaks) = swaks() else { return };
+    let swaks = swaks();
     let upstream = Upstream::start(&["PIPELINING", "8BITMIME"]);
     let (config, listen) = config(upstream.addr, "policy = \"default\"", "");
     let _gate = Gate::start(&config);
@@ -184,7 +180,7 @@ fn swaks_pipelined_transaction_is_delivered() {
 
 #[test]
 fn swaks_over_100_recipients_is_dropped_before_any_data() {
-    let Some(swaks) = swaks() else { return };
+    let swaks = swaks();
     let upstream = Upstream::start(&["PIPELINING"]);
     let (config, listen) = config(upstream.addr, "policy = \"default\"", "");
     let gate = Gate::start(&config);
@@ -225,12 +221,7 @@ fn swaks_over_100_recipients_is_dropped_before_any_data() {
 /// (policy default) into Postfix's smtp-sink, none lost.
 #[test]
 fn soak_10000_messages_smtp_source_to_smtp_sink_none_lost() {
-    let (Some(source), Some(sink)) = (tool("smtp-source"), tool("smtp-sink")) else {
-        eprintln!(
-            "skipping: postfix's smtp-source/smtp-sink not installed (.ci/run installs them)"
-        );
-        return;
-    };
+    let (source, sink) = (peer("smtp-source"), peer("smtp-sink"));
     let sink_addr = local(free_port());
     let dir = scratch_dir("soak");
     let mut sink_cmd = Command::new(sink);

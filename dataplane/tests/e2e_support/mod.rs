@@ -10,8 +10,22 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// A path to a tool from a Debian package, or `None` (the caller prints why it skips;
-/// `.ci/run` installs them, so CI always has them).
+/// The path of a peer the test drives; a missing peer fails the test, naming the
+/// Debian package that provides it (`scripts/test` installs every peer).
+pub fn peer(name: &str) -> PathBuf {
+    tool(name).unwrap_or_else(|| {
+        let package = match name {
+            "smtp-source" | "smtp-sink" => "postfix",
+            "promtool" => "prometheus",
+            "cc" => "gcc",
+            other => other,
+        };
+        panic!("{name} not found: install the Debian package {package} (scripts/test installs every peer)")
+    })
+}
+
+/// A path to a tool from a Debian package, or `None`. Tests use [`peer`], which fails
+/// when the tool is missing; this is for code that has a fallback.
 pub fn tool(name: &str) -> Option<PathBuf> {
     [
         "/usr/bin",
