@@ -281,10 +281,13 @@ fn start(options: RunOptions) -> Result<ExitCode, String> {
         .map_err(|e| format!("join thread: {e}"))?;
 
     wait_until_bound(shared, &ready, cores, &messages)?;
+    // The readiness line names the bound admin port, which differs from the configured
+    // one when that is 0 (tests bind port 0 and read the line instead of racing).
+    let admin_bound = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(listener) = admin_listener {
         admin::spawn(listener, shared).map_err(|e| format!("admin thread: {e}"))?;
     }
-    announce(shared, cores);
+    announce(shared, cores, admin_bound);
 
     let mut drain_started: Option<Instant> = None;
     for message in messages.iter() {
@@ -358,7 +361,7 @@ fn wait_until_bound(
     Ok(())
 }
 
-fn announce(shared: &Shared, cores: usize) {
+fn announce(shared: &Shared, cores: usize, admin: Option<SocketAddr>) {
     let generation = shared.current();
     let listeners: Vec<String> = generation
         .config
@@ -379,11 +382,7 @@ fn announce(shared: &Shared, cores: usize) {
             )
         })
         .collect();
-    let admin = generation
-        .config
-        .admin
-        .listen
-        .map_or("off".to_string(), |a| a.to_string());
+    let admin = admin.map_or("off".to_string(), |a| a.to_string());
     log::diag(&format!(
         "listening on {}; admin {admin}; {cores} shard{}",
         listeners.join(", "),
