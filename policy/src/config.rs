@@ -16,6 +16,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub listeners: Vec<Listener>,
+    /// The edge's own certificates (`[tls]`); `None` when the section is absent.
+    pub tls: Option<Tls>,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +90,58 @@ pub struct Listener {
     /// Sources (L4 balancers) whose connections start with a PROXY v1/v2 header
     /// naming the real client; a header from any other source is never trusted.
     pub accept_proxy: Vec<IpNet>,
+    /// What happens to STARTTLS. Already [`StartTls::Strip`] when the policy does not
+    /// allow TLS (`allow_tls = false`), whatever the file says.
+    pub starttls: StartTls,
+    pub upstream_tls: UpstreamTls,
+    /// Trust anchors for `upstream_tls = verify`; `None` = the system's roots.
+    pub upstream_ca: Option<PathBuf>,
+    /// TLS from the first byte on the client side (RFC 8314, port 465).
+    pub implicit_tls: bool,
+}
+
+/// `[tls]`: the certificate the edge presents to clients (STARTTLS `inspect`, implicit
+/// TLS). The files are read by the dataplane; this crate only knows their paths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, RSA or EC).
+    pub key: PathBuf,
+    /// Further certificates, chosen by the name the client asks for (SNI).
+    pub sni: Vec<SniCertificate>,
+}
+
+/// One `[[tls.sni]]` entry: served to clients asking for one of `names`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SniCertificate {
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `starttls` on a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartTls {
+    /// smtpgate answers STARTTLS itself, terminates TLS and inspects the plaintext.
+    Inspect,
+    /// STARTTLS goes to the upstream; after its 220 the session is relayed opaquely.
+    Passthrough,
+    /// STARTTLS is masked in the EHLO reply and as a command (the firewall's way).
+    Strip,
+}
+
+/// `upstream_tls` on a listener: TLS towards the upstream after an inspected STARTTLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// Encrypt when the upstream offers STARTTLS, without checking its certificate
+    /// (RFC 7435 opportunistic security); plaintext when it does not.
+    Opportunistic,
+    /// Encryption required and the certificate checked against `upstream_ca` or the
+    /// system's roots; otherwise the client gets 421 4.7.0.
+    Verify,
+    /// Plaintext towards the upstream.
+    Off,
 }
 
 impl Listener {
@@ -185,6 +240,7 @@ struct RawTopLevel {
     timeouts: Option<IgnoredAny>,
     listener: Option<IgnoredAny>,
     policy: Option<IgnoredAny>,
+    tls: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
@@ -231,6 +287,28 @@ struct RawListener {
     proxy_protocol: bool,
     #[serde(default)]
     accept_proxy: Vec<Spanned<String>>,
+    starttls: Option<Spanned<String>>,
+    upstream_tls: Option<Spanned<String>>,
+    upstream_ca: Option<Spanned<String>>,
+    #[serde(default)]
+    implicit_tls: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    #[serde(default)]
+    sni: Vec<RawSniCertificate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSniCertificate {
+    names: Spanned<Vec<String>>,
+    cert: Spanned<String>,
+    key: Spanned<String>,
 }
 
 /// One `[policy.NAME]` section as written. Spans locate errors in the file.
@@ -553,11 +631,18 @@ impl Config {
         let admin = validate_admin(parse_section(text, "admin", &mut errors), &mut errors);
         let limits = validate_limits(parse_section(text, "limits", &mut errors), &mut errors);
         let timeouts = validate_timeouts(parse_section(text, "timeouts", &mut errors), &mut errors);
+        let tls = validate_tls(parse_section(text, "tls", &mut errors), &mut errors);
         let (sections, broken_sections) = read_policy_sections(text, &doc, &mut errors);
         let mut policies = Policies::compile(&sections, &broken_sections, &mut errors);
         let raw_listeners = read_listeners(text, &doc, &mut errors);
-        let listeners =
-            validate_listeners(raw_listeners, &admin, &mut policies, resolve, &mut errors);
+        let listeners = validate_listeners(
+            raw_listeners,
+            &admin,
+            tls.is_some(),
+            &mut policies,
+            resolve,
+            &mut errors,
+        );
 
         match errors.finish() {
             Some(errors) => Err(errors),
@@ -566,6 +651,7 @@ impl Config {
                 limits,
                 timeouts,
                 listeners,
+                tls,
             }),
         }
     }
@@ -671,6 +757,7 @@ impl Policies {
 fn validate_listeners(
     raw_listeners: Option<Vec<(usize, Spanned<RawListener>)>>,
     admin: &Admin,
+    tls_configured: bool,
     policies: &mut Policies,
     resolve: &Resolver,
     errors: &mut Errors<'_>,
@@ -728,7 +815,7 @@ fn validate_listeners(
         );
         let (policy_name, policy_span) = match &raw.policy {
             Some(p) => (p.get_ref().as_str(), p.span()),
-            None => ("default", span),
+            None => ("default", span.clone()),
         };
         let policy = match policies.get(policy_name) {
             Ok(policy) => policy,
@@ -737,6 +824,14 @@ fn validate_listeners(
                 None
             }
         };
+        let (starttls, upstream_tls, upstream_ca) = validate_listener_tls(
+            i,
+            span.clone(),
+            &raw,
+            policy.as_deref(),
+            tls_configured,
+            errors,
+        );
         if let (Some(listen), Some(upstream), Some(policy)) = (listen, upstream, policy) {
             listeners.push(Listener {
                 listen,
@@ -745,10 +840,126 @@ fn validate_listeners(
                 exempt,
                 proxy_protocol: raw.proxy_protocol,
                 accept_proxy,
+                starttls,
+                upstream_tls,
+                upstream_ca,
+                implicit_tls: raw.implicit_tls,
             });
         }
     }
     listeners
+}
+
+/// A listener's `starttls`, `upstream_tls`, `upstream_ca` and `implicit_tls`: each
+/// value known, and TLS termination only where `[tls]` gives a certificate.
+fn validate_listener_tls(
+    i: usize,
+    span: Range<usize>,
+    raw: &RawListener,
+    policy: Option<&Policy>,
+    tls_configured: bool,
+    errors: &mut Errors<'_>,
+) -> (StartTls, UpstreamTls, Option<PathBuf>) {
+    let starttls = match &raw.starttls {
+        None if tls_configured => StartTls::Inspect,
+        None => StartTls::Passthrough,
+        Some(value) => match value.get_ref().as_str() {
+            "inspect" => {
+                if !tls_configured {
+                    errors.at(
+                        Some(value.span()),
+                        format!("listener[{i}].starttls"),
+                        "`inspect` terminates TLS with the [tls] certificate; add [tls] cert and key",
+                    );
+                }
+                StartTls::Inspect
+            }
+            "passthrough" => StartTls::Passthrough,
+            "strip" => StartTls::Strip,
+            other => {
+                errors.at(
+                    Some(value.span()),
+                    format!("listener[{i}].starttls"),
+                    format!("expected inspect, passthrough or strip, found `{other}`"),
+                );
+                StartTls::Passthrough
+            }
+        },
+    };
+    // A policy that does not allow TLS masks STARTTLS whatever the listener says.
+    let starttls = match policy {
+        Some(policy) if policy.inspect && !policy.params.allow_tls => StartTls::Strip,
+        _ => starttls,
+    };
+    if raw.implicit_tls && !tls_configured {
+        errors.at(
+            Some(span),
+            format!("listener[{i}].implicit_tls"),
+            "implicit TLS needs the [tls] certificate; add [tls] cert and key",
+        );
+    }
+    let upstream_tls = match &raw.upstream_tls {
+        None => UpstreamTls::Opportunistic,
+        Some(value) => match value.get_ref().as_str() {
+            "opportunistic" => UpstreamTls::Opportunistic,
+            "verify" => UpstreamTls::Verify,
+            "off" => UpstreamTls::Off,
+            other => {
+                errors.at(
+                    Some(value.span()),
+                    format!("listener[{i}].upstream_tls"),
+                    format!("expected opportunistic, verify or off, found `{other}`"),
+                );
+                UpstreamTls::Opportunistic
+            }
+        },
+    };
+    let upstream_ca = match &raw.upstream_ca {
+        Some(value) if value.get_ref().trim().is_empty() => None,
+        Some(value) => {
+            if upstream_tls != UpstreamTls::Verify {
+                errors.at(
+                    Some(value.span()),
+                    format!("listener[{i}].upstream_ca"),
+                    "only used with upstream_tls = \"verify\"",
+                );
+            }
+            Some(PathBuf::from(value.get_ref()))
+        }
+        None => None,
+    };
+    (starttls, upstream_tls, upstream_ca)
+}
+
+/// `[tls]`: the paths must be given; the files are read and checked by the dataplane.
+fn validate_tls(raw: Option<RawTls>, errors: &mut Errors<'_>) -> Option<Tls> {
+    let raw = raw?;
+    let path = |value: &Spanned<String>, key: String, errors: &mut Errors<'_>| {
+        if value.get_ref().trim().is_empty() {
+            errors.at(Some(value.span()), key, "a file path is required");
+        }
+        PathBuf::from(value.get_ref())
+    };
+    let cert = path(&raw.cert, "tls.cert".into(), errors);
+    let key = path(&raw.key, "tls.key".into(), errors);
+    let mut sni = Vec::new();
+    for (j, entry) in raw.sni.iter().enumerate() {
+        let cert = path(&entry.cert, format!("tls.sni[{j}].cert"), errors);
+        let key = path(&entry.key, format!("tls.sni[{j}].key"), errors);
+        if entry.names.get_ref().is_empty() {
+            errors.at(
+                Some(entry.names.span()),
+                format!("tls.sni[{j}].names"),
+                "name at least one server name this certificate is for",
+            );
+        }
+        sni.push(SniCertificate {
+            names: entry.names.get_ref().clone(),
+            cert,
+            key,
+        });
+    }
+    Some(Tls { cert, key, sni })
 }
 
 fn parse_section<T: DeserializeOwned + Default>(
