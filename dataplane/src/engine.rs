@@ -26,6 +26,7 @@ use smtpgate_policy::config::Config;
 use crate::limits::Admission;
 use crate::log;
 use crate::stats::{ListenerStats, Stats};
+use crate::tls::TlsContext;
 use crate::{admin, config_file, shard, LogFormat};
 
 /// io_uring registered memory per executor. glommio only uses it for file I/O, which
@@ -105,6 +106,8 @@ pub struct Generation {
     pub number: u64,
     pub config: Arc<Config>,
     pub listeners: Vec<Arc<ListenerStats>>,
+    /// The certificates and TLS configs this config named, read from their files.
+    pub tls: Arc<TlsContext>,
 }
 
 /// State shared by all cores and the main thread (leaked: it lives as long as the process).
@@ -133,13 +136,14 @@ impl Shared {
         self.shutdown.load(Ordering::Acquire)
     }
 
-    fn install(&self, config: Config) {
+    fn install(&self, config: Config, tls: Arc<TlsContext>) {
         let number = self.generation_number() + 1;
         let listeners = self.stats.for_config(&config);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Generation {
             number,
             config: Arc::new(config),
             listeners,
+            tls,
         });
         self.generation.store(number, Ordering::Release);
     }
@@ -203,6 +207,7 @@ fn bind_error(address: SocketAddr, e: &std::io::Error) -> String {
 
 fn start(options: RunOptions) -> Result<ExitCode, String> {
     let mut config = load(&options.config_path)?;
+    let tls = Arc::new(TlsContext::load(&config)?);
     probe_listen_addresses(&mut config)?;
     let configured_listens: Vec<SocketAddr> = config.listeners.iter().map(|l| l.listen).collect();
     let admin_listener = match config.admin.listen {
@@ -221,11 +226,12 @@ fn start(options: RunOptions) -> Result<ExitCode, String> {
             number: 0,
             config: Arc::new(config.clone()),
             listeners: Vec::new(),
+            tls: tls.clone(),
         })),
         generation: AtomicU64::new(0),
         shutdown: AtomicBool::new(false),
     }));
-    shared.install(config);
+    shared.install(config, tls);
 
     // Registered before the shards start so an early signal is queued, not fatal.
     let mut signals =
@@ -421,6 +427,18 @@ fn reload(shared: &Shared, path: &Option<PathBuf>, listens: &[SocketAddr]) {
     if config.admin.listen != shared.current().config.admin.listen {
         log::diag("SIGHUP: admin address change ignored until restart");
     }
-    shared.install(config);
+    // New certificates that fail to load keep the ones in use (and say why); the
+    // rest of the new config applies.
+    let previous = shared.current().tls.clone();
+    let tls = match TlsContext::reload(&config, &previous) {
+        Ok(tls) => Arc::new(tls),
+        Err(why) => {
+            log::diag(&format!(
+                "SIGHUP: keeping the current TLS certificates and settings: {why}"
+            ));
+            previous
+        }
+    };
+    shared.install(config, tls);
     log::diag(&format!("SIGHUP: reloaded {}", path.display()));
 }

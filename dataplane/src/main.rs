@@ -16,6 +16,7 @@
 //! - [`admin`]: the tiny HTTP/1.1 endpoint serving `/status` and `/metrics`.
 //! - [`log`]: event lines (text or JSON) and diagnostics.
 //! - [`proxy_v2`]: the PROXY protocol v2 header sent upstream.
+//! - [`tls`]: sans-IO TLS per side (rustls) and the certificates and configs it uses.
 
 mod admin;
 mod bufpool;
@@ -29,6 +30,8 @@ mod relay;
 mod session;
 mod shard;
 mod stats;
+#[allow(dead_code)] // the relay wires TlsLayer in next; TlsContext is loaded and checked already
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,7 +110,10 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match config_file::load(path) {
+    match config_file::load(path).and_then(|config| {
+        tls::TlsContext::load(&config)?;
+        Ok(config)
+    }) {
         Ok(config) => {
             for warning in config.warnings() {
                 eprintln!("warning: {}: {warning}", path.display());

@@ -1,0 +1,291 @@
+//! In-memory TLS: two layers wired to each other, no sockets.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rcgen::{CertificateParams, KeyPair};
+
+use super::*;
+
+/// A certificate and key written to a private temporary directory.
+struct Pair {
+    cert: PathBuf,
+    key: PathBuf,
+    cert_der: CertificateDer<'static>,
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("smtpgate-tls-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_pair(dir: &Path, stem: &str, params: CertificateParams, key: &KeyPair) -> Pair {
+    let cert = params.self_signed(key).unwrap();
+    let pair = Pair {
+        cert: dir.join(format!("{stem}.pem")),
+        key: dir.join(format!("{stem}.key")),
+        cert_der: cert.der().clone(),
+    };
+    std::fs::write(&pair.cert, cert.pem()).unwrap();
+    std::fs::write(&pair.key, key.serialize_pem()).unwrap();
+    pair
+}
+
+fn pair_for(dir: &Path, stem: &str, names: &[&str]) -> Pair {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    write_pair(
+        dir,
+        stem,
+        CertificateParams::new(names).unwrap(),
+        &KeyPair::generate().unwrap(),
+    )
+}
+
+fn tls_section(main: &Pair, sni: Vec<(Vec<String>, &Pair)>) -> Tls {
+    Tls {
+        cert: main.cert.clone(),
+        key: main.key.clone(),
+        sni: sni
+            .into_iter()
+            .map(|(names, p)| smtpgate_policy::config::SniCertificate {
+                names,
+                cert: p.cert.clone(),
+                key: p.key.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Moves ciphertext both ways until neither side has anything to send; returns the
+/// plaintext each side received.
+fn pump(client: &mut TlsLayer, server: &mut TlsLayer) -> Result<(Vec<u8>, Vec<u8>), TlsFailure> {
+    let (mut at_client, mut at_server) = (BytesMut::new(), BytesMut::new());
+    for _ in 0..20 {
+        let mut moved = false;
+        if let Some(bytes) = client.take_ciphertext() {
+            server.receive(&bytes, &mut at_server)?;
+            moved = true;
+        }
+        if let Some(bytes) = server.take_ciphertext() {
+            client.receive(&bytes, &mut at_client)?;
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    Ok((at_client.to_vec(), at_server.to_vec()))
+}
+
+fn client_for(config: &Arc<ClientConfig>, name: &str) -> TlsLayer {
+    let name = ServerName::try_from(name.to_string()).unwrap();
+    TlsLayer::new(ClientConnection::new(config.clone(), name).unwrap().into())
+}
+
+#[test]
+fn a_handshake_in_memory_carries_plaintext_both_ways_and_reports_what_was_negotiated() {
+    let dir = temp_dir("basic");
+    let main = pair_for(&dir, "mx", &["mx.example.com"]);
+    let server_config =
+        server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap();
+    let mut server = TlsLayer::server(&server_config);
+    let mut client = TlsLayer::client(&opportunistic_client_config(), "127.0.0.1".parse().unwrap());
+    // Written before the handshake: held by rustls, sent once it completes.
+    client.send(b"EHLO client.example\r\n");
+    let (_, at_server) = pump(&mut client, &mut server).unwrap();
+    assert_eq!(at_server, b"EHLO client.example\r\n");
+    server.send(b"250 mx.example.com\r\n");
+    let (at_client, _) = pump(&mut client, &mut server).unwrap();
+    assert_eq!(at_client, b"250 mx.example.com\r\n");
+
+    let established = server.take_established().expect("handshake done");
+    assert_eq!(established.version, "TLSv1_3");
+    assert!(
+        established.cipher_suite.starts_with("TLS13_"),
+        "{established:?}"
+    );
+    assert_eq!(established.sni, None, "an IP address is never sent as SNI");
+    assert!(!established.peer_certificate);
+    assert!(!established.resumed);
+    assert_eq!(server.take_established(), None, "reported once");
+    assert!(client.take_established().unwrap().peer_certificate);
+}
+
+#[test]
+fn the_certificate_is_chosen_by_server_name_with_the_main_one_as_fallback() {
+    let dir = temp_dir("sni");
+    let main = pair_for(&dir, "mx", &["mx.example.com"]);
+    let other = pair_for(&dir, "mx2", &["mx2.example.com"]);
+    let config = server_config(
+        &tls_section(&main, vec![(vec!["MX2.example.com".into()], &other)]),
+        None,
+        SystemTime::now(),
+    )
+    .unwrap();
+    for (name, expected) in [
+        ("mx2.example.com", &other.cert_der),
+        ("unknown.example.com", &main.cert_der),
+    ] {
+        let mut server = TlsLayer::server(&config);
+        let mut client = client_for(&opportunistic_client_config(), name);
+        pump(&mut client, &mut server).unwrap();
+        let Connection::Client(conn) = &client.conn else {
+            unreachable!()
+        };
+        assert_eq!(&conn.peer_certificates().unwrap()[0], expected, "{name}");
+        assert_eq!(
+            server.take_established().unwrap().sni.as_deref(),
+            Some(name)
+        );
+    }
+}
+
+#[test]
+fn an_sni_name_the_certificate_does_not_cover_is_refused_naming_the_file() {
+    let dir = temp_dir("sni-bad");
+    let main = pair_for(&dir, "mx", &["mx.example.com"]);
+    let other = pair_for(&dir, "mx2", &["mx2.example.com"]);
+    let e = server_config(
+        &tls_section(&main, vec![(vec!["mx3.example.com".into()], &other)]),
+        None,
+        SystemTime::now(),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("mx2.pem: not usable for the name `mx3.example.com`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_second_session_resumes_from_a_ticket_and_tickets_survive_a_reload() {
+    let dir = temp_dir("resume");
+    let main = pair_for(&dir, "mx", &["mx.example.com"]);
+    let tls = tls_section(&main, vec![]);
+    let first = server_config(&tls, None, SystemTime::now()).unwrap();
+    let client_config = opportunistic_client_config();
+    let handshake = |config: &Arc<ServerConfig>| {
+        let mut server = TlsLayer::server(config);
+        let mut client = client_for(&client_config, "mx.example.com");
+        client.send(b"x");
+        pump(&mut client, &mut server).unwrap();
+        // The tickets arrive after the handshake; let the client read them.
+        server.send(b"y");
+        pump(&mut client, &mut server).unwrap();
+        server.take_established().unwrap().resumed
+    };
+    assert!(!handshake(&first));
+    assert!(
+        handshake(&first),
+        "the ticket from the first session is used"
+    );
+    let reloaded = server_config(&tls, Some(first.ticketer.clone()), SystemTime::now()).unwrap();
+    assert!(
+        handshake(&reloaded),
+        "the ticket keys are kept across a reload"
+    );
+}
+
+#[test]
+fn verify_refuses_an_upstream_certificate_from_another_ca() {
+    let dir = temp_dir("verify");
+    let upstream = pair_for(&dir, "upstream", &["127.0.0.1"]);
+    let stranger = pair_for(&dir, "stranger", &["127.0.0.1"]);
+    let server_config =
+        server_config(&tls_section(&upstream, vec![]), None, SystemTime::now()).unwrap();
+    let address: IpAddr = "127.0.0.1".parse().unwrap();
+
+    let trusting = verifying_client_config(Some(&upstream.cert)).unwrap();
+    let mut client = TlsLayer::client(&trusting, address);
+    let mut server = TlsLayer::server(&server_config);
+    pump(&mut client, &mut server).expect("the right CA verifies");
+    assert!(!client.is_handshaking());
+
+    let wrong = verifying_client_config(Some(&stranger.cert)).unwrap();
+    let mut client = TlsLayer::client(&wrong, address);
+    let mut server = TlsLayer::server(&server_config);
+    let failure = pump(&mut client, &mut server).unwrap_err();
+    assert_eq!(failure.reason, FailureReason::BadCertificate, "{failure}");
+    assert!(failure.in_handshake);
+}
+
+#[test]
+fn a_key_of_another_certificate_is_refused_naming_the_key_file() {
+    let dir = temp_dir("mismatch");
+    let a = pair_for(&dir, "a", &["a.example.com"]);
+    let b = pair_for(&dir, "b", &["b.example.com"]);
+    let e = load_pair(&a.cert, &b.key, &provider(), SystemTime::now()).unwrap_err();
+    assert!(
+        e.contains("b.key: this key does not belong to the certificate in"),
+        "{e}"
+    );
+    assert!(e.contains("a.pem"), "{e}");
+}
+
+#[test]
+fn expired_not_yet_valid_and_unreadable_files_are_refused_naming_the_file() {
+    let dir = temp_dir("expiry");
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["old.example.com".into()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 2, 29);
+    let old = write_pair(&dir, "old", params, &key);
+    let e = load_pair(&old.cert, &old.key, &provider(), SystemTime::now()).unwrap_err();
+    assert!(
+        e.ends_with("old.pem: the certificate expired on 2020-02-29"),
+        "{e}"
+    );
+    // The same pair is fine on a day inside its validity...
+    let in_2019 = UNIX_EPOCH + Duration::from_secs(1_560_000_000);
+    assert!(load_pair(&old.cert, &old.key, &provider(), in_2019).is_ok());
+    // ... and not yet valid before it.
+    let e = load_pair(&old.cert, &old.key, &provider(), UNIX_EPOCH).unwrap_err();
+    assert!(e.contains("not valid before 2019-01-01"), "{e}");
+
+    let missing = dir.join("missing.pem");
+    let e = load_pair(&missing, &old.key, &provider(), SystemTime::now()).unwrap_err();
+    assert!(
+        e.starts_with(&format!("{}: cannot read", missing.display())),
+        "{e}"
+    );
+    let e = load_pair(&old.key, &old.key, &provider(), SystemTime::now()).unwrap_err();
+    assert!(e.contains("old.key: no CERTIFICATE block found"), "{e}");
+    let e = load_pair(&old.cert, &old.cert, &provider(), SystemTime::now()).unwrap_err();
+    assert!(e.contains("old.pem: cannot read a PEM private key"), "{e}");
+}
+
+#[test]
+fn utc_dates_round_trip_through_days_from_civil() {
+    for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (2024, 12, 31), (2049, 6, 15)] {
+        let seconds = days_from_civil(y, m, d) * 86_400 + 3_599;
+        assert_eq!(utc_date(seconds), format!("{y:04}-{m:02}-{d:02}"));
+    }
+    assert_eq!(
+        der_time(0x17, b"491231235959Z"),
+        Some(days_from_civil(2049, 12, 31) * 86_400 + 86_399)
+    );
+    assert_eq!(
+        der_time(0x17, b"500101000000Z"),
+        Some(days_from_civil(1950, 1, 1) * 86_400)
+    );
+    assert_eq!(
+        der_time(0x18, b"20500101000000Z"),
+        Some(days_from_civil(2050, 1, 1) * 86_400)
+    );
+    assert_eq!(der_time(0x18, b"2050"), None);
+}
+
+#[test]
+fn garbage_from_a_client_is_a_protocol_failure_and_eof_mid_handshake_is_counted() {
+    let dir = temp_dir("garbage");
+    let main = pair_for(&dir, "mx", &["mx.example.com"]);
+    let config = server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap();
+    let mut server = TlsLayer::server(&config);
+    let failure = server
+        .receive(b"EHLO plaintext.example\r\n", &mut BytesMut::new())
+        .unwrap_err();
+    assert_eq!(failure.reason, FailureReason::Protocol, "{failure}");
+    let server = TlsLayer::server(&config);
+    assert_eq!(server.eof().unwrap_err().reason, FailureReason::Eof);
+}

@@ -1,0 +1,127 @@
+//! `[tls]` certificate files as `smtpgate check` and `smtpgate run` read them: a good
+//! pair passes, a key of another certificate, an expired certificate and a missing file
+//! are refused with the file's name.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use rcgen::{CertificateParams, KeyPair};
+
+fn write_pair(dir: &Path, stem: &str, params: CertificateParams) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+fn params(name: &str) -> CertificateParams {
+    CertificateParams::new(vec![name.to_string()]).unwrap()
+}
+
+fn check_with(dir: &Path, cert: &Path, key: &Path) -> (Option<i32>, String, String) {
+    let tls = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let (text, _) = config(local(free_port()), "", &tls);
+    let path = dir.join("smtpgate.toml");
+    std::fs::write(&path, text).unwrap();
+    smtpgate(&["check", "-c", path.to_str().unwrap()])
+}
+
+#[test]
+fn check_accepts_a_certificate_with_its_own_key() {
+    let dir = scratch_dir("tls-check-ok");
+    let (cert, key) = write_pair(&dir, "mx", params("mx.example.com"));
+    let (code, out, err) = check_with(&dir, &cert, &key);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("ok: "), "{out}");
+}
+
+#[test]
+fn check_refuses_a_key_of_another_certificate_naming_the_key_file() {
+    let dir = scratch_dir("tls-check-mismatch");
+    let (cert, _) = write_pair(&dir, "mx", params("mx.example.com"));
+    let (_, other_key) = write_pair(&dir, "other", params("other.example.com"));
+    let (code, _, err) = check_with(&dir, &cert, &other_key);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: this key does not belong to the certificate in {}",
+            other_key.display(),
+            cert.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_and_run_refuse_an_expired_certificate_naming_the_file() {
+    let dir = scratch_dir("tls-check-expired");
+    let mut old = params("old.example.com");
+    old.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    old.not_after = rcgen::date_time_ymd(2021, 3, 31);
+    let (cert, key) = write_pair(&dir, "old", old);
+    let (code, _, err) = check_with(&dir, &cert, &key);
+    assert_eq!(code, Some(1), "{err}");
+    let expected = format!("{}: the certificate expired on 2021-03-31", cert.display());
+    assert!(err.contains(&expected), "{err}");
+
+    let tls = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let (text, _) = config(local(free_port()), "", &tls);
+    let mut gate = Gate::spawn(&text, &[]);
+    assert_eq!(
+        gate.wait_exit(LIMIT),
+        Some(1),
+        "run starts with an expired certificate"
+    );
+    assert!(gate.stderr().contains(&expected), "{}", gate.stderr());
+}
+
+#[test]
+fn check_refuses_a_missing_file_and_a_wrong_upstream_ca_naming_them() {
+    let dir = scratch_dir("tls-check-missing");
+    let (cert, _) = write_pair(&dir, "mx", params("mx.example.com"));
+    let missing = dir.join("missing.key");
+    let (code, _, err) = check_with(&dir, &cert, &missing);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: cannot read a PEM private key",
+            missing.display()
+        )),
+        "{err}"
+    );
+
+    let (text, _) = config(
+        local(free_port()),
+        &format!(
+            "upstream_tls = \"verify\"\nupstream_ca = \"{}\"",
+            missing.display()
+        ),
+        "",
+    );
+    let path = dir.join("verify.toml");
+    std::fs::write(&path, text).unwrap();
+    let (code, _, err) = smtpgate(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: cannot read PEM certificates",
+            missing.display()
+        )),
+        "{err}"
+    );
+}
