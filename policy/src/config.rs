@@ -1356,26 +1356,23 @@ fn validate_limits(raw: RawLimits, errors: &mut Errors<'_>) -> Limits {
 
 fn validate_timeouts(raw: RawTimeouts, errors: &mut Errors<'_>) -> Timeouts {
     let defaults = Timeouts::default();
-    let mut get = |v: &Option<Spanned<String>>,
-                   key: &str,
-                   default: Duration,
-                   zero_ok: bool|
-     -> Duration {
-        let Some(v) = v else { return default };
-        let problem = match parse_duration(v.get_ref()) {
-            Some(d) if d.is_zero() && !zero_ok => "must be more than zero".to_string(),
-            Some(d) if d > MAX_DURATION => {
-                format!("`{}` is longer than the maximum, 7 days", v.get_ref())
-            }
-            Some(d) => return d,
-            None => format!(
+    let mut get =
+        |v: &Option<Spanned<String>>, key: &str, default: Duration, zero_ok: bool| -> Duration {
+            let Some(v) = v else { return default };
+            let problem = match parse_duration(v.get_ref()) {
+                Some(d) if d.is_zero() && !zero_ok => "must be more than zero".to_string(),
+                Some(d) if d > MAX_DURATION => {
+                    format!("`{}` is longer than the maximum, 7 days", v.get_ref())
+                }
+                Some(d) => return d,
+                None => format!(
                 "expected a duration like \"250ms\", \"90s\", \"5min\" or \"1h30m\", found `{}`",
                 v.get_ref()
             ),
+            };
+            errors.at(Some(v.span()), format!("timeouts.{key}"), problem);
+            default
         };
-        errors.at(Some(v.span()), format!("timeouts.{key}"), problem);
-        default
-    };
     let embryonic = get(&raw.embryonic, "embryonic", defaults.embryonic, false);
     let idle = get(&raw.idle, "idle", defaults.idle, false);
     let data = get(&raw.data, "data", defaults.data, false);
