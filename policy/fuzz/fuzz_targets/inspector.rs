@@ -1,6 +1,6 @@
-//! cargo-fuzz target for the session inspector: `cargo fuzz run inspector` from
-//! `policy/`. Not built by CI (the proptest fuzz in `policy/tests/inspector_props.rs`
-//! runs there).
+//! cargo-fuzz target for the session inspector: `scripts/fuzz` runs it (or
+//! `cargo fuzz run inspector` from `policy/`). CI only compiles it; the proptest fuzz
+//! in `policy/tests/inspector_props.rs` runs there.
 //!
 //! The input is a program over an SMTP alphabet, so the fuzzer reaches deep states
 //! (DATA content, BDAT chunks, AUTH, STARTTLS) instead of dying at the greeting:
