@@ -444,6 +444,8 @@ fn run_once(
         digest_log: None,
         progress: false,
         timeout: Duration::from_secs(30),
+        tls: send::TlsMode::Off,
+        tls_ca: None,
     };
     let cpu_before = path.relay_pid.map(process_cpu).transpose()?;
     let sink_before = process_cpu(sink_pid)?;

@@ -10,6 +10,7 @@
 //! - `message` — the realistic message corpus, built once.
 //! - `reply`   — client-side SMTP reply reader.
 //! - `report`  — latency histograms per SMTP step, text and JSON report.
+//! - `tls`     — TLS streams and configs for `send --starttls/--implicit-tls` and `sink --starttls`.
 //! - `util`    — PRNG, parsing, counters, ports, CPU time.
 //!
 //! The loadgen has its own minimal SMTP client and server code (it does not
@@ -21,6 +22,7 @@ mod reply;
 mod report;
 mod send;
 mod sink;
+mod tls;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -63,6 +65,16 @@ enum Command {
         /// Print a progress line on stderr this often while mail flows (0 = never).
         #[arg(long, value_parser = parse_duration, default_value = "10s")]
         report_interval: Duration,
+        /// Advertise and accept STARTTLS (a self-signed certificate made at start
+        /// unless --tls-cert/--tls-key give one).
+        #[arg(long)]
+        starttls: bool,
+        /// PEM certificate chain for STARTTLS (implies --starttls).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Drive SMTP load and report msgs/s, MB/s, errors and latency percentiles.
     ///
@@ -114,6 +126,16 @@ enum Command {
         /// Give up on a connection that makes no progress for this long.
         #[arg(long, value_parser = parse_duration, default_value = "30s")]
         timeout: Duration,
+        /// STARTTLS after EHLO (a server that does not offer it is an error).
+        #[arg(long, conflicts_with = "implicit_tls")]
+        starttls: bool,
+        /// TLS from the first byte (port 465 style, RFC 8314).
+        #[arg(long)]
+        implicit_tls: bool,
+        /// Verify the server's certificate against this PEM CA file (default: any
+        /// certificate is accepted, as opportunistic STARTTLS does).
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
     },
     /// Measure the cost of inspection: the same load through smtpgate with
     /// policy "default" and with policy "none", in alternation, into a sink.
@@ -131,6 +153,9 @@ fn main() -> ExitCode {
             delay,
             cores,
             report_interval,
+            starttls,
+            tls_cert,
+            tls_key,
         } => {
             let listen = match util::resolve(&listen) {
                 Ok(addr) => addr,
@@ -149,6 +174,8 @@ fn main() -> ExitCode {
                 delay,
                 cores: cores.unwrap_or_else(util::default_cores),
                 report_interval,
+                starttls: starttls || tls_cert.is_some(),
+                tls_cert_key: tls_cert.zip(tls_key),
             };
             match sink::run(options) {
                 Ok(_) => ExitCode::SUCCESS,
@@ -171,6 +198,9 @@ fn main() -> ExitCode {
             digest_log,
             quiet,
             timeout,
+            starttls,
+            implicit_tls,
+            tls_ca,
         } => {
             let target = match util::resolve(&target) {
                 Ok(addr) => addr,
@@ -191,6 +221,14 @@ fn main() -> ExitCode {
                 digest_log,
                 progress: !quiet,
                 timeout,
+                tls: if implicit_tls {
+                    send::TlsMode::Implicit
+                } else if starttls {
+                    send::TlsMode::StartTls
+                } else {
+                    send::TlsMode::Off
+                },
+                tls_ca,
             };
             let report = match send::run(options) {
                 Ok(report) => report,

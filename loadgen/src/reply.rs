@@ -17,6 +17,7 @@ pub struct ReplyReader {
 pub struct Extensions {
     pub pipelining: bool,
     pub chunking: bool,
+    pub starttls: bool,
 }
 
 const MAX_REPLY_LINE: usize = 64 * 1024;
@@ -66,6 +67,11 @@ impl ReplyReader {
         }
     }
 
+    /// Bytes were received beyond the replies read so far.
+    pub fn has_buffered(&self) -> bool {
+        self.start < self.end
+    }
+
     pub async fn read<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> io::Result<u16> {
         self.read_with(stream, |_| {}).await
     }
@@ -83,6 +89,8 @@ impl ReplyReader {
                     ext.pipelining = true;
                 } else if keyword.eq_ignore_ascii_case(b"CHUNKING") {
                     ext.chunking = true;
+                } else if keyword.eq_ignore_ascii_case(b"STARTTLS") {
+                    ext.starttls = true;
                 }
             })
             .await?;

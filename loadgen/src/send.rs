@@ -18,8 +18,8 @@
 use crate::message::{Corpus, Message};
 use crate::reply::{Extensions, ReplyReader};
 use crate::report::{Latencies, Report, Step};
+use crate::tls::Stream;
 use crate::util::{self, ShardCounter, SizeSpec, XorShift};
-use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use std::cell::{Cell, RefCell};
@@ -59,6 +59,20 @@ pub struct SendOptions {
     /// A connection making no progress for this long is closed and its
     /// message counted as an I/O error ("TimedOut").
     pub timeout: Duration,
+    pub tls: TlsMode,
+    /// Verify the server's certificate against this PEM CA file; without it any
+    /// certificate is accepted.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// TLS towards the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    Off,
+    /// STARTTLS after the first EHLO (required: a server not offering it is an error).
+    StartTls,
+    /// TLS from the first byte (RFC 8314).
+    Implicit,
 }
 
 #[derive(Default)]
@@ -83,6 +97,8 @@ struct ShardResult {
 
 struct Shared {
     options: SendOptions,
+    /// Built once when TLS is on.
+    tls: Option<Arc<rustls::ClientConfig>>,
     corpus: Corpus,
     started: Instant,
     progress: Vec<Progress>,
@@ -156,7 +172,7 @@ impl Watch {
 }
 
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     reader: ReplyReader,
     extensions: Extensions,
     out: Vec<u8>,
@@ -170,8 +186,8 @@ impl Connection {
     async fn open(shard: &Shard) -> io::Result<Connection> {
         let started = Instant::now();
         let options = &shard.shared.options;
-        let stream = TcpStream::connect_timeout(options.target, options.timeout).await?;
-        stream.set_nodelay(true)?;
+        let tcp = TcpStream::connect_timeout(options.target, options.timeout).await?;
+        tcp.set_nodelay(true)?;
         // No per-read timeouts: glommio arms an io_uring timeout per read,
         // a measurable cost per message. The shard watchdog handles stalls.
         let watch = Rc::new(Watch {
@@ -181,57 +197,85 @@ impl Connection {
         shard
             .live
             .borrow_mut()
-            .push((Rc::downgrade(&watch), stream.as_raw_fd()));
-        let mut conn = Connection {
-            stream,
-            reader: ReplyReader::new(),
-            extensions: Extensions::default(),
-            out: Vec::with_capacity(4096),
-            watch,
-            envelope_sent: None,
-        };
-        match conn.handshake(shard, started).await {
-            Ok(()) => {
-                conn.watch.last_progress.set(Instant::now());
-                Ok(conn)
+            .push((Rc::downgrade(&watch), tcp.as_raw_fd()));
+        let mut reader = ReplyReader::new();
+        match handshake(shard, Stream::Plain(tcp), &mut reader, started).await {
+            Ok((stream, extensions)) => {
+                watch.last_progress.set(Instant::now());
+                Ok(Connection {
+                    stream,
+                    reader,
+                    extensions,
+                    out: Vec::with_capacity(4096),
+                    watch,
+                    envelope_sent: None,
+                })
             }
-            Err(e) => Err(conn.watch.explain(e)),
+            Err(e) => Err(watch.explain(e)),
         }
-    }
-
-    /// Greeting and EHLO.
-    async fn handshake(&mut self, shard: &Shard, started: Instant) -> io::Result<()> {
-        let conn = self;
-        let greeting = conn.reader.read(&mut conn.stream).await?;
-        shard.result.borrow_mut().connections += 1;
-        if greeting != 220 {
-            return Err(refused("greeting", greeting));
-        }
-        shard.record(Step::Connect, started);
-        let started = Instant::now();
-        conn.stream
-            .write_all(b"EHLO loadgen.smtpgate.test\r\n")
-            .await?;
-        let (code, extensions) = conn.reader.read_ehlo(&mut conn.stream).await?;
-        if code != 250 {
-            return Err(refused("EHLO", code));
-        }
-        shard.record(Step::Ehlo, started);
-        conn.extensions = extensions;
-        Ok(())
     }
 
     async fn command(&mut self, line: &[u8]) -> io::Result<u16> {
-        self.stream.write_all(line).await?;
+        self.stream.send(line).await?;
         self.reader.read(&mut self.stream).await
     }
 
     async fn quit(mut self) {
         // Best effort: the session is over either way.
-        if self.stream.write_all(b"QUIT\r\n").await.is_ok() {
+        if self.stream.send(b"QUIT\r\n").await.is_ok() {
             let _ = self.reader.read(&mut self.stream).await;
         }
     }
+}
+
+/// Greeting and EHLO; with `--implicit-tls` the TLS handshake first, with
+/// `--starttls` STARTTLS after EHLO, the handshake and EHLO again (RFC 3207).
+async fn handshake(
+    shard: &Shard,
+    mut stream: Stream,
+    reader: &mut ReplyReader,
+    started: Instant,
+) -> io::Result<(Stream, Extensions)> {
+    let options = &shard.shared.options;
+    let tls = shard.shared.tls.as_ref();
+    if let (TlsMode::Implicit, Some(config)) = (options.tls, tls) {
+        stream = stream.connect(config, options.target.ip()).await?;
+    }
+    let greeting = reader.read(&mut stream).await?;
+    shard.result.borrow_mut().connections += 1;
+    if greeting != 220 {
+        return Err(refused("greeting", greeting));
+    }
+    shard.record(Step::Connect, started);
+    let started = Instant::now();
+    stream.send(b"EHLO loadgen.smtpgate.test\r\n").await?;
+    let (code, mut extensions) = reader.read_ehlo(&mut stream).await?;
+    if code != 250 {
+        return Err(refused("EHLO", code));
+    }
+    if let (TlsMode::StartTls, Some(config)) = (options.tls, tls) {
+        if !extensions.starttls {
+            return Err(io::Error::other("EHLO reply without STARTTLS"));
+        }
+        stream.send(b"STARTTLS\r\n").await?;
+        let code = reader.read(&mut stream).await?;
+        if code != 220 {
+            return Err(refused("STARTTLS", code));
+        }
+        if reader.has_buffered() {
+            // RFC 3207 5: nothing may follow the 220 in the clear.
+            return Err(io::Error::other("plaintext after the 220 to STARTTLS"));
+        }
+        stream = stream.connect(config, options.target.ip()).await?;
+        stream.send(b"EHLO loadgen.smtpgate.test\r\n").await?;
+        let (code, after) = reader.read_ehlo(&mut stream).await?;
+        if code != 250 {
+            return Err(refused("EHLO after STARTTLS", code));
+        }
+        extensions = after;
+    }
+    shard.record(Step::Ehlo, started);
+    Ok((stream, extensions))
 }
 
 /// A refusal during connection setup, carried as an io::Error so the
@@ -285,10 +329,10 @@ async fn write_bdat(conn: &mut Connection, chunk: &[u8], last: bool) -> io::Resu
     );
     if chunk.len() <= COALESCE_LIMIT {
         conn.out.extend_from_slice(chunk);
-        conn.stream.write_all(&conn.out).await?;
+        conn.stream.send(&conn.out).await?;
     } else {
-        conn.stream.write_all(&conn.out).await?;
-        conn.stream.write_all(chunk).await?;
+        conn.stream.send(&conn.out).await?;
+        conn.stream.send(chunk).await?;
     }
     conn.out.clear();
     Ok(())
@@ -338,7 +382,7 @@ async fn transaction(
                         write_bdat(conn, chunk, last).await?;
                     }
                 } else {
-                    conn.stream.write_all(&conn.out).await?;
+                    conn.stream.send(&conn.out).await?;
                 }
                 sent
             }
@@ -384,17 +428,17 @@ async fn transaction(
                     conn.out.clear();
                     conn.out.extend_from_slice(&message.data_wire);
                     push_envelope(&mut conn.out, next, options.recipients, true);
-                    conn.stream.write_all(&conn.out).await?;
+                    conn.stream.send(&conn.out).await?;
                     conn.envelope_sent = Some(sent);
                 }
                 Some(next) => {
-                    conn.stream.write_all(&message.data_wire).await?;
+                    conn.stream.send(&message.data_wire).await?;
                     conn.out.clear();
                     push_envelope(&mut conn.out, next, options.recipients, true);
-                    conn.stream.write_all(&conn.out).await?;
+                    conn.stream.send(&conn.out).await?;
                     conn.envelope_sent = Some(Instant::now());
                 }
-                None => conn.stream.write_all(&message.data_wire).await?,
+                None => conn.stream.send(&message.data_wire).await?,
             }
             let code = conn.reader.read(&mut conn.stream).await?;
             shard.record(Step::EndOfData, sent);
@@ -419,7 +463,7 @@ async fn transaction(
     conn.out.clear();
     push_mail(&mut conn.out, message);
     let sent = Instant::now();
-    conn.stream.write_all(&conn.out).await?;
+    conn.stream.send(&conn.out).await?;
     mail_code = conn.reader.read(&mut conn.stream).await?;
     shard.record(Step::Mail, sent);
     if !is_positive(mail_code) {
@@ -429,7 +473,7 @@ async fn transaction(
         conn.out.clear();
         push_rcpt(&mut conn.out, n);
         let sent = Instant::now();
-        conn.stream.write_all(&conn.out).await?;
+        conn.stream.send(&conn.out).await?;
         let code = conn.reader.read(&mut conn.stream).await?;
         shard.record(Step::Rcpt, sent);
         if is_positive(code) {
@@ -475,7 +519,7 @@ async fn transaction(
         return refuse("DATA", data_code);
     }
     let sent = Instant::now();
-    conn.stream.write_all(&message.data_wire).await?;
+    conn.stream.send(&message.data_wire).await?;
     let code = conn.reader.read(&mut conn.stream).await?;
     shard.record(Step::EndOfData, sent);
     if is_positive(code) {
@@ -750,11 +794,18 @@ pub fn run(options: SendOptions) -> io::Result<Report> {
     }
     let cores = options.cores.min(options.connections).max(1);
     let options = SendOptions { cores, ..options };
+    let tls = match options.tls {
+        TlsMode::Off => None,
+        TlsMode::StartTls | TlsMode::Implicit => {
+            Some(crate::tls::client_config(options.tls_ca.as_deref())?)
+        }
+    };
     let corpus = Corpus::build(&options.size);
     let cpu_before = util::process_cpu_time();
     let shared = Arc::new(Shared {
         progress: (0..cores).map(|_| Progress::default()).collect(),
         options: options.clone(),
+        tls,
         corpus,
         started: Instant::now(),
         shards_done: AtomicUsize::new(0),

@@ -13,8 +13,9 @@
 //! DATA without its terminating ".\r\n", or the concatenated BDAT chunks) is
 //! done only with `--digest-log`, so the sink stays cheap when not asked.
 
+use crate::tls::Stream;
 use crate::util::{self, hex, ShardCounter, XorShift};
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::io::AsyncReadExt;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use sha2::{Digest, Sha256};
@@ -37,6 +38,10 @@ pub struct SinkOptions {
     pub delay: Duration,
     pub cores: usize,
     pub report_interval: Duration,
+    /// Advertise and accept STARTTLS.
+    pub starttls: bool,
+    /// The certificate and key for STARTTLS; `None`: self-signed, made at start.
+    pub tls_cert_key: Option<(PathBuf, PathBuf)>,
 }
 
 /// Counters of one shard, summed by the main thread.
@@ -91,6 +96,15 @@ const EHLO_REPLY: &[u8] = b"250-sink.smtpgate.test\r\n\
 250-SIZE 1073741824\r\n\
 250-SMTPUTF8\r\n\
 250 ENHANCEDSTATUSCODES\r\n";
+const EHLO_REPLY_STARTTLS: &[u8] = b"250-sink.smtpgate.test\r\n\
+250-PIPELINING\r\n\
+250-8BITMIME\r\n\
+250-CHUNKING\r\n\
+250-STARTTLS\r\n\
+250-SIZE 1073741824\r\n\
+250-SMTPUTF8\r\n\
+250 ENHANCEDSTATUSCODES\r\n";
+const TLS_READY: &[u8] = b"220 2.0.0 Ready to start TLS\r\n";
 const HELO_REPLY: &[u8] = b"250 sink.smtpgate.test\r\n";
 const OK: &[u8] = b"250 2.0.0 Ok\r\n";
 const MAIL_OK: &[u8] = b"250 2.1.0 Ok\r\n";
@@ -159,6 +173,11 @@ pub struct Session {
     pub out: Vec<u8>,
     pub events: Vec<Event>,
     pub quit: bool,
+    /// STARTTLS is offered (the sink has a certificate and TLS is not on yet).
+    offer_starttls: bool,
+    /// STARTTLS was accepted: the driver starts TLS once `out` is written and
+    /// discards anything the client sent behind the command (RFC 3207 4.2).
+    pub start_tls: bool,
 }
 
 impl Session {
@@ -179,14 +198,31 @@ impl Session {
             out,
             events: Vec::new(),
             quit: false,
+            offer_starttls: false,
+            start_tls: false,
         }
+    }
+
+    /// A session that advertises STARTTLS.
+    pub fn offering_starttls(mut self) -> Session {
+        self.offer_starttls = true;
+        self
+    }
+
+    /// The session after the TLS handshake: a fresh start without a greeting
+    /// (RFC 3207 4.2), STARTTLS no longer offered.
+    pub fn restart_after_tls(&mut self) {
+        self.reset();
+        self.out.clear();
+        self.offer_starttls = false;
+        self.start_tls = false;
     }
 
     /// Consumes as much of `input` as can be acted on and returns how many
     /// bytes were consumed; the caller keeps the rest and appends more.
     pub fn process(&mut self, input: &[u8]) -> usize {
         let mut pos = 0;
-        while pos < input.len() && !self.quit {
+        while pos < input.len() && !self.quit && !self.start_tls {
             let rest = &input[pos..];
             let used = match self.mode {
                 Mode::Command => self.command(rest),
@@ -226,7 +262,15 @@ impl Session {
         let is = |name: &[u8]| verb.eq_ignore_ascii_case(name);
         if is(b"EHLO") {
             self.reset();
-            self.out.extend_from_slice(EHLO_REPLY);
+            self.out.extend_from_slice(if self.offer_starttls {
+                EHLO_REPLY_STARTTLS
+            } else {
+                EHLO_REPLY
+            });
+        } else if is(b"STARTTLS") && self.offer_starttls {
+            self.reset();
+            self.out.extend_from_slice(TLS_READY);
+            self.start_tls = true;
         } else if is(b"HELO") {
             self.reset();
             self.out.extend_from_slice(HELO_REPLY);
@@ -451,6 +495,8 @@ impl Session {
 
 struct Shard {
     options: SinkOptions,
+    /// Present with `--starttls`.
+    tls: Option<Arc<rustls::ServerConfig>>,
     counters: Arc<Vec<SinkCounters>>,
     index: usize,
     digests: RefCell<Vec<u8>>,
@@ -500,8 +546,9 @@ impl Shard {
     }
 }
 
-async fn serve(shard: Rc<Shard>, mut stream: glommio::net::TcpStream) -> io::Result<()> {
-    stream.set_nodelay(true)?;
+async fn serve(shard: Rc<Shard>, tcp: glommio::net::TcpStream) -> io::Result<()> {
+    tcp.set_nodelay(true)?;
+    let mut stream = Stream::Plain(tcp);
     shard.counters().connections.add(1);
     let seed = shard.next_seed.get();
     shard.next_seed.set(seed + 1);
@@ -512,6 +559,9 @@ async fn serve(shard: Rc<Shard>, mut stream: glommio::net::TcpStream) -> io::Res
         options.permfail_rate,
         seed,
     );
+    if shard.tls.is_some() {
+        session = session.offering_starttls();
+    }
     let mut buf = vec![0u8; 64 * 1024];
     let mut filled = 0;
     loop {
@@ -520,8 +570,18 @@ async fn serve(shard: Rc<Shard>, mut stream: glommio::net::TcpStream) -> io::Res
                 glommio::timer::sleep(options.delay).await;
             }
             shard.record(&mut session.events);
-            stream.write_all(&session.out).await?;
+            stream.send(&session.out).await?;
             session.out.clear();
+        }
+        if session.start_tls {
+            let config = shard
+                .tls
+                .as_ref()
+                .expect("STARTTLS is offered with a config");
+            stream = stream.accept(config).await?;
+            session.restart_after_tls();
+            filled = 0;
+            continue;
         }
         if session.quit {
             return Ok(());
@@ -611,6 +671,14 @@ pub fn run(options: SinkOptions) -> io::Result<SinkTotals> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let next_index = Arc::new(std::sync::atomic::AtomicUsize::new(0));
 
+    let tls = if options.starttls {
+        let paths = options.tls_cert_key.as_ref();
+        Some(crate::tls::server_config(
+            paths.map(|(c, k)| (c.as_path(), k.as_path())),
+        )?)
+    } else {
+        None
+    };
     let handles = {
         let (options, counters, stop) = (options.clone(), counters.clone(), stop.clone());
         LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(options.cores, None))
@@ -626,6 +694,7 @@ pub fn run(options: SinkOptions) -> io::Result<SinkTotals> {
                     )
                 });
                 let shard = Rc::new(Shard {
+                    tls: tls.clone(),
                     options,
                     counters,
                     index,
@@ -792,6 +861,21 @@ mod tests {
             assert_eq!(s.out, whole.out);
             assert_eq!(s.events, whole.events);
         }
+    }
+
+    #[test]
+    fn starttls_is_offered_only_with_a_certificate_and_discards_what_follows_it() {
+        let mut s = session().offering_starttls();
+        s.out.clear();
+        let input = b"EHLO a\r\nSTARTTLS\r\nMAIL FROM:<smuggled@x>\r\n";
+        assert_eq!(feed(&mut s, input), b"EHLO a\r\nSTARTTLS\r\n".len());
+        let mut expected = EHLO_REPLY_STARTTLS.to_vec();
+        expected.extend_from_slice(TLS_READY);
+        assert_eq!(s.out, expected);
+        assert!(s.start_tls);
+        s.restart_after_tls();
+        feed(&mut s, b"EHLO a\r\n");
+        assert_eq!(s.out, EHLO_REPLY, "no STARTTLS inside TLS");
     }
 
     #[test]

@@ -604,3 +604,148 @@ fn compare_short_run_writes_reports() {
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("inspect (policy default)"));
 }
+
+/// A self-signed certificate and key for `name`, written to `dir`.
+fn write_certificate(dir: &Path, stem: &str, name: &str) -> (PathBuf, PathBuf) {
+    let pair = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let (cert, key) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// STARTTLS between the two halves of the load generator: with the sink's
+/// in-memory certificate, and with a given one the sender verifies; a sender
+/// trusting another CA delivers nothing.
+#[test]
+fn send_starttls_delivers_unaltered_and_verifies_when_told() {
+    let dir = scratch("starttls");
+    let sink = Sink::start(&dir, &["--starttls"]);
+    let args = [
+        "--connections",
+        "2",
+        "--messages",
+        "100",
+        "--size",
+        "1k:50,100k:50",
+    ];
+    let sent = send(
+        &dir,
+        sink.addr,
+        &[&args[..], &["--starttls", "--pipelining"]].concat(),
+    );
+    let (counters, received) = sink.stop();
+    assert_eq!(sent.status, 0, "{}", sent.stdout);
+    assert_eq!(sent.digests.len(), 100);
+    assert_eq!(sent.digests, received, "lost or altered mail over TLS");
+    assert_eq!(counters["connections"], 2);
+
+    let dir = scratch("starttls-verify");
+    let (cert, key) = write_certificate(&dir, "sink", "127.0.0.1");
+    let (stranger, _) = write_certificate(&dir, "stranger", "127.0.0.1");
+    let sink = Sink::start(
+        &dir,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let ca = ["--tls-ca", cert.to_str().unwrap()];
+    let sent = send(
+        &dir,
+        sink.addr,
+        &[&args[..], &["--starttls", "--bdat"], &ca].concat(),
+    );
+    assert_eq!(sent.status, 0, "{}", sent.stdout);
+    assert_eq!(u(&sent.report, "messages_ok"), 100);
+    let wrong = ["--tls-ca", stranger.to_str().unwrap(), "--messages", "4"];
+    let refused = send(
+        &dir,
+        sink.addr,
+        &[&["--connections", "1", "--starttls"][..], &wrong].concat(),
+    );
+    let (counters, _) = sink.stop();
+    assert_eq!(refused.status, 1, "{}", refused.stdout);
+    assert_eq!(u(&refused.report, "messages_ok"), 0);
+    assert_eq!(
+        counters["messages"], 100,
+        "nothing delivered past a failed verification"
+    );
+}
+
+/// Foreign TLS clients see the sink's certificate and deliver through STARTTLS.
+#[test]
+fn openssl_and_smtplib_use_the_sinks_starttls() {
+    let dir = scratch("starttls-peers");
+    let (cert, key) = write_certificate(&dir, "sink", "sink.example.test");
+    let sink = Sink::start(
+        &dir,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let mut openssl = Command::new("openssl")
+        .args(["s_client", "-starttls", "smtp", "-connect"])
+        .arg(sink.addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is required for this test");
+    {
+        use std::io::Write;
+        let mut stdin = openssl.stdin.take().unwrap();
+        stdin.write_all(b"QUIT\n").unwrap();
+    }
+    let out = wait_bounded(&mut openssl, Duration::from_secs(20));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let presented = text
+        .split("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .and_then(|rest| rest.split("-----END CERTIFICATE-----").next())
+        .unwrap_or_else(|| panic!("no certificate in openssl's output:\n{text}"));
+    let ours = std::fs::read_to_string(&cert).unwrap();
+    assert!(
+        ours.contains(presented.trim()),
+        "openssl saw another certificate"
+    );
+
+    let script = r#"
+import hashlib, smtplib, ssl, sys
+with smtplib.SMTP(sys.argv[1], int(sys.argv[2])) as s:
+    s.ehlo("python.test")
+    assert s.has_extn("starttls")
+    s.starttls(context=ssl._create_unverified_context())
+    s.ehlo("python.test")
+    assert not s.has_extn("starttls"), "STARTTLS offered again inside TLS"
+    m = b"Subject: tls\r\n\r\nover TLS\r\n"
+    assert not s.sendmail("a@python.test", ["b@sink.test"], m)
+    print(hashlib.sha256(m).hexdigest())
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(sink.addr.ip().to_string())
+        .arg(sink.addr.port().to_string())
+        .output()
+        .expect("python3 is required for this test");
+    assert!(
+        out.status.success(),
+        "smtplib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (counters, received) = sink.stop();
+    assert_eq!(counters["messages"], 1);
+    assert_eq!(
+        received,
+        [String::from_utf8_lossy(&out.stdout).trim().to_string()]
+    );
+}
