@@ -27,7 +27,7 @@ use crate::limits::Admission;
 use crate::log;
 use crate::stats::{ListenerStats, Stats};
 use crate::tls::TlsContext;
-use crate::{admin, config_file, shard, LogFormat};
+use crate::{admin, config_file, shard};
 
 /// io_uring registered memory per executor. glommio only uses it for file I/O, which
 /// smtpgate does not do; the default (10 MiB) exceeds a non-root RLIMIT_MEMLOCK. 64 KiB
@@ -39,7 +39,6 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(20);
 pub struct RunOptions {
     pub config_path: Option<PathBuf>,
     pub cores: Option<usize>,
-    pub log_format: LogFormat,
     pub placement: Placement,
     pub spin_before_park: Duration,
 }
@@ -114,7 +113,7 @@ pub struct Generation {
 pub struct Shared {
     pub admission: Admission,
     pub stats: Stats,
-    pub log_format: LogFormat,
+    pub health: admin::Health,
     current: RwLock<Arc<Generation>>,
     generation: AtomicU64,
     shutdown: AtomicBool,
@@ -221,7 +220,7 @@ fn start(options: RunOptions) -> Result<ExitCode, String> {
     let shared: &'static Shared = Box::leak(Box::new(Shared {
         admission: Admission::default(),
         stats: Stats::default(),
-        log_format: options.log_format,
+        health: admin::Health::default(),
         current: RwLock::new(Arc::new(Generation {
             number: 0,
             config: Arc::new(config.clone()),
@@ -290,8 +289,10 @@ fn start(options: RunOptions) -> Result<ExitCode, String> {
     // The readiness line names the bound admin port, which differs from the configured
     // one when that is 0 (tests bind port 0 and read the line instead of racing).
     let admin_bound = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    shared.health.set_ready();
     if let Some(listener) = admin_listener {
-        admin::spawn(listener, shared).map_err(|e| format!("admin thread: {e}"))?;
+        let token = admin_token(&shared.current().config)?;
+        admin::spawn(listener, shared, token).map_err(|e| format!("admin thread: {e}"))?;
     }
     announce(shared, cores, admin_bound);
 
@@ -325,6 +326,20 @@ fn start(options: RunOptions) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The admin bearer token from `[admin] token_file`, if one is configured.
+fn admin_token(config: &Config) -> Result<Option<String>, String> {
+    let Some(path) = &config.admin.token_file else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(format!("admin token file {} is empty", path.display()));
+    }
+    Ok(Some(token.to_string()))
 }
 
 fn wait_until_bound(

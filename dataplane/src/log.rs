@@ -1,23 +1,637 @@
-//! Event lines on stdout (one per event, text or JSON) and diagnostics on stderr.
+//! Event lines, session summaries and diagnostics, written by background threads so a
+//! slow or stalled log reader can never block a shard.
 //!
-//! Text events carry the firewall's syslog tag (`%SMTPGATE-<sev>-<id>`) so log
-//! pipelines written for `%ASA-…-108004` keep matching with a one-word change.
+//! - Every line is formatted where it happens and handed to a bounded channel
+//!   (`try_send`); one writer thread per stream (events, diagnostics) writes it. A full
+//!   channel drops the line and counts it (`smtpgate_log_dropped_total`): losing a log
+//!   line is better than freezing every session on a core.
+//! - Targets: stdout (events) and stderr (diagnostics), with journald's `<N>` priority
+//!   prefixes when that stream is the journal (`JOURNAL_STREAM`); or syslog, RFC 5424
+//!   datagrams on `/dev/log`, facility mail.
+//! - Text events carry the firewall's syslog tag (`%SMTPGATE-<sev>-<id>`) so pipelines
+//!   written for `%ASA-…-108004` keep matching with a one-word change; JSON events carry
+//!   the same facts as fields. Session summaries use the firewall's teardown ID 302014,
+//!   limit refusals its connection-limit ID 201011.
+//! - A session logs at most [`SESSION_EVENT_CAP`] event lines; its summary says how many
+//!   more were suppressed.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use smtpgate_policy::event::{Direction, Event, MessageId};
 use smtpgate_policy::rules::Actions;
 
 use crate::LogFormat;
 
-/// Everything an event line says besides the event itself.
-pub struct EventContext<'a> {
+/// Lines waiting per stream before new ones are dropped.
+const CHANNEL_LINES: usize = 4096;
+/// Event lines one session may write; the rest are counted in its summary.
+pub const SESSION_EVENT_CAP: u32 = 16;
+/// Bytes of peer-supplied text (HELO name, sender) kept in a line.
+const TEXT_LIMIT: usize = 128;
+/// At most this many limit-refusal lines per second per shard.
+const LIMIT_LINES_PER_SECOND: u32 = 5;
+
+/// Where lines go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogTarget {
+    /// Events on stdout, diagnostics on stderr (journald priority prefixes under systemd).
+    Stdout,
+    /// RFC 5424 messages on /dev/log, facility mail.
+    Syslog,
+}
+
+/// Syslog severity (RFC 5424 numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Error = 3,
+    Warning = 4,
+    Notice = 5,
+    Info = 6,
+}
+
+impl Level {
+    fn name(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warning => "warning",
+            Level::Notice => "notice",
+            Level::Info => "info",
+        }
+    }
+}
+
+enum Line {
+    Text(Level, String),
+    /// Answered once everything sent before it was written.
+    Flush(SyncSender<()>),
+}
+
+struct Logger {
+    format: LogFormat,
+    events: SyncSender<Line>,
+    diagnostics: SyncSender<Line>,
+}
+
+static LOGGER: OnceLock<Logger> = OnceLock::new();
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Lines dropped because a writer could not keep up.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Starts the writer threads. Before this (and in `check`), diagnostics go straight
+/// to stderr.
+pub fn init(format: LogFormat, target: LogTarget) -> Result<(), String> {
+    let (events, diagnostics) = match target {
+        LogTarget::Stdout => (Sink::stream(Stream::Stdout), Sink::stream(Stream::Stderr)),
+        LogTarget::Syslog => {
+            let syslog = Syslog::connect().map_err(|e| format!("cannot log to /dev/log: {e}"))?;
+            let second = syslog.try_clone().map_err(|e| format!("/dev/log: {e}"))?;
+            (Sink::Syslog(syslog), Sink::Syslog(second))
+        }
+    };
+    let logger = Logger {
+        format,
+        events: spawn_writer("smtpgate-log", events)?,
+        diagnostics: spawn_writer("smtpgate-diag", diagnostics)?,
+    };
+    LOGGER
+        .set(logger)
+        .map_err(|_| "logging started twice".to_string())
+}
+
+fn spawn_writer(name: &str, mut sink: Sink) -> Result<SyncSender<Line>, String> {
+    let (tx, rx) = sync_channel(CHANNEL_LINES);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || write_lines(&rx, &mut sink))
+        .map_err(|e| format!("log thread: {e}"))?;
+    Ok(tx)
+}
+
+/// The writer loop: takes what is queued in one go and writes it as one batch.
+fn write_lines(rx: &Receiver<Line>, sink: &mut Sink) {
+    let mut batch = Vec::with_capacity(64 << 10);
+    let mut flushes = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(line) = next {
+            match line {
+                Line::Text(level, text) => sink.add(&mut batch, level, &text),
+                Line::Flush(done) => flushes.push(done),
+            }
+            next = if batch.len() < (64 << 10) {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        sink.write(&batch);
+        batch.clear();
+        for done in flushes.drain(..) {
+            let _ = done.try_send(());
+        }
+    }
+}
+
+/// Waits (at most `limit`) until every line logged so far is written: at exit, so the
+/// last diagnostics are not lost.
+pub fn flush(limit: Duration) {
+    let Some(logger) = LOGGER.get() else { return };
+    let until = Instant::now() + limit;
+    for channel in [&logger.events, &logger.diagnostics] {
+        let (tx, rx) = sync_channel(1);
+        let mut line = Line::Flush(tx);
+        loop {
+            match channel.try_send(line) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if Instant::now() < until => {
+                    line = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = rx.recv_timeout(until.saturating_duration_since(Instant::now()));
+    }
+}
+
+fn send(channel: &SyncSender<Line>, level: Level, text: String) {
+    if channel.try_send(Line::Text(level, text)).is_err() {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn submit_event(level: Level, text: String) {
+    match LOGGER.get() {
+        Some(logger) => send(&logger.events, level, text),
+        None => println!("{text}"),
+    }
+}
+
+fn format() -> LogFormat {
+    LOGGER.get().map_or(LogFormat::Text, |l| l.format)
+}
+
+// ---------------------------------------------------------------------------------
+// Sinks
+// ---------------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+enum Sink {
+    Stream { stream: Stream, journal: bool },
+    Syslog(Syslog),
+}
+
+impl Sink {
+    fn stream(stream: Stream) -> Sink {
+        let fd = match stream {
+            Stream::Stdout => 1,
+            Stream::Stderr => 2,
+        };
+        Sink::Stream {
+            stream,
+            journal: is_journal(fd),
+        }
+    }
+
+    fn add(&self, batch: &mut Vec<u8>, level: Level, text: &str) {
+        match self {
+            Sink::Stream { journal, .. } => {
+                if *journal {
+                    // sd-daemon(3): a `<N>` prefix sets the journal entry's priority.
+                    let _ = write!(batch, "<{}>", level as u8);
+                }
+                batch.extend_from_slice(text.as_bytes());
+                batch.push(b'\n');
+            }
+            Sink::Syslog(syslog) => {
+                let _ = syslog.send(level, text);
+            }
+        }
+    }
+
+    fn write(&mut self, batch: &[u8]) {
+        if let Sink::Stream { stream, .. } = self {
+            // Blocking is fine here: only this thread waits, the shards do not.
+            let _ = match stream {
+                Stream::Stdout => std::io::stdout().lock().write_all(batch),
+                Stream::Stderr => std::io::stderr().lock().write_all(batch),
+            };
+        }
+    }
+}
+
+/// Whether descriptor `fd` is the journal stream systemd connected (its `dev:inode`
+/// is in `JOURNAL_STREAM`).
+fn is_journal(fd: i32) -> bool {
+    let Ok(expected) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    // SAFETY: fstat on a descriptor number with a zeroed, correctly sized buffer.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return false;
+    }
+    expected == format!("{}:{}", stat.st_dev, stat.st_ino)
+}
+
+/// RFC 5424 over the local syslog socket.
+struct Syslog {
+    socket: UnixDatagram,
+    hostname: String,
+    pid: u32,
+}
+
+impl Syslog {
+    /// Facility mail (2), as an MTA's logs are filed.
+    const FACILITY: u8 = 2;
+
+    fn connect() -> std::io::Result<Syslog> {
+        let socket = UnixDatagram::unbound()?;
+        socket.connect("/dev/log")?;
+        Ok(Syslog {
+            socket,
+            hostname: hostname(),
+            pid: std::process::id(),
+        })
+    }
+
+    fn try_clone(&self) -> std::io::Result<Syslog> {
+        Ok(Syslog {
+            socket: self.socket.try_clone()?,
+            hostname: self.hostname.clone(),
+            pid: self.pid,
+        })
+    }
+
+    fn send(&self, level: Level, text: &str) -> std::io::Result<usize> {
+        let message = format!(
+            "<{}>1 {} {} smtpgate {} - - {text}",
+            Self::FACILITY * 8 + level as u8,
+            timestamp(SystemTime::now()),
+            self.hostname,
+            self.pid,
+        );
+        self.socket.send(message.as_bytes())
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "-".into())
+}
+
+// ---------------------------------------------------------------------------------
+// Diagnostics
+// ---------------------------------------------------------------------------------
+
+/// A diagnostic (start-up, reload, errors), always plain text.
+pub fn diag(message: &str) {
+    diag_at(Level::Notice, message);
+}
+
+pub fn diag_at(level: Level, message: &str) {
+    let text = format!("smtpgate: {message}");
+    match LOGGER.get() {
+        Some(logger) => send(&logger.diagnostics, level, text),
+        None => {
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
+        }
+    }
+}
+
+/// A diagnostic that can repeat per connection (an upstream outage, a lost upstream):
+/// at most one line per second per shard thread, saying how many were held back, so an
+/// outage under load does not flood the log.
+pub fn diag_rate_limited(message: &str) {
+    thread_local! {
+        static LIMIT: RateLimit = const { RateLimit::new(1) };
+    }
+    if let Some(held_back) = LIMIT.with(RateLimit::admit) {
+        match held_back {
+            0 => diag_at(Level::Warning, message),
+            n => diag_at(
+                Level::Warning,
+                &format!("{message} (and {n} more held back since the last such line)"),
+            ),
+        }
+    }
+}
+
+/// At most `per_second` lines a second; counts what it held back.
+struct RateLimit {
+    per_second: u32,
+    window: std::cell::Cell<Option<Instant>>,
+    in_window: std::cell::Cell<u32>,
+    held_back: std::cell::Cell<u64>,
+}
+
+impl RateLimit {
+    const fn new(per_second: u32) -> RateLimit {
+        RateLimit {
+            per_second,
+            window: std::cell::Cell::new(None),
+            in_window: std::cell::Cell::new(0),
+            held_back: std::cell::Cell::new(0),
+        }
+    }
+
+    /// `Some(lines held back before this one)` when a line may be written now.
+    fn admit(&self) -> Option<u64> {
+        let now = Instant::now();
+        let fresh = match self.window.get() {
+            Some(start) => now.duration_since(start) >= Duration::from_secs(1),
+            None => true,
+        };
+        if fresh {
+            self.window.set(Some(now));
+            self.in_window.set(0);
+        }
+        if self.in_window.get() >= self.per_second {
+            self.held_back.set(self.held_back.get() + 1);
+            return None;
+        }
+        self.in_window.set(self.in_window.get() + 1);
+        Some(self.held_back.replace(0))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------------
+
+/// A process-unique session id: the shard's number in the top bits, a per-shard count
+/// below, printed as hex.
+pub fn next_session_id() -> u64 {
+    thread_local! {
+        static NEXT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    let n = NEXT.with(|next| next.replace(next.get() + 1));
+    ((crate::stats::shard_index() as u64) << 48) | (n & ((1 << 48) - 1))
+}
+
+/// What a session's lines share, and its event cap.
+pub struct SessionLog {
+    pub id: u64,
     pub listener: SocketAddr,
     pub client: SocketAddr,
     pub upstream: SocketAddr,
-    pub rule_text: &'a str,
+    pub started: Instant,
+    logged: u32,
+    suppressed: u32,
+    rule_hits: u32,
+}
+
+/// Envelope facts known when a line is written (empty / zero when not yet known).
+#[derive(Clone, Copy, Default)]
+pub struct Envelope<'a> {
+    pub helo: &'a [u8],
+    pub sender: &'a [u8],
+    pub recipients: u64,
+}
+
+/// How a session ended, for its summary line.
+pub struct Summary<'a> {
+    /// `finished`, `dropped`, `reset`, `timeout-idle`, `upstream-lost`, ...
+    pub result: &'a str,
+    pub bytes_from_client: u64,
+    pub bytes_from_upstream: u64,
+    pub messages: u64,
+    pub envelope: Envelope<'a>,
+}
+
+impl Summary<'_> {
+    /// A session that ended before any byte was relayed.
+    pub fn without_traffic(result: &str) -> Summary<'_> {
+        Summary {
+            result,
+            bytes_from_client: 0,
+            bytes_from_upstream: 0,
+            messages: 0,
+            envelope: Envelope::default(),
+        }
+    }
+}
+
+impl SessionLog {
+    pub fn new(listener: SocketAddr, client: SocketAddr, upstream: SocketAddr) -> SessionLog {
+        SessionLog {
+            id: next_session_id(),
+            listener,
+            client,
+            upstream,
+            started: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+            rule_hits: 0,
+        }
+    }
+
+    /// Counts a rule hit and writes its line if the event deserves one and the
+    /// session's cap allows.
+    pub fn event(&mut self, event: &Event, rule_text: &str, envelope: Envelope<'_>) {
+        self.rule_hits += 1;
+        if !should_log(event) {
+            return;
+        }
+        if self.logged >= SESSION_EVENT_CAP {
+            self.suppressed += 1;
+            return;
+        }
+        self.logged += 1;
+        let line = match format() {
+            LogFormat::Text => self.event_text(event, rule_text, envelope),
+            LogFormat::Json => self.event_json(event, rule_text, envelope),
+        };
+        submit_event(severity(event), line);
+    }
+
+    /// The one line every session ends with (the firewall's teardown, 302014).
+    pub fn summary(&self, summary: &Summary<'_>) {
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        let line = match format() {
+            LogFormat::Text => {
+                let mut line = format!(
+                    "{} %SMTPGATE-6-302014: session={:x} result={} duration_ms={duration_ms} client={} server={} listener={} bytes_from_client={} bytes_from_upstream={} messages={} rule_hits={} suppressed={}",
+                    timestamp(SystemTime::now()),
+                    self.id,
+                    summary.result,
+                    self.client,
+                    self.upstream,
+                    self.listener,
+                    summary.bytes_from_client,
+                    summary.bytes_from_upstream,
+                    summary.messages,
+                    self.rule_hits,
+                    self.suppressed,
+                );
+                push_envelope_text(&mut line, summary.envelope);
+                line
+            }
+            LogFormat::Json => {
+                let mut fields = self.json_head(Level::Info, 302014);
+                fields.insert("type".into(), "session".into());
+                fields.insert("result".into(), summary.result.into());
+                fields.insert("duration_ms".into(), duration_ms.into());
+                fields.insert("bytes_from_client".into(), summary.bytes_from_client.into());
+                fields.insert(
+                    "bytes_from_upstream".into(),
+                    summary.bytes_from_upstream.into(),
+                );
+                fields.insert("messages".into(), summary.messages.into());
+                fields.insert("rule_hits".into(), self.rule_hits.into());
+                fields.insert("suppressed".into(), self.suppressed.into());
+                push_envelope_json(&mut fields, summary.envelope);
+                serde_json::Value::Object(fields).to_string()
+            }
+        };
+        submit_event(Level::Info, line);
+    }
+
+    fn json_head(
+        &self,
+        level: Level,
+        message_id: u32,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut fields = serde_json::Map::new();
+        fields.insert("time".into(), timestamp(SystemTime::now()).into());
+        fields.insert("level".into(), level.name().into());
+        fields.insert("message_id".into(), message_id.into());
+        fields.insert("session".into(), format!("{:x}", self.id).into());
+        fields.insert("client".into(), self.client.to_string().into());
+        fields.insert("server".into(), self.upstream.to_string().into());
+        fields.insert("listener".into(), self.listener.to_string().into());
+        fields
+    }
+
+    fn event_text(&self, event: &Event, rule_text: &str, envelope: Envelope<'_>) -> String {
+        let mut line = format!(
+            "{} %SMTPGATE-{}-{}: session={:x} rule=\"{}\" action={} client={} server={} listener={} direction={} value={}",
+            timestamp(SystemTime::now()),
+            severity(event) as u8,
+            event.message_id.code(),
+            self.id,
+            rule_text.replace('\\', "\\\\").replace('"', "\\\""),
+            action_names(&event.actions).join(","),
+            self.client,
+            self.upstream,
+            self.listener,
+            direction_name(event.direction),
+            event.value,
+        );
+        push_envelope_text(&mut line, envelope);
+        line
+    }
+
+    fn event_json(&self, event: &Event, rule_text: &str, envelope: Envelope<'_>) -> String {
+        let mut fields = self.json_head(severity(event), event.message_id.code());
+        fields.insert("type".into(), "event".into());
+        fields.insert("rule".into(), rule_text.into());
+        fields.insert(
+            "actions".into(),
+            serde_json::Value::from(action_names(&event.actions)),
+        );
+        fields.insert("direction".into(), direction_name(event.direction).into());
+        fields.insert("value".into(), event.value.into());
+        push_envelope_json(&mut fields, envelope);
+        serde_json::Value::Object(fields).to_string()
+    }
+}
+
+fn push_envelope_text(line: &mut String, envelope: Envelope<'_>) {
+    if !envelope.helo.is_empty() {
+        let _ = write!(line, " helo=\"{}\"", escape(envelope.helo));
+    }
+    if !envelope.sender.is_empty() {
+        let _ = write!(line, " sender=\"{}\"", escape(envelope.sender));
+    }
+    if envelope.recipients > 0 {
+        let _ = write!(line, " recipients={}", envelope.recipients);
+    }
+}
+
+fn push_envelope_json(
+    fields: &mut serde_json::Map<String, serde_json::Value>,
+    envelope: Envelope<'_>,
+) {
+    if !envelope.helo.is_empty() {
+        fields.insert("helo".into(), escape(envelope.helo).into());
+    }
+    if !envelope.sender.is_empty() {
+        fields.insert("sender".into(), escape(envelope.sender).into());
+    }
+    if envelope.recipients > 0 {
+        fields.insert("recipients".into(), envelope.recipients.into());
+    }
+}
+
+/// Peer-supplied bytes made safe for one log line: at most [`TEXT_LIMIT`] bytes,
+/// printable ASCII kept, `"` and `\` escaped, anything else as `\xNN`.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().min(TEXT_LIMIT) + 8);
+    for &b in bytes.iter().take(TEXT_LIMIT) {
+        match b {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    if bytes.len() > TEXT_LIMIT {
+        out.push_str("...");
+    }
+    out
+}
+
+/// A client refused by a connection limit (the firewall's 201011), at most
+/// [`LIMIT_LINES_PER_SECOND`] lines a second per shard; the next line written says how
+/// many were held back. Every refusal is counted in the metrics regardless.
+pub fn limit_refused(limit: &str, client: SocketAddr, listener: SocketAddr) {
+    thread_local! {
+        static LIMIT: RateLimit = const { RateLimit::new(LIMIT_LINES_PER_SECOND) };
+    }
+    let Some(held_back) = LIMIT.with(RateLimit::admit) else {
+        return;
+    };
+    let line = match format() {
+        LogFormat::Text => format!(
+            "{} %SMTPGATE-4-201011: limit={limit} client={client} listener={listener} held_back={held_back}",
+            timestamp(SystemTime::now()),
+        ),
+        LogFormat::Json => serde_json::json!({
+            "time": timestamp(SystemTime::now()),
+            "level": Level::Warning.name(),
+            "message_id": 201011,
+            "type": "limit",
+            "limit": limit,
+            "client": client.to_string(),
+            "listener": listener.to_string(),
+            "held_back": held_back,
+        })
+        .to_string(),
+    };
+    submit_event(Level::Warning, line);
 }
 
 /// Whether an event deserves a line: a `log` action, or anything that ends the session
@@ -27,15 +641,6 @@ pub fn should_log(event: &Event) -> bool {
         || event.actions.drop_connection
         || event.actions.reset
         || event.message_id == MessageId::TlsStarted
-}
-
-pub fn event(format: LogFormat, event: &Event, ctx: &EventContext<'_>) {
-    let line = match format {
-        LogFormat::Text => text_line(event, ctx),
-        LogFormat::Json => json_line(event, ctx),
-    };
-    // One write per line so concurrent shards never interleave inside a line.
-    let _ = std::io::stdout().lock().write_all(line.as_bytes());
 }
 
 fn action_names(actions: &Actions) -> Vec<&'static str> {
@@ -65,127 +670,55 @@ fn direction_name(direction: Direction) -> &'static str {
     }
 }
 
-/// Syslog severity as the firewall uses it: drops and resets are errors (3),
-/// TLS start informational (6), the rest warnings (4).
-fn severity(event: &Event) -> u8 {
+/// Syslog severity as the firewall uses it: drops and resets are errors, TLS start
+/// informational, the rest warnings.
+fn severity(event: &Event) -> Level {
     if event.actions.drop_connection || event.actions.reset {
-        3
+        Level::Error
     } else if event.message_id == MessageId::TlsStarted {
-        6
+        Level::Info
     } else {
-        4
+        Level::Warning
     }
 }
 
-fn text_line(event: &Event, ctx: &EventContext<'_>) -> String {
-    format!(
-        "{} %SMTPGATE-{}-{}: rule=\"{}\" action={} client={} server={} listener={} direction={} value={}\n",
-        timestamp(SystemTime::now()),
-        severity(event),
-        event.message_id.code(),
-        ctx.rule_text.replace('"', "\\\""),
-        action_names(&event.actions).join(","),
-        ctx.client,
-        ctx.upstream,
-        ctx.listener,
-        direction_name(event.direction),
-        event.value,
-    )
-}
-
-fn json_line(event: &Event, ctx: &EventContext<'_>) -> String {
-    let mut line = serde_json::json!({
-        "time": timestamp(SystemTime::now()),
-        "message_id": event.message_id.code(),
-        "rule": ctx.rule_text,
-        "actions": action_names(&event.actions),
-        "client": ctx.client.to_string(),
-        "server": ctx.upstream.to_string(),
-        "listener": ctx.listener.to_string(),
-        "direction": direction_name(event.direction),
-        "value": event.value,
-    })
-    .to_string();
-    line.push('\n');
-    line
-}
-
-/// A diagnostic (start-up, reload, errors) on stderr, always plain text.
-pub fn diag(message: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "smtpgate: {message}");
-}
-
-/// A diagnostic that can repeat per connection (an upstream outage, a lost upstream):
-/// at most one line per second per shard thread, saying how many were held back, so an
-/// outage under load does not flood the log.
-pub fn diag_rate_limited(message: &str) {
-    use std::cell::Cell;
-    use std::time::Instant;
-    thread_local! {
-        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
-        static HELD_BACK: Cell<u64> = const { Cell::new(0) };
-    }
-    let now = Instant::now();
-    let due = LAST.with(|last| match last.get() {
-        Some(at) if now.duration_since(at).as_secs() < 1 => false,
-        _ => {
-            last.set(Some(now));
-            true
-        }
-    });
-    if !due {
-        HELD_BACK.with(|n| n.set(n.get() + 1));
-        return;
-    }
-    match HELD_BACK.with(|n| n.replace(0)) {
-        0 => diag(message),
-        n => diag(&format!(
-            "{message} (and {n} more held back since the last such line)"
-        )),
-    }
-}
-
-/// RFC 3339 UTC with milliseconds, without a date-time crate.
+/// RFC 3339 UTC with milliseconds.
 pub fn timestamp(at: SystemTime) -> String {
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
         let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         assert_eq!(timestamp(at), "2023-11-14T22:13:20.123Z");
         assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        // A leap day.
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn peer_text_is_bounded_and_escaped() {
+        assert_eq!(escape(b"mx.example"), "mx.example");
+        assert_eq!(escape(b"a\"b\\c\r\n\x00"), "a\\\"b\\\\c\\x0d\\x0a\\x00");
+        let long = vec![b'a'; 500];
+        assert_eq!(escape(&long).len(), TEXT_LIMIT + 3);
+    }
+
+    #[test]
+    fn the_rate_limit_admits_its_quota_and_counts_the_rest() {
+        let limit = RateLimit::new(2);
+        assert_eq!(limit.admit(), Some(0));
+        assert_eq!(limit.admit(), Some(0));
+        assert_eq!(limit.admit(), None);
+        assert_eq!(limit.admit(), None);
+        limit
+            .window
+            .set(Some(Instant::now() - Duration::from_secs(2)));
+        assert_eq!(limit.admit(), Some(2));
     }
 }

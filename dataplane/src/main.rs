@@ -14,7 +14,7 @@
 //! - [`bufpool`]: per-shard read buffers, lent to sessions only while they read.
 //! - [`stats`]: counters shared across cores and their JSON / Prometheus rendering.
 //! - [`admin`]: the tiny HTTP/1.1 endpoint serving `/status` and `/metrics`.
-//! - [`log`]: event lines (text or JSON) and diagnostics.
+//! - [`log`]: event lines, session summaries and diagnostics, written off the shards.
 //! - [`proxy_v2`]: the PROXY protocol v2 header sent upstream.
 //! - [`tls`]: sans-IO TLS per side (rustls) and the certificates and configs it uses.
 
@@ -55,9 +55,13 @@ enum Command {
         /// Executors (cores) to run; default: every available core.
         #[arg(long)]
         cores: Option<usize>,
-        /// Event log format on stdout.
+        /// Event line format.
         #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Where events and diagnostics go: stdout/stderr (journald priorities when
+        /// systemd connected them to the journal), or syslog (RFC 5424 on /dev/log).
+        #[arg(long = "log-target", value_enum, default_value_t = log::LogTarget::Stdout)]
+        log_target: log::LogTarget,
         /// Executor placement on CPUs.
         #[arg(long, value_enum, default_value_t = engine::Placement::Unbound)]
         placement: engine::Placement,
@@ -95,15 +99,23 @@ fn main() -> ExitCode {
             config,
             cores,
             log_format,
+            log_target,
             placement,
             spin_before_park,
-        } => engine::run(engine::RunOptions {
-            config_path: config,
-            cores,
-            log_format,
-            placement,
-            spin_before_park: std::time::Duration::from_micros(spin_before_park),
-        }),
+        } => {
+            if let Err(e) = log::init(log_format, log_target) {
+                log::diag(&e);
+                return ExitCode::FAILURE;
+            }
+            let code = engine::run(engine::RunOptions {
+                config_path: config,
+                cores,
+                placement,
+                spin_before_park: std::time::Duration::from_micros(spin_before_park),
+            });
+            log::flush(std::time::Duration::from_secs(1));
+            code
+        }
         Command::Check { config } => check(&config),
         Command::ImportAsa { file } => import_asa(&file),
     }

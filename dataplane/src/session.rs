@@ -15,7 +15,7 @@ use smtpgate_policy::event::Event;
 use smtpgate_policy::inspector::Inspector;
 
 use crate::engine::Shared;
-use crate::log::{self, EventContext};
+use crate::log::{self, SessionLog};
 use crate::proxy_v2;
 use crate::relay::{self, End, EventSink, Relay, Side};
 use crate::shard::Shard;
@@ -49,6 +49,7 @@ pub async fn serve(shard: Rc<Shard>, listener_index: usize, client: TcpStream) {
         Ok(ticket) => ticket,
         Err(hit) => {
             shared.stats.rejected(hit).inc();
+            log::limit_refused(hit.name(), client_addr, listener.listen);
             goodbye(client, REPLY_TOO_MANY).await;
             return;
         }
@@ -68,6 +69,8 @@ pub async fn serve(shard: Rc<Shard>, listener_index: usize, client: TcpStream) {
                 "upstream {} unavailable for client {client_addr}: {e}",
                 listener.upstream
             ));
+            SessionLog::new(listener.listen, client_addr, listener.upstream)
+                .summary(&log::Summary::without_traffic("upstream-unavailable"));
             goodbye(client, REPLY_UPSTREAM_DOWN).await;
             return;
         }
@@ -137,11 +140,8 @@ async fn relay_session(
     }
     let inspector = (!exempt).then(|| Inspector::new(listener.policy.clone()));
     let mut sink = SessionEvents {
-        shared,
         stats: &stats,
-        listener: listener.listen,
-        client: client_addr,
-        upstream: listener.upstream,
+        log: SessionLog::new(listener.listen, client_addr, listener.upstream),
     };
     let relay = Relay {
         client,
@@ -156,6 +156,13 @@ async fn relay_session(
     let (end, traffic, client, server) = relay.run(&mut sink).await;
     shared.stats.client_bytes.add(traffic.from_client);
     shared.stats.server_bytes.add(traffic.from_server);
+    sink.log.summary(&log::Summary {
+        result: result_name(&end),
+        bytes_from_client: traffic.from_client,
+        bytes_from_upstream: traffic.from_server,
+        messages: 0,
+        envelope: log::Envelope::default(),
+    });
     match end {
         End::Finished => {}
         End::Failed(Side::Client, _) => drop((client, server)),
@@ -189,6 +196,19 @@ async fn relay_session(
             drop(server);
             goodbye(client, reply).await;
         }
+    }
+}
+
+/// How the session ended, as its summary line says it.
+fn result_name(end: &End) -> &'static str {
+    match end {
+        End::Finished => "finished",
+        End::Failed(Side::Client, _) => "client-lost",
+        End::Failed(Side::Upstream, _) => "upstream-lost",
+        End::Dropped => "dropped",
+        End::Reset => "reset",
+        End::TimedOut { embryonic: true } => "timeout-embryonic",
+        End::TimedOut { embryonic: false } => "timeout-idle",
     }
 }
 
@@ -232,11 +252,8 @@ async fn lingering_close(mut client: TcpStream) {
 
 /// Counts every event against its rule and logs the ones an operator must see.
 struct SessionEvents<'a> {
-    shared: &'static Shared,
     stats: &'a ListenerStats,
-    listener: SocketAddr,
-    client: SocketAddr,
-    upstream: SocketAddr,
+    log: SessionLog,
 }
 
 impl EventSink for SessionEvents<'_> {
@@ -245,18 +262,7 @@ impl EventSink for SessionEvents<'_> {
         if let Some((_, counters)) = rule {
             counters.count(&event.actions);
         }
-        if log::should_log(event) {
-            let rule_text = rule.map(|(text, _)| text.as_str()).unwrap_or("");
-            log::event(
-                self.shared.log_format,
-                event,
-                &EventContext {
-                    listener: self.listener,
-                    client: self.client,
-                    upstream: self.upstream,
-                    rule_text,
-                },
-            );
-        }
+        let rule_text = rule.map(|(text, _)| text.as_str()).unwrap_or("");
+        self.log.event(event, rule_text, log::Envelope::default());
     }
 }

@@ -61,6 +61,8 @@ pub async fn run(
     addresses: Vec<SocketAddr>,
     tick: Option<std::os::unix::net::UnixStream>,
 ) {
+    static NEXT_SHARD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    crate::stats::set_shard_index(NEXT_SHARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let mut listeners = Vec::with_capacity(addresses.len());
     for address in &addresses {
         match TcpListener::bind(address) {
@@ -88,8 +90,10 @@ pub async fn run(
         .collect();
 
     let mut tick = Tick::new(tick);
+    let heartbeat = shared.health.heartbeat();
     while !shared.is_shutting_down() {
         tick.next().await;
+        heartbeat.beat();
         shard.deadlines.sweep(Instant::now());
     }
 
@@ -100,6 +104,7 @@ pub async fn run(
     let until = Instant::now() + drain;
     while shard.live_sessions.get() > 0 && Instant::now() < until {
         tick.next().await;
+        heartbeat.beat();
         shard.deadlines.sweep(Instant::now());
     }
 }

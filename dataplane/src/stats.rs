@@ -19,6 +19,20 @@ use smtpgate_policy::rules::Actions;
 
 use crate::limits::{Admission, LimitHit};
 
+thread_local! {
+    static SHARD_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// This thread's shard number (0 on threads that are not shards).
+pub fn shard_index() -> usize {
+    SHARD_INDEX.with(|i| i.get())
+}
+
+/// Called once by each shard as it starts.
+pub fn set_shard_index(index: usize) {
+    SHARD_INDEX.with(|i| i.set(index));
+}
+
 #[derive(Default, Debug)]
 pub struct Counter(AtomicU64);
 
@@ -200,6 +214,7 @@ impl Stats {
                 "from_upstreams": self.server_bytes.get(),
             },
             "listeners": listeners,
+            "log_dropped": crate::log::dropped(),
         });
         let mut text = serde_json::to_string_pretty(&status).unwrap_or_default();
         text.push('\n');
@@ -299,6 +314,12 @@ impl Stats {
                 ("{from=\"client\"}".into(), self.client_bytes.get()),
                 ("{from=\"upstream\"}".into(), self.server_bytes.get()),
             ],
+        );
+        metric(
+            "log_dropped_total",
+            "counter",
+            "Log lines dropped because the log writer could not keep up.",
+            &one(crate::log::dropped()),
         );
         let mut matches = Vec::new();
         let mut actions = Vec::new();

@@ -42,6 +42,9 @@ pub struct Config {
 pub struct Admin {
     /// `None` when the admin endpoint is switched off (`listen = ""`).
     pub listen: Option<SocketAddr>,
+    /// A file holding the bearer token `/status` and `/metrics` require; the probes
+    /// (`/healthz`, `/readyz`) stay open. `None`: no token.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Connection limits; 0 = unlimited / off.
@@ -248,6 +251,7 @@ struct RawTopLevel {
 struct RawAdmin {
     /// `""` switches the admin endpoint off.
     listen: Option<Spanned<String>>,
+    token_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1205,7 +1209,11 @@ fn validate_admin(raw: RawAdmin, errors: &mut Errors<'_>) -> Admin {
         Some(v) if v.get_ref().trim().is_empty() => None,
         Some(v) => parse_addr(v, "admin.listen", errors),
     };
-    Admin { listen }
+    let token_file = raw
+        .token_file
+        .filter(|path| !path.trim().is_empty())
+        .map(std::path::PathBuf::from);
+    Admin { listen, token_file }
 }
 
 /// Largest accepted connection count: far beyond what one host's descriptors allow,

@@ -1,0 +1,197 @@
+//! Logs an operator can rely on, through the real binary: a log reader that stops
+//! reading never stalls the relay, JSON lines carry level, session id and peers, every
+//! session ends with one summary line, a session's event lines are capped, and a
+//! client refused by a limit is logged.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn admin_addr(conf: &str) -> SocketAddr {
+    let line = conf.lines().nth(1).unwrap(); // `listen = "..."` under [admin]
+    line.trim_start_matches("listen = \"")
+        .trim_end_matches('"')
+        .parse()
+        .unwrap()
+}
+
+/// A policy that logs every NOOP: one event line per command, traffic goes on.
+const LOUD: &str = "[policy.loud]\nextends = \"default\"\nrules = [\"match cmd verb NOOP log\"]";
+
+/// One session that sends `noops` pipelined NOOPs and QUIT, reading every reply.
+fn noisy_session(listen: SocketAddr, noops: usize) {
+    let mut c = Client::connect(listen);
+    assert!(c.reply().starts_with(b"220"));
+    let mut batch = b"NOOP\r\n".repeat(noops);
+    batch.extend_from_slice(b"QUIT\r\n");
+    c.send(&batch);
+    for _ in 0..noops {
+        assert!(c.reply().starts_with(b"250"));
+    }
+    assert!(c.reply().starts_with(b"221"));
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect()
+}
+
+#[test]
+fn a_stalled_stdout_reader_does_not_stall_new_sessions_and_healthz_stays_honest() {
+    let up = Upstream::start(&[]);
+    let (conf, listen) = config(up.addr, "policy = \"loud\"", LOUD);
+    let admin = admin_addr(&conf);
+    let dir = scratch_dir("stalled-log");
+    let path = dir.join("smtpgate.toml");
+    std::fs::write(&path, &conf).unwrap();
+    // stdout is a pipe this test holds open and never reads: it fills at 64 KiB.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpgate"))
+        .args(["run", "--cores", "2", "-c"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let _unread_stdout = child.stdout.take();
+    let guard = KillOnDrop(child);
+    let deadline = Instant::now() + LIMIT;
+    while !std::fs::read_to_string(dir.join("stderr"))
+        .unwrap_or_default()
+        .contains("listening on")
+    {
+        assert!(Instant::now() < deadline, "smtpgate did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // 16 event lines and a summary per session, ~250 bytes each: ~1.2 MB, far past
+    // the pipe's 64 KiB and the writer's 4096 queued lines.
+    let workers: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || (0..75).for_each(|_| noisy_session(listen, 16))))
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+
+    let started = Instant::now();
+    let mut fresh = Client::connect(listen);
+    let banner = fresh.reply();
+    let waited = started.elapsed();
+    assert!(banner.starts_with(b"220"), "{banner:?}");
+    assert!(
+        waited < Duration::from_secs(1),
+        "a new session waited {waited:?} for its banner behind a stalled log reader"
+    );
+    noisy_session(listen, 4);
+
+    let health = http_get(admin, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let metrics = http_get(admin, "/metrics");
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("smtpgate_log_dropped_total "))
+        .expect("smtpgate_log_dropped_total exported")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(dropped > 0, "lines past the queue are dropped and counted");
+    drop(guard);
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn json_lines_carry_level_session_peers_and_a_summary_per_session() {
+    let up = Upstream::start(&[]);
+    let (conf, listen) = config(up.addr, "policy = \"loud\"", LOUD);
+    let gate = Gate::start_with(&conf, &["--log-format", "json"]);
+
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"EHLO client.example\r\nNOOP\r\n");
+    c.reply();
+    c.reply();
+    let mut long = b"MAIL FROM:<".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 600));
+    long.extend_from_slice(b"@x>\r\n");
+    c.send(&long);
+    assert!(c.reply().starts_with(b"421 4.7.0"));
+    assert_eq!(c.read_to_end(), b"");
+
+    gate.wait_log("\"type\":\"session\"");
+    let lines = json_lines(&gate.stdout());
+    let client = c.stream.local_addr().unwrap().to_string();
+    let events: Vec<_> = lines.iter().filter(|l| l["type"] == "event").collect();
+    assert_eq!(events.len(), 2, "{lines:?}");
+    let noop = events[0];
+    assert_eq!(noop["level"], "warning");
+    assert_eq!(noop["message_id"], 108005);
+    assert_eq!(noop["rule"], "match cmd verb NOOP log");
+    assert_eq!(noop["client"], client);
+    assert_eq!(noop["server"], up.addr.to_string());
+    assert_eq!(noop["listener"], listen.to_string());
+    let drop = events[1];
+    assert_eq!(drop["level"], "error");
+    assert_eq!(drop["session"], noop["session"], "one id per session");
+
+    let summary = lines
+        .iter()
+        .find(|l| l["type"] == "session")
+        .expect("a summary line");
+    assert_eq!(summary["session"], noop["session"]);
+    assert_eq!(summary["level"], "info");
+    assert_eq!(summary["message_id"], 302014);
+    assert_eq!(summary["result"], "dropped");
+    assert_eq!(summary["rule_hits"], 3, "banner mask, NOOP log, long line");
+    assert!(summary["bytes_from_client"].as_u64().unwrap() > 600);
+    assert!(summary["bytes_from_upstream"].as_u64().unwrap() > 0);
+    assert!(summary["duration_ms"].is_u64());
+}
+
+#[test]
+fn a_session_logs_at_most_sixteen_events_and_its_summary_counts_the_rest() {
+    let up = Upstream::start(&[]);
+    let (conf, listen) = config(up.addr, "policy = \"loud\"", LOUD);
+    let gate = Gate::start(&conf);
+    noisy_session(listen, 40);
+    let all = gate.wait_log("302014");
+    let events = all.matches("%SMTPGATE-4-108005").count();
+    assert_eq!(events, 16, "{all}");
+    assert!(all.contains("suppressed=24"), "{all}");
+    assert!(all.contains("result=finished"), "{all}");
+}
+
+#[test]
+fn a_client_refused_by_a_connection_limit_is_logged() {
+    let up = Upstream::start(&[]);
+    let (conf, listen) = config(
+        up.addr,
+        "policy = \"default\"",
+        "[limits]\nmax_connections = 1",
+    );
+    let gate = Gate::start(&conf);
+    let mut first = Client::connect(listen);
+    first.reply();
+    let mut refused = Client::connect(listen);
+    assert!(refused.reply().starts_with(b"421 4.7.0"));
+    let refused_addr = refused.stream.local_addr().unwrap();
+    let all = gate.wait_log("201011");
+    assert!(
+        all.contains(&format!(
+            "%SMTPGATE-4-201011: limit=max_connections client={refused_addr} listener={listen}"
+        )),
+        "{all}"
+    );
+}
