@@ -18,6 +18,7 @@ use smtpgate_policy::config::{Config, Listener};
 use smtpgate_policy::rules::Actions;
 
 use crate::limits::{Admission, LimitHit};
+use crate::tls::FailureReason;
 
 thread_local! {
     static SHARD_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -109,6 +110,7 @@ pub struct Stats {
     pub reset: Counter,
     pub client_bytes: Counter,
     pub server_bytes: Counter,
+    pub tls: TlsCounters,
     /// Rule counters by (listen address, policy name, rule text), kept across reloads.
     rule_registry: Mutex<HashMap<(SocketAddr, String, String), Arc<RuleCounters>>>,
     session_registry: Mutex<HashMap<SocketAddr, Arc<ListenerSessions>>>,
@@ -213,6 +215,7 @@ impl Stats {
                 "from_clients": self.client_bytes.get(),
                 "from_upstreams": self.server_bytes.get(),
             },
+            "tls": self.tls.json(),
             "listeners": listeners,
             "log_dropped": crate::log::dropped(),
         });
@@ -321,6 +324,32 @@ impl Stats {
             "Log lines dropped because the log writer could not keep up.",
             &one(crate::log::dropped()),
         );
+        let mut established = Vec::new();
+        let mut failures = Vec::new();
+        for (side, name) in TlsCounters::SIDES.iter().enumerate() {
+            established.push((
+                format!("{{side=\"{name}\"}}"),
+                self.tls.established[side].get(),
+            ));
+            for reason in FailureReason::ALL {
+                failures.push((
+                    format!("{{side=\"{name}\",reason=\"{}\"}}", reason.name()),
+                    self.tls.failed(side, reason).get(),
+                ));
+            }
+        }
+        metric(
+            "tls_established_total",
+            "counter",
+            "TLS sessions established, towards clients and towards the upstream.",
+            &established,
+        );
+        metric(
+            "tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed, by side and reason.",
+            &failures,
+        );
         let mut matches = Vec::new();
         let mut actions = Vec::new();
         for l in self.listeners() {
@@ -355,6 +384,33 @@ impl Stats {
             &actions,
         );
         out
+    }
+}
+
+/// TLS counters: sessions established and handshakes failed, per side (index 0 the
+/// client side, 1 the upstream side) and failure reason.
+#[derive(Default)]
+pub struct TlsCounters {
+    pub established: [Counter; 2],
+    failed: [[Counter; FailureReason::ALL.len()]; 2],
+}
+
+impl TlsCounters {
+    pub const SIDES: [&'static str; 2] = ["client", "upstream"];
+
+    pub fn failed(&self, side: usize, reason: FailureReason) -> &Counter {
+        &self.failed[side][reason as usize]
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let side = |i: usize| {
+            let failures: serde_json::Map<_, _> = FailureReason::ALL
+                .iter()
+                .map(|&r| (r.name().to_string(), json!(self.failed(i, r).get())))
+                .collect();
+            json!({"established": self.established[i].get(), "handshake_failures": failures})
+        };
+        json!({"client": side(0), "upstream": side(1)})
     }
 }
 

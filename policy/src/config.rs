@@ -836,6 +836,10 @@ fn validate_listeners(
             tls_configured,
             errors,
         );
+        let policy = policy.map(|policy| match starttls {
+            StartTls::Strip => without_tls(policy),
+            _ => policy,
+        });
         if let (Some(listen), Some(upstream), Some(policy)) = (listen, upstream, policy) {
             listeners.push(Listener {
                 listen,
@@ -933,6 +937,22 @@ fn validate_listener_tls(
         None => None,
     };
     (starttls, upstream_tls, upstream_ca)
+}
+
+/// `starttls = "strip"` on a listener whose policy allows TLS: the same policy with
+/// `allow_tls = false`, so STARTTLS is masked in EHLO replies and as a command.
+fn without_tls(policy: Arc<Policy>) -> Arc<Policy> {
+    if !policy.inspect || !policy.params.allow_tls {
+        return policy;
+    }
+    let section = PolicySection {
+        allow_tls: Some(false),
+        ..PolicySection::default()
+    };
+    match Policy::compile(&policy.name, &section, &policy) {
+        Ok(stripped) => Arc::new(stripped),
+        Err(_) => unreachable!("allow_tls = false is valid on any policy"),
+    }
 }
 
 /// `[tls]`: the paths must be given; the files are read and checked by the dataplane.

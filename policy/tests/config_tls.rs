@@ -122,3 +122,17 @@ fn upstream_ca_without_verify_and_empty_paths_are_errors() {
     ));
     assert!(e.contains("unknown field `ciphers`"), "{e}");
 }
+
+#[test]
+fn strip_on_a_listener_masks_starttls_even_under_a_policy_that_allows_it() {
+    use smtpgate_policy::verb::Verb;
+    let config = Config::from_toml_str(&listener("starttls = \"strip\"")).unwrap();
+    let policy = &config.listeners[0].policy;
+    assert_eq!(policy.name, "default");
+    assert!(!policy
+        .allowed_commands
+        .contains(Verb::Starttls, b"STARTTLS"));
+    assert!(!policy.ehlo_allowed(b"STARTTLS"));
+    let passthrough = Config::from_toml_str(&listener("")).unwrap();
+    assert!(passthrough.listeners[0].policy.ehlo_allowed(b"STARTTLS"));
+}
