@@ -65,10 +65,15 @@
 //!   2045 §6.1); `MIME
 //!   filename length`: Content-Disposition `filename=` (or Content-Type `name=`),
 //!   RFC 2231 `filename*=` measured without its charset prefix.
-//! - `sender-address ...` and `special_character`: the address inside `<>` of MAIL
-//!   FROM (and RCPT TO for special characters); `mail_relay`: a RCPT domain other than
-//!   the configured one (exact, any case; a bare local part such as `<postmaster>` is
-//!   not relaying).
+//! - MAIL FROM / RCPT TO arguments are parsed as RFC 5321 paths ([`crate::path`]); one
+//!   that is not a path is masked like an unknown verb (`malformed-path`), so the
+//!   server answers it 5xx. A `|` in the address ends the session in every inspecting
+//!   policy (`address-pipe`, not configurable). `special_character` (backquote, NUL)
+//!   looks at the path as written. `sender-address length`: the path as written inside
+//!   `<>`; `sender-address regex` and `mail_relay` compare the canonical address
+//!   (source route dropped, quoted local part unquoted when it is a dot-string, domain
+//!   lower-cased without its trailing dot); a mailbox without a domain such as
+//!   `<postmaster>` is not relaying.
 //!
 //! Per line the hot path allocates nothing: forwarded bytes are slices of the input,
 //! contiguous unchanged ranges coalesced into one slice per read; rewrites (masking,
@@ -82,6 +87,7 @@ use bytes::Bytes;
 
 use crate::event::{Direction, Event, MessageId};
 use crate::mime::{MessageScanner, Observation, Observer, LINE_HEAD_CAP};
+use crate::path::{self, Address, PathKind};
 use crate::policy::Policy;
 use crate::rules::{Cmp, Criterion, Rule, RuleId};
 use crate::scanner::{self, ContentScanner, Scan};
@@ -197,6 +203,8 @@ fn drop_reply(criterion: &Criterion) -> &'static [u8] {
         }
         Criterion::MailRelay => b"421 4.7.0 Relaying denied, closing connection\r\n",
         Criterion::TlsStarted => b"421 4.7.0 TLS not allowed, closing connection\r\n",
+        Criterion::AddressPipe => b"421 4.7.0 Pipe in address, closing connection\r\n",
+        Criterion::MalformedPath => b"421 4.7.0 Malformed address, closing connection\r\n",
     }
 }
 
@@ -227,9 +235,11 @@ enum Kind {
     SpecialCharacter,
     MailRelay,
     TlsStarted,
+    AddressPipe,
+    MalformedPath,
 }
 
-const KINDS: usize = Kind::TlsStarted as usize + 1;
+const KINDS: usize = Kind::MalformedPath as usize + 1;
 
 fn kind_of(c: &Criterion) -> Kind {
     match c {
@@ -254,6 +264,8 @@ fn kind_of(c: &Criterion) -> Kind {
         Criterion::SpecialCharacter => Kind::SpecialCharacter,
         Criterion::MailRelay => Kind::MailRelay,
         Criterion::TlsStarted => Kind::TlsStarted,
+        Criterion::AddressPipe => Kind::AddressPipe,
+        Criterion::MalformedPath => Kind::MalformedPath,
     }
 }
 
@@ -372,7 +384,9 @@ impl Actor {
     ) -> Outcome {
         let a = rule.actions;
         let message_id = match rule.criterion {
-            Criterion::SpecialCharacter | Criterion::BareNewline => MessageId::MaliciousPattern,
+            Criterion::SpecialCharacter | Criterion::BareNewline | Criterion::AddressPipe => {
+                MessageId::MaliciousPattern
+            }
             Criterion::TlsStarted => MessageId::TlsStarted,
             _ if a.drop_connection || a.reset => MessageId::PolicyAction,
             _ if a.mask => MessageId::ReplacedString,
@@ -1469,15 +1483,17 @@ impl Inspector {
                 self.reset_transaction();
                 Pending::Other
             }
-            Verb::Mail => {
-                if let Some(addr) = path_argument(args, b"FROM:") {
-                    if self.check_sender(addr, out) == Outcome::Stop {
-                        return Outcome::Stop;
-                    }
+            Verb::Mail => match self.check_path(args, verb, out) {
+                Outcome::Pass => {
+                    self.transaction = true;
+                    Pending::Mail
                 }
-                self.transaction = true;
-                Pending::Mail
-            }
+                Outcome::Mask => {
+                    self.queue(Pending::Other);
+                    return Outcome::Mask;
+                }
+                Outcome::Stop => return Outcome::Stop,
+            },
             Verb::Rcpt => {
                 self.rcpt_count += 1;
                 let (policy, index) = (&*self.policy, &self.index);
@@ -1494,12 +1510,14 @@ impl Inspector {
                 {
                     return Outcome::Stop;
                 }
-                if let Some(addr) = path_argument(args, b"TO:") {
-                    if self.check_recipient(addr, out) == Outcome::Stop {
-                        return Outcome::Stop;
+                match self.check_path(args, verb, out) {
+                    Outcome::Pass => Pending::Rcpt,
+                    Outcome::Mask => {
+                        self.queue(Pending::Other);
+                        return Outcome::Mask;
                     }
+                    Outcome::Stop => return Outcome::Stop,
                 }
-                Pending::Rcpt
             }
             // An overlong DATA/STARTTLS/AUTH/BDAT line is a syntax error the server
             // rejects; it changes no state.
@@ -1579,10 +1597,55 @@ impl Inspector {
         self.bdat_last_cr = false;
     }
 
-    fn check_sender(&mut self, addr: &[u8], out: &mut Output) -> Outcome {
+    /// The argument of MAIL FROM / RCPT TO, read as an RFC 5321 path: a pipe anywhere
+    /// in the address ends the session, `special_character` looks at the address as
+    /// written (the whole argument when it is not a path), an argument that is not a
+    /// path is masked, and the sender and relay rules compare the canonical address.
+    fn check_path(&mut self, args: &[u8], verb: Verb, out: &mut Output) -> Outcome {
+        let d = Direction::ClientToServer;
+        let (keyword, kind): (&[u8], PathKind) = match verb {
+            Verb::Mail => (b"FROM:", PathKind::Reverse),
+            _ => (b"TO:", PathKind::Forward),
+        };
+        let parsed = path::parse(args, keyword, kind);
+        let written = parsed.map_or(args, |p| p.raw);
+        let len = written.len() as u64;
+        let (policy, index) = (&*self.policy, &self.index);
+        if memchr::memchr(b'|', written).is_some() {
+            let kind = Kind::AddressPipe;
+            if check_flag(policy, index, kind, &mut self.actor, out, d, len) == Outcome::Stop {
+                return Outcome::Stop;
+            }
+        }
+        let mut outcome = Outcome::Pass;
+        if has_special_character(written) {
+            let kind = Kind::SpecialCharacter;
+            outcome = check_flag(policy, index, kind, &mut self.actor, out, d, len);
+            if outcome == Outcome::Stop {
+                return outcome;
+            }
+        }
+        let canonical = parsed.ok().and_then(|p| Address::of(&p));
+        let Some(address) = canonical else {
+            let kind = Kind::MalformedPath;
+            return match check_flag(policy, index, kind, &mut self.actor, out, d, len) {
+                Outcome::Stop => Outcome::Stop,
+                // Masked whatever the rule's actions: a server must not act on a path
+                // the rules could not read.
+                _ => Outcome::Mask,
+            };
+        };
+        outcome.and(match verb {
+            Verb::Mail => self.check_sender(len, &address, out),
+            _ => self.check_recipient(len, &address, out),
+        })
+    }
+
+    /// `sender-address length` (of the path as written) and `regex` (on the canonical
+    /// address).
+    fn check_sender(&mut self, len: u64, address: &Address, out: &mut Output) -> Outcome {
         let d = Direction::ClientToServer;
         let (policy, index) = (&*self.policy, &self.index);
-        let len = addr.len() as u64;
         let mut outcome = check_cmp(
             policy,
             index,
@@ -1595,6 +1658,7 @@ impl Inspector {
         if outcome != Outcome::Stop {
             let ids = index.of(Kind::SenderAddressRegex);
             if !ids.is_empty() {
+                let addr = address.as_bytes();
                 outcome = outcome.and(check(
                     policy,
                     ids,
@@ -1606,52 +1670,23 @@ impl Inspector {
                 ));
             }
         }
-        if outcome != Outcome::Stop && has_special_character(addr) {
-            outcome = outcome.and(check_flag(
-                policy,
-                index,
-                Kind::SpecialCharacter,
-                &mut self.actor,
-                out,
-                d,
-                len,
-            ));
-        }
         outcome
     }
 
-    fn check_recipient(&mut self, addr: &[u8], out: &mut Output) -> Outcome {
+    /// `mail_relay`: a recipient domain other than the configured one.
+    fn check_recipient(&mut self, len: u64, address: &Address, out: &mut Output) -> Outcome {
         let d = Direction::ClientToServer;
         let (policy, index) = (&*self.policy, &self.index);
-        let len = addr.len() as u64;
-        let mut outcome = Outcome::Pass;
-        if has_special_character(addr) {
-            outcome = check_flag(
-                policy,
-                index,
-                Kind::SpecialCharacter,
-                &mut self.actor,
-                out,
-                d,
-                len,
-            );
-        }
-        if outcome != Outcome::Stop {
-            if let Some(domain) = policy.mail_relay.as_deref() {
-                if is_relay(addr, domain.as_bytes()) {
-                    outcome = outcome.and(check_flag(
-                        policy,
-                        index,
-                        Kind::MailRelay,
-                        &mut self.actor,
-                        out,
-                        d,
-                        len,
-                    ));
-                }
+        let Some(domain) = policy.mail_relay.as_deref() else {
+            return Outcome::Pass;
+        };
+        // A mailbox without a domain (`<postmaster>`) is the server's own: not relaying.
+        match address.domain() {
+            Some(rcpt_domain) if rcpt_domain != domain.as_bytes() => {
+                check_flag(policy, index, Kind::MailRelay, &mut self.actor, out, d, len)
             }
+            _ => Outcome::Pass,
         }
-        outcome
     }
 
     /// After `334`: one AUTH response line passes untouched, then we wait again.
@@ -2266,20 +2301,6 @@ fn mask_keyword(line: &[u8]) -> Vec<u8> {
     masked
 }
 
-/// The address of `FROM:<addr> params` / `TO:<addr> params` (RFC 5321 §4.1.2), without
-/// the angle brackets. Tolerates a space after the colon, as servers do.
-fn path_argument<'a>(args: &'a [u8], keyword: &[u8]) -> Option<&'a [u8]> {
-    let args = args.trim_ascii_start();
-    if args.len() < keyword.len() || !args[..keyword.len()].eq_ignore_ascii_case(keyword) {
-        return None;
-    }
-    let rest = args[keyword.len()..].trim_ascii_start();
-    Some(match rest {
-        [b'<', inner @ ..] => &inner[..memchr::memchr(b'>', inner).unwrap_or(inner.len())],
-        _ => &rest[..memchr::memchr(b' ', rest).unwrap_or(rest.len())],
-    })
-}
-
 /// `BDAT <size> [LAST]` (RFC 3030 §2).
 fn bdat_arguments(args: &[u8]) -> Option<(u64, bool)> {
     let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
@@ -2305,19 +2326,9 @@ fn xexch50_size(args: &[u8]) -> Option<u64> {
     Some(size.iter().fold(0u64, |n, &d| n * 10 + (d - b'0') as u64))
 }
 
-/// The firewall's special characters in an address: pipe, backquote, NUL.
+/// `special_character`: backquote or NUL in an address (the pipe has its own rule).
 fn has_special_character(addr: &[u8]) -> bool {
-    addr.iter().any(|&b| matches!(b, b'|' | b'`' | 0))
-}
-
-/// A recipient outside the `mail_relay` domain (exact match, any case).
-fn is_relay(addr: &[u8], domain: &[u8]) -> bool {
-    let Some(at) = memchr::memrchr(b'@', addr) else {
-        return false; // a local part only, e.g. <postmaster>
-    };
-    let rcpt_domain = &addr[at + 1..];
-    let rcpt_domain = rcpt_domain.strip_suffix(b".").unwrap_or(rcpt_domain);
-    !rcpt_domain.eq_ignore_ascii_case(domain)
+    memchr::memchr2(b'`', 0, addr).is_some()
 }
 
 #[cfg(test)]
@@ -2768,18 +2779,91 @@ mod tests {
         s.server(b"220 x\r\n")
             .client(b"MAIL FROM:<a-b.c+d@x>\r\nRCPT TO:<ok@y>\r\n");
         assert_eq!(s.verdict, Verdict::Continue);
-        s.client(b"RCPT TO:<\"|/bin/sh\"@y>\r\n");
-        assert!(s.drop_reply().contains("Special character"));
-        assert_eq!(
-            s.events.last().unwrap().message_id,
-            MessageId::MaliciousPattern
-        );
         for bad in [&b"MAIL FROM:<a`id`@x>\r\n"[..], b"MAIL FROM:<a\0@x>\r\n"] {
             let mut s = Session::new(p.clone());
             s.server(b"220 x\r\n").client(bad);
             assert!(s.drop_reply().contains("Special character"));
             assert_eq!(s.server_text(), "");
         }
+    }
+
+    #[test]
+    fn a_pipe_in_any_address_closes_the_session_in_every_inspecting_builtin() {
+        let lines: [&[u8]; 5] = [
+            b"RCPT TO:<a|b@example.net>\r\n",
+            b"MAIL FROM:<a|b@example.com>\r\n",
+            b"RCPT TO:<\"|/bin/sh\"@y>\r\n",
+            b"MAIL FROM:<\"a\\|b\"@x> SIZE=1\r\n",
+            // Not a path at all: the pipe still counts, before the line is masked.
+            b"MAIL FROM:<a|b@x\r\n",
+        ];
+        for name in ["default", "asa-compat", "mailguard"] {
+            for line in lines {
+                let mut s = Session::builtin(name);
+                s.server(b"220 x\r\n").client(line);
+                let what = format!("{name}: {}", line.escape_ascii());
+                assert!(s.drop_reply().contains("Pipe in address"), "{what}");
+                assert_eq!(s.server_text(), "", "{what}");
+                let event = s.events.last().unwrap();
+                assert_eq!(event.message_id, MessageId::MaliciousPattern, "{what}");
+                assert_eq!(s.rule_text(event), "address-pipe drop-connection log");
+            }
+        }
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n")
+            .client(b"MAIL FROM:<a@x> ORCPT=rfc822;a|b\r\n");
+        assert_eq!(
+            s.verdict,
+            Verdict::Continue,
+            "a parameter is not the address"
+        );
+    }
+
+    #[test]
+    fn quoted_local_parts_and_domain_case_do_not_evade_the_sender_regex() {
+        let rule = "match sender-address regex \"@spam\\.example$\" drop-connection log";
+        for line in [
+            &b"MAIL FROM:<\"a>b\"@spam.example>\r\n"[..],
+            b"MAIL FROM:<x@SPAM.Example>\r\n",
+            b"MAIL FROM:<x@spam.example.> BODY=8BITMIME\r\n",
+            b"MAIL FROM:<@relay.example:x@spam.example>\r\n",
+        ] {
+            let mut s = Session::with_rules(&[rule]);
+            s.server(b"220 x\r\n").client(line);
+            let what = line.escape_ascii().to_string();
+            assert!(
+                s.drop_reply().contains("Sender address not allowed"),
+                "{what}"
+            );
+            assert_eq!(s.server_text(), "", "{what}");
+        }
+        // A quoted local part equal to a dot-string is that dot-string.
+        let mut s = Session::with_rules(&["match sender-address regex \"^boss@\" drop-connection"]);
+        s.server(b"220 x\r\n")
+            .client(b"MAIL FROM:<\"b\\oss\"@x>\r\n");
+        assert!(s.drop_reply().contains("Sender address not allowed"));
+    }
+
+    #[test]
+    fn an_unparseable_path_is_masked_and_answered_by_the_server() {
+        let mut s = Session::builtin("default");
+        s.server(b"220 x\r\n").client(
+            b"MAIL FROM:<a@b\r\nMAIL FROM:<ok@x>\r\nRCPT TO:<a b@c>\r\nRCPT TO:<>\r\nRCPT TO:<ok@y>\r\n",
+        );
+        assert_eq!(s.verdict, Verdict::Continue);
+        assert_eq!(
+            s.server_text(),
+            "XXXXXXXXXXXXXX\r\nMAIL FROM:<ok@x>\r\nXXXXXXXXXXXXXXX\r\nXXXXXXXXXX\r\nRCPT TO:<ok@y>\r\n"
+        );
+        let masked = s
+            .events
+            .iter()
+            .filter(|e| s.rule_text(e) == "malformed-path mask log");
+        assert_eq!(masked.count(), 3);
+        // Each masked line is answered by the server, in order, and pairs with it.
+        s.server(b"500 no\r\n250 ok\r\n500 no\r\n500 no\r\n250 ok\r\n");
+        assert_eq!(s.client_text().matches("500 no").count(), 3);
+        assert_eq!(s.inspector.pending.len(), 0);
     }
 
     #[test]
@@ -2790,7 +2874,13 @@ mod tests {
         s.server(b"220 x\r\n")
             .client(b"RCPT TO:<a@Example.COM>\r\nRCPT TO:<postmaster>\r\n");
         assert_eq!(s.verdict, Verdict::Continue);
-        s.client(b"RCPT TO:<a@example.com.evil>\r\n");
+        s.client(b"RCPT TO:<@example.com:a@EXAMPLE.com.>\r\nRCPT TO:<\"a>b\"@example.com>\r\n");
+        assert_eq!(
+            s.verdict,
+            Verdict::Continue,
+            "source route ignored, trailing dot"
+        );
+        s.client(b"RCPT TO:<\"a>\"@example.com.evil>\r\n");
         assert!(s.drop_reply().contains("Relaying denied"));
     }
 

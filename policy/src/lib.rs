@@ -7,6 +7,7 @@
 //! - [`scanner`]: memchr CRLF line framing across reads, bare CR/LF detection, overlong lines.
 //! - [`verb`]: SMTP command verbs and EHLO keywords as tokens and bit sets.
 //! - [`mime`]: header and MIME multipart tracking for filename / type / encoding rules.
+//! - [`path`]: RFC 5321 MAIL FROM / RCPT TO paths and the canonical address rules compare.
 //! - [`inspector`]: the per-session state machine (RFC 5321 / 2920 / 3030 / 3207).
 //! - [`rules`]: the firewall's `match ...` rule language, parsed and precompiled.
 //! - [`policy`]: the compiled immutable [`policy::Policy`] and the built-in policies.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod event;
 pub mod inspector;
 pub mod mime;
+pub mod path;
 pub mod policy;
 pub mod rules;
 pub mod scanner;

@@ -502,6 +502,19 @@ impl Policy {
                 "unknown-command mask log".into(),
                 MASK_LOG,
             );
+            // Not parameters an operator sets: a MAIL/RCPT argument the inspector cannot
+            // read as a path is masked (the server answers 5xx), and a pipe in an address
+            // ends the session, as the firewall does.
+            add(
+                Criterion::MalformedPath,
+                "malformed-path mask log".into(),
+                MASK_LOG,
+            );
+            add(
+                Criterion::AddressPipe,
+                "address-pipe drop-connection log".into(),
+                DROP_LOG,
+            );
             if let Some(actions) = params.bare_newline {
                 bare_newline_rule = add(
                     Criterion::BareNewline,
@@ -552,7 +565,9 @@ impl Policy {
                 | Criterion::BareNewline
                 | Criterion::SpecialCharacter
                 | Criterion::MailRelay
-                | Criterion::TlsStarted => unreachable!("parameter rules are built above"),
+                | Criterion::TlsStarted
+                | Criterion::AddressPipe
+                | Criterion::MalformedPath => unreachable!("parameter rules are built above"),
             };
             list.push(id);
             rules.push(rule);
@@ -731,6 +746,8 @@ mod tests {
             [
                 "mask-banner",
                 "unknown-command mask log",
+                "malformed-path mask log",
+                "address-pipe drop-connection log",
                 "bare-newline drop-connection log",
                 "allow-tls log",
                 "match cmd line length gt 512 drop-connection log",
@@ -772,17 +789,18 @@ mod tests {
         }
         assert_eq!(p.banner_rule, Some(0));
         assert_eq!(p.unknown_verb_rule, Some(1));
-        assert_eq!(p.bare_newline_rule, Some(2));
-        assert_eq!(p.tls_started_rule, Some(3));
+        assert_eq!(p.bare_newline_rule, Some(4));
+        assert_eq!(p.tls_started_rule, Some(5));
         assert_eq!(p.special_character_rule, None);
         assert_eq!(p.mail_relay_rule, None);
-        assert_eq!(p.rule(2).actions, DROP_LOG);
-        assert_eq!(p.index.command, [4, 5]);
-        assert_eq!(p.index.body, [6]);
-        assert_eq!(p.index.header, [7]);
-        assert_eq!(p.index.sender, [8]);
-        assert_eq!(p.index.mime, [9]);
-        assert_eq!(p.index.ehlo, [10]);
+        assert_eq!(p.rule(3).actions, DROP_LOG);
+        assert_eq!(p.rule(4).actions, DROP_LOG);
+        assert_eq!(p.index.command, [6, 7]);
+        assert_eq!(p.index.body, [8]);
+        assert_eq!(p.index.header, [9]);
+        assert_eq!(p.index.sender, [10]);
+        assert_eq!(p.index.mime, [11]);
+        assert_eq!(p.index.ehlo, [12]);
         assert!(p.index.recipient_reply.is_empty());
     }
 
@@ -823,7 +841,7 @@ mod tests {
         assert!(!p.allowed_commands.contains(Verb::Bdat, b"BDAT"));
         assert!(p.allowed_commands.contains(Verb::Vrfy, b"VRFY"));
         assert_eq!(p.banner_rule, Some(0));
-        assert_eq!(p.bare_newline_rule, Some(2));
+        assert_eq!(p.bare_newline_rule, Some(4));
         assert_eq!(p.tls_started_rule, None);
         let match_rules: Vec<&str> = texts(&p)
             .into_iter()
@@ -846,6 +864,8 @@ mod tests {
             [
                 "mask-banner",
                 "unknown-command mask log",
+                "malformed-path mask log",
+                "address-pipe drop-connection log",
                 "bare-newline drop-connection log"
             ]
         );
@@ -884,16 +904,18 @@ mod tests {
         assert!(p.ehlo_allowed(b"X-LINK2STATE"));
         assert!(!p.ehlo_matches(EhloKeyword::Others.bit(), b"XEXCH50"));
         assert_eq!(
-            texts(&p)[..4],
+            texts(&p)[..6],
             [
                 "unknown-command mask log",
+                "malformed-path mask log",
+                "address-pipe drop-connection log",
                 "bare-newline reset log",
                 "special-character log",
                 "mail-relay example.com drop-connection log",
             ]
         );
         assert_eq!(texts(&p).last(), Some(&"match cmd verb VRFY EXPN mask log"));
-        assert_eq!(p.rules.len(), 4 + DEFAULT_RULES.len() + 1);
+        assert_eq!(p.rules.len(), 6 + DEFAULT_RULES.len() + 1);
         // The index points at the appended rule too.
         let verb_rule = (p.rules.len() - 1) as RuleId;
         assert_eq!(p.index.command.last(), Some(&verb_rule));
@@ -966,12 +988,14 @@ mod tests {
             [
                 "mask-banner",
                 "unknown-command mask log",
+                "malformed-path mask log",
+                "address-pipe drop-connection log",
                 "bare-newline drop-connection log",
                 "match body length gt 100 log"
             ]
         );
         assert!(!p.ehlo_allowed(b"PIPELINING"));
-        assert_eq!(p.index.body, [3]);
+        assert_eq!(p.index.body, [5]);
         assert!(p.index.command.is_empty());
     }
 

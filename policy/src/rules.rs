@@ -102,6 +102,12 @@ pub enum Criterion {
     MailRelay,
     /// STARTTLS accepted by the server: the rest of the session is opaque.
     TlsStarted,
+    /// A `|` in a MAIL FROM / RCPT TO address: the firewall closes the session, in every
+    /// inspecting policy, not configurable.
+    AddressPipe,
+    /// A MAIL FROM / RCPT TO argument that is not an RFC 5321 path: the command is
+    /// masked like an unknown verb, so the server answers it 5xx.
+    MalformedPath,
 }
 
 /// What to do on a match. Several may be set (`drop-connection log`).
@@ -183,6 +189,8 @@ impl Criterion {
             Criterion::SpecialCharacter => "special-character",
             Criterion::MailRelay => "mail-relay",
             Criterion::TlsStarted => "allow-tls",
+            Criterion::AddressPipe => "address-pipe",
+            Criterion::MalformedPath => "malformed-path",
         }
     }
 
@@ -213,6 +221,8 @@ impl Criterion {
                 | Criterion::SpecialCharacter
                 | Criterion::MailRelay
                 | Criterion::TlsStarted
+                | Criterion::AddressPipe
+                | Criterion::MalformedPath
         )
     }
 
@@ -225,6 +235,7 @@ impl Criterion {
                 | Criterion::EhloReplyParameter(_)
                 | Criterion::Banner
                 | Criterion::UnknownVerb
+                | Criterion::MalformedPath
         )
     }
 }

@@ -1,0 +1,128 @@
+//! The parsers behind the inspector, through the real binary: RFC 5321 paths in MAIL
+//! FROM / RCPT TO (pipes, quoted local parts, domain case, unparseable paths).
+//! Each test drives `smtpgate run` against the recording upstream and asserts the
+//! exact bytes each side saw.
+
+mod common;
+mod e2e_support;
+
+use std::time::Duration;
+
+use common::*;
+
+/// A listener with `policy`, optionally a user policy defined in `extra`.
+fn gate_with(up: &Upstream, policy: &str, extra: &str) -> (Gate, std::net::SocketAddr) {
+    let (conf, listen) = config(up.addr, &format!("policy = \"{policy}\""), extra);
+    (Gate::start(&conf), listen)
+}
+
+/// Connects, reads the greeting, says EHLO and reads its reply.
+fn greeted(listen: std::net::SocketAddr) -> Client {
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"EHLO client.test\r\n");
+    c.reply();
+    c
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The client hears `421 4.7.0 <reason>` and then the close; the upstream never saw
+/// `line`.
+fn assert_dropped(c: &mut Client, up: &Upstream, session: usize, reason: &str, line: &[u8]) {
+    let reply = c.reply();
+    assert!(
+        reply.starts_with(b"421 4.7.0 ") && text(&reply).contains(reason),
+        "{}",
+        text(&reply)
+    );
+    assert_eq!(c.read_to_end(), b"", "closed after the 421");
+    std::thread::sleep(Duration::from_millis(200));
+    let wire = up.wire(session);
+    assert!(
+        !wire.windows(line.len()).any(|w| w == line),
+        "{} reached the server: {}",
+        text(line),
+        text(&wire)
+    );
+}
+
+#[test]
+fn a_pipe_in_mail_from_or_rcpt_to_closes_the_session_with_108003_in_every_inspecting_builtin() {
+    let up = Upstream::start(&["PIPELINING"]);
+    let cases: [(&str, &[u8], &[u8]); 3] = [
+        (
+            "default",
+            b"MAIL FROM:<a@example.com>\r\n",
+            b"RCPT TO:<a|b@example.net>\r\n",
+        ),
+        ("asa-compat", b"", b"MAIL FROM:<a|b@example.com>\r\n"),
+        ("mailguard", b"", b"MAIL FROM:<\"a|b\"@example.com>\r\n"),
+    ];
+    for (session, (policy, before, bad)) in cases.into_iter().enumerate() {
+        let (gate, listen) = gate_with(&up, policy, "");
+        let mut c = if policy == "mailguard" {
+            let mut c = Client::connect(listen);
+            c.reply();
+            c.send(b"HELO client.test\r\n");
+            c.reply();
+            c
+        } else {
+            greeted(listen)
+        };
+        if !before.is_empty() {
+            c.send(before);
+            assert_eq!(c.reply(), b"250 2.0.0 Ok\r\n");
+        }
+        c.send(bad);
+        assert_dropped(&mut c, &up, session, "Pipe in address", bad);
+        let log = gate.wait_log("108003");
+        let line = log.lines().find(|l| l.contains("108003")).unwrap();
+        assert!(line.contains("address-pipe"), "{policy}: {line}");
+    }
+}
+
+#[test]
+fn quoted_local_parts_and_upper_case_domains_do_not_evade_the_sender_regex() {
+    let up = Upstream::start(&[]);
+    let extra = "[policy.spam]\nextends = \"default\"\n\
+                 rules = [\"match sender-address regex \\\"@spam\\\\.example$\\\" drop-connection log\"]\n";
+    let (_gate, listen) = gate_with(&up, "spam", extra);
+    let tricks: [&[u8]; 3] = [
+        b"MAIL FROM:<\"a>b\"@spam.example>\r\n",
+        b"MAIL FROM:<x@SPAM.Example>\r\n",
+        b"MAIL FROM:<x@spam.example.> SIZE=100\r\n",
+    ];
+    for (session, line) in tricks.into_iter().enumerate() {
+        let mut c = greeted(listen);
+        c.send(line);
+        assert_dropped(&mut c, &up, session, "Sender address not allowed", line);
+    }
+    // A near miss still passes, byte for byte.
+    let mut c = greeted(listen);
+    c.send(b"MAIL FROM:<\"a>b\"@spam.example.org>\r\nQUIT\r\n");
+    assert_eq!(c.reply(), b"250 2.0.0 Ok\r\n");
+    let wire = up.wait_wire(3, |w| w.ends_with(b"QUIT\r\n"));
+    assert!(text(&wire).contains("MAIL FROM:<\"a>b\"@spam.example.org>\r\n"));
+}
+
+#[test]
+fn an_unparseable_path_is_masked_and_answered_by_the_server_in_order() {
+    let up = Upstream::start(&["PIPELINING"]);
+    let (gate, listen) = gate_with(&up, "default", "");
+    let mut c = greeted(listen);
+    c.send(b"MAIL FROM:<a@b\r\nMAIL FROM:<a@b>\r\nRCPT TO:<a b@c>\r\nRCPT TO:<c@d>\r\nQUIT\r\n");
+    assert_eq!(c.reply(), b"500 5.5.1 Command unrecognized\r\n");
+    assert_eq!(c.reply(), b"250 2.0.0 Ok\r\n");
+    assert_eq!(c.reply(), b"500 5.5.1 Command unrecognized\r\n");
+    assert_eq!(c.reply(), b"250 2.0.0 Ok\r\n");
+    assert_eq!(c.reply(), b"221 2.0.0 Bye\r\n");
+    let wire = up.wait_wire(0, |w| w.ends_with(b"QUIT\r\n"));
+    assert_eq!(
+        text(&wire),
+        "EHLO client.test\r\nXXXXXXXXXXXXXX\r\nMAIL FROM:<a@b>\r\nXXXXXXXXXXXXXXX\r\nRCPT TO:<c@d>\r\nQUIT\r\n"
+    );
+    gate.wait_log("malformed-path");
+}
