@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::engine::Shared;
+use crate::shared::Shared;
 
 /// Concurrent admin connections; more are answered 503 at once and closed.
 const MAX_CONNECTIONS: usize = 32;

@@ -9,13 +9,15 @@
 //! - SIGHUP re-reads the config file: new sessions use it, live ones keep theirs, a bad
 //!   file keeps the old config and says why. SIGTERM/SIGINT stop accepting and drain
 //!   live sessions for up to `shutdown_drain`, then exit 0.
+//! - A shard that dies (a panic outside the inspector's guard) takes the process down
+//!   with a non-zero exit and a clear message, so systemd or Kubernetes restart it,
+//!   instead of serving on with fewer cores.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
@@ -23,9 +25,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use smtpgate_policy::config::Config;
 
-use crate::limits::Admission;
+use crate::clock::TickSource;
 use crate::log;
-use crate::stats::{ListenerStats, Stats};
+use crate::shared::Shared;
 use crate::tls::TlsContext;
 use crate::{admin, config_file, shard};
 
@@ -54,187 +56,116 @@ pub enum Placement {
     Unbound,
 }
 
-/// The housekeeping tick of every shard, delivered as one byte per tick over a
-/// socketpair from a plain thread. A glommio timer would do, but any armed timer makes
-/// the executor submit and then cancel an io_uring timeout every time it parks, which
-/// is on every message; a readable socket costs nothing until it fires.
-struct Ticks {
-    readers: Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
-}
-
-impl Clone for Ticks {
-    fn clone(&self) -> Self {
-        Ticks {
-            readers: self.readers.clone(),
-        }
-    }
-}
-
-impl Ticks {
-    fn start(shards: usize) -> std::io::Result<Ticks> {
-        let mut writers = Vec::with_capacity(shards);
-        let mut readers = Vec::with_capacity(shards);
-        for _ in 0..shards {
-            let (w, r) = std::os::unix::net::UnixStream::pair()?;
-            // A shard that stopped reading must never block the ticker.
-            w.set_nonblocking(true)?;
-            writers.push(w);
-            readers.push(r);
-        }
-        std::thread::Builder::new()
-            .name("smtpgate-tick".into())
-            .spawn(move || loop {
-                std::thread::sleep(crate::clock::TICK);
-                for mut w in &writers {
-                    let _ = std::io::Write::write(&mut w, &[0]);
-                }
-            })?;
-        Ok(Ticks {
-            readers: Arc::new(std::sync::Mutex::new(readers)),
-        })
-    }
-
-    /// This shard's end of a tick socket.
-    fn take(&self) -> Option<std::os::unix::net::UnixStream> {
-        self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop()
-    }
-}
-
-/// One loaded config with the counters of its listeners.
-pub struct Generation {
-    pub number: u64,
-    pub config: Arc<Config>,
-    pub listeners: Vec<Arc<ListenerStats>>,
-    /// The certificates and TLS configs this config named, read from their files.
-    pub tls: Arc<TlsContext>,
-}
-
-/// State shared by all cores and the main thread (leaked: it lives as long as the process).
-pub struct Shared {
-    pub admission: Admission,
-    pub stats: Stats,
-    pub health: admin::Health,
-    current: RwLock<Arc<Generation>>,
-    generation: AtomicU64,
-    shutdown: AtomicBool,
-}
-
-impl Shared {
-    pub fn current(&self) -> Arc<Generation> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn generation_number(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.load(Ordering::Acquire)
-    }
-
-    fn install(&self, config: Config, tls: Arc<TlsContext>) {
-        let number = self.generation_number() + 1;
-        let listeners = self.stats.for_config(&config);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Generation {
-            number,
-            config: Arc::new(config),
-            listeners,
-            tls,
-        });
-        self.generation.store(number, Ordering::Release);
-    }
-}
-
 enum Message {
     Signal(i32),
     ShardsExited(Vec<String>),
+    ShardDied(usize),
+}
+
+/// Why smtpgate could not start, or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("listen address {0} is configured twice")]
+    ListenTwice(SocketAddr),
+    #[error("cannot listen on {address}: {source}{}", bind_hint(.address, .source))]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on admin address {address}: {source}")]
+    Admin {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the {what}: {source}")]
+    Thread {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("executors failed to start: {0}")]
+    Executors(String),
+    #[error("executors did not start in time")]
+    ExecutorsLate,
+    #[error(
+        "shard {0} died (a panic, see above); exiting so that the supervisor restarts smtpgate"
+    )]
+    ShardDied(usize),
+    #[error("executors stopped unexpectedly: {0}")]
+    ExecutorsStopped(String),
 }
 
 pub fn run(options: RunOptions) -> ExitCode {
     match start(options) {
         Ok(code) => code,
-        Err(message) => {
-            log::diag(&message);
+        Err(e) => {
+            log::diag(&e.to_string());
             ExitCode::FAILURE
         }
     }
 }
 
-fn load(path: &Option<PathBuf>) -> Result<Config, String> {
+fn load(path: &Option<PathBuf>) -> Result<Config, StartError> {
     match path {
-        Some(path) => config_file::load(path),
+        Some(path) => config_file::load(path).map_err(StartError::Config),
         None => Ok(config_file::embedded_default()),
     }
 }
 
 /// Binds each address once without SO_REUSEPORT; returns the addresses with any
 /// port 0 replaced by the port the kernel chose.
-fn probe_listen_addresses(config: &mut Config) -> Result<(), String> {
+fn probe_listen_addresses(config: &mut Config) -> Result<(), StartError> {
     let mut seen = Vec::new();
     for listener in &mut config.listeners {
         if seen.contains(&listener.listen) {
-            return Err(format!(
-                "listen address {} is configured twice",
-                listener.listen
-            ));
+            return Err(StartError::ListenTwice(listener.listen));
         }
-        let probe = std::net::TcpListener::bind(listener.listen)
-            .map_err(|e| bind_error(listener.listen, &e))?;
-        listener.listen = probe.local_addr().map_err(|e| e.to_string())?;
+        let address = listener.listen;
+        let listen_error = |source| StartError::Listen { address, source };
+        let probe = std::net::TcpListener::bind(address).map_err(listen_error)?;
+        listener.listen = probe.local_addr().map_err(listen_error)?;
         seen.push(listener.listen);
     }
     Ok(())
 }
 
-/// Why a listen address cannot be bound, with the fix an operator needs.
-fn bind_error(address: SocketAddr, e: &std::io::Error) -> String {
-    let hint = match e.kind() {
-        std::io::ErrorKind::AddrInUse => "is another process holding the port?".to_string(),
+/// The fix an operator needs for a listen address that cannot be bound.
+fn bind_hint(address: &SocketAddr, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => " (is another process holding the port?)".to_string(),
         std::io::ErrorKind::PermissionDenied => format!(
-            "port {} is privileged: grant CAP_NET_BIND_SERVICE (systemd AmbientCapabilities=, \
+            " (port {} is privileged: grant CAP_NET_BIND_SERVICE (systemd AmbientCapabilities=, \
              or `setcap cap_net_bind_service=+ep` on the binary) or lower \
-             net.ipv4.ip_unprivileged_port_start",
+             net.ipv4.ip_unprivileged_port_start)",
             address.port()
         ),
-        _ => return format!("cannot listen on {address}: {e}"),
-    };
-    format!("cannot listen on {address}: {e} ({hint})")
+        _ => String::new(),
+    }
 }
 
-fn start(options: RunOptions) -> Result<ExitCode, String> {
+fn thread_error(what: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
+    move |source| StartError::Thread { what, source }
+}
+
+fn start(options: RunOptions) -> Result<ExitCode, StartError> {
     let mut config = load(&options.config_path)?;
-    let tls = Arc::new(TlsContext::load(&config)?);
+    let tls = Arc::new(TlsContext::load(&config).map_err(StartError::Config)?);
     probe_listen_addresses(&mut config)?;
     let configured_listens: Vec<SocketAddr> = config.listeners.iter().map(|l| l.listen).collect();
     let admin_listener = match config.admin.listen {
         Some(address) => Some(
             std::net::TcpListener::bind(address)
-                .map_err(|e| format!("cannot listen on admin address {address}: {e}"))?,
+                .map_err(|source| StartError::Admin { address, source })?,
         ),
         None => None,
     };
 
-    let shared: &'static Shared = Box::leak(Box::new(Shared {
-        admission: Admission::default(),
-        stats: Stats::default(),
-        health: admin::Health::default(),
-        current: RwLock::new(Arc::new(Generation {
-            number: 0,
-            config: Arc::new(config.clone()),
-            listeners: Vec::new(),
-            tls: tls.clone(),
-        })),
-        generation: AtomicU64::new(0),
-        shutdown: AtomicBool::new(false),
-    }));
-    shared.install(config, tls);
+    let shared = Shared::leak(config, tls);
 
     // Registered before the shards start so an early signal is queued, not fatal.
     let mut signals =
-        Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
+        Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(thread_error("signal handler"))?;
     let signal_handle = signals.handle();
     let (messages_tx, messages) = mpsc::channel::<Message>();
     let signal_tx = messages_tx.clone();
@@ -247,19 +178,20 @@ fn start(options: RunOptions) -> Result<ExitCode, String> {
                 }
             }
         })
-        .map_err(|e| format!("signal thread: {e}"))?;
+        .map_err(thread_error("signal thread"))?;
 
     let cores = options
         .cores
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let (ready_tx, ready) = mpsc::channel::<Result<(), String>>();
+    let (ready_tx, ready) = mpsc::channel::<Result<(), StartError>>();
     let addresses = configured_listens.clone();
     let placement = match options.placement {
         Placement::Pinned => PoolPlacement::MaxSpread(cores, None),
         Placement::Unbound => PoolPlacement::Unbound(cores),
     };
-    let ticks = Ticks::start(cores).map_err(|e| format!("tick thread: {e}"))?;
+    let ticks = TickSource::start(cores).map_err(thread_error("tick thread"))?;
+    let death_tx = messages_tx.clone();
     let mut builder = LocalExecutorPoolBuilder::new(placement);
     if !options.spin_before_park.is_zero() {
         builder = builder.spin_before_park(options.spin_before_park);
@@ -269,9 +201,16 @@ fn start(options: RunOptions) -> Result<ExitCode, String> {
         .io_memory(IO_MEMORY)
         .on_all_shards(move || {
             let tick = ticks.take();
-            shard::run(shared, ready_tx, addresses, tick)
+            let watch = ShardWatch {
+                id: glommio::executor().id(),
+                deaths: death_tx.clone(),
+            };
+            async move {
+                shard::run(shared, ready_tx, addresses, tick).await;
+                drop(watch);
+            }
         })
-        .map_err(|e| format!("cannot start executors: {e}"))?;
+        .map_err(|e| StartError::Executors(e.to_string()))?;
     // Executor start-up errors only surface at join: a watcher thread reports them.
     std::thread::Builder::new()
         .name("smtpgate-join".into())
@@ -283,7 +222,7 @@ fn start(options: RunOptions) -> Result<ExitCode, String> {
                 .collect();
             let _ = messages_tx.send(Message::ShardsExited(errors));
         })
-        .map_err(|e| format!("join thread: {e}"))?;
+        .map_err(thread_error("join thread"))?;
 
     wait_until_bound(shared, &ready, cores, &messages)?;
     // The readiness line names the bound admin port, which differs from the configured
@@ -291,8 +230,8 @@ fn start(options: RunOptions) -> Result<ExitCode, String> {
     let admin_bound = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     shared.health.set_ready();
     if let Some(listener) = admin_listener {
-        let token = admin_token(&shared.current().config)?;
-        admin::spawn(listener, shared, token).map_err(|e| format!("admin thread: {e}"))?;
+        let token = admin_token(&shared.current().config).map_err(StartError::Config)?;
+        admin::spawn(listener, shared, token).map_err(thread_error("admin thread"))?;
     }
     announce(shared, cores, admin_bound);
 
@@ -310,18 +249,16 @@ fn start(options: RunOptions) -> Result<ExitCode, String> {
                     shared.current().config.timeouts.shutdown_drain
                 ));
                 drain_started = Some(Instant::now());
-                shared.shutdown.store(true, Ordering::Release);
+                shared.begin_shutdown();
             }
+            Message::ShardDied(id) => return Err(StartError::ShardDied(id)),
             Message::ShardsExited(errors) => {
                 signal_handle.close();
                 if drain_started.is_some() && errors.is_empty() {
                     log::diag("stopped");
                     return Ok(ExitCode::SUCCESS);
                 }
-                return Err(format!(
-                    "executors stopped unexpectedly: {}",
-                    errors.join("; ")
-                ));
+                return Err(StartError::ExecutorsStopped(errors.join("; ")));
             }
         }
     }
@@ -344,10 +281,10 @@ fn admin_token(config: &Config) -> Result<Option<String>, String> {
 
 fn wait_until_bound(
     shared: &Shared,
-    ready: &mpsc::Receiver<Result<(), String>>,
+    ready: &mpsc::Receiver<Result<(), StartError>>,
     cores: usize,
     messages: &mpsc::Receiver<Message>,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let until = Instant::now() + STARTUP_LIMIT;
     let mut bound = 0;
     while bound < cores {
@@ -355,7 +292,7 @@ fn wait_until_bound(
         match ready.recv_timeout(left) {
             Ok(Ok(())) => bound += 1,
             Ok(Err(e)) => {
-                shared.shutdown.store(true, Ordering::Release);
+                shared.begin_shutdown();
                 return Err(e);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -371,11 +308,11 @@ fn wait_until_bound(
                 } else {
                     ""
                 };
-                return Err(format!("executors failed to start: {detail}{hint}"));
+                return Err(StartError::Executors(format!("{detail}{hint}")));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                shared.shutdown.store(true, Ordering::Release);
-                return Err("executors did not start in time".into());
+                shared.begin_shutdown();
+                return Err(StartError::ExecutorsLate);
             }
         }
     }
@@ -456,4 +393,19 @@ fn reload(shared: &Shared, path: &Option<PathBuf>, listens: &[SocketAddr]) {
     };
     shared.install(config, tls);
     log::diag(&format!("SIGHUP: reloaded {}", path.display()));
+}
+
+/// Lives as long as a shard's main future; dropped while unwinding, it tells the
+/// engine the shard died.
+struct ShardWatch {
+    id: usize,
+    deaths: mpsc::Sender<Message>,
+}
+
+impl Drop for ShardWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.deaths.send(Message::ShardDied(self.id));
+        }
+    }
 }

@@ -1,10 +1,14 @@
-//! Connection admission: `max_connections`, `max_embryonic`, `per_client_max` and
-//! `per_client_embryonic_max`, counted exactly across every core.
+//! Connection admission: `max_connections`, `max_embryonic`, `per_client_max`,
+//! `per_client_embryonic_max` and `per_client_rate`, counted exactly across every core.
 //!
 //! The global counts are atomics reserved with compare-and-swap, so no core can
 //! overshoot a limit (the one place shards share mutable state on the accept path).
 //! Per-client counts live in a small lock-striped map, touched only when a per-client
 //! limit is configured. A [`Ticket`] returns everything it reserved when dropped.
+//!
+//! `per_client_rate` (new sessions per client per minute) is a token bucket per client
+//! holding up to that many sessions, refilled evenly over the minute; buckets outlive
+//! their sessions (that is the point) and are forgotten once full again.
 //!
 //! A session is embryonic from accept until a HELO/EHLO has been accepted (inspected
 //! sessions: the inspector says so). Exempt sessions have no inspector; they count as
@@ -15,6 +19,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use smtpgate_policy::config::Limits;
 
@@ -25,14 +30,16 @@ pub enum LimitHit {
     MaxEmbryonic,
     PerClientMax,
     PerClientEmbryonicMax,
+    PerClientRate,
 }
 
 impl LimitHit {
-    pub const ALL: [LimitHit; 4] = [
+    pub const ALL: [LimitHit; 5] = [
         LimitHit::MaxConnections,
         LimitHit::MaxEmbryonic,
         LimitHit::PerClientMax,
         LimitHit::PerClientEmbryonicMax,
+        LimitHit::PerClientRate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +48,7 @@ impl LimitHit {
             LimitHit::MaxEmbryonic => "max_embryonic",
             LimitHit::PerClientMax => "per_client_max",
             LimitHit::PerClientEmbryonicMax => "per_client_embryonic_max",
+            LimitHit::PerClientRate => "per_client_rate",
         }
     }
 }
@@ -51,12 +59,9 @@ pub struct ClientKey(u128);
 
 impl ClientKey {
     pub fn of(ip: IpAddr) -> ClientKey {
-        match ip {
+        match ip.to_canonical() {
             IpAddr::V4(v4) => ClientKey(u32::from(v4) as u128),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => ClientKey(u32::from(v4) as u128),
-                None => ClientKey(u128::from(v6) & !((1u128 << 64) - 1) | (1 << 32)),
-            },
+            IpAddr::V6(v6) => ClientKey(u128::from(v6) & !((1u128 << 64) - 1) | (1 << 32)),
         }
     }
 }
@@ -68,12 +73,27 @@ struct ClientCount {
 }
 
 const STRIPES: usize = 16;
+/// A stripe's rate buckets are pruned of full (forgotten) ones past this many.
+const BUCKETS_BEFORE_PRUNE: usize = 4096;
+
+/// One client's `per_client_rate` tokens.
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
 
 #[derive(Default)]
 pub struct Admission {
     active: AtomicU64,
     embryonic: AtomicU64,
     per_client: [Mutex<HashMap<ClientKey, ClientCount>>; STRIPES],
+    rate: [Mutex<HashMap<ClientKey, Bucket>>; STRIPES],
+}
+
+fn stripe(key: ClientKey) -> usize {
+    let h = (key.0 as u64 ^ (key.0 >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 60) as usize % STRIPES
 }
 
 /// Adds one to `counter` unless that would pass `max` (0 = unlimited).
@@ -101,14 +121,53 @@ impl Admission {
     /// The locked stripe of the per-client map holding `key`. A panic elsewhere while
     /// holding it leaves plain counters behind, so a poisoned lock is still used.
     fn clients(&self, key: ClientKey) -> MutexGuard<'_, HashMap<ClientKey, ClientCount>> {
-        let h = (key.0 as u64 ^ (key.0 >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.per_client[(h >> 60) as usize % STRIPES]
+        self.per_client[stripe(key)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Takes one of the client's `per_client_rate` tokens, if it has one left.
+    fn take_rate_token(&self, key: ClientKey, per_minute: u64, now: Instant) -> bool {
+        let mut buckets = self.rate[stripe(key)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let capacity = per_minute as f64;
+        let refill = |b: &Bucket| {
+            let minutes = now.saturating_duration_since(b.refilled).as_secs_f64() / 60.0;
+            (b.tokens + minutes * capacity).min(capacity)
+        };
+        if buckets.len() >= BUCKETS_BEFORE_PRUNE {
+            buckets.retain(|_, b| refill(b) < capacity);
+        }
+        let bucket = buckets.entry(key).or_insert(Bucket {
+            tokens: capacity,
+            refilled: now,
+        });
+        bucket.tokens = refill(bucket);
+        bucket.refilled = now;
+        if bucket.tokens < 1.0 {
+            return false;
+        }
+        bucket.tokens -= 1.0;
+        true
+    }
+
     /// Admits a new (embryonic) session or says which limit it hit.
     pub fn admit(&'static self, client: IpAddr, limits: &Limits) -> Result<Ticket, LimitHit> {
+        self.admit_at(client, limits, Instant::now())
+    }
+
+    fn admit_at(
+        &'static self,
+        client: IpAddr,
+        limits: &Limits,
+        now: Instant,
+    ) -> Result<Ticket, LimitHit> {
+        if limits.per_client_rate > 0
+            && !self.take_rate_token(ClientKey::of(client), limits.per_client_rate, now)
+        {
+            return Err(LimitHit::PerClientRate);
+        }
         if !reserve(&self.active, limits.max_connections) {
             return Err(LimitHit::MaxConnections);
         }
@@ -263,5 +322,31 @@ mod tests {
         assert_eq!(a.admit(ip, &l).err(), Some(LimitHit::PerClientEmbryonicMax));
         t.establish();
         let _t2 = a.admit(ip, &l).unwrap();
+    }
+
+    #[test]
+    fn per_client_rate_refuses_a_burst_and_refills_over_the_minute() {
+        let a = leak();
+        let l = Limits {
+            per_client_rate: 2,
+            ..Limits::default()
+        };
+        let ip: IpAddr = "192.0.2.8".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.8".parse().unwrap();
+        let t0 = Instant::now();
+        drop(a.admit_at(ip, &l, t0).unwrap());
+        drop(a.admit_at(mapped, &l, t0).unwrap());
+        assert_eq!(
+            a.admit_at(ip, &l, t0).err(),
+            Some(LimitHit::PerClientRate),
+            "closed sessions still count against the rate, IPv4-mapped or not"
+        );
+        assert!(a.admit_at("192.0.2.9".parse().unwrap(), &l, t0).is_ok());
+        let half_minute = t0 + std::time::Duration::from_secs(30);
+        assert!(
+            a.admit_at(ip, &l, half_minute).is_ok(),
+            "one token back after 30 s"
+        );
+        assert!(a.admit_at(ip, &l, half_minute).is_err());
     }
 }

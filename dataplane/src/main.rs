@@ -6,16 +6,21 @@
 //! - `main` (this file): the command line (`run`, `check`, `import-asa`).
 //! - [`config_file`]: reading a config file or the embedded default into a validated `Config`.
 //! - [`engine`]: start-up (port probe, executor pool, readiness line), signals, reload, drain.
+//! - [`shared`]: what all cores share: the config generation in force, admission, stats.
 //! - [`shard`]: what runs on each core: accept loops and the housekeeping tick.
-//! - [`session`]: one client connection: admission, upstream connect, PROXY header, relay.
-//! - [`relay`]: the single-task, both-directions relay loop, inspected or verbatim.
-//! - [`limits`]: global and per-client connection/embryonic admission, exact across cores.
-//! - [`clock`]: per-shard coarse deadlines (embryonic / idle) swept by one tick, not per-read timers.
+//! - [`session`]: one client connection: real client address, admission, upstream
+//!   connect, PROXY header, relay, close.
+//! - [`relay`]: the single-task relay loop: two halves (client, upstream), inspected or
+//!   verbatim, per-phase deadlines, honest failures.
+//! - [`limits`]: global and per-client connection/embryonic/rate admission, exact across cores.
+//! - [`clock`]: the shard tick and per-session coarse deadlines it sweeps, not per-read timers.
+//! - [`sock`]: the few libc socket calls glommio lacks (half-close, RST, gathered send).
 //! - [`bufpool`]: per-shard read buffers, lent to sessions only while they read.
 //! - [`stats`]: counters shared across cores and their JSON / Prometheus rendering.
 //! - [`admin`]: the tiny HTTP/1.1 endpoint serving `/status` and `/metrics`.
 //! - [`log`]: event lines, session summaries and diagnostics, written off the shards.
 //! - [`proxy_v2`]: the PROXY protocol v2 header sent upstream.
+//! - [`proxy_header`]: reading a trusted balancer's PROXY v1/v2 header.
 //! - [`tls`]: sans-IO TLS per side (rustls) and the certificates and configs it uses.
 
 mod admin;
@@ -25,10 +30,13 @@ mod config_file;
 mod engine;
 mod limits;
 mod log;
+mod proxy_header;
 mod proxy_v2;
 mod relay;
 mod session;
 mod shard;
+mod shared;
+mod sock;
 mod stats;
 #[allow(dead_code)] // the relay wires TlsLayer in next; TlsContext is loaded and checked already
 mod tls;

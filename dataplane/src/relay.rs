@@ -1,25 +1,36 @@
 //! The relay: one task per session drives both directions.
 //!
-//! Shape, chosen for few wake-ups per message (see issue 3's performance notes): a
-//! single `poll_fn` polls, in one pass, the pending writes of both directions and then
-//! the reads whose outgoing queue is empty. One task, one waker, no channels and no
-//! per-read timers (deadlines are swept per shard, see [`crate::clock`]).
+//! Shape, chosen for few wake-ups per message: a single `poll_fn` polls, in one pass,
+//! the pending writes of both sides and then the reads whose counterpart's outgoing
+//! queue is empty. One task, one waker, no channels and no per-read timers (deadlines
+//! are swept per shard, see [`crate::clock`]).
+//!
+//! Each side is one [`Half`]: its socket, the read buffer lent while it is read, and
+//! the bytes queued to be written to it. Bytes read from a socket enter the session in
+//! one place ([`Half::poll_read`]) and bytes to a socket leave from one place
+//! ([`Half::poll_flush`]), so a transport layer (TLS) can later wrap a side there.
 //!
 //! Rules the loop keeps:
 //! - Backpressure: a side is read only when everything destined for the other side
 //!   has been written, so a stalled peer stops the reading of its counterpart; the only
-//!   other bytes queued are the inspector's own injected replies (bounded per read).
+//!   other bytes queued are the inspector's own injected replies (bounded per read). A
+//!   side blocked that way gives its read buffer back to the shard.
 //! - Order: bytes go out in the order the inspector produced them (`to_server`, then
 //!   `to_client`), appended behind anything still queued in that direction.
 //! - Half-close: a peer's EOF becomes `shutdown(SHUT_WR)` towards the other peer once
 //!   its queue is written; the other direction keeps flowing until it ends too.
-//! - Buffers: read buffers are borrowed from the shard's pool only while a read
-//!   completes; a session waiting for input holds none.
+//! - Deadlines follow what the session waits for ([`Phase`]): the upstream's greeting
+//!   (`upstream_connect`), each complete command line from the previous reply (`idle`,
+//!   bytes inside a line do not extend it; `embryonic` until HELO/EHLO), message
+//!   content (`data`, extended by bytes received / `min_data_rate`), and the reply to
+//!   an end of data (`data_termination`, during which the client is not cut).
+//! - Honest failures: when the upstream goes away, the client first gets every byte
+//!   already owed to it, then `421 4.4.2`, unless the reply to an end of data is owed:
+//!   then it is closed without a reply, because either answer could be false.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -31,41 +42,93 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use smtpgate_policy::config::Timeouts;
 use smtpgate_policy::event::Event;
-use smtpgate_policy::inspector::{Inspector, Output, Verdict};
+use smtpgate_policy::inspector::{Inspector, Output, Phase, Verdict};
 
 use crate::bufpool::{refill, BufPool};
-use crate::clock::Deadline;
+use crate::clock::{after, Deadline};
 use crate::limits::Ticket;
+use crate::sock;
 
-/// After a drop verdict or the upstream's close, how long the client gets to read
+/// After a goodbye reply or the upstream's close, how long the client gets to read
 /// what is left before the session is torn down.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Reads in a row without yielding to the shard's other tasks.
 const READS_BEFORE_YIELD: u32 = 32;
 
-/// Which peer an error came from (for logs and counters).
+pub const REPLY_INTERNAL_ERROR: &[u8] =
+    b"421 4.3.0 smtpgate: internal error, closing connection\r\n";
+pub const REPLY_UPSTREAM_LOST: &[u8] =
+    b"421 4.4.2 smtpgate: upstream connection lost, closing connection\r\n";
+pub const REPLY_SHUTTING_DOWN: &[u8] = b"421 4.3.2 smtpgate: shutting down\r\n";
+
+/// Which peer: indexes the two [`Half`]s, and says which side failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
-    Client,
-    Upstream,
+    Client = 0,
+    Upstream = 1,
 }
 
-/// How a relay ended.
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Upstream,
+            Side::Upstream => Side::Client,
+        }
+    }
+}
+
+/// Which deadline ended a session: the reason in its 421 and its counter's label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// The upstream did not greet within `upstream_connect` (an upstream failure).
+    UpstreamGreeting,
+    /// No HELO/EHLO accepted within `embryonic`.
+    Embryonic,
+    /// No complete command line within `idle` of the previous reply.
+    Idle,
+    /// Message content slower than `data` plus bytes / `min_data_rate`.
+    Data,
+    /// The upstream did not answer an end of data within `data_termination`.
+    DataTermination,
+}
+
+impl Expiry {
+    /// What the client is told; `None` when the reply to an end of data is owed (an
+    /// answer either way could be false, so the connection just closes).
+    fn reply(self) -> Option<&'static [u8]> {
+        match self {
+            Expiry::UpstreamGreeting => {
+                Some(b"421 4.4.1 smtpgate: upstream did not greet in time, try again later\r\n")
+            }
+            Expiry::Embryonic => {
+                Some(b"421 4.4.2 smtpgate: timeout waiting for HELO/EHLO, closing connection\r\n")
+            }
+            Expiry::Idle => Some(b"421 4.4.2 smtpgate: idle timeout, closing connection\r\n"),
+            Expiry::Data => Some(b"421 4.4.2 smtpgate: data timeout, closing connection\r\n"),
+            Expiry::DataTermination => None,
+        }
+    }
+}
+
+/// How a relay ended. Whatever the client had to be told has been queued and flushed
+/// (within [`CLOSE_GRACE`]) by then.
 #[derive(Debug)]
 pub enum End {
     /// Both sides closed in order.
     Finished,
-    /// A peer reset the connection or a write to it failed.
-    Failed(Side, io::Error),
-    /// drop-connection: the reply was written (or the grace ran out).
+    /// The client reset the connection or a write to it failed.
+    ClientFailed,
+    /// The upstream closed or failed mid-session; `None` for a close without error.
+    UpstreamLost(Option<io::Error>),
+    /// drop-connection (or an inspector failure): the reply was written.
     Dropped,
-    /// reset: both sides were aborted.
+    /// reset: both sides are to be aborted.
     Reset,
-    /// The embryonic or idle deadline passed.
-    TimedOut { embryonic: bool },
+    /// A deadline passed.
+    TimedOut(Expiry),
+    /// The shard is shutting down and the session was idle between transactions.
+    ShutDown,
 }
-
-const REPLY_INTERNAL_ERROR: &[u8] = b"421 4.3.0 Internal error, closing connection\r\n";
 
 /// Receives what the inspector reports, so the relay needs no knowledge of logs or stats.
 pub trait EventSink {
@@ -81,6 +144,8 @@ pub struct Relay<'a> {
     pub deadline: Rc<Deadline>,
     pub timeouts: Timeouts,
     pub accepted_at: Instant,
+    /// When the upstream connection was established (its greeting is due from then).
+    pub connected_at: Instant,
     pub pool: &'a BufPool,
 }
 
@@ -91,66 +156,192 @@ pub struct Traffic {
     pub from_server: u64,
 }
 
+/// What a finished relay hands back: how it ended, the bytes moved, and the sockets
+/// (so the caller decides how to close them).
+pub struct Outcome {
+    pub end: End,
+    pub traffic: Traffic,
+    pub client: TcpStream,
+    pub server: TcpStream,
+}
+
+/// One side of the session.
+struct Half {
+    stream: TcpStream,
+    /// Lent by the shard's pool while this side is read; `None` while it waits.
+    read_buf: Option<BytesMut>,
+    /// Bytes waiting to be written to this side, in order.
+    outgoing: VecDeque<Bytes>,
+    /// The peer sent FIN: nothing more to read.
+    read_closed: bool,
+    /// We sent FIN (the other side ended and everything queued here was written).
+    write_closed: bool,
+    bytes_read: u64,
+}
+
+impl Half {
+    fn new(stream: TcpStream) -> Half {
+        Half {
+            stream,
+            read_buf: None,
+            outgoing: VecDeque::new(),
+            read_closed: false,
+            write_closed: false,
+            bytes_read: 0,
+        }
+    }
+
+    /// The one place bytes enter the session: a read into the lent buffer, frozen into
+    /// `Bytes` (no copy). `Ok(None)` is the peer's end of stream.
+    fn poll_read(
+        &mut self,
+        pool: &BufPool,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        let mut buf = self.read_buf.take().unwrap_or_else(|| pool.take());
+        refill(&mut buf);
+        match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
+            Poll::Ready(Ok(0)) => {
+                pool.give(buf);
+                Poll::Ready(Ok(None))
+            }
+            Poll::Ready(Ok(n)) => {
+                self.bytes_read += n as u64;
+                let read = buf.split_to(n).freeze();
+                self.read_buf = Some(buf);
+                Poll::Ready(Ok(Some(read)))
+            }
+            Poll::Ready(Err(e)) => {
+                pool.give(buf);
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => {
+                // Idle: the buffer goes back to the shard while we wait.
+                pool.give(buf);
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The one place bytes leave the session: writes what is queued until done or the
+    /// socket would block. Several chunks (the inspector's slices and rewritten lines)
+    /// go out in one gathered `sendmsg`, so a masked reply costs one syscall.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        while !self.outgoing.is_empty() {
+            let written = if self.outgoing.len() == 1 {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.outgoing[0]) {
+                    Poll::Ready(result) => result?,
+                    Poll::Pending => break,
+                }
+            } else {
+                match sock::send_gathered(&self.stream, &self.outgoing) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Register for writability through glommio (it retries the send).
+                        match Pin::new(&mut self.stream).poll_write(cx, &self.outgoing[0]) {
+                            Poll::Ready(result) => result?,
+                            Poll::Pending => break,
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            consume(&mut self.outgoing, written);
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.outgoing.push_back(bytes);
+        }
+    }
+
+    fn release(&mut self, pool: &BufPool) {
+        if let Some(buf) = self.read_buf.take() {
+            pool.give(buf);
+        }
+    }
+}
+
 enum Step {
-    FromClient(io::Result<usize>),
-    FromServer(io::Result<usize>),
+    Read(Side, io::Result<Option<Bytes>>),
     WriteFailed(Side, io::Error),
     Expired,
+    /// The shard began to drain.
+    Nudged,
     Drained,
     Finished,
 }
 
+/// What ends the session once the queues are written (set when closing starts).
+enum Closing {
+    Open,
+    /// Write what is queued (within [`CLOSE_GRACE`]), then end with this.
+    Flushing(End),
+}
+
 struct Pump<'p> {
-    client: &'p mut TcpStream,
-    server: &'p mut TcpStream,
+    halves: [Half; 2],
     pool: &'p BufPool,
     deadline: &'p Deadline,
-    to_server: VecDeque<Bytes>,
-    to_client: VecDeque<Bytes>,
-    client_buf: Option<BytesMut>,
-    server_buf: Option<BytesMut>,
-    client_eof: bool,
-    server_eof: bool,
-    server_write_shut: bool,
-    client_write_shut: bool,
-    /// A drop verdict: read nothing more, write what is queued, then end.
-    closing: bool,
+    closing: Closing,
     /// Alternates which side is read first, so a busy side cannot starve the other.
-    server_first: bool,
+    upstream_first: bool,
 }
 
 impl Pump<'_> {
+    fn half(&mut self, side: Side) -> &mut Half {
+        &mut self.halves[side as usize]
+    }
+
+    fn queues_empty(&self) -> bool {
+        self.halves.iter().all(|h| h.outgoing.is_empty())
+    }
+
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        if self.deadline.take_nudge() {
+            return Poll::Ready(Step::Nudged);
+        }
         if self.deadline.expired() {
             return Poll::Ready(Step::Expired);
         }
-        if let Err(e) = flush(self.server, &mut self.to_server, cx) {
-            return Poll::Ready(Step::WriteFailed(Side::Upstream, e));
-        }
-        if let Err(e) = flush(self.client, &mut self.to_client, cx) {
-            return Poll::Ready(Step::WriteFailed(Side::Client, e));
+        for side in [Side::Upstream, Side::Client] {
+            if let Err(e) = self.half(side).poll_flush(cx) {
+                return Poll::Ready(Step::WriteFailed(side, e));
+            }
         }
         // Pass a peer's EOF on once everything before it has been written.
-        if self.client_eof && !self.server_write_shut && self.to_server.is_empty() {
-            self.server_write_shut = true;
-            shutdown_write(self.server);
+        for side in [Side::Upstream, Side::Client] {
+            let other_ended = self.halves[side.other() as usize].read_closed;
+            let half = self.half(side);
+            if other_ended && !half.write_closed && half.outgoing.is_empty() {
+                half.write_closed = true;
+                sock::shutdown_write(&half.stream);
+            }
         }
-        if self.server_eof && !self.client_write_shut && self.to_client.is_empty() {
-            self.client_write_shut = true;
-            shutdown_write(self.client);
-        }
-        let queues_empty = self.to_server.is_empty() && self.to_client.is_empty();
-        if self.closing && queues_empty {
-            return Poll::Ready(Step::Drained);
-        }
-        if self.client_eof && self.server_eof && queues_empty {
-            return Poll::Ready(Step::Finished);
-        }
-        if !self.closing {
-            self.server_first = !self.server_first;
-            for server in [self.server_first, !self.server_first] {
-                if let Poll::Ready(step) = self.poll_read_side(server, cx) {
-                    return Poll::Ready(step);
+        let queues_empty = self.queues_empty();
+        match self.closing {
+            Closing::Flushing(_) if queues_empty => return Poll::Ready(Step::Drained),
+            Closing::Flushing(_) => {}
+            Closing::Open => {
+                if self.halves.iter().all(|h| h.read_closed) && queues_empty {
+                    return Poll::Ready(Step::Finished);
+                }
+                self.upstream_first = !self.upstream_first;
+                let order = if self.upstream_first {
+                    [Side::Upstream, Side::Client]
+                } else {
+                    [Side::Client, Side::Upstream]
+                };
+                for side in order {
+                    if let Poll::Ready(read) = self.poll_read_side(side, cx) {
+                        return Poll::Ready(Step::Read(side, read));
+                    }
                 }
             }
         }
@@ -158,131 +349,128 @@ impl Pump<'_> {
         Poll::Pending
     }
 
-    fn poll_read_side(&mut self, server: bool, cx: &mut Context<'_>) -> Poll<Step> {
-        let (stream, slot, eof, blocked) = if server {
-            (
-                &mut *self.server,
-                &mut self.server_buf,
-                self.server_eof,
-                !self.to_client.is_empty(),
-            )
-        } else {
-            (
-                &mut *self.client,
-                &mut self.client_buf,
-                self.client_eof,
-                !self.to_server.is_empty(),
-            )
-        };
-        if eof || blocked {
+    fn poll_read_side(
+        &mut self,
+        side: Side,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        let blocked = !self.halves[side.other() as usize].outgoing.is_empty();
+        let pool = self.pool;
+        let half = self.half(side);
+        if half.read_closed {
             return Poll::Pending;
         }
-        let mut buf = slot.take().unwrap_or_else(|| self.pool.take());
-        refill(&mut buf);
-        match Pin::new(stream).poll_read(cx, &mut buf[..]) {
-            Poll::Ready(result) => {
-                *slot = Some(buf);
-                Poll::Ready(if server {
-                    Step::FromServer(result)
-                } else {
-                    Step::FromClient(result)
-                })
-            }
-            Poll::Pending => {
-                // Idle: the buffer goes back to the shard while we wait.
-                self.pool.give(buf);
-                Poll::Pending
-            }
+        if blocked {
+            // Backpressure: nothing is read here until the other side drains, so the
+            // buffer goes back to the shard meanwhile.
+            half.release(pool);
+            return Poll::Pending;
         }
+        half.poll_read(pool, cx)
     }
 
-    /// The bytes just read into `slot`'s buffer, as a `Bytes` slice (no copy).
-    fn take_read(slot: &mut Option<BytesMut>, n: usize) -> Bytes {
-        slot.as_mut()
-            .expect("a completed read keeps its buffer")
-            .split_to(n)
-            .freeze()
+    /// Starts the goodbye: nothing more is read; `reply` (if any) is queued behind what
+    /// the client is already owed; the session ends with `end` once it is written.
+    fn close_with(&mut self, reply: Option<&'static [u8]>, end: End, now: Instant) {
+        if let Some(reply) = reply {
+            self.half(Side::Client).queue(Bytes::from_static(reply));
+        }
+        self.closing = Closing::Flushing(end);
+        self.deadline.set(after(now, CLOSE_GRACE));
     }
 
     fn release_buffers(&mut self) {
-        for buf in [self.client_buf.take(), self.server_buf.take()]
-            .into_iter()
-            .flatten()
-        {
-            self.pool.give(buf);
+        let pool = self.pool;
+        for half in &mut self.halves {
+            half.release(pool);
         }
     }
 }
 
-/// At most this many queued chunks go out in one `sendmsg`.
-const MAX_IOVECS: usize = 16;
+/// Which deadline is armed, and what it was armed for, so it is re-armed only when
+/// the session moves on (a new phase, a complete line or reply, content bytes).
+struct Watch {
+    timeouts: Timeouts,
+    embryonic_until: Instant,
+    connected_at: Instant,
+    expiry: Expiry,
+    phase: Option<Phase>,
+    progress: u64,
+    content_started: Instant,
+    content_bytes: u64,
+    /// Verbatim sessions: the upstream has sent its first bytes (its greeting).
+    upstream_spoke: bool,
+}
 
-/// Writes queued bytes until done or the socket would block. Several chunks (the
-/// inspector's slices and rewritten lines) go out in one gathered `sendmsg`, so a
-/// masked reply costs one syscall, not one per slice.
-fn flush(
-    stream: &mut TcpStream,
-    queue: &mut VecDeque<Bytes>,
-    cx: &mut Context<'_>,
-) -> io::Result<()> {
-    while !queue.is_empty() {
-        let written = if queue.len() == 1 {
-            match Pin::new(&mut *stream).poll_write(cx, &queue[0]) {
-                Poll::Ready(result) => result?,
-                Poll::Pending => break,
+impl Watch {
+    /// Sets the deadline for what the session waits for now; `from` is the side and
+    /// length of the read just handled.
+    fn arm(
+        &mut self,
+        inspector: Option<&Inspector>,
+        ticket: &Ticket,
+        deadline: &Deadline,
+        now: Instant,
+        from: Option<(Side, usize)>,
+    ) {
+        if from.is_some_and(|(side, _)| side == Side::Upstream) {
+            self.upstream_spoke = true;
+        }
+        let phase = match inspector {
+            Some(i) => i.phase(),
+            // Verbatim: the greeting is the first upstream byte; after it, any byte
+            // restarts the idle deadline.
+            None if self.upstream_spoke => Phase::Opaque,
+            None => Phase::Greeting,
+        };
+        let progress = inspector.map_or(0, Inspector::progress);
+        let entered = self.phase != Some(phase);
+        let moved = progress != self.progress;
+        self.phase = Some(phase);
+        self.progress = progress;
+        let timeouts = self.timeouts;
+        let idle_or_embryonic = || {
+            let idle_until = after(now, timeouts.idle);
+            if ticket.is_embryonic() && self.embryonic_until < idle_until {
+                (Expiry::Embryonic, self.embryonic_until)
+            } else {
+                (Expiry::Idle, idle_until)
             }
-        } else {
-            match send_gathered(stream, queue) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Register for writability through glommio (it retries the send first).
-                    match Pin::new(&mut *stream).poll_write(cx, &queue[0]) {
-                        Poll::Ready(result) => result?,
-                        Poll::Pending => break,
-                    }
+        };
+        let armed = match phase {
+            Phase::Greeting if entered => Some((
+                Expiry::UpstreamGreeting,
+                after(self.connected_at, timeouts.upstream_connect),
+            )),
+            Phase::Command if entered || moved => Some(idle_or_embryonic()),
+            Phase::Opaque if entered || from.is_some() => Some(idle_or_embryonic()),
+            Phase::AwaitingEndOfData if entered => Some((
+                Expiry::DataTermination,
+                after(now, timeouts.data_termination),
+            )),
+            Phase::Content => {
+                if entered {
+                    self.content_started = now;
+                    self.content_bytes = 0;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                if let Some((Side::Client, n)) = from {
+                    self.content_bytes += n as u64;
+                }
+                let extension = match timeouts.min_data_rate {
+                    0 => Duration::ZERO,
+                    rate => Duration::from_secs(self.content_bytes / rate),
+                };
+                Some((
+                    Expiry::Data,
+                    after(after(self.content_started, timeouts.data), extension),
+                ))
             }
+            _ => None,
         };
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+        if let Some((expiry, at)) = armed {
+            self.expiry = expiry;
+            deadline.set(at);
         }
-        consume(queue, written);
-    }
-    Ok(())
-}
-
-/// One non-blocking `sendmsg` of the first [`MAX_IOVECS`] chunks.
-fn send_gathered(stream: &TcpStream, queue: &VecDeque<Bytes>) -> io::Result<usize> {
-    let mut iov = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; MAX_IOVECS];
-    let mut count = 0;
-    for (slot, chunk) in iov.iter_mut().zip(queue.iter()) {
-        *slot = libc::iovec {
-            iov_base: chunk.as_ptr() as *mut libc::c_void,
-            iov_len: chunk.len(),
-        };
-        count += 1;
-    }
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = count as _;
-    // SAFETY: every iovec points into a live `Bytes` of `queue`, borrowed for the call.
-    let n = unsafe {
-        libc::sendmsg(
-            stream.as_raw_fd(),
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 
@@ -299,93 +487,131 @@ fn consume(queue: &mut VecDeque<Bytes>, mut n: usize) {
     }
 }
 
-pub fn shutdown_write(stream: &TcpStream) {
-    // SAFETY: a plain syscall on a descriptor the stream owns and keeps open.
-    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+/// The reply code of the last complete line in `bytes`, if `bytes` ends one and the
+/// line starts within `bytes` (or `bytes` starts at a line start).
+fn last_reply_code(bytes: &[u8], starts_line: bool) -> Option<[u8; 3]> {
+    let body = bytes.strip_suffix(b"\n")?;
+    let start = match memchr_last_newline(body) {
+        Some(i) => i + 1,
+        None if starts_line => 0,
+        None => return None,
+    };
+    let line = &body[start..];
+    (line.len() >= 3).then(|| [line[0], line[1], line[2]])
 }
 
-/// Makes the next close send RST instead of FIN (the `reset` action).
-pub fn set_abortive_close(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a correctly sized, initialised struct on an owned descriptor.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
+fn memchr_last_newline(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().rposition(|&b| b == b'\n')
 }
 
 impl Relay<'_> {
-    /// Relays until the session ends; returns how, the bytes moved, and the sockets
-    /// (so the caller decides how to close them).
-    pub async fn run(mut self, sink: &mut dyn EventSink) -> (End, Traffic, TcpStream, TcpStream) {
-        let mut traffic = Traffic::default();
+    /// Relays until the session ends.
+    pub async fn run(mut self, sink: &mut dyn EventSink) -> Outcome {
         let mut out = Output::default();
-        let embryonic_until = self.accepted_at + self.timeouts.embryonic;
+        let connected_at = self.connected_at;
         let mut reads_since_yield = 0u32;
         let mut pump = Pump {
-            client: &mut self.client,
-            server: &mut self.server,
+            halves: [Half::new(self.client), Half::new(self.server)],
             pool: self.pool,
             deadline: &self.deadline,
-            to_server: VecDeque::new(),
-            to_client: VecDeque::new(),
-            client_buf: None,
-            server_buf: None,
-            client_eof: false,
-            server_eof: false,
-            server_write_shut: false,
-            client_write_shut: false,
-            closing: false,
-            server_first: false,
+            closing: Closing::Open,
+            upstream_first: false,
         };
+        let mut watch = Watch {
+            timeouts: self.timeouts,
+            embryonic_until: after(self.accepted_at, self.timeouts.embryonic),
+            connected_at,
+            expiry: Expiry::UpstreamGreeting,
+            phase: None,
+            progress: 0,
+            content_started: connected_at,
+            content_bytes: 0,
+            upstream_spoke: false,
+        };
+        // The reply code of the upstream's last complete line, and whether its next
+        // byte starts a line: a close right after 221 or 421 is the upstream's own
+        // goodbye, not a lost upstream.
+        let mut last_code: Option<[u8; 3]> = None;
+        let mut upstream_at_line_start = true;
+        let mut draining = false;
+        let timeouts = self.timeouts;
+        watch.arm(
+            self.inspector.as_ref(),
+            self.ticket,
+            pump.deadline,
+            connected_at,
+            None,
+        );
+
         let end = loop {
             let step = poll_fn(|cx| pump.poll_step(cx)).await;
             let now = Instant::now();
-            let from_client = matches!(step, Step::FromClient(_));
-            let input = match step {
-                Step::FromClient(Ok(0)) => {
-                    pump.client_eof = true;
+            let (side, input) = match step {
+                Step::Read(side, Ok(Some(input))) => (side, input),
+                Step::Read(Side::Client, Ok(None)) => {
+                    pump.half(Side::Client).read_closed = true;
                     continue;
                 }
-                Step::FromServer(Ok(0)) => {
-                    pump.server_eof = true;
-                    // The server is done; the client only gets a short while to finish.
-                    if !pump.client_eof {
-                        pump.deadline.set(now + CLOSE_GRACE.min(self.timeouts.idle));
+                Step::Read(Side::Upstream, Ok(None)) => {
+                    pump.half(Side::Upstream).read_closed = true;
+                    // 221 (QUIT), 421 and 554 are the upstream's own goodbyes.
+                    let goodbye = matches!(&last_code, Some(code) if [b"221", b"421", b"554"].contains(&code));
+                    if self.inspector.is_some() && !goodbye {
+                        upstream_lost(&mut pump, self.inspector.as_ref(), None, now);
+                    } else if !pump.half(Side::Client).read_closed {
+                        // The server is done; the client only gets a short while to finish.
+                        pump.deadline
+                            .set(after(now, CLOSE_GRACE.min(timeouts.idle)));
                     }
                     continue;
                 }
-                Step::FromClient(Ok(n)) => {
-                    traffic.from_client += n as u64;
-                    Pump::take_read(&mut pump.client_buf, n)
+                Step::Read(Side::Client, Err(_)) | Step::WriteFailed(Side::Client, _) => {
+                    break End::ClientFailed
                 }
-                Step::FromServer(Ok(n)) => {
-                    traffic.from_server += n as u64;
-                    Pump::take_read(&mut pump.server_buf, n)
-                }
-                Step::FromClient(Err(e)) => break End::Failed(Side::Client, e),
-                Step::FromServer(Err(e)) => break End::Failed(Side::Upstream, e),
-                Step::WriteFailed(side, e) => break End::Failed(side, e),
-                Step::Expired if pump.closing => break End::Dropped,
-                // The server closed and its FIN was passed on; the client kept its side
-                // open past the grace period. The session is over, not timed out.
-                Step::Expired if pump.server_eof => break End::Finished,
-                Step::Expired => {
-                    break End::TimedOut {
-                        embryonic: self.ticket.is_embryonic(),
+                Step::Read(Side::Upstream, Err(e)) | Step::WriteFailed(Side::Upstream, e) => {
+                    match pump.closing {
+                        Closing::Open => {
+                            upstream_lost(&mut pump, self.inspector.as_ref(), Some(e), now)
+                        }
+                        // Already saying goodbye: the upstream no longer matters.
+                        Closing::Flushing(_) => pump.half(Side::Upstream).outgoing.clear(),
                     }
+                    continue;
                 }
-                Step::Drained => break End::Dropped,
+                Step::Expired => match std::mem::replace(&mut pump.closing, Closing::Open) {
+                    // The goodbye could not be delivered in time.
+                    Closing::Flushing(end) => break end,
+                    // The server closed and its FIN was passed on; the client kept its
+                    // side open past the grace period. The session is over, not timed out.
+                    Closing::Open if pump.halves[Side::Upstream as usize].read_closed => {
+                        break End::Finished
+                    }
+                    Closing::Open => {
+                        let expiry = watch.expiry;
+                        pump.close_with(expiry.reply(), End::TimedOut(expiry), now);
+                        continue;
+                    }
+                },
+                Step::Nudged => {
+                    draining = true;
+                    if idle_between_transactions(&pump, self.inspector.as_ref()) {
+                        pump.close_with(Some(REPLY_SHUTTING_DOWN), End::ShutDown, now);
+                    }
+                    continue;
+                }
+                Step::Drained => match std::mem::replace(&mut pump.closing, Closing::Open) {
+                    Closing::Flushing(end) => break end,
+                    Closing::Open => unreachable!("drained only while closing"),
+                },
                 Step::Finished => break End::Finished,
             };
+            if side == Side::Upstream {
+                if let Some(code) = last_reply_code(&input, upstream_at_line_start) {
+                    last_code = Some(code);
+                }
+                upstream_at_line_start = input.ends_with(b"\n");
+            }
+            let n = input.len();
 
             let mut verdict = Verdict::Continue;
             match self.inspector.as_mut() {
@@ -394,28 +620,23 @@ impl Relay<'_> {
                     // A bug in the inspector must cost one session, not the shard and
                     // every session on it: the panic is caught, nothing the broken call
                     // produced is forwarded, and the client is told to retry elsewhere.
-                    let fed = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        if from_client {
-                            inspector.on_client_bytes(input, now, &mut out);
-                        } else {
-                            inspector.on_server_bytes(input, now, &mut out);
-                        }
+                    let fed = std::panic::catch_unwind(AssertUnwindSafe(|| match side {
+                        Side::Client => inspector.on_client_bytes(input, now, &mut out),
+                        Side::Upstream => inspector.on_server_bytes(input, now, &mut out),
                     }));
                     if fed.is_err() {
                         crate::log::diag("inspector failed; session closed with 421 4.3.0");
                         out.clear();
                         self.inspector = None;
-                        pump.to_client
-                            .push_back(Bytes::from_static(REPLY_INTERNAL_ERROR));
-                        pump.closing = true;
-                        pump.deadline.set(now + CLOSE_GRACE);
+                        pump.close_with(Some(REPLY_INTERNAL_ERROR), End::Dropped, now);
                         continue;
                     }
-                    let non_empty = |b: &Bytes| !b.is_empty();
-                    pump.to_server
-                        .extend(out.to_server.drain(..).filter(non_empty));
-                    pump.to_client
-                        .extend(out.to_client.drain(..).filter(non_empty));
+                    for bytes in out.to_server.drain(..) {
+                        pump.half(Side::Upstream).queue(bytes);
+                    }
+                    for bytes in out.to_client.drain(..) {
+                        pump.half(Side::Client).queue(bytes);
+                    }
                     for event in &out.events {
                         sink.event(event);
                     }
@@ -423,37 +644,40 @@ impl Relay<'_> {
                     if self.ticket.is_embryonic() && !inspector.is_embryonic() {
                         self.ticket.establish();
                     }
-                    if inspector.is_opaque() {
-                        // STARTTLS accepted: nothing left to inspect, relay verbatim.
-                        self.inspector = None;
+                }
+                None => {
+                    pump.half(side.other()).queue(input);
+                    if side == Side::Client {
+                        // Exempt: the client spoke after the greeting; see crate::limits.
+                        self.ticket.establish();
                     }
                 }
-                None if from_client => {
-                    pump.to_server.push_back(input);
-                    // Exempt: the client spoke after the greeting; see crate::limits.
-                    self.ticket.establish();
-                }
-                None => pump.to_client.push_back(input),
             }
 
             match verdict {
                 Verdict::Continue => {}
                 Verdict::Drop { reply } => {
-                    pump.to_client.push_back(Bytes::from_static(reply));
-                    pump.closing = true;
-                    pump.deadline.set(now + CLOSE_GRACE);
+                    pump.close_with(Some(reply), End::Dropped, now);
                     continue;
                 }
                 Verdict::Reset => break End::Reset,
             }
-
-            if !pump.server_eof {
-                let idle_until = now + self.timeouts.idle;
-                pump.deadline.set(if self.ticket.is_embryonic() {
-                    idle_until.min(embryonic_until)
-                } else {
-                    idle_until
-                });
+            if self.inspector.as_ref().is_some_and(Inspector::is_opaque) {
+                // STARTTLS accepted: nothing left to inspect, relay verbatim.
+                self.inspector = None;
+            }
+            if draining && idle_between_transactions(&pump, self.inspector.as_ref()) {
+                pump.close_with(Some(REPLY_SHUTTING_DOWN), End::ShutDown, now);
+                continue;
+            }
+            if !pump.halves[Side::Upstream as usize].read_closed {
+                watch.arm(
+                    self.inspector.as_ref(),
+                    self.ticket,
+                    pump.deadline,
+                    now,
+                    Some((side, n)),
+                );
             }
             reads_since_yield += 1;
             if reads_since_yield >= READS_BEFORE_YIELD {
@@ -462,9 +686,42 @@ impl Relay<'_> {
             }
         };
         pump.release_buffers();
-        drop(pump);
-        (end, traffic, self.client, self.server)
+        let traffic = Traffic {
+            from_client: pump.halves[Side::Client as usize].bytes_read,
+            from_server: pump.halves[Side::Upstream as usize].bytes_read,
+        };
+        let [client, server] = pump.halves;
+        Outcome {
+            end,
+            traffic,
+            client: client.stream,
+            server: server.stream,
+        }
     }
+}
+
+/// The upstream closed or failed: the client gets what it is owed, then `421 4.4.2`,
+/// unless the reply to an end of data is owed (then no reply at all). Verbatim
+/// sessions get no reply either: their bytes are the peers' own.
+fn upstream_lost(
+    pump: &mut Pump<'_>,
+    inspector: Option<&Inspector>,
+    error: Option<io::Error>,
+    now: Instant,
+) {
+    pump.half(Side::Upstream).outgoing.clear();
+    pump.half(Side::Upstream).read_closed = true;
+    let reply = inspector
+        .is_some_and(|i| i.phase() != Phase::AwaitingEndOfData)
+        .then_some(REPLY_UPSTREAM_LOST);
+    pump.close_with(reply, End::UpstreamLost(error), now);
+}
+
+/// Between transactions with nothing owed: a shutting-down shard may close it.
+fn idle_between_transactions(pump: &Pump<'_>, inspector: Option<&Inspector>) -> bool {
+    matches!(pump.closing, Closing::Open)
+        && inspector.is_some_and(|i| i.phase() == Phase::Command && !i.in_transaction())
+        && pump.queues_empty()
 }
 
 #[cfg(test)]
@@ -481,5 +738,16 @@ mod tests {
         assert_eq!(q, [Bytes::from_static(b"e"), Bytes::from_static(b"fgh")]);
         consume(&mut q, 4);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn the_last_reply_code_is_read_only_from_a_whole_line() {
+        assert_eq!(last_reply_code(b"221 2.0.0 Bye\r\n", true), Some(*b"221"));
+        assert_eq!(
+            last_reply_code(b"250 ok\r\n421 4.4.2 bye\r\n", false),
+            Some(*b"421")
+        );
+        assert_eq!(last_reply_code(b"tail of a line\r\n", false), None);
+        assert_eq!(last_reply_code(b"250 partial", true), None);
     }
 }

@@ -1,6 +1,7 @@
-//! One client connection from accept to close: admission against the limits, the
-//! upstream connect (bounded by `upstream_connect`), the optional PROXY v2 header, the
-//! relay (inspected or exempt), and what the client is told when something fails.
+//! One client connection from accept to close: the real client address (a PROXY
+//! header from a trusted balancer), admission against the limits, the upstream
+//! connect (bounded by `upstream_connect`), the optional PROXY v2 header upstream, the
+//! relay (inspected or exempt), and how the sockets are closed afterwards.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -11,41 +12,94 @@ use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::sleep;
+use smtpgate_policy::config::{Listener, Timeouts};
 use smtpgate_policy::event::Event;
 use smtpgate_policy::inspector::Inspector;
 
-use crate::engine::Shared;
 use crate::log::{self, SessionLog};
-use crate::proxy_v2;
-use crate::relay::{self, End, EventSink, Relay, Side};
+use crate::relay::{End, EventSink, Expiry, Outcome, Relay};
 use crate::shard::Shard;
+use crate::shared::{Generation, Shared};
 use crate::stats::ListenerStats;
+use crate::{proxy_header, proxy_v2, sock};
 
 pub const REPLY_TOO_MANY: &[u8] = b"421 4.7.0 smtpgate: too many connections, try again later\r\n";
 pub const REPLY_UPSTREAM_DOWN: &[u8] =
     b"421 4.4.1 smtpgate: upstream unavailable, try again later\r\n";
-pub const REPLY_EMBRYONIC_TIMEOUT: &[u8] =
-    b"421 4.4.2 smtpgate: timeout waiting for HELO/EHLO, closing connection\r\n";
-pub const REPLY_IDLE_TIMEOUT: &[u8] = b"421 4.4.2 smtpgate: idle timeout, closing connection\r\n";
 
 /// How long a goodbye write and the lingering close may take.
 const GOODBYE_WRITE: Duration = Duration::from_secs(2);
 const LINGER: Duration = Duration::from_secs(1);
+/// Longest wait for a trusted balancer's PROXY header (it sends it at once).
+const PROXY_HEADER_WAIT: Duration = Duration::from_secs(5);
 
-pub async fn serve(shard: Rc<Shard>, listener_index: usize, client: TcpStream) {
+/// The listener that accepted a session, resolved once at accept from the config
+/// generation in force; the session keeps it (and so its policy) to the end.
+pub struct ListenerContext {
+    generation: Arc<Generation>,
+    index: usize,
+}
+
+impl ListenerContext {
+    pub fn new(generation: Arc<Generation>, index: usize) -> ListenerContext {
+        ListenerContext { generation, index }
+    }
+
+    pub fn listener(&self) -> &Listener {
+        &self.generation.config.listeners[self.index]
+    }
+
+    pub fn stats(&self) -> &ListenerStats {
+        &self.generation.listeners[self.index]
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.generation.config.timeouts
+    }
+}
+
+pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpStream) {
     let shared = shard.shared;
-    let generation = shard.generation();
-    let config = &generation.config;
-    let listener = &config.listeners[listener_index];
-    let stats = generation.listeners[listener_index].clone();
-    let Ok(client_addr) = client.peer_addr() else {
+    let listener = context.listener();
+    let timeouts = context.timeouts();
+    let Ok(peer) = client.peer_addr() else {
         return;
     };
+    let peer = canonical(peer);
     shared.stats.accepted.inc();
-    stats.sessions.accepted.inc();
+    context.stats().sessions.accepted.inc();
     let _ = client.set_nodelay(true);
 
-    let mut ticket = match shared.admission.admit(client_addr.ip(), &config.limits) {
+    let client_addr = if listener.expects_proxy_header(peer.ip()) {
+        let wait = PROXY_HEADER_WAIT.min(timeouts.embryonic);
+        let header = future::or(
+            async { Some(proxy_header::read(&mut client, peer).await) },
+            async {
+                sleep(wait).await;
+                None
+            },
+        )
+        .await;
+        match header {
+            Some(Ok(addr)) => canonical(addr),
+            failed => {
+                shared.stats.proxy_header_refused.inc();
+                let why = match failed {
+                    Some(Err(e)) => e.to_string(),
+                    _ => format!("no PROXY header within {wait:?}"),
+                };
+                log::diag_rate_limited(&format!("balancer {peer}: {why}; connection closed"));
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+
+    let mut ticket = match shared
+        .admission
+        .admit(client_addr.ip(), &context.generation.config.limits)
+    {
         Ok(ticket) => ticket,
         Err(hit) => {
             shared.stats.rejected(hit).inc();
@@ -55,11 +109,10 @@ pub async fn serve(shard: Rc<Shard>, listener_index: usize, client: TcpStream) {
         }
     };
     let _live = shard.session_guard();
-    let timeouts = config.timeouts;
     let accepted_at = Instant::now();
     let deadline = shard
         .deadlines
-        .add(accepted_at + timeouts.embryonic.min(timeouts.idle));
+        .add(crate::clock::after(accepted_at, timeouts.upstream_connect));
 
     let mut server = match connect_upstream(listener.upstream, timeouts.upstream_connect).await {
         Ok(server) => server,
@@ -75,6 +128,7 @@ pub async fn serve(shard: Rc<Shard>, listener_index: usize, client: TcpStream) {
             return;
         }
     };
+    let connected_at = Instant::now();
     if listener.proxy_protocol {
         let local = client.local_addr().unwrap_or(listener.listen);
         if let Err(e) = server
@@ -90,86 +144,73 @@ pub async fn serve(shard: Rc<Shard>, listener_index: usize, client: TcpStream) {
             return;
         }
     }
-    let peers = Peers {
-        client,
-        server,
-        client_addr,
-    };
-    relay_session(
-        shared,
-        &shard,
-        peers,
-        listener_index,
-        &generation,
-        stats,
-        &mut ticket,
-        deadline,
-        accepted_at,
-    )
-    .await
-}
 
-struct Peers {
-    client: TcpStream,
-    server: TcpStream,
-    client_addr: SocketAddr,
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn relay_session(
-    shared: &'static Shared,
-    shard: &Shard,
-    peers: Peers,
-    listener_index: usize,
-    generation: &crate::engine::Generation,
-    stats: Arc<ListenerStats>,
-    ticket: &mut crate::limits::Ticket,
-    deadline: Rc<crate::clock::Deadline>,
-    accepted_at: Instant,
-) {
-    let Peers {
-        client,
-        server,
-        client_addr,
-    } = peers;
-    let listener = &generation.config.listeners[listener_index];
     let exempt = listener.is_exempt(client_addr.ip());
     if exempt {
         shared.stats.exempt.inc();
-        stats.sessions.exempt.inc();
+        context.stats().sessions.exempt.inc();
     }
-    let inspector = (!exempt).then(|| Inspector::new(listener.policy.clone()));
     let mut sink = SessionEvents {
-        stats: &stats,
+        stats: context.stats(),
         log: SessionLog::new(listener.listen, client_addr, listener.upstream),
     };
     let relay = Relay {
         client,
         server,
-        inspector,
-        ticket,
+        inspector: (!exempt).then(|| Inspector::new(listener.policy.clone())),
+        ticket: &mut ticket,
         deadline,
-        timeouts: generation.config.timeouts,
+        timeouts,
         accepted_at,
+        connected_at,
         pool: &shard.pool,
     };
-    let (end, traffic, client, server) = relay.run(&mut sink).await;
-    shared.stats.client_bytes.add(traffic.from_client);
-    shared.stats.server_bytes.add(traffic.from_server);
+    let outcome = relay.run(&mut sink).await;
     sink.log.summary(&log::Summary {
-        result: result_name(&end),
-        bytes_from_client: traffic.from_client,
-        bytes_from_upstream: traffic.from_server,
+        result: result_name(&outcome.end),
+        bytes_from_client: outcome.traffic.from_client,
+        bytes_from_upstream: outcome.traffic.from_server,
         messages: 0,
         envelope: log::Envelope::default(),
     });
+    finish(shared, listener, client_addr, outcome).await;
+}
+
+/// How the session ended, as its summary line says it.
+fn result_name(end: &End) -> &'static str {
+    match end {
+        End::Finished => "finished",
+        End::ClientFailed => "client-lost",
+        End::UpstreamLost(_) => "upstream-lost",
+        End::Dropped => "dropped",
+        End::Reset => "reset",
+        End::TimedOut(Expiry::UpstreamGreeting) => "upstream-greeting-timeout",
+        End::TimedOut(Expiry::Embryonic) => "timeout-embryonic",
+        End::TimedOut(Expiry::Idle) => "timeout-idle",
+        End::TimedOut(Expiry::Data) => "timeout-data",
+        End::TimedOut(Expiry::DataTermination) => "timeout-data-termination",
+        End::ShutDown => "shut-down",
+    }
+}
+
+/// Counts how the session ended and closes both sockets accordingly.
+async fn finish(shared: &Shared, listener: &Listener, client_addr: SocketAddr, outcome: Outcome) {
+    let Outcome {
+        end,
+        traffic,
+        client,
+        server,
+    } = outcome;
+    shared.stats.client_bytes.add(traffic.from_client);
+    shared.stats.server_bytes.add(traffic.from_server);
     match end {
         End::Finished => {}
-        End::Failed(Side::Client, _) => drop((client, server)),
-        End::Failed(Side::Upstream, e) => {
+        End::ClientFailed => drop((client, server)),
+        End::UpstreamLost(e) => {
             shared.stats.upstream_lost.inc();
+            let why = e.map_or("closed mid-session".to_string(), |e| e.to_string());
             log::diag_rate_limited(&format!(
-                "upstream {} lost, closing client {client_addr}: {e}",
+                "upstream {} lost, closing client {client_addr}: {why}",
                 listener.upstream
             ));
             drop(server);
@@ -183,33 +224,31 @@ async fn relay_session(
         }
         End::Reset => {
             shared.stats.reset.inc();
-            relay::set_abortive_close(&client);
-            relay::set_abortive_close(&server);
+            sock::set_abortive_close(&client);
+            sock::set_abortive_close(&server);
         }
-        End::TimedOut { embryonic } => {
-            let (counter, reply) = if embryonic {
-                (&shared.stats.timeout_embryonic, REPLY_EMBRYONIC_TIMEOUT)
-            } else {
-                (&shared.stats.timeout_idle, REPLY_IDLE_TIMEOUT)
-            };
-            counter.inc();
+        End::TimedOut(expiry) => {
+            match expiry {
+                Expiry::UpstreamGreeting => shared.stats.upstream_failures.inc(),
+                Expiry::Embryonic => shared.stats.timeout_embryonic.inc(),
+                Expiry::Idle => shared.stats.timeout_idle.inc(),
+                Expiry::Data => shared.stats.timeout_data.inc(),
+                Expiry::DataTermination => shared.stats.timeout_data_termination.inc(),
+            }
             drop(server);
-            goodbye(client, reply).await;
+            lingering_close(client).await;
+        }
+        End::ShutDown => {
+            drop(server);
+            lingering_close(client).await;
         }
     }
 }
 
-/// How the session ended, as its summary line says it.
-fn result_name(end: &End) -> &'static str {
-    match end {
-        End::Finished => "finished",
-        End::Failed(Side::Client, _) => "client-lost",
-        End::Failed(Side::Upstream, _) => "upstream-lost",
-        End::Dropped => "dropped",
-        End::Reset => "reset",
-        End::TimedOut { embryonic: true } => "timeout-embryonic",
-        End::TimedOut { embryonic: false } => "timeout-idle",
-    }
+/// An IPv4 client on a dual-stack listener arrives as `::ffff:a.b.c.d`; every CIDR
+/// match, limit key and log line uses its IPv4 form.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Tries the upstream within `limit`; glommio links an io_uring timeout to the connect.
@@ -238,7 +277,7 @@ async fn goodbye(mut client: TcpStream, reply: &[u8]) {
 /// Sends FIN, then reads and discards what the client still sends for a moment, so the
 /// close does not turn into a RST that could destroy our last reply in flight.
 async fn lingering_close(mut client: TcpStream) {
-    relay::shutdown_write(&client);
+    sock::shutdown_write(&client);
     let drain = async {
         let mut scrap = [0u8; 512];
         while let Ok(n) = client.read(&mut scrap).await {

@@ -16,10 +16,11 @@ use glommio::timer::sleep;
 use glommio::{spawn_local, Task};
 
 use crate::bufpool::BufPool;
-use crate::clock::{Deadlines, TICK};
-use crate::engine::{Generation, Shared};
+use crate::clock::{Deadlines, Tick};
+use crate::engine::StartError;
 use crate::log;
-use crate::session;
+use crate::session::{self, ListenerContext};
+use crate::shared::{Generation, Shared};
 
 pub struct Shard {
     pub shared: &'static Shared,
@@ -57,18 +58,22 @@ impl Drop for LiveSession {
 /// The shard's main future: bind, report readiness, serve until shutdown, drain.
 pub async fn run(
     shared: &'static Shared,
-    ready: Sender<Result<(), String>>,
+    ready: Sender<Result<(), StartError>>,
     addresses: Vec<SocketAddr>,
-    tick: Option<std::os::unix::net::UnixStream>,
+    mut tick: Tick,
 ) {
     static NEXT_SHARD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     crate::stats::set_shard_index(NEXT_SHARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let backlog = shared.current().config.limits.listen_backlog;
     let mut listeners = Vec::with_capacity(addresses.len());
     for address in &addresses {
-        match TcpListener::bind(address) {
+        match TcpListener::bind_with_backlog(address, backlog) {
             Ok(l) => listeners.push(l),
             Err(e) => {
-                let _ = ready.send(Err(format!("cannot listen on {address}: {e}")));
+                let _ = ready.send(Err(StartError::Listen {
+                    address: *address,
+                    source: e.into(),
+                }));
                 return;
             }
         }
@@ -89,7 +94,6 @@ pub async fn run(
         .map(|(index, listener)| spawn_local(accept_loop(shard.clone(), index, listener)))
         .collect();
 
-    let mut tick = Tick::new(tick);
     let heartbeat = shared.health.heartbeat();
     while !shared.is_shutting_down() {
         tick.next().await;
@@ -100,8 +104,9 @@ pub async fn run(
     // Stop accepting (dropping the tasks closes this shard's listening sockets), then
     // let live sessions finish, up to shutdown_drain.
     drop(accepting);
+    shard.deadlines.nudge_all();
     let drain = shard.generation().config.timeouts.shutdown_drain;
-    let until = Instant::now() + drain;
+    let until = crate::clock::after(Instant::now(), drain);
     while shard.live_sessions.get() > 0 && Instant::now() < until {
         tick.next().await;
         heartbeat.beat();
@@ -109,41 +114,12 @@ pub async fn run(
     }
 }
 
-/// Waits for the engine's tick (see `engine::Ticks`); falls back to a glommio timer
-/// if the tick socket is missing or broken.
-struct Tick {
-    socket: Option<glommio::net::UnixStream>,
-}
-
-impl Tick {
-    fn new(socket: Option<std::os::unix::net::UnixStream>) -> Tick {
-        use std::os::fd::{FromRawFd, IntoRawFd};
-        let socket = socket.and_then(|s| {
-            s.set_nonblocking(true).ok()?;
-            // SAFETY: the descriptor is owned and handed over whole to glommio.
-            Some(unsafe { glommio::net::UnixStream::from_raw_fd(s.into_raw_fd()) })
-        });
-        Tick { socket }
-    }
-
-    async fn next(&mut self) {
-        use futures_lite::io::AsyncReadExt;
-        if let Some(socket) = self.socket.as_mut() {
-            let mut scrap = [0u8; 64];
-            match socket.read(&mut scrap).await {
-                Ok(n) if n > 0 => return,
-                _ => self.socket = None,
-            }
-        }
-        sleep(TICK).await;
-    }
-}
-
 async fn accept_loop(shard: Rc<Shard>, index: usize, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(client) => {
-                spawn_local(session::serve(shard.clone(), index, client)).detach();
+                let context = ListenerContext::new(shard.generation(), index);
+                spawn_local(session::serve(shard.clone(), context, client)).detach();
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.

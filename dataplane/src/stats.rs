@@ -101,11 +101,16 @@ pub struct ListenerSessions {
 pub struct Stats {
     pub accepted: Counter,
     pub exempt: Counter,
-    pub rejected: [Counter; 4],
+    pub rejected: [Counter; LimitHit::ALL.len()],
+    /// Upstream connects refused or timed out, and upstreams that did not greet in time.
     pub upstream_failures: Counter,
     pub upstream_lost: Counter,
+    /// Connections from `accept_proxy` sources closed for a missing or bad PROXY header.
+    pub proxy_header_refused: Counter,
     pub timeout_embryonic: Counter,
     pub timeout_idle: Counter,
+    pub timeout_data: Counter,
+    pub timeout_data_termination: Counter,
     pub dropped: Counter,
     pub reset: Counter,
     pub client_bytes: Counter,
@@ -204,9 +209,12 @@ impl Stats {
                 "rejected": rejected,
                 "upstream_failures": self.upstream_failures.get(),
                 "upstream_lost": self.upstream_lost.get(),
+                "proxy_header_refused": self.proxy_header_refused.get(),
                 "timeouts": {
                     "embryonic": self.timeout_embryonic.get(),
                     "idle": self.timeout_idle.get(),
+                    "data": self.timeout_data.get(),
+                    "data_termination": self.timeout_data_termination.get(),
                 },
                 "dropped": self.dropped.get(),
                 "reset": self.reset.get(),
@@ -295,7 +303,18 @@ impl Stats {
                     self.timeout_embryonic.get(),
                 ),
                 ("{timeout=\"idle\"}".into(), self.timeout_idle.get()),
+                ("{timeout=\"data\"}".into(), self.timeout_data.get()),
+                (
+                    "{timeout=\"data_termination\"}".into(),
+                    self.timeout_data_termination.get(),
+                ),
             ],
+        );
+        metric(
+            "proxy_header_refused_total",
+            "counter",
+            "Connections from accept_proxy sources closed for a missing or bad PROXY header.",
+            &one(self.proxy_header_refused.get()),
         );
         metric(
             "sessions_dropped_total",
