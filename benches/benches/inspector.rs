@@ -11,7 +11,6 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -19,35 +18,19 @@ use smtpgate_benches::{
     command_session, message, EHLO, EHLO_REPLY, GREETING, MESSAGE_ACCEPTED, READ_SIZE,
     TRANSACTION_COMMANDS, TRANSACTION_REPLIES,
 };
-use smtpgate_policy::inspector::{Inspector, Output, Verdict};
+use smtpgate_policy::inspector::testing::{Collect, Driver, Peer};
+use smtpgate_policy::inspector::Verdict;
 use smtpgate_policy::policy::Policy;
 
 fn default_policy() -> Arc<Policy> {
     Arc::new(Policy::builtin("default").expect("built-in policy"))
 }
 
-/// Feeds one side and checks the session goes on; returns bytes forwarded.
-fn feed(
-    inspector: &mut Inspector,
-    client: bool,
-    input: Bytes,
-    now: Instant,
-    out: &mut Output,
-) -> usize {
-    if client {
-        inspector.on_client_bytes(input, now, out);
-    } else {
-        inspector.on_server_bytes(input, now, out);
-    }
-    assert_eq!(out.verdict, Verdict::Continue);
-    let n = out
-        .to_server
-        .iter()
-        .chain(&out.to_client)
-        .map(|b| b.len())
-        .sum();
-    out.clear();
-    n
+/// Feeds one read and checks the session goes on; returns the bytes forwarded so far.
+fn feed(driver: &mut Driver, peer: Peer, input: Bytes) -> usize {
+    driver.feed(peer, input);
+    assert_eq!(driver.verdict, Verdict::Continue);
+    driver.forwarded
 }
 
 fn body(c: &mut Criterion) {
@@ -59,44 +42,22 @@ fn body(c: &mut Criterion) {
     let commands = Bytes::from_static(TRANSACTION_COMMANDS);
     let replies = Bytes::from_static(TRANSACTION_REPLIES);
     let accepted = Bytes::from_static(MESSAGE_ACCEPTED);
-    let now = Instant::now();
 
-    let mut inspector = Inspector::new(default_policy());
-    let mut out = Output::default();
-    feed(
-        &mut inspector,
-        false,
-        Bytes::from_static(GREETING),
-        now,
-        &mut out,
-    );
-    feed(
-        &mut inspector,
-        true,
-        Bytes::from_static(EHLO),
-        now,
-        &mut out,
-    );
-    feed(
-        &mut inspector,
-        false,
-        Bytes::from_static(EHLO_REPLY),
-        now,
-        &mut out,
-    );
+    let mut driver = Driver::with(default_policy(), Collect::Counts);
+    feed(&mut driver, Peer::Server, Bytes::from_static(GREETING));
+    feed(&mut driver, Peer::Client, Bytes::from_static(EHLO));
+    feed(&mut driver, Peer::Server, Bytes::from_static(EHLO_REPLY));
 
     let mut group = c.benchmark_group("inspector_body");
     group.throughput(Throughput::Bytes(msg.len() as u64));
     group.bench_function("mime_100k_in_16k_reads", |b| {
         b.iter(|| {
-            let mut forwarded = 0;
-            forwarded += feed(&mut inspector, true, commands.clone(), now, &mut out);
-            forwarded += feed(&mut inspector, false, replies.clone(), now, &mut out);
+            feed(&mut driver, Peer::Client, commands.clone());
+            feed(&mut driver, Peer::Server, replies.clone());
             for read in &reads {
-                forwarded += feed(&mut inspector, true, read.clone(), now, &mut out);
+                feed(&mut driver, Peer::Client, read.clone());
             }
-            forwarded += feed(&mut inspector, false, accepted.clone(), now, &mut out);
-            black_box(forwarded)
+            black_box(feed(&mut driver, Peer::Server, accepted.clone()))
         })
     });
     // The floor under any line scanner on this machine, in the same conditions: find
@@ -130,26 +91,22 @@ fn commands(c: &mut Criterion) {
             .map(|(c, s)| c.len() + s.len())
             .sum::<usize>();
     let policy = default_policy();
-    let now = Instant::now();
-    let mut out = Output::default();
 
-    let run = |out: &mut Output| {
-        let mut inspector = Inspector::new(policy.clone());
-        let mut forwarded = feed(&mut inspector, false, greeting.clone(), now, out);
+    let run = || {
+        let mut driver = Driver::with(policy.clone(), Collect::Counts);
+        feed(&mut driver, Peer::Server, greeting.clone());
         for (client, server) in &session {
-            forwarded += feed(&mut inspector, true, client.clone(), now, out);
-            forwarded += feed(&mut inspector, false, server.clone(), now, out);
+            feed(&mut driver, Peer::Client, client.clone());
+            feed(&mut driver, Peer::Server, server.clone());
         }
-        black_box(forwarded)
+        black_box(driver.forwarded)
     };
 
     let mut group = c.benchmark_group("inspector_commands");
     group.throughput(Throughput::Bytes(bytes as u64));
-    group.bench_function("pipelined_session_bytes", |b| b.iter(|| run(&mut out)));
+    group.bench_function("pipelined_session_bytes", |b| b.iter(run));
     group.throughput(Throughput::Elements(lines));
-    group.bench_function("pipelined_session_command_lines", |b| {
-        b.iter(|| run(&mut out))
-    });
+    group.bench_function("pipelined_session_command_lines", |b| b.iter(run));
     group.finish();
 }
 

@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use smtpgate_policy::event::{Direction, Event, MessageId};
-use smtpgate_policy::rules::Actions;
+use smtpgate_policy::rules::{Actions, Disposition};
 
 use crate::LogFormat;
 
@@ -637,19 +637,15 @@ pub fn limit_refused(limit: &str, client: SocketAddr, listener: SocketAddr) {
 /// Whether an event deserves a line: a `log` action, or anything that ends the session
 /// or changes what it is (TLS), which an operator must be able to find afterwards.
 pub fn should_log(event: &Event) -> bool {
-    event.actions.log
-        || event.actions.drop_connection
-        || event.actions.reset
-        || event.message_id == MessageId::TlsStarted
+    event.actions.log || event.actions.ends_session() || event.message_id == MessageId::TlsStarted
 }
 
 fn action_names(actions: &Actions) -> Vec<&'static str> {
     let mut names = Vec::new();
-    if actions.drop_connection {
-        names.push("drop-connection");
-    }
-    if actions.reset {
-        names.push("reset");
+    match actions.disposition {
+        Disposition::Continue => {}
+        Disposition::Drop => names.push("drop-connection"),
+        Disposition::Reset => names.push("reset"),
     }
     if actions.mask {
         names.push("mask");
@@ -673,7 +669,7 @@ fn direction_name(direction: Direction) -> &'static str {
 /// Syslog severity as the firewall uses it: drops and resets are errors, TLS start
 /// informational, the rest warnings.
 fn severity(event: &Event) -> Level {
-    if event.actions.drop_connection || event.actions.reset {
+    if event.actions.ends_session() {
         Level::Error
     } else if event.message_id == MessageId::TlsStarted {
         Level::Info

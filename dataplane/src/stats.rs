@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use smtpgate_policy::config::{Config, Listener};
-use smtpgate_policy::rules::Actions;
+use smtpgate_policy::rules::{Actions, Disposition};
 
 use crate::limits::{Admission, LimitHit};
 use crate::tls::FailureReason;
@@ -64,11 +64,10 @@ pub struct RuleCounters {
 impl RuleCounters {
     pub fn count(&self, actions: &Actions) {
         self.matched.inc();
-        if actions.drop_connection {
-            self.drop.inc();
-        }
-        if actions.reset {
-            self.reset.inc();
+        match actions.disposition {
+            Disposition::Continue => {}
+            Disposition::Drop => self.drop.inc(),
+            Disposition::Reset => self.reset.inc(),
         }
         if actions.log {
             self.log.inc();

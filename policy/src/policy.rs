@@ -1,7 +1,7 @@
 //! The compiled, immutable policy a session is inspected with, and the built-in
 //! policies `default`, `asa-compat`, `mailguard` and `none`.
 //!
-//! CONTRACT (the inspector reads these fields; config/rules build them).
+//! The inspector reads these fields; config and rules build them.
 //!
 //! Every decision the inspector takes is a rule, so `/status` counts it per rule as
 //! `show service-policy inspect esmtp` does: `match ...` lines and the parameters alike
@@ -10,7 +10,7 @@
 //! [`Policy::rules`], then the `match` rules in the order written (a user policy's after
 //! its parent's).
 //!
-//! Built-ins (SPEC "Built-in policies" / "Default rules"):
+//! Built-ins:
 //!
 //! | | commands | EHLO keywords passed | banner | smuggling defence | match rules |
 //! |---|---|---|---|---|---|
@@ -26,7 +26,10 @@ use std::collections::HashSet;
 use std::ops::Range;
 
 use crate::config::{ParamValue, PolicySection};
-use crate::rules::{parse_parameter_actions, parse_rule, Actions, Criterion, Rule, RuleId};
+use crate::rules::{
+    parse_parameter_actions, parse_rule, Actions, Cmp, Criterion, CriterionKind, Disposition, Rule,
+    RuleId,
+};
 use crate::verb::{CommandSet, EhloKeyword, EhloSet, Verb};
 
 /// One precompiled policy. Shared read-only by every session (`Arc<Policy>`).
@@ -71,28 +74,78 @@ pub struct Policy {
     pub mail_relay_rule: Option<RuleId>,
     /// The [`Criterion::TlsStarted`] rule (log), present exactly when `allow_tls`.
     pub tls_started_rule: Option<RuleId>,
-    /// The `match` rules grouped by where the inspector evaluates them.
+    /// Every rule grouped by criterion kind (rebuilt by [`Policy::push_rule`] and
+    /// [`Policy::reindex`] when rules are edited in place).
     pub index: RuleIndex,
 }
 
-/// `match` rule ids by the point in the session where they are evaluated, in
-/// [`Policy::rules`] order, so the inspector never scans rules that cannot apply.
+/// Rule ids grouped by [`CriterionKind`], in [`Policy::rules`] order, and the per-line
+/// fast-path thresholds derived from them: built once per policy so the inspector never
+/// scans rules that cannot apply, and does no per-session work.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuleIndex {
-    /// Per command line: `cmd line length`, `cmd verb`, `cmd RCPT count`.
-    pub command: Vec<RuleId>,
-    /// Per EHLO reply keyword: `ehlo-reply-parameter`.
-    pub ehlo: Vec<RuleId>,
-    /// On `MAIL FROM:<addr>`: `sender-address length` / `regex`.
-    pub sender: Vec<RuleId>,
-    /// On RCPT replies: `invalid-recipients count`.
-    pub recipient_reply: Vec<RuleId>,
-    /// Header section: `header line length`, `header length`, `header to-fields count`.
-    pub header: Vec<RuleId>,
-    /// Body: `body line length`, `body length`.
-    pub body: Vec<RuleId>,
-    /// Per MIME part: `MIME filename length`, `MIME filetype`, `MIME encoding`.
-    pub mime: Vec<RuleId>,
+    /// `ids[start[k]..start[k + 1]]` are the rules of kind `k`.
+    ids: Box<[RuleId]>,
+    start: [u16; CriterionKind::COUNT + 1],
+    /// A body / header line this long or shorter matches no length rule (`None` when a
+    /// rule is not a plain `gt`, so every line is checked).
+    pub body_line_floor: Option<u64>,
+    pub header_line_floor: Option<u64>,
+    /// The lowest `gt` threshold of a body / header line length rule that ends the
+    /// session (drop-connection or reset): such a line is cut as it crosses it.
+    pub body_line_drop: Option<u64>,
+    pub header_line_drop: Option<u64>,
+    /// The same for `body length` / `header length`: checked as the totals grow.
+    pub body_len_drop: Option<u64>,
+    pub header_len_drop: Option<u64>,
+}
+
+impl RuleIndex {
+    pub fn new(rules: &[Rule]) -> RuleIndex {
+        let kind_of = |id: &RuleId| rules[usize::from(*id)].criterion.kind() as usize;
+        let mut ids: Vec<RuleId> = (0..rules.len() as RuleId).collect();
+        ids.sort_by_key(kind_of);
+        let mut start = [0u16; CriterionKind::COUNT + 1];
+        for k in 0..CriterionKind::COUNT {
+            start[k + 1] = start[k] + ids.iter().filter(|id| kind_of(id) == k).count() as u16;
+        }
+        let of_kind =
+            |kind: CriterionKind| rules.iter().filter(move |r| r.criterion.kind() == kind);
+        let floor = |kind: CriterionKind| {
+            of_kind(kind).try_fold(u64::MAX, |floor, r| {
+                match (r.criterion.threshold(), r.negate) {
+                    (Some(Cmp::Gt(n)), false) => Some(floor.min(n)),
+                    _ => None,
+                }
+            })
+        };
+        let drop_floor = |kind: CriterionKind| {
+            of_kind(kind)
+                .filter(|r| !r.negate && r.actions.ends_session())
+                .filter_map(|r| match r.criterion.threshold() {
+                    Some(Cmp::Gt(n)) => Some(n),
+                    _ => None,
+                })
+                .min()
+        };
+        RuleIndex {
+            ids: ids.into_boxed_slice(),
+            start,
+            body_line_floor: floor(CriterionKind::BodyLineLength),
+            header_line_floor: floor(CriterionKind::HeaderLineLength),
+            body_line_drop: drop_floor(CriterionKind::BodyLineLength),
+            header_line_drop: drop_floor(CriterionKind::HeaderLineLength),
+            body_len_drop: drop_floor(CriterionKind::BodyLength),
+            header_len_drop: drop_floor(CriterionKind::HeaderLength),
+        }
+    }
+
+    /// The rules of one kind, in policy order.
+    #[inline]
+    pub fn of(&self, kind: CriterionKind) -> &[RuleId] {
+        let k = kind as usize;
+        &self.ids[usize::from(self.start[k])..usize::from(self.start[k + 1])]
+    }
 }
 
 /// A policy's parameters, resolved (a user policy's merged over its parent's).
@@ -117,16 +170,14 @@ pub struct Parameters {
 
 /// The default action of `bare_newline`, `special_character` and `mail_relay`.
 pub const DROP_LOG: Actions = Actions {
-    drop_connection: true,
-    reset: false,
+    disposition: Disposition::Drop,
     log: true,
     mask: false,
     rate_limit: 0,
 };
 
 const MASK: Actions = Actions {
-    drop_connection: false,
-    reset: false,
+    disposition: Disposition::Continue,
     log: false,
     mask: true,
     rate_limit: 0,
@@ -135,8 +186,7 @@ const MASK: Actions = Actions {
 const MASK_LOG: Actions = Actions { log: true, ..MASK };
 
 const LOG: Actions = Actions {
-    drop_connection: false,
-    reset: false,
+    disposition: Disposition::Continue,
     log: true,
     mask: false,
     rate_limit: 0,
@@ -145,7 +195,7 @@ const LOG: Actions = Actions {
 /// The names `Policy::builtin` knows, in the order errors list them.
 pub const BUILTIN_NAMES: [&str; 4] = ["default", "asa-compat", "mailguard", "none"];
 
-/// The firewall's default policy map (SPEC "Default rules"), mask-banner aside.
+/// The firewall's default policy map, mask-banner aside.
 pub const DEFAULT_RULES: [&str; 7] = [
     "match cmd line length gt 512 drop-connection log",
     "match cmd RCPT count gt 100 drop-connection log",
@@ -262,7 +312,7 @@ impl Policy {
                 parse_defaults(),
             ),
             // Smuggling defence on is not the firewall's behaviour, on purpose: SMTP
-            // smuggling is never passed on (SPEC, Behaviour). `bare_newline = false`
+            // smuggling is never passed on (a message is never ended early by a bare CR or LF). `bare_newline = false`
             // in a policy extending it reproduces the firewall exactly.
             "asa-compat" => (
                 true,
@@ -408,7 +458,7 @@ impl Policy {
         };
         for (i, text) in section.rules.iter().enumerate() {
             match parse_rule(text.get_ref()) {
-                // The same rule as an inherited one (SPEC's own sample repeats two of
+                // The same rule as an inherited one (an operator's policy often repeats
                 // default's) would match twice and log twice: keep one.
                 Ok(rule) if match_rules.iter().any(|r| r.same_text(&rule)) => {}
                 Ok(rule) => match_rules.push(rule),
@@ -541,37 +591,9 @@ impl Policy {
                 tls_started_rule = add(Criterion::TlsStarted, "allow-tls log".into(), LOG);
             }
         }
-        let mut index = RuleIndex::default();
-        for rule in match_rules {
-            let id = rules.len() as RuleId;
-            let list = match rule.criterion {
-                Criterion::CmdLineLength(_)
-                | Criterion::CmdRcptCount(_)
-                | Criterion::CmdVerb(_) => &mut index.command,
-                Criterion::EhloReplyParameter(_) => &mut index.ehlo,
-                Criterion::SenderAddressLength(_) | Criterion::SenderAddressRegex(_) => {
-                    &mut index.sender
-                }
-                Criterion::InvalidRecipientsCount(_) => &mut index.recipient_reply,
-                Criterion::HeaderLineLength(_)
-                | Criterion::HeaderLength(_)
-                | Criterion::HeaderToFieldsCount(_) => &mut index.header,
-                Criterion::BodyLineLength(_) | Criterion::BodyLength(_) => &mut index.body,
-                Criterion::MimeFilenameLength(_)
-                | Criterion::MimeFiletype(_)
-                | Criterion::MimeEncoding(_) => &mut index.mime,
-                Criterion::Banner
-                | Criterion::UnknownVerb
-                | Criterion::BareNewline
-                | Criterion::SpecialCharacter
-                | Criterion::MailRelay
-                | Criterion::TlsStarted
-                | Criterion::AddressPipe
-                | Criterion::MalformedPath => unreachable!("parameter rules are built above"),
-            };
-            list.push(id);
-            rules.push(rule);
-        }
+        debug_assert!(match_rules.iter().all(|r| !r.criterion.is_parameter()));
+        rules.extend(match_rules);
+        let index = RuleIndex::new(&rules);
 
         Policy {
             name: name.to_string(),
@@ -590,6 +612,18 @@ impl Policy {
             tls_started_rule,
             index,
         }
+    }
+
+    /// Appends a rule (tests and tools that build a policy by hand) and re-indexes.
+    pub fn push_rule(&mut self, rule: Rule) -> RuleId {
+        self.rules.push(rule);
+        self.reindex();
+        (self.rules.len() - 1) as RuleId
+    }
+
+    /// Rebuilds [`Policy::index`] after `rules` was edited in place.
+    pub fn reindex(&mut self) {
+        self.index = RuleIndex::new(&self.rules);
     }
 
     /// The rule with this id.
@@ -795,13 +829,19 @@ mod tests {
         assert_eq!(p.mail_relay_rule, None);
         assert_eq!(p.rule(3).actions, DROP_LOG);
         assert_eq!(p.rule(4).actions, DROP_LOG);
-        assert_eq!(p.index.command, [6, 7]);
-        assert_eq!(p.index.body, [8]);
-        assert_eq!(p.index.header, [9]);
-        assert_eq!(p.index.sender, [10]);
-        assert_eq!(p.index.mime, [11]);
-        assert_eq!(p.index.ehlo, [12]);
-        assert!(p.index.recipient_reply.is_empty());
+        use CriterionKind as K;
+        assert_eq!(p.index.of(K::CmdLineLength), [6]);
+        assert_eq!(p.index.of(K::CmdRcptCount), [7]);
+        assert_eq!(p.index.of(K::BodyLineLength), [8]);
+        assert_eq!(p.index.of(K::HeaderLineLength), [9]);
+        assert_eq!(p.index.of(K::SenderAddressLength), [10]);
+        assert_eq!(p.index.of(K::MimeFilenameLength), [11]);
+        assert_eq!(p.index.of(K::EhloReplyParameter), [12]);
+        assert_eq!(p.index.of(K::Banner), [0]);
+        assert!(p.index.of(K::InvalidRecipientsCount).is_empty());
+        assert_eq!(p.index.body_line_floor, Some(998));
+        assert_eq!(p.index.body_line_drop, None, "the body line rule only logs");
+        assert_eq!(p.index.header_line_drop, Some(998));
     }
 
     #[test]
@@ -918,7 +958,7 @@ mod tests {
         assert_eq!(p.rules.len(), 6 + DEFAULT_RULES.len() + 1);
         // The index points at the appended rule too.
         let verb_rule = (p.rules.len() - 1) as RuleId;
-        assert_eq!(p.index.command.last(), Some(&verb_rule));
+        assert_eq!(p.index.of(CriterionKind::CmdVerb), [verb_rule]);
         assert_eq!(
             p.find(|c| matches!(c, Criterion::CmdVerb(_)))
                 .collect::<Vec<_>>(),
@@ -995,8 +1035,8 @@ mod tests {
             ]
         );
         assert!(!p.ehlo_allowed(b"PIPELINING"));
-        assert_eq!(p.index.body, [5]);
-        assert!(p.index.command.is_empty());
+        assert_eq!(p.index.of(CriterionKind::BodyLength), [5]);
+        assert!(p.index.of(CriterionKind::CmdLineLength).is_empty());
     }
 
     #[test]

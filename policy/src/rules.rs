@@ -24,8 +24,7 @@
 //! what it says. The firewall names its regexes (`regex NAME "..."`); `import-asa`
 //! resolves those names into the pattern.
 //!
-//! CONTRACT (shared by the parser in this file and the inspector): the types below.
-//! Parameters such as `mask_banner`, `bare_newline` or `special_character` compile into
+//! The types below are what the inspector reads. Parameters such as `mask_banner`, `bare_newline` or `special_character` compile into
 //! rules too (see `Criterion`'s built-in variants), so every decision the inspector
 //! takes is counted per rule, as `show service-policy inspect esmtp` shows it.
 
@@ -110,11 +109,22 @@ pub enum Criterion {
     MalformedPath,
 }
 
+/// What a match does to the session: at most one of `drop-connection` and `reset`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Disposition {
+    /// The session goes on (`log`, `mask` and `rate-limit` alone).
+    #[default]
+    Continue,
+    /// `drop-connection`: `421 4.7.0` to the client, both sides closed.
+    Drop,
+    /// `reset`: both sides reset at once.
+    Reset,
+}
+
 /// What to do on a match. Several may be set (`drop-connection log`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Actions {
-    pub drop_connection: bool,
-    pub reset: bool,
+    pub disposition: Disposition,
     pub log: bool,
     pub mask: bool,
     /// `rate-limit N`: at most N messages per second per session; 0 = unset.
@@ -164,34 +174,183 @@ const ENCODING_NAMES: [(&str, EncodingSet); 6] = [
     ("others", ENC_OTHERS),
 ];
 
+/// A criterion without its operands: what the inspector indexes rules by, and what
+/// names a rule and its drop reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CriterionKind {
+    CmdLineLength,
+    CmdRcptCount,
+    CmdVerb,
+    EhloReplyParameter,
+    HeaderLineLength,
+    HeaderLength,
+    HeaderToFieldsCount,
+    BodyLineLength,
+    BodyLength,
+    SenderAddressLength,
+    SenderAddressRegex,
+    MimeFilenameLength,
+    MimeFiletype,
+    MimeEncoding,
+    InvalidRecipientsCount,
+    Banner,
+    UnknownVerb,
+    BareNewline,
+    SpecialCharacter,
+    MailRelay,
+    TlsStarted,
+    AddressPipe,
+    MalformedPath,
+}
+
+impl CriterionKind {
+    /// How many kinds there are (the size of a per-kind table).
+    pub const COUNT: usize = CriterionKind::MalformedPath as usize + 1;
+
+    /// The criterion's name as the rule language (or the parameter) writes it.
+    pub fn name(self) -> &'static str {
+        self.describe().0
+    }
+
+    /// The `421 4.7.0` reply naming why a rule of this kind dropped the session.
+    pub fn drop_reply(self) -> &'static [u8] {
+        self.describe().1
+    }
+
+    fn describe(self) -> (&'static str, &'static [u8]) {
+        use CriterionKind as K;
+        match self {
+            K::CmdLineLength => (
+                "cmd line length",
+                b"421 4.7.0 Command line too long, closing connection\r\n",
+            ),
+            K::CmdRcptCount => (
+                "cmd RCPT count",
+                b"421 4.7.0 Too many recipients, closing connection\r\n",
+            ),
+            K::CmdVerb => (
+                "cmd verb",
+                b"421 4.7.0 Command not allowed, closing connection\r\n",
+            ),
+            K::EhloReplyParameter => (
+                "ehlo-reply-parameter",
+                b"421 4.7.0 EHLO reply parameter not allowed, closing connection\r\n",
+            ),
+            K::HeaderLineLength => (
+                "header line length",
+                b"421 4.7.0 Message header line too long, closing connection\r\n",
+            ),
+            K::HeaderLength => (
+                "header length",
+                b"421 4.7.0 Message header too long, closing connection\r\n",
+            ),
+            K::HeaderToFieldsCount => (
+                "header to-fields count",
+                b"421 4.7.0 Too many To: recipients, closing connection\r\n",
+            ),
+            K::BodyLineLength => (
+                "body line length",
+                b"421 4.7.0 Message body line too long, closing connection\r\n",
+            ),
+            K::BodyLength => (
+                "body length",
+                b"421 4.7.0 Message body too long, closing connection\r\n",
+            ),
+            K::SenderAddressLength => (
+                "sender-address length",
+                b"421 4.7.0 Sender address too long, closing connection\r\n",
+            ),
+            K::SenderAddressRegex => (
+                "sender-address regex",
+                b"421 4.7.0 Sender address not allowed, closing connection\r\n",
+            ),
+            K::MimeFilenameLength => (
+                "MIME filename length",
+                b"421 4.7.0 MIME filename too long, closing connection\r\n",
+            ),
+            K::MimeFiletype => (
+                "MIME filetype",
+                b"421 4.7.0 MIME file type not allowed, closing connection\r\n",
+            ),
+            K::MimeEncoding => (
+                "MIME encoding",
+                b"421 4.7.0 MIME encoding not allowed, closing connection\r\n",
+            ),
+            K::InvalidRecipientsCount => (
+                "invalid-recipients count",
+                b"421 4.7.0 Too many invalid recipients, closing connection\r\n",
+            ),
+            K::Banner => (
+                "mask-banner",
+                b"421 4.7.0 Server banner not allowed, closing connection\r\n",
+            ),
+            K::UnknownVerb => (
+                "unknown-command",
+                b"421 4.7.0 Command not allowed, closing connection\r\n",
+            ),
+            K::BareNewline => (
+                "bare-newline",
+                b"421 4.7.0 Bare CR or LF in message (SMTP smuggling), closing connection\r\n",
+            ),
+            K::SpecialCharacter => (
+                "special-character",
+                b"421 4.7.0 Special character in address, closing connection\r\n",
+            ),
+            K::MailRelay => (
+                "mail-relay",
+                b"421 4.7.0 Relaying denied, closing connection\r\n",
+            ),
+            K::TlsStarted => (
+                "allow-tls",
+                b"421 4.7.0 TLS not allowed, closing connection\r\n",
+            ),
+            K::AddressPipe => (
+                "address-pipe",
+                b"421 4.7.0 Pipe in address, closing connection\r\n",
+            ),
+            K::MalformedPath => (
+                "malformed-path",
+                b"421 4.7.0 Malformed address, closing connection\r\n",
+            ),
+        }
+    }
+}
+
 impl Criterion {
+    /// The criterion without its operands.
+    pub fn kind(&self) -> CriterionKind {
+        use CriterionKind as K;
+        match self {
+            Criterion::CmdLineLength(_) => K::CmdLineLength,
+            Criterion::CmdRcptCount(_) => K::CmdRcptCount,
+            Criterion::CmdVerb(_) => K::CmdVerb,
+            Criterion::EhloReplyParameter(_) => K::EhloReplyParameter,
+            Criterion::HeaderLineLength(_) => K::HeaderLineLength,
+            Criterion::HeaderLength(_) => K::HeaderLength,
+            Criterion::HeaderToFieldsCount(_) => K::HeaderToFieldsCount,
+            Criterion::BodyLineLength(_) => K::BodyLineLength,
+            Criterion::BodyLength(_) => K::BodyLength,
+            Criterion::SenderAddressLength(_) => K::SenderAddressLength,
+            Criterion::SenderAddressRegex(_) => K::SenderAddressRegex,
+            Criterion::MimeFilenameLength(_) => K::MimeFilenameLength,
+            Criterion::MimeFiletype(_) => K::MimeFiletype,
+            Criterion::MimeEncoding(_) => K::MimeEncoding,
+            Criterion::InvalidRecipientsCount(_) => K::InvalidRecipientsCount,
+            Criterion::Banner => K::Banner,
+            Criterion::UnknownVerb => K::UnknownVerb,
+            Criterion::BareNewline => K::BareNewline,
+            Criterion::SpecialCharacter => K::SpecialCharacter,
+            Criterion::MailRelay => K::MailRelay,
+            Criterion::TlsStarted => K::TlsStarted,
+            Criterion::AddressPipe => K::AddressPipe,
+            Criterion::MalformedPath => K::MalformedPath,
+        }
+    }
+
     /// The criterion's name as the rule language (or the parameter) writes it.
     pub fn name(&self) -> &'static str {
-        match self {
-            Criterion::CmdLineLength(_) => "cmd line length",
-            Criterion::CmdRcptCount(_) => "cmd RCPT count",
-            Criterion::CmdVerb(_) => "cmd verb",
-            Criterion::EhloReplyParameter(_) => "ehlo-reply-parameter",
-            Criterion::HeaderLineLength(_) => "header line length",
-            Criterion::HeaderLength(_) => "header length",
-            Criterion::HeaderToFieldsCount(_) => "header to-fields count",
-            Criterion::BodyLineLength(_) => "body line length",
-            Criterion::BodyLength(_) => "body length",
-            Criterion::SenderAddressLength(_) => "sender-address length",
-            Criterion::SenderAddressRegex(_) => "sender-address regex",
-            Criterion::MimeFilenameLength(_) => "MIME filename length",
-            Criterion::MimeFiletype(_) => "MIME filetype",
-            Criterion::MimeEncoding(_) => "MIME encoding",
-            Criterion::InvalidRecipientsCount(_) => "invalid-recipients count",
-            Criterion::Banner => "mask-banner",
-            Criterion::UnknownVerb => "unknown-command",
-            Criterion::BareNewline => "bare-newline",
-            Criterion::SpecialCharacter => "special-character",
-            Criterion::MailRelay => "mail-relay",
-            Criterion::TlsStarted => "allow-tls",
-            Criterion::AddressPipe => "address-pipe",
-            Criterion::MalformedPath => "malformed-path",
-        }
+        self.kind().name()
     }
 
     /// The `gt/lt/eq N` of a length or count criterion.
@@ -244,7 +403,7 @@ impl Actions {
     /// True when the rule ends the session (drop-connection or reset).
     #[inline]
     pub fn ends_session(&self) -> bool {
-        self.drop_connection || self.reset
+        matches!(self.disposition, Disposition::Drop | Disposition::Reset)
     }
 }
 
@@ -253,8 +412,8 @@ impl fmt::Display for Actions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut sep = "";
         for (on, word) in [
-            (self.drop_connection, "drop-connection"),
-            (self.reset, "reset"),
+            (self.disposition == Disposition::Drop, "drop-connection"),
+            (self.disposition == Disposition::Reset, "reset"),
             (self.mask, "mask"),
             (self.log, "log"),
         ] {
@@ -700,17 +859,20 @@ impl<'a> Parser<'a> {
             }
             self.pos += 1;
             let already = match index {
-                0 => {
-                    if actions.reset {
-                        return Err((start, RuleErrorKind::DropAndReset));
+                0 | 1 => {
+                    let wanted = if index == 0 {
+                        Disposition::Drop
+                    } else {
+                        Disposition::Reset
+                    };
+                    match actions.disposition {
+                        Disposition::Continue => {
+                            actions.disposition = wanted;
+                            false
+                        }
+                        d if d == wanted => true,
+                        _ => return Err((start, RuleErrorKind::DropAndReset)),
                     }
-                    std::mem::replace(&mut actions.drop_connection, true)
-                }
-                1 => {
-                    if actions.drop_connection {
-                        return Err((start, RuleErrorKind::DropAndReset));
-                    }
-                    std::mem::replace(&mut actions.reset, true)
                 }
                 2 => std::mem::replace(&mut actions.log, true),
                 3 => {
@@ -885,8 +1047,7 @@ mod tests {
     }
 
     const DROP_LOG: Actions = Actions {
-        drop_connection: true,
-        reset: false,
+        disposition: Disposition::Drop,
         log: true,
         mask: false,
         rate_limit: 0,
@@ -933,13 +1094,13 @@ mod tests {
         let r = ok("match cmd RCPT count gt 100 drop-connection log");
         assert!(matches!(r.criterion, Criterion::CmdRcptCount(Cmp::Gt(100))));
         let r = ok("match invalid-recipients count gt 5 reset log");
-        assert!(r.actions.reset && r.actions.log && !r.actions.drop_connection);
+        assert!(r.actions.disposition == Disposition::Reset && r.actions.log);
         let r = ok("match body length gt 10000000 drop-connection");
         assert!(matches!(
             r.criterion,
             Criterion::BodyLength(Cmp::Gt(10_000_000))
         ));
-        assert!(r.actions.drop_connection && !r.actions.log);
+        assert!(r.actions.disposition == Disposition::Drop && !r.actions.log);
         let r = ok("match header to-fields count gt 10 log");
         assert!(matches!(
             r.criterion,

@@ -6,24 +6,14 @@
 //! 2. Fuzzing (proptest-driven, runs in CI): random and mutated transcripts never
 //!    panic, and what the inspector keeps between calls stays bounded.
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use bytes::Bytes;
 use proptest::prelude::*;
 use smtpgate_policy::event::Event;
-use smtpgate_policy::inspector::{
-    Inspector, Output, Verdict, CMD_LINE_CAP, HOLD_CAP, REPLY_LINE_CAP,
-};
+use smtpgate_policy::inspector::testing::{Driver, Peer as Dir};
+use smtpgate_policy::inspector::{Verdict, CMD_LINE_CAP, HOLD_CAP, REPLY_LINE_CAP};
 use smtpgate_policy::mime::LINE_HEAD_CAP;
 use smtpgate_policy::policy::Policy;
-use smtpgate_policy::rules::{parse_rule, Actions, Criterion, Rule};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dir {
-    Client,
-    Server,
-}
+use smtpgate_policy::rules::{parse_rule, Actions, Criterion, Disposition, Rule};
+use std::sync::Arc;
 
 type Transcript = Vec<(Dir, Vec<u8>)>;
 
@@ -115,54 +105,22 @@ const BUFFER_BOUND: usize =
     (CMD_LINE_CAP + 1) + (REPLY_LINE_CAP + 1) + HOLD_CAP + LINE_HEAD_CAP + 1024;
 
 /// Feeds `transcript`, each segment cut into pieces of the sizes in `chunks` (used
-/// cyclically; empty = whole segments).
+/// cyclically; empty = whole segments), checking the buffering bound after each read.
 fn run(policy: &Arc<Policy>, transcript: &Transcript, chunks: &[usize]) -> Run {
-    let mut inspector = Inspector::new(policy.clone());
-    let mut out = Output::default();
-    let mut r = Run {
-        to_server: Vec::new(),
-        to_client: Vec::new(),
-        events: Vec::new(),
-        verdict: Verdict::Continue,
-    };
-    let now = Instant::now();
-    let mut sizes = chunks.iter().cycle();
-    for (dir, bytes) in transcript {
-        let bytes = Bytes::copy_from_slice(bytes);
-        let mut pos = 0;
-        while pos < bytes.len() {
-            let n = if chunks.is_empty() {
-                bytes.len()
-            } else {
-                (*sizes.next().unwrap()).max(1)
-            };
-            let piece = bytes.slice(pos..(pos + n).min(bytes.len()));
-            pos += piece.len();
-            match dir {
-                Dir::Client => inspector.on_client_bytes(piece, now, &mut out),
-                Dir::Server => inspector.on_server_bytes(piece, now, &mut out),
-            }
-            for b in out.to_server.drain(..) {
-                r.to_server.extend_from_slice(&b);
-            }
-            for b in out.to_client.drain(..) {
-                r.to_client.extend_from_slice(&b);
-            }
-            r.events.append(&mut out.events);
-            if out.verdict != Verdict::Continue {
-                assert_eq!(r.verdict, Verdict::Continue, "a second verdict");
-                r.verdict = out.verdict;
-            }
-            out.clear();
-            assert!(
-                inspector.buffered_bytes() <= BUFFER_BOUND,
-                "buffered {} > {}",
-                inspector.buffered_bytes(),
-                BUFFER_BOUND
-            );
-        }
+    let mut driver = Driver::new(policy.clone());
+    driver.run(transcript, chunks, |d| {
+        let buffered = d.inspector.buffered_bytes();
+        assert!(
+            buffered <= BUFFER_BOUND,
+            "buffered {buffered} > {BUFFER_BOUND}"
+        );
+    });
+    Run {
+        to_server: driver.to_server,
+        to_client: driver.to_client,
+        events: driver.events,
+        verdict: driver.verdict,
     }
-    r
 }
 
 /// `default` with every criterion added as a low-threshold `log` rule (smuggling
@@ -176,8 +134,8 @@ fn logging_policy() -> Policy {
                 ..Actions::default()
             };
         }
-        if r.actions.drop_connection {
-            r.actions.drop_connection = false;
+        if r.actions.disposition == Disposition::Drop {
+            r.actions.disposition = Disposition::Continue;
             r.actions.log = true;
         }
     }
@@ -199,10 +157,10 @@ fn logging_policy() -> Policy {
         "match not cmd verb NOOP RSET log",
         "match ehlo-reply-parameter size log",
     ] {
-        p.rules.push(parse_rule(text).unwrap());
+        p.push_rule(parse_rule(text).unwrap());
     }
     for criterion in [Criterion::SpecialCharacter, Criterion::MailRelay] {
-        p.rules.push(Rule {
+        p.push_rule(Rule {
             text: "parameter".into(),
             negate: false,
             criterion,
@@ -214,6 +172,7 @@ fn logging_policy() -> Policy {
     }
     p.mail_relay = Some("example.com".into());
     p.allowed_commands.insert_name("XEXCH50");
+    p.reindex();
     p
 }
 
@@ -227,7 +186,7 @@ fn strict_policy() -> Policy {
         "match header line length gt 40 reset",
         "match cmd line length gt 60 drop-connection log",
     ] {
-        p.rules.push(parse_rule(text).unwrap());
+        p.push_rule(parse_rule(text).unwrap());
     }
     p
 }
@@ -239,7 +198,7 @@ fn total_length_policy() -> Policy {
         "match body length gt 120 drop-connection log",
         "match header length gt 90 reset",
     ] {
-        p.rules.push(parse_rule(text).unwrap());
+        p.push_rule(parse_rule(text).unwrap());
     }
     p
 }

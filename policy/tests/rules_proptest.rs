@@ -63,7 +63,6 @@ proptest! {
         match parse_rule(&text) {
             Ok(rule) => {
                 prop_assert_eq!(rule.text.as_str(), text.trim());
-                prop_assert!(!(rule.actions.drop_connection && rule.actions.reset));
                 prop_assert!(!rule.actions.mask || rule.criterion.allows_mask());
             }
             Err(e) => {

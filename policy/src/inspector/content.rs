@@ -1,0 +1,383 @@
+//! The message-content pipeline, one for DATA and BDAT: line framing of the content
+//! (strict CRLF and dot-stuffing for DATA, RFC 5321 §4.1.1.4 and §4.5.2; counted
+//! chunks for BDAT, RFC 3030 §2), the SMTP-smuggling defence, line-length cuts, and
+//! [`MessageScanner`] for header, body and MIME rules. It says where content ends and
+//! what was forwarded; the client side decides what comes next.
+
+use bytes::Bytes;
+
+use super::forward::Fwd;
+use super::judge::{Judge, Outcome};
+use super::Output;
+use crate::event::Direction;
+use crate::mime::{MessageScanner, LINE_HEAD_CAP};
+use crate::policy::Policy;
+use crate::rules::CriterionKind;
+use crate::scanner::{ContentScanner, Scan};
+
+/// Where DATA content reading stopped.
+pub(super) enum Step {
+    /// At the end of the input, or where a stop left it.
+    Read(usize),
+    /// The final dot went out (its line end included); commands resume here.
+    MessageEnd(usize),
+}
+
+/// Where a BDAT chunk stands after a read.
+pub(super) enum Chunk {
+    /// `left` octets of the chunk still to come.
+    Continues { left: u64 },
+    /// The chunk is complete (or the session was stopped inside it).
+    Ended,
+    /// The LAST chunk is complete and the message passed its final checks.
+    MessageEnded,
+}
+
+/// Message-content state, reset at each new message.
+pub(super) struct Content {
+    scanner: ContentScanner,
+    /// First bytes of a content line that spans reads.
+    carry: Vec<u8>,
+    /// BDAT content framing: length of the current line so far, last byte CR.
+    bdat_line_len: u64,
+    bdat_last_cr: bool,
+    msg: MessageScanner,
+}
+
+impl Content {
+    pub(super) fn new(policy: &Policy) -> Content {
+        let mut msg = MessageScanner::new();
+        msg.watch_lengths(
+            policy.index.header_len_drop.unwrap_or(u64::MAX),
+            policy.index.body_len_drop.unwrap_or(u64::MAX),
+        );
+        Content {
+            scanner: ContentScanner::new(),
+            carry: Vec::new(),
+            bdat_line_len: 0,
+            bdat_last_cr: false,
+            msg,
+        }
+    }
+
+    /// A new message starts (after `354`, or at its first BDAT chunk).
+    pub(super) fn start_message(&mut self) {
+        self.msg.reset();
+        self.scanner.reset();
+        self.carry.clear();
+        self.bdat_line_len = 0;
+        self.bdat_last_cr = false;
+    }
+
+    pub(super) fn buffered_bytes(&self) -> usize {
+        self.carry.len() + self.msg.buffered_bytes()
+    }
+
+    /// A content line growing past the lowest length threshold of a rule that ends the
+    /// session is cut there, not at its end: `raw` is its length so far (dot-stuffing
+    /// included, `stuffed` says whether it starts with a doubled dot). Returns how many
+    /// raw bytes of the line may go out, when the rules fired. Checked at positions
+    /// that do not depend on how reads split the line (bare bytes, line ends) and at
+    /// read ends, always cutting at the same byte, so the output does not either.
+    fn crossing(
+        &mut self,
+        judge: &mut Judge,
+        raw: u64,
+        stuffed: bool,
+        out: &mut Output,
+    ) -> Option<u64> {
+        let index = &judge.policy().index;
+        let (kind, floor) = if self.msg.in_header() {
+            (CriterionKind::HeaderLineLength, index.header_line_drop)
+        } else {
+            (CriterionKind::BodyLineLength, index.body_line_drop)
+        };
+        let n = floor?;
+        let limit = n + stuffed as u64;
+        if raw <= limit {
+            return None;
+        }
+        judge.fire_line_crossing(kind, n, out);
+        Some(limit)
+    }
+
+    /// The first byte of the current content line: from the carried head, or this read.
+    fn line_starts_with_dot(&self, buf: &[u8], line_start: usize) -> bool {
+        match self.carry.first() {
+            Some(&b) => b == b'.',
+            None => buf.get(line_start) == Some(&b'.'),
+        }
+    }
+
+    /// The hot loop of a message body: whole CRLF lines from `pos` that no rule can
+    /// match (no length rule reaches them, not a boundary, not starting with a dot, no
+    /// bare CR or LF) only count towards the body length. Returns where the first line
+    /// needing the full path starts. Equivalent to that path for these lines; it just
+    /// skips the per-line calls.
+    #[inline]
+    fn plain_body_lines(&mut self, judge: &Judge, buf: &[u8], mut pos: usize) -> usize {
+        let Some(floor) = judge.policy().index.body_line_floor else {
+            return pos;
+        };
+        while let Some(i) = memchr::memchr2(b'\r', b'\n', &buf[pos..]) {
+            let line = &buf[pos..];
+            let plain = line[i] == b'\r'
+                && line.get(i + 1) == Some(&b'\n')
+                && i as u64 <= floor
+                && line[0] != b'.'
+                && self.msg.plain_body_line(&line[..i], i as u64 + 2);
+            if !plain {
+                break;
+            }
+            pos += i + 2;
+        }
+        pos
+    }
+
+    /// DATA content: strict CRLF lines, dot-stuffing, end of data, smuggling defence.
+    pub(super) fn data(
+        &mut self,
+        judge: &mut Judge,
+        input: &Bytes,
+        start: usize,
+        fwd: &mut Fwd,
+        out: &mut Output,
+    ) -> Step {
+        let buf: &[u8] = input;
+        let mut pos = start;
+        let mut line_start = start;
+        // A CR held back at the end of the previous read: it goes out once we know it
+        // is not the start of a smuggled line end (or that such lines are tolerated).
+        let mut owes_cr = self.scanner.holds_cr();
+        // Raw bytes of the current line that came in earlier reads.
+        let mut prior = self.scanner.line_len();
+        loop {
+            // Only at the start of a line with nothing of it seen yet.
+            if pos == line_start && prior == 0 && !owes_cr && self.carry.is_empty() {
+                pos = self.plain_body_lines(judge, buf, pos);
+                fwd.pass(input, line_start, pos, &mut out.to_server);
+                line_start = pos;
+                if pos == buf.len() {
+                    return Step::Read(pos);
+                }
+            }
+            let step = self.scanner.next(buf, pos);
+            if owes_cr && matches!(step, Scan::Bare { held: true, .. }) {
+                owes_cr = false;
+                if judge.check_flag(
+                    CriterionKind::BareNewline,
+                    Direction::ClientToServer,
+                    b'\r' as u64,
+                    out,
+                ) == Outcome::Stop
+                {
+                    return Step::Read(pos);
+                }
+                let stuffed = self.carry.first() == Some(&b'.');
+                if self.crossing(judge, prior + 1, stuffed, out).is_some() {
+                    return Step::Read(pos);
+                }
+                prior += 1;
+                fwd.emit(input, Bytes::from_static(b"\r"), &mut out.to_server);
+                // The CR is content of the line: its head must show it, as it would
+                // had the read not split there.
+                if self.carry.len() < LINE_HEAD_CAP {
+                    self.carry.push(b'\r');
+                }
+                continue;
+            }
+            match step {
+                Scan::Line { end, len } => {
+                    // Content of this line inside this read (an end of 1 means the CR
+                    // came at the end of the previous read).
+                    let content_end = end.saturating_sub(2).max(line_start);
+                    let raw = prior + (content_end - line_start) as u64;
+                    let stuffed = self.line_starts_with_dot(buf, line_start);
+                    if let Some(keep) = self.crossing(judge, raw, stuffed, out) {
+                        let cut = line_start + keep.saturating_sub(prior) as usize;
+                        fwd.pass(input, line_start, cut, &mut out.to_server);
+                        return Step::Read(cut);
+                    }
+                    let piece = &buf[line_start..content_end];
+                    let head: &[u8] = if self.carry.is_empty() {
+                        &piece[..piece.len().min(LINE_HEAD_CAP)]
+                    } else {
+                        let room = LINE_HEAD_CAP.saturating_sub(self.carry.len());
+                        self.carry
+                            .extend_from_slice(&piece[..piece.len().min(room)]);
+                        &self.carry
+                    };
+                    if len == 1 && head == b"." {
+                        // RFC 5321 §4.1.1.4: CRLF.CRLF ends the message.
+                        let mut judge = judge.message(&mut *out);
+                        if !self.msg.on_end(&mut judge) {
+                            // Stop before the line end: the dot never ends the message.
+                            fwd.pass(input, line_start, content_end, &mut out.to_server);
+                            return Step::Read(content_end);
+                        }
+                        if std::mem::take(&mut owes_cr) {
+                            fwd.emit(input, Bytes::from_static(b"\r"), &mut out.to_server);
+                        }
+                        fwd.pass(input, line_start, end, &mut out.to_server);
+                        self.carry.clear();
+                        return Step::MessageEnd(end);
+                    }
+                    // RFC 5321 §4.5.2: a leading dot was doubled by the client.
+                    let (head, len) = match head {
+                        [b'.', rest @ ..] => (rest, len - 1),
+                        _ => (head, len),
+                    };
+                    let mut judge = judge.message(out);
+                    if !self.msg.on_line(head, len, len + 2, &mut judge) {
+                        // The cut is the line end, wherever the reads split the line.
+                        fwd.pass(input, line_start, content_end, &mut out.to_server);
+                        return Step::Read(content_end);
+                    }
+                    self.carry.clear();
+                    if std::mem::take(&mut owes_cr) {
+                        fwd.emit(input, Bytes::from_static(b"\r"), &mut out.to_server);
+                    }
+                    fwd.pass(input, line_start, end, &mut out.to_server);
+                    line_start = end;
+                    pos = end;
+                    prior = 0;
+                }
+                Scan::Bare {
+                    at,
+                    resume,
+                    cr,
+                    held: false,
+                } => {
+                    let raw = prior + (at - line_start) as u64;
+                    let stuffed = self.line_starts_with_dot(buf, line_start);
+                    if let Some(keep) = self.crossing(judge, raw, stuffed, out) {
+                        let cut = line_start + keep.saturating_sub(prior) as usize;
+                        fwd.pass(input, line_start, cut, &mut out.to_server);
+                        return Step::Read(cut);
+                    }
+                    if judge.check_flag(
+                        CriterionKind::BareNewline,
+                        Direction::ClientToServer,
+                        if cr { b'\r' } else { b'\n' } as u64,
+                        out,
+                    ) == Outcome::Stop
+                    {
+                        // Everything before the bare byte, nothing from it on.
+                        fwd.pass(input, line_start, at, &mut out.to_server);
+                        return Step::Read(at);
+                    }
+                    pos = resume;
+                }
+                // Only the first step of a read can report the held CR; judged above.
+                Scan::Bare {
+                    held: true, resume, ..
+                } => pos = resume,
+                Scan::Partial { holds_cr, .. } => {
+                    let end = buf.len() - holds_cr as usize;
+                    let raw = prior + (end - line_start) as u64;
+                    let stuffed = self.line_starts_with_dot(buf, line_start);
+                    if let Some(keep) = self.crossing(judge, raw, stuffed, out) {
+                        let cut = line_start + keep.saturating_sub(prior) as usize;
+                        fwd.pass(input, line_start, cut, &mut out.to_server);
+                        return Step::Read(cut);
+                    }
+                    let piece = &buf[line_start..end];
+                    let room = LINE_HEAD_CAP.saturating_sub(self.carry.len());
+                    self.carry
+                        .extend_from_slice(&piece[..piece.len().min(room)]);
+                    fwd.pass(input, line_start, end, &mut out.to_server);
+                    return Step::Read(buf.len());
+                }
+            }
+        }
+    }
+
+    /// BDAT chunk content (RFC 3030 §2): exactly `left` octets, no dot handling.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn bdat(
+        &mut self,
+        judge: &mut Judge,
+        input: &Bytes,
+        start: usize,
+        left: u64,
+        last: bool,
+        fwd: &mut Fwd,
+        out: &mut Output,
+    ) -> (usize, Chunk) {
+        let take = left.min((input.len() - start) as u64) as usize;
+        let end = start + take;
+        let buf: &[u8] = input;
+        let mut pos = start;
+        while pos < end {
+            match memchr::memchr(b'\n', &buf[pos..end]) {
+                Some(i) => {
+                    let lf = pos + i;
+                    let ends_crlf = if i > 0 {
+                        buf[lf - 1] == b'\r'
+                    } else {
+                        self.bdat_last_cr
+                    };
+                    let wire_len = self.bdat_line_len + i as u64 + 1;
+                    let len = wire_len - 1 - ends_crlf as u64;
+                    // With `i == 0` a CR ending the previous read was the line's CR.
+                    let content_end = if i > 0 { lf - ends_crlf as usize } else { pos };
+                    let piece = &buf[pos..content_end];
+                    let head: &[u8] = if self.carry.is_empty() {
+                        &piece[..piece.len().min(LINE_HEAD_CAP)]
+                    } else {
+                        let room = LINE_HEAD_CAP.saturating_sub(self.carry.len());
+                        self.carry
+                            .extend_from_slice(&piece[..piece.len().min(room)]);
+                        let keep = (len as usize).min(self.carry.len());
+                        &self.carry[..keep]
+                    };
+                    let mut judge = judge.message(out);
+                    if !self.msg.on_line(head, len, wire_len, &mut judge) {
+                        // Cut before the LF, wherever the reads split the line.
+                        fwd.pass(input, pos, lf, &mut out.to_server);
+                        return (lf, Chunk::Ended);
+                    }
+                    self.carry.clear();
+                    self.bdat_line_len = 0;
+                    self.bdat_last_cr = false;
+                    fwd.pass(input, pos, lf + 1, &mut out.to_server);
+                    pos = lf + 1;
+                }
+                None => {
+                    let piece = &buf[pos..end];
+                    let room = LINE_HEAD_CAP.saturating_sub(self.carry.len());
+                    self.carry
+                        .extend_from_slice(&piece[..piece.len().min(room)]);
+                    self.bdat_line_len += piece.len() as u64;
+                    self.bdat_last_cr = piece.last() == Some(&b'\r');
+                    fwd.pass(input, pos, end, &mut out.to_server);
+                    pos = end;
+                }
+            }
+        }
+        let left = left - take as u64;
+        if left > 0 {
+            return (end, Chunk::Continues { left });
+        }
+        if last {
+            let mut judge = judge.message(&mut *out);
+            // A last line without CRLF is still a line of the message.
+            let ok = (self.bdat_line_len == 0
+                || self.msg.on_line(
+                    &self.carry,
+                    self.bdat_line_len,
+                    self.bdat_line_len,
+                    &mut judge,
+                ))
+                && self.msg.on_end(&mut judge);
+            if !ok {
+                // The LAST chunk must never be complete at the server.
+                fwd.retract_last(&mut out.to_server);
+                return (end, Chunk::Ended);
+            }
+            self.carry.clear();
+            return (end, Chunk::MessageEnded);
+        }
+        (end, Chunk::Ended)
+    }
+}

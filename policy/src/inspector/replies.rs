@@ -1,0 +1,380 @@
+//! The server side: reply lines framed like commands (RFC 5321 §4.2), each complete
+//! reply paired with the command it answers (RFC 2920 §3: replies come in order), the
+//! greeting and its banner masking (§4.3.1), EHLO keyword masking, and what a reply
+//! means for the client side — returned as a [`ReplyEffect`], never acted on from here.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::commands::{ClientMode, Hold};
+use super::forward::Fwd;
+use super::framer::{LineDecision, LineFramer, LineSide};
+use super::judge::Outcome;
+use super::{Inspector, Output, ReplyEffect, QUEUE_CAP, REPLY_LINE_CAP};
+use crate::event::Direction;
+use crate::rules::{Criterion, CriterionKind};
+use crate::scanner;
+
+/// What a queued command's reply means to us.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Pending {
+    Helo,
+    Ehlo,
+    Mail,
+    Rcpt,
+    Data,
+    Starttls,
+    Auth,
+    /// Exchange's `XEXCH50 <size> <auth>` (when `allow_verbs` passes it): after `354`
+    /// the client sends `size` octets of binary routing data.
+    Xexch50 {
+        size: u64,
+    },
+    /// A message's end: the final dot of DATA content, or a `BDAT ... LAST` line (its
+    /// reply follows the chunk). RFC 5321 §4.1.1.4: the reply says whether the server
+    /// took responsibility for the message.
+    EndOfData,
+    /// Every other command.
+    Other,
+}
+
+/// Which reply the server owes next.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ServerSide {
+    /// The greeting (RFC 5321 §4.3.1); `masked` once its first line was judged.
+    Greeting { masked: bool },
+    /// Replies to commands, in order.
+    Replies,
+}
+
+/// The server side's state.
+pub(super) struct ReplyTracker {
+    framer: LineFramer,
+    side: ServerSide,
+    /// Line number within the reply being read.
+    line_no: u32,
+    /// Forwarded commands awaiting their reply, oldest first.
+    pending: VecDeque<Pending>,
+    /// `EndOfData` entries in `pending`.
+    owed_end_of_data: u32,
+    invalid_rcpts: u64,
+    /// What the last complete reply does to the client side, applied once its line
+    /// went out (see [`Inspector::server_input`]).
+    effect: Option<ReplyEffect>,
+    /// No HELO/EHLO answered 2xx yet.
+    pub(super) embryonic: bool,
+}
+
+impl ReplyTracker {
+    pub(super) fn new() -> ReplyTracker {
+        ReplyTracker {
+            framer: LineFramer::default(),
+            side: ServerSide::Greeting { masked: false },
+            line_no: 0,
+            pending: VecDeque::with_capacity(16),
+            owed_end_of_data: 0,
+            invalid_rcpts: 0,
+            effect: None,
+            embryonic: true,
+        }
+    }
+
+    pub(super) fn buffered(&self) -> usize {
+        self.framer.buffered()
+    }
+
+    pub(super) fn greeted(&self) -> bool {
+        self.side == ServerSide::Replies
+    }
+
+    pub(super) fn owes_end_of_data(&self) -> bool {
+        self.owed_end_of_data > 0
+    }
+
+    pub(super) fn push(&mut self, pending: Pending) {
+        if pending == Pending::EndOfData {
+            self.owed_end_of_data += 1;
+        }
+        self.pending.push_back(pending);
+    }
+
+    pub(super) fn queued(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn pop(&mut self) {
+        if self.pending.pop_front() == Some(Pending::EndOfData) {
+            self.owed_end_of_data -= 1;
+        }
+    }
+
+    /// A later MAIL is still awaiting its reply (pipelined behind the reply just read).
+    fn mail_pending(&self) -> bool {
+        self.pending.contains(&Pending::Mail)
+    }
+}
+
+impl Inspector {
+    /// Every server byte the inspector judges enters here. The effects replies have on
+    /// the client side are applied here, after the reply line went out, and only here.
+    pub(super) fn server_input(&mut self, input: Bytes, out: &mut Output) {
+        let mut fwd = Fwd::default();
+        let mut pos = 0;
+        let mut framer = std::mem::take(&mut self.replies.framer);
+        while pos < input.len() && !self.judge.stopped() {
+            if self.is_opaque() {
+                fwd.pass(&input, pos, input.len(), &mut out.to_client);
+                break;
+            }
+            let d = Direction::ServerToClient;
+            pos = framer.step(
+                REPLY_LINE_CAP,
+                &input,
+                pos,
+                &mut fwd,
+                d,
+                out,
+                &mut ReplySide(self),
+            );
+            // Applied once the reply's last line went out whole (an overlong one is
+            // judged on its head, which may end a read): the same point however reads
+            // split it.
+            if framer.mid_line() {
+                continue;
+            }
+            match self.replies.effect.take() {
+                Some(ReplyEffect::ReleaseHeld) => {
+                    fwd.flush(&input, &mut out.to_client);
+                    self.release_held(out);
+                }
+                None => {}
+            }
+        }
+        self.replies.framer = framer;
+        fwd.flush(&input, &mut out.to_client);
+    }
+
+    /// Judges one reply line from its content (CRLF excluded; for an overlong line its
+    /// first [`REPLY_LINE_CAP`] bytes).
+    fn on_reply(&mut self, line: &[u8], out: &mut Output) -> (LineDecision, Option<ReplyEffect>) {
+        let d = Direction::ServerToClient;
+        let code = reply_code(line);
+        let last = line.get(3) != Some(&b'-');
+        let line_no = self.replies.line_no;
+        self.replies.line_no = if last { 0 } else { line_no + 1 };
+
+        if let ServerSide::Greeting { masked } = self.replies.side {
+            // RFC 5321 §4.3.1: the first reply is the greeting (its text is the banner).
+            let mut mask = masked;
+            if line_no == 0 {
+                mask = false;
+                if self.judge.has(CriterionKind::Banner) {
+                    match self.judge.check_flag(CriterionKind::Banner, d, 0, out) {
+                        Outcome::Stop => return (LineDecision::Stop, None),
+                        outcome => mask = outcome == Outcome::Mask,
+                    }
+                }
+            }
+            self.replies.side = if last {
+                self.progress += 1;
+                ServerSide::Replies
+            } else {
+                ServerSide::Greeting { masked: mask }
+            };
+            if mask {
+                let masked = Bytes::from(mask_banner(line));
+                return (LineDecision::Rewrite(masked, Some(b'*')), None);
+            }
+            return (LineDecision::Pass, None);
+        }
+
+        let Some(&head) = self.replies.pending.front() else {
+            // Unsolicited (e.g. a 421 before closing): forwarded as is.
+            return (LineDecision::Pass, None);
+        };
+        let mut action = LineDecision::Pass;
+        if head == Pending::Ehlo && line_no > 0 && (200..300).contains(&code) {
+            match self.ehlo_keyword(line, out) {
+                Outcome::Stop => return (LineDecision::Stop, None),
+                Outcome::Mask => {
+                    action = LineDecision::Rewrite(Bytes::from(mask_keyword(line)), None)
+                }
+                Outcome::Pass => {}
+            }
+        }
+        if !last {
+            return (action, None);
+        }
+        self.progress += 1;
+        // The reply is complete: it answers `head`.
+        let class = code / 100;
+        if !(head == Pending::Auth && code == 334) {
+            self.replies.pop();
+        }
+        let effect = match head {
+            Pending::Helo | Pending::Ehlo => {
+                if class == 2 {
+                    self.replies.embryonic = false;
+                }
+                None
+            }
+            Pending::Mail => {
+                if class != 2 {
+                    self.client.transaction = self.replies.mail_pending();
+                }
+                None
+            }
+            Pending::EndOfData => {
+                self.client.transaction = self.replies.mail_pending();
+                self.queue_room()
+            }
+            Pending::Rcpt => {
+                if class == 5 {
+                    self.replies.invalid_rcpts += 1;
+                    let n = self.replies.invalid_rcpts;
+                    let kind = CriterionKind::InvalidRecipientsCount;
+                    if self.judge.check_cmp(kind, d, n, out) == Outcome::Stop {
+                        return (LineDecision::Stop, None);
+                    }
+                }
+                None
+            }
+            Pending::Data => {
+                if code == 354 {
+                    self.content.start_message();
+                    self.client.mode = ClientMode::Data;
+                }
+                self.barrier_answered()
+            }
+            Pending::Starttls => {
+                if code == 220 {
+                    // RFC 3207 §4: TLS starts after this reply; nothing after it can be read.
+                    let kind = CriterionKind::TlsStarted;
+                    if self.judge.check_flag(kind, d, 0, out) == Outcome::Stop {
+                        return (LineDecision::Stop, None);
+                    }
+                    self.replies.embryonic = false;
+                    self.client.mode = ClientMode::Opaque;
+                }
+                self.barrier_answered()
+            }
+            Pending::Auth if code == 334 => {
+                // RFC 4954 §4: the client's next line answers the challenge.
+                self.client.mode = ClientMode::AuthLine;
+                Some(ReplyEffect::ReleaseHeld)
+            }
+            Pending::Auth => {
+                if self.client.mode == ClientMode::AuthLine {
+                    // The server ended the exchange before the client answered.
+                    self.client.mode = ClientMode::Command;
+                }
+                self.barrier_answered()
+            }
+            Pending::Xexch50 { size } => {
+                if code == 354 {
+                    self.client.mode = ClientMode::Blob { left: size };
+                }
+                self.barrier_answered()
+            }
+            Pending::Other => self.queue_room(),
+        };
+        (action, effect)
+    }
+
+    /// The reply to a DATA / STARTTLS / AUTH / XEXCH50 arrived: the bytes held behind it
+    /// can be judged, once the queue has room.
+    fn barrier_answered(&mut self) -> Option<ReplyEffect> {
+        if self.client.hold == Hold::UntilReply {
+            self.client.hold = Hold::UntilQueueRoom;
+        }
+        self.queue_room()
+    }
+
+    /// A reply made room in the queue: bytes held for room can be judged.
+    fn queue_room(&mut self) -> Option<ReplyEffect> {
+        let room = self.replies.queued() < QUEUE_CAP;
+        (self.client.hold == Hold::UntilQueueRoom && room).then_some(ReplyEffect::ReleaseHeld)
+    }
+
+    /// An EHLO reply line after the first: mask its keyword per the rules.
+    fn ehlo_keyword(&mut self, line: &[u8], out: &mut Output) -> Outcome {
+        let kind = CriterionKind::EhloReplyParameter;
+        if !self.judge.has(kind) || line.len() < 4 {
+            return Outcome::Pass;
+        }
+        let text = &line[4..scanner::content_len(line).max(4)];
+        let word = &text[..memchr::memchr(b' ', text).unwrap_or(text.len())];
+        if word.is_empty() {
+            return Outcome::Pass;
+        }
+        let d = Direction::ServerToClient;
+        self.judge.check(kind, d, 0, out, |policy, c| {
+            matches!(c, Criterion::EhloReplyParameter(set) if policy.ehlo_matches(*set, word))
+        })
+    }
+}
+
+/// The server's reply lines, as the framer sees them; keeps the effect of the reply
+/// for [`Inspector::server_input`] to apply.
+struct ReplySide<'a>(&'a mut Inspector);
+
+impl LineSide for ReplySide<'_> {
+    fn head(
+        &mut self,
+        content: &[u8],
+        _len: u64,
+        _complete: bool,
+        out: &mut Output,
+    ) -> LineDecision {
+        let (decision, effect) = self.0.on_reply(content, out);
+        if effect.is_some() {
+            self.0.replies.effect = effect;
+        }
+        decision
+    }
+
+    fn overlong_end(&mut self, _len: u64, _out: &mut Output) -> bool {
+        true
+    }
+
+    fn stopped(&self) -> bool {
+        self.0.judge.stopped()
+    }
+}
+
+/// The three-digit reply code, or 0 when the line does not start with one.
+fn reply_code(line: &[u8]) -> u16 {
+    match line {
+        [a, b, c, ..] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
+            (a - b'0') as u16 * 100 + (b - b'0') as u16 * 10 + (c - b'0') as u16
+        }
+        _ => 0,
+    }
+}
+
+/// `220 mail.example.com ESMTP` → `220 ********************`: code and separator
+/// kept, every other character of the text `*`, length and line end kept.
+fn mask_banner(line: &[u8]) -> Vec<u8> {
+    let content = scanner::content_len(line);
+    let keep = 4.min(content);
+    let mut masked = line.to_vec();
+    for b in &mut masked[keep..content] {
+        *b = b'*';
+    }
+    masked
+}
+
+/// `250-X-EXPS GSSAPI` → `250-XXXXXX GSSAPI`: the keyword becomes same-length `X`s.
+fn mask_keyword(line: &[u8]) -> Vec<u8> {
+    let content = scanner::content_len(line);
+    let mut masked = line.to_vec();
+    if content > 4 {
+        let text = &line[4..content];
+        let word = memchr::memchr(b' ', text).unwrap_or(text.len());
+        for b in &mut masked[4..4 + word] {
+            *b = b'X';
+        }
+    }
+    masked
+}

@@ -1,0 +1,395 @@
+//! Message content: DATA, smuggling defence, BDAT, message rules.
+
+#[allow(unused_imports)]
+use super::*;
+
+// ---- DATA ----
+
+#[test]
+fn message_passes_byte_for_byte_with_dot_stuffing() {
+    let mut s = Driver::builtin("default");
+    s.in_data();
+    let msg = b"Subject: t\r\n\r\n..leading dot\r\n.\r\n";
+    s.client(msg);
+    assert_eq!(s.to_server, msg);
+    s.client(b"QUIT\r\n");
+    assert!(s.server_text().ends_with(".\r\nQUIT\r\n"));
+    s.server(b"250 queued\r\n221 bye\r\n");
+    assert!((s.inspector.replies.queued() == 0));
+}
+
+#[test]
+fn content_before_354_is_held_then_judged_by_the_reply() {
+    let mut s = Driver::builtin("default");
+    s.in_transaction();
+    s.client(b"DATA\r\nXYZZY: header\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(s.server_text(), "DATA\r\n");
+    s.server(b"354 go\r\n");
+    assert_eq!(
+        s.server_text(),
+        "DATA\r\nXYZZY: header\r\n\r\nbody\r\n.\r\n"
+    );
+
+    // Refused DATA: what followed is commands after all.
+    let mut s = Driver::builtin("default");
+    s.in_transaction();
+    s.client(b"DATA\r\nXYZZY: header\r\n");
+    s.server(b"554 no valid recipients\r\n");
+    assert_eq!(s.server_text(), "DATA\r\nXXXXXXXXXXXXX\r\n");
+}
+
+#[test]
+fn held_bytes_are_bounded() {
+    let mut s = Driver::builtin("default");
+    s.in_transaction();
+    s.client(b"DATA\r\n");
+    let chunk = vec![b'a'; 16 * 1024];
+    for _ in 0..5 {
+        s.client(&chunk);
+        assert!(s.inspector.buffered_bytes() <= HOLD_CAP);
+    }
+    assert!(s.drop_reply().contains("Improper command pipelining"));
+}
+
+#[test]
+fn header_line_too_long_drops_mid_data_without_final_dot() {
+    let mut s = Driver::builtin("default");
+    s.in_data();
+    s.client(b"Subject: ok\r\n");
+    let long = format!("X-Long: {}\r\n", "h".repeat(999 - 8));
+    s.client(long.as_bytes()).client(b"\r\nbody\r\n.\r\n");
+    // The line is cut where it crosses the limit: its 999th byte never goes out.
+    assert_eq!(s.server_text(), format!("Subject: ok\r\n{}", &long[..998]));
+    assert_eq!(
+        s.drop_reply(),
+        "421 4.7.0 Message header line too long, closing connection\r\n"
+    );
+    assert_eq!(s.events.last().unwrap().value, 999);
+}
+
+#[test]
+fn a_stuffed_dot_does_not_count_toward_the_line_length() {
+    let mut s = Driver::with_rules(&["match body line length gt 10 drop-connection log"]);
+    s.in_data();
+    s.client(b"Subject: x\r\n\r\n..234567890\r\n");
+    assert_eq!(s.verdict, Verdict::Continue, "10 bytes once unstuffed");
+    s.client(b"..2345678901\r\n");
+    assert!(s.drop_reply().contains("body line too long"));
+    assert!(s.server_text().ends_with("\r\n..234567890\r\n..234567890"));
+}
+
+#[test]
+fn header_line_at_limit_passes() {
+    let mut s = Driver::builtin("default");
+    s.in_data();
+    let line = format!("X-Long: {}\r\n\r\n.\r\n", "h".repeat(998 - 8));
+    s.client(line.as_bytes());
+    assert_eq!(s.server_text(), line);
+    assert_eq!(s.verdict, Verdict::Continue);
+}
+
+#[test]
+fn drop_inside_a_long_line_split_across_reads() {
+    let mut s = Driver::builtin("default");
+    s.in_data();
+    s.client(b"X-Long: ");
+    for _ in 0..10 {
+        s.client(&[b'h'; 500]);
+    }
+    // Dropped as the line crossed 998 bytes, before it ended.
+    assert!(s.drop_reply().contains("header line too long"));
+    assert_eq!(s.server_text().len(), 998);
+    assert_eq!(s.events.last().unwrap().value, 999);
+    assert!(s.inspector.buffered_bytes() <= LINE_HEAD_CAP);
+    s.client(b"\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(s.server_text().len(), 998, "nothing after a verdict");
+}
+
+#[test]
+fn body_line_length_is_logged_not_dropped() {
+    let mut s = Driver::builtin("default");
+    s.in_data();
+    let msg = format!(
+        "Subject: x\r\n\r\n{}\r\n{}\r\n.\r\n",
+        "b".repeat(999),
+        "b".repeat(998)
+    );
+    s.client(msg.as_bytes());
+    assert_eq!(s.server_text(), msg);
+    let hits: Vec<_> = s
+        .events
+        .iter()
+        .filter(|e| s.rule_text(e).contains("body line length"))
+        .collect();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (hits[0].value, hits[0].message_id),
+        (999, MessageId::PolicyLog)
+    );
+}
+
+#[test]
+fn header_length_to_fields_and_body_length() {
+    let rules = [
+        "match header length gt 40 log",
+        "match header to-fields count gt 2 log",
+        "match body length gt 10 drop-connection log",
+    ];
+    let mut s = Driver::with_rules(&rules);
+    s.in_data();
+    s.client(b"To: a@x, b@x\r\nSubject: hello\r\n\r\n123456\r\n.\r\n");
+    assert_eq!(s.verdict, Verdict::Continue, "near misses");
+    assert!(s.events.is_empty());
+
+    let mut s = Driver::with_rules(&rules);
+    s.in_data();
+    s.client(
+        b"To: a@x, \"Doe, J\" <b@x>,\r\n c@x\r\nSubject: hello world\r\n\r\n123456789\r\n.\r\n",
+    );
+    assert_eq!(s.events.len(), 3, "{:?}", s.events);
+    assert_eq!(
+        s.events[0].value,
+        26 + 6 + 22,
+        "header bytes with their CRLFs"
+    );
+    assert_eq!(s.events[1].value, 3, "a quoted comma is not a separator");
+    assert_eq!(s.events[2].value, 11, "body bytes with their CRLFs");
+    assert!(s.drop_reply().contains("body too long"));
+    assert!(!s.server_text().contains(".\r\n"), "final dot withheld");
+}
+
+#[test]
+fn body_and_header_length_drops_fire_as_the_total_crosses_not_at_the_end() {
+    let body_rule = ["match body length gt 20 drop-connection log"];
+    let msg = b"Subject: x\r\n\r\n0123456789\r\n0123456789\r\nthis line is never sent\r\n";
+    for split in [msg.len(), 1] {
+        let mut s = Driver::with_rules(&body_rule);
+        s.in_data();
+        for piece in msg.chunks(split) {
+            s.client(piece);
+        }
+        // No end of data yet, and still dropped: on the second line (24 > 20).
+        assert!(s.drop_reply().contains("body too long"), "split {split}");
+        assert_eq!(s.events.len(), 1);
+        assert_eq!(s.events[0].value, 24);
+        assert_eq!(
+            s.server_text(),
+            "Subject: x\r\n\r\n0123456789\r\n0123456789"
+        );
+    }
+
+    let mut s = Driver::with_rules(&["match header length gt 30 drop-connection log"]);
+    s.in_data();
+    s.client(b"Subject: first\r\nX-Long: 0123456789abcdef\r\nX-Never: sent\r\n");
+    assert!(s.drop_reply().contains("header too long"));
+    assert_eq!(s.events[0].value, 16 + 26);
+    assert!(!s.server_text().contains("X-Never"));
+
+    // A log-only rule still reports the final total once, at the end.
+    let mut s = Driver::with_rules(&["match body length gt 20 log"]);
+    s.in_data();
+    s.client(msg);
+    s.client(b".\r\n");
+    assert_eq!(s.verdict, Verdict::Continue);
+    assert_eq!(s.events.len(), 1);
+    assert_eq!(s.events[0].value, msg.len() as u64 - 14);
+}
+
+const MIME: &str = "Subject: m\r\nContent-Type: multipart/mixed; boundary=\"=_b\"\r\n\r\n\
+    --=_b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--=_b\r\n\
+    Content-Type: application/x-msdownload; name=\"NAME\"\r\n\
+    Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA\r\n--=_b--\r\n.\r\n";
+
+#[test]
+fn mime_filename_length() {
+    let mut s = Driver::builtin("default");
+    s.in_data();
+    let ok = MIME.replace("NAME", &"n".repeat(255));
+    s.client(ok.as_bytes());
+    assert_eq!(s.server_text(), ok);
+    assert_eq!(s.verdict, Verdict::Continue);
+
+    let mut s = Driver::builtin("default");
+    s.in_data();
+    let long = MIME.replace("NAME", &"n".repeat(256));
+    s.client(long.as_bytes());
+    assert!(s.drop_reply().contains("MIME filename too long"));
+    assert!(!s.server_text().contains("TVqQ"));
+}
+
+#[test]
+fn mime_filetype_and_encoding() {
+    let mut s =
+        Driver::with_rules(&["match MIME filetype regex \"x-msdownload\" drop-connection log"]);
+    s.in_data();
+    s.client(MIME.as_bytes());
+    assert!(s.drop_reply().contains("MIME file type"));
+
+    let mut s = Driver::with_rules(&["match MIME filetype regex \"^image/\" drop-connection log"]);
+    s.in_data();
+    s.client(MIME.as_bytes());
+    assert_eq!(s.verdict, Verdict::Continue);
+
+    let mut s = Driver::with_rules(&["match MIME encoding base64 log"]);
+    s.in_data();
+    s.client(MIME.as_bytes());
+    assert_eq!(
+        s.events
+            .iter()
+            .filter(|e| e.value == crate::rules::ENC_BASE64 as u64)
+            .count(),
+        1
+    );
+
+    let mut s = Driver::with_rules(&["match MIME encoding quoted-printable log"]);
+    s.in_data();
+    s.client(MIME.as_bytes());
+    assert!(s.events.is_empty());
+
+    // No Content-Transfer-Encoding at all is 7bit, for allow-lists and deny-lists alike.
+    let plain = b"Subject: plain\r\n\r\nhello\r\n.\r\n";
+    let mut s = Driver::with_rules(&["match MIME encoding 7bit log"]);
+    s.in_data();
+    s.client(plain);
+    assert_eq!(s.events.len(), 1);
+    assert_eq!(s.events[0].value, crate::rules::ENC_7BIT as u64);
+    let allow_list = "match not MIME encoding 7bit 8bit drop-connection";
+    let mut s = Driver::with_rules(&[allow_list]);
+    s.in_data();
+    s.client(plain);
+    assert_eq!(s.verdict, Verdict::Continue);
+    let mut s = Driver::with_rules(&[allow_list]);
+    s.in_data();
+    s.client(MIME.as_bytes());
+    assert!(s.drop_reply().contains("MIME encoding"));
+}
+
+// ---- SMTP smuggling ----
+
+fn smuggle(reads: &[&[u8]]) -> Driver {
+    let mut s = Driver::builtin("default");
+    s.in_data();
+    for r in reads {
+        s.client(r);
+    }
+    s
+}
+
+#[test]
+fn smuggled_end_of_data_never_reaches_the_server() {
+    let cases: [&[&[u8]]; 6] = [
+        &[b"Subject: x\r\n\r\nbody\n.\r\nMAIL FROM:<evil@x>\r\n"],
+        &[b"Subject: x\r\n\r\nbody\r\n.\nMAIL FROM:<evil@x>\r\n"],
+        &[b"Subject: x\r\n\r\nbody\n.\nMAIL FROM:<evil@x>\r\n"],
+        &[b"Subject: x\r\n\r\nbody\r.\rMAIL FROM:<evil@x>\r\n"],
+        &[b"Subject: x\r\n\r\nbody\r\n.\r", b"MAIL FROM:<evil@x>\r\n"],
+        &[b"Subject: x\r\n\r\nbody\r", b"\n.\r", b"\nMAIL"],
+    ];
+    for (i, reads) in cases.iter().enumerate() {
+        let s = smuggle(reads);
+        let sent = s.server_text();
+        if i == 5 {
+            // CRLF split across reads is a real line end: nothing to defend.
+            assert_eq!(sent, "Subject: x\r\n\r\nbody\r\n.\r\n", "case {i}");
+            assert_eq!(s.verdict, Verdict::Continue);
+            continue;
+        }
+        assert!(!sent.contains("MAIL"), "case {i}: {sent:?}");
+        assert!(
+            !sent.ends_with('\r') && !sent.ends_with(".\n"),
+            "case {i}: {sent:?}"
+        );
+        assert!(s.drop_reply().contains("Bare CR or LF"), "case {i}");
+        assert_eq!(
+            s.events.last().unwrap().message_id,
+            MessageId::MaliciousPattern
+        );
+    }
+}
+
+#[test]
+fn held_cr_is_not_forwarded_until_judged() {
+    let mut s = smuggle(&[b"Subject: x\r\n\r\nbody\r\n.\r"]);
+    assert_eq!(s.server_text(), "Subject: x\r\n\r\nbody\r\n.");
+    s.client(b"\n");
+    assert_eq!(s.server_text(), "Subject: x\r\n\r\nbody\r\n.\r\n");
+}
+
+#[test]
+fn bare_newlines_pass_when_the_policy_tolerates_them() {
+    // Every built-in defends against smuggling; an operator can switch it off.
+    let config = crate::config::Config::from_toml_str(
+        "[[listener]]\nlisten = \"127.0.0.1:2525\"\nupstream = \"127.0.0.1:2526\"\n\
+         policy = \"tolerant\"\n[policy.tolerant]\nextends = \"asa-compat\"\n\
+         bare_newline = false\n",
+    )
+    .unwrap();
+    let mut s = session((*config.listeners[0].policy).clone());
+    s.in_data();
+    let msg = b"Subject: x\r\n\r\nbody\nmore\rtext\r\n.\r\n";
+    s.client(msg);
+    assert_eq!(s.to_server, msg);
+    assert_eq!(s.verdict, Verdict::Continue);
+    // The bare LF did not end the message: the next line is still content.
+    s.client(b"QUIT\r\n");
+    assert_eq!(s.inspector.client.mode, ClientMode::Command);
+    assert!(s.server_text().ends_with("\r\n.\r\nQUIT\r\n"));
+}
+
+// ---- BDAT ----
+
+#[test]
+fn bdat_chunks_counted_across_reads() {
+    let mut s = Driver::builtin("default");
+    s.in_transaction();
+    let body = b"Subject: x\r\n\r\nNOOP is content here\r\n";
+    let cmd = format!("BDAT {} LAST\r\n", body.len());
+    s.client(cmd.as_bytes())
+        .client(&body[..7])
+        .client(&body[7..])
+        .client(b"XYZZY\r\n");
+    let mut expect = cmd.into_bytes();
+    expect.extend_from_slice(body);
+    expect.extend_from_slice(b"XXXXX\r\n");
+    assert_eq!(s.to_server, expect);
+    assert_eq!(s.verdict, Verdict::Continue);
+}
+
+#[test]
+fn bdat_content_gets_message_checks_across_chunks() {
+    let mut s = Driver::builtin("default");
+    s.in_transaction();
+    let line = format!("X-Long: {}\r\n", "h".repeat(1200));
+    let (a, b) = line.split_at(600);
+    s.client(format!("BDAT {}\r\n{a}", a.len()).as_bytes());
+    assert_eq!(s.verdict, Verdict::Continue);
+    s.client(format!("BDAT {} LAST\r\n{b}", b.len()).as_bytes());
+    assert!(s.drop_reply().contains("header line too long"));
+    assert!(
+        s.to_server.len() < format!("BDAT {}\r\n{a}BDAT {} LAST\r\n{b}", a.len(), b.len()).len()
+    );
+}
+
+#[test]
+fn bdat_last_chunk_never_completes_when_the_message_is_dropped() {
+    let mut s = Driver::with_rules(&["match body length gt 3 drop-connection log"]);
+    s.in_transaction();
+    let chunk = b"S: x\r\n\r\nabcd";
+    let all = [
+        format!("BDAT {} LAST\r\n", chunk.len()).as_bytes(),
+        &chunk[..],
+    ]
+    .concat();
+    s.client(&all);
+    assert!(s.drop_reply().contains("body too long"));
+    assert_eq!(s.to_server, all[..all.len() - 1]);
+}
+
+#[test]
+fn bdat_zero_last_ends_the_message() {
+    let mut s = Driver::with_rules(&["match header length lt 1 drop-connection log"]);
+    s.in_transaction();
+    s.client(b"BDAT 0 LAST\r\n");
+    assert!(s.drop_reply().contains("header too long"));
+    assert_eq!(s.server_text(), "BDAT 0 LAST\r");
+}

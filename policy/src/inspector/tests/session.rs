@@ -1,0 +1,221 @@
+//! Whole-session behaviour: STARTTLS, and what the driver's deadlines follow.
+
+#[allow(unused_imports)]
+use super::*;
+
+// ---- STARTTLS ----
+
+#[test]
+fn starttls_goes_opaque_after_220() {
+    let mut s = Driver::builtin("default");
+    s.server(b"220 x\r\n")
+        .client(b"EHLO c\r\n")
+        .server(b"250-mx\r\n250 STARTTLS\r\n");
+    s.to_server.clear();
+    s.to_client.clear();
+    s.client(b"STARTTLS\r\n\x16\x03\x01\x00\x05hello");
+    assert_eq!(
+        s.server_text(),
+        "STARTTLS\r\n",
+        "TLS bytes wait for the 220"
+    );
+    assert!(!s.inspector.is_opaque());
+    s.server(b"220 2.0.0 Ready\r\n");
+    assert!(s.inspector.is_opaque());
+    assert_eq!(s.to_server, b"STARTTLS\r\n\x16\x03\x01\x00\x05hello");
+    let tls = s.events.last().unwrap();
+    assert_eq!(tls.message_id, MessageId::TlsStarted);
+    s.client(b"XYZZY\r\n\0\n")
+        .server(b"\x16\x03\x03 anything\n");
+    assert!(s.to_server.ends_with(b"XYZZY\r\n\0\n"));
+    assert!(s.to_client.ends_with(b"\x16\x03\x03 anything\n"));
+}
+
+#[test]
+fn starttls_refused_stays_inspected() {
+    let mut s = Driver::builtin("default");
+    s.server(b"220 x\r\n")
+        .client(b"STARTTLS\r\nXYZZY\r\n")
+        .server(b"454 no\r\n");
+    assert!(!s.inspector.is_opaque());
+    assert_eq!(s.server_text(), "STARTTLS\r\nXXXXX\r\n");
+}
+
+#[test]
+fn starttls_masked_by_asa_compat() {
+    let mut s = Driver::builtin("asa-compat");
+    s.server(b"220 x\r\n").client(b"STARTTLS\r\n");
+    assert_eq!(s.server_text(), "XXXXXXXX\r\n");
+    s.server(b"502 what\r\n");
+    assert!(!s.inspector.is_opaque());
+}
+
+#[test]
+fn none_policy_relays_verbatim() {
+    let mut s = Driver::builtin("none");
+    s.server(b"220 mx\r\n").client(b"XYZZY\r\n");
+    assert_eq!(s.server_text(), "XYZZY\r\n");
+    assert_eq!(s.client_text(), "220 mx\r\n");
+}
+
+// ---- phase, progress and transaction: what the driver's deadlines follow ----
+
+#[test]
+fn phase_follows_greeting_commands_content_and_the_end_of_data_reply() {
+    let mut s = Driver::builtin("default");
+    assert_eq!(s.inspector.phase(), Phase::Greeting);
+    s.server(b"220-mx ESMTP\r\n");
+    assert_eq!(
+        s.inspector.phase(),
+        Phase::Greeting,
+        "greeting not complete"
+    );
+    s.server(b"220 ready\r\n");
+    assert_eq!(s.inspector.phase(), Phase::Command);
+    s.client(b"EHLO c\r\n")
+        .server(b"250 mx\r\n")
+        .client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n")
+        .server(b"250 ok\r\n250 ok\r\n");
+    assert_eq!(s.inspector.phase(), Phase::Command, "DATA not answered yet");
+    s.server(b"354 go\r\n");
+    assert_eq!(s.inspector.phase(), Phase::Content);
+    s.client(b"Subject: x\r\n\r\nbody\r\n");
+    assert_eq!(s.inspector.phase(), Phase::Content);
+    s.client(b".\r\n");
+    assert_eq!(s.inspector.phase(), Phase::AwaitingEndOfData);
+    s.client(b"QUIT\r\n");
+    assert_eq!(
+        s.inspector.phase(),
+        Phase::AwaitingEndOfData,
+        "a pipelined QUIT does not hide the owed reply"
+    );
+    s.server(b"250 queued\r\n");
+    assert_eq!(s.inspector.phase(), Phase::Command);
+}
+
+#[test]
+fn phase_is_content_inside_a_bdat_chunk_then_awaits_the_last_reply() {
+    let mut s = Driver::builtin("default");
+    s.in_transaction();
+    s.client(b"BDAT 10\r\n01234");
+    assert_eq!(s.inspector.phase(), Phase::Content);
+    s.client(b"56789");
+    assert_eq!(
+        s.inspector.phase(),
+        Phase::Command,
+        "a non-LAST chunk ended"
+    );
+    s.client(b"BDAT 3 LAST\r\nab");
+    assert_eq!(s.inspector.phase(), Phase::Content);
+    s.client(b"c");
+    assert_eq!(s.inspector.phase(), Phase::AwaitingEndOfData);
+    s.server(b"250 chunk\r\n");
+    assert_eq!(s.inspector.phase(), Phase::AwaitingEndOfData);
+    s.server(b"250 queued\r\n");
+    assert_eq!(s.inspector.phase(), Phase::Command);
+}
+
+#[test]
+fn phase_is_opaque_after_starttls_and_for_the_none_policy() {
+    let mut s = Driver::builtin("default");
+    s.server(b"220 mx\r\n")
+        .client(b"EHLO c\r\n")
+        .server(b"250-mx\r\n250 STARTTLS\r\n")
+        .client(b"STARTTLS\r\n")
+        .server(b"220 go ahead\r\n");
+    assert_eq!(s.inspector.phase(), Phase::Opaque);
+    let s = Driver::builtin("none");
+    assert_eq!(s.inspector.phase(), Phase::Opaque);
+}
+
+#[test]
+fn progress_counts_complete_lines_and_replies_not_bytes_inside_them() {
+    let mut policy = Policy::builtin("default").unwrap();
+    policy
+        .rules
+        .retain(|r| !matches!(r.criterion, Criterion::CmdLineLength(_)));
+    let mut s = session(policy);
+    assert_eq!(s.inspector.progress(), 0);
+    s.server(b"220-mx\r\n");
+    assert_eq!(s.inspector.progress(), 0, "a reply counts when complete");
+    s.server(b"220 ready\r\n");
+    assert_eq!(s.inspector.progress(), 1);
+    s.client(b"EHL");
+    assert_eq!(s.inspector.progress(), 1, "a partial command line");
+    s.client(b"O c\r\nNOOP\r\n");
+    assert_eq!(s.inspector.progress(), 3);
+    s.server(b"250 mx\r\n250 ok\r\n");
+    assert_eq!(s.inspector.progress(), 5);
+    let long = vec![b'a'; CMD_LINE_CAP + 100];
+    s.client(b"NOOP ").client(&long);
+    assert_eq!(s.inspector.progress(), 5, "an overlong line still growing");
+    s.client(b"\r\n");
+    assert_eq!(s.inspector.progress(), 6);
+}
+
+#[test]
+fn progress_ignores_message_content() {
+    let mut s = Driver::builtin("default");
+    s.in_data();
+    let before = s.inspector.progress();
+    s.client(b"Subject: x\r\n\r\nline\r\nline\r\n");
+    assert_eq!(s.inspector.progress(), before);
+}
+
+#[test]
+fn transaction_opens_at_mail_and_ends_at_the_end_of_data_reply() {
+    let mut s = Driver::builtin("default");
+    s.server(b"220 mx\r\n")
+        .client(b"EHLO c\r\n")
+        .server(b"250 mx\r\n");
+    assert!(!s.inspector.in_transaction());
+    s.client(b"MAIL FROM:<a@x>\r\n");
+    assert!(s.inspector.in_transaction(), "pending MAIL");
+    s.server(b"250 ok\r\n").client(b"RCPT TO:<b@y>\r\nDATA\r\n");
+    s.server(b"250 ok\r\n354 go\r\n").client(b"body\r\n.\r\n");
+    assert!(s.inspector.in_transaction(), "end of data not answered yet");
+    s.server(b"250 queued\r\n");
+    assert!(!s.inspector.in_transaction());
+}
+
+#[test]
+fn transaction_ends_at_a_refused_mail_and_at_rset() {
+    let mut s = Driver::builtin("default");
+    s.server(b"220 mx\r\n")
+        .client(b"EHLO c\r\n")
+        .server(b"250 mx\r\n");
+    s.client(b"MAIL FROM:<a@x>\r\n").server(b"550 no\r\n");
+    assert!(!s.inspector.in_transaction());
+    s.client(b"MAIL FROM:<a@x>\r\n").server(b"250 ok\r\n");
+    assert!(s.inspector.in_transaction());
+    s.client(b"RSET\r\n");
+    assert!(!s.inspector.in_transaction());
+}
+
+#[test]
+fn a_mail_pipelined_behind_an_end_of_data_keeps_the_transaction_open() {
+    let mut s = Driver::builtin("default");
+    s.in_data();
+    s.client(b"body\r\n.\r\nMAIL FROM:<c@x>\r\n");
+    s.server(b"250 queued\r\n");
+    assert!(s.inspector.in_transaction());
+    s.server(b"250 ok\r\n");
+    assert!(s.inspector.in_transaction());
+}
+
+#[test]
+fn unchanged_bytes_of_a_read_are_one_slice() {
+    let mut s = Driver::builtin("default");
+    s.in_data();
+    let input =
+        Bytes::from_static(b"Subject: x\r\n\r\nline one\r\nline two\r\n.\r\nMAIL FROM:<a@x>\r\n");
+    let mut out = Output::default();
+    s.inspector.on_client_bytes(input.clone(), s.now, &mut out);
+    assert_eq!(out.to_server.len(), 1);
+    assert_eq!(
+        out.to_server[0].as_ptr(),
+        input.as_ptr(),
+        "a slice, not a copy"
+    );
+    assert_eq!(out.to_server[0], input);
+}
