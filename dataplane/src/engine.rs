@@ -27,6 +27,7 @@ use smtpgate_policy::config::Config;
 
 use crate::clock::TickSource;
 use crate::log;
+use crate::panics;
 use crate::shared::Shared;
 use crate::tls::TlsContext;
 use crate::{admin, config_file, shard};
@@ -191,7 +192,17 @@ fn start(options: RunOptions) -> Result<ExitCode, StartError> {
         Placement::Unbound => PoolPlacement::Unbound(cores),
     };
     let ticks = TickSource::start(cores).map_err(thread_error("tick thread"))?;
+    let (deaths_tx, deaths) = mpsc::channel::<usize>();
+    panics::report_shard_deaths(deaths_tx);
     let death_tx = messages_tx.clone();
+    std::thread::Builder::new()
+        .name("smtpgate-deaths".into())
+        .spawn(move || {
+            if let Ok(id) = deaths.recv() {
+                let _ = death_tx.send(Message::ShardDied(id));
+            }
+        })
+        .map_err(thread_error("shard watch thread"))?;
     let mut builder = LocalExecutorPoolBuilder::new(placement);
     if !options.spin_before_park.is_zero() {
         builder = builder.spin_before_park(options.spin_before_park);
@@ -201,13 +212,9 @@ fn start(options: RunOptions) -> Result<ExitCode, StartError> {
         .io_memory(IO_MEMORY)
         .on_all_shards(move || {
             let tick = ticks.take();
-            let watch = ShardWatch {
-                id: glommio::executor().id(),
-                deaths: death_tx.clone(),
-            };
             async move {
-                shard::run(shared, ready_tx, addresses, tick).await;
-                drop(watch);
+                panics::on_shard(glommio::executor().id());
+                shard::run(shared, ready_tx, addresses, tick).await
             }
         })
         .map_err(|e| StartError::Executors(e.to_string()))?;
@@ -393,19 +400,4 @@ fn reload(shared: &Shared, path: &Option<PathBuf>, listens: &[SocketAddr]) {
     };
     shared.install(config, tls);
     log::diag(&format!("SIGHUP: reloaded {}", path.display()));
-}
-
-/// Lives as long as a shard's main future; dropped while unwinding, it tells the
-/// engine the shard died.
-struct ShardWatch {
-    id: usize,
-    deaths: mpsc::Sender<Message>,
-}
-
-impl Drop for ShardWatch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = self.deaths.send(Message::ShardDied(self.id));
-        }
-    }
 }

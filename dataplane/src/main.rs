@@ -21,6 +21,7 @@
 //! - [`log`]: event lines, session summaries and diagnostics, written off the shards.
 //! - [`proxy_v2`]: the PROXY protocol v2 header sent upstream.
 //! - [`proxy_header`]: reading a trusted balancer's PROXY v1/v2 header.
+//! - [`panics`]: an inspector panic costs a session; any other on a shard, the process.
 //! - [`tls`]: sans-IO TLS per side (rustls) and the certificates and configs it uses.
 
 mod admin;
@@ -30,6 +31,7 @@ mod config_file;
 mod engine;
 mod limits;
 mod log;
+mod panics;
 mod proxy_header;
 mod proxy_v2;
 mod relay;

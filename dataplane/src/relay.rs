@@ -31,7 +31,6 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -47,6 +46,7 @@ use smtpgate_policy::inspector::{Inspector, Output, Phase, Verdict};
 use crate::bufpool::{refill, BufPool};
 use crate::clock::{after, Deadline};
 use crate::limits::Ticket;
+use crate::panics;
 use crate::sock;
 
 /// After a goodbye reply or the upstream's close, how long the client gets to read
@@ -620,10 +620,10 @@ impl Relay<'_> {
                     // A bug in the inspector must cost one session, not the shard and
                     // every session on it: the panic is caught, nothing the broken call
                     // produced is forwarded, and the client is told to retry elsewhere.
-                    let fed = std::panic::catch_unwind(AssertUnwindSafe(|| match side {
+                    let fed = panics::caught(|| match side {
                         Side::Client => inspector.on_client_bytes(input, now, &mut out),
                         Side::Upstream => inspector.on_server_bytes(input, now, &mut out),
-                    }));
+                    });
                     if fed.is_err() {
                         crate::log::diag("inspector failed; session closed with 421 4.3.0");
                         out.clear();
@@ -717,11 +717,12 @@ fn upstream_lost(
     pump.close_with(reply, End::UpstreamLost(error), now);
 }
 
-/// Between transactions with nothing owed: a shutting-down shard may close it.
+/// Between transactions with nothing on its way to the upstream: a shutting-down
+/// shard may close it (its goodbye goes behind replies still queued to the client).
 fn idle_between_transactions(pump: &Pump<'_>, inspector: Option<&Inspector>) -> bool {
     matches!(pump.closing, Closing::Open)
         && inspector.is_some_and(|i| i.phase() == Phase::Command && !i.in_transaction())
-        && pump.queues_empty()
+        && pump.halves[Side::Upstream as usize].outgoing.is_empty()
 }
 
 #[cfg(test)]

@@ -88,10 +88,11 @@ pub async fn run(
         generation: RefCell::new(shared.current()),
         live_sessions: Cell::new(0),
     });
+    let faults = Faults::from_env();
     let accepting: Vec<Task<()>> = listeners
         .into_iter()
         .enumerate()
-        .map(|(index, listener)| spawn_local(accept_loop(shard.clone(), index, listener)))
+        .map(|(index, listener)| spawn_local(accept_loop(shard.clone(), index, listener, faults)))
         .collect();
 
     let heartbeat = shared.health.heartbeat();
@@ -114,10 +115,30 @@ pub async fn run(
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, index: usize, listener: TcpListener) {
+/// Faults a test can inject through the environment (read once per shard), to prove
+/// what the process does when a shard dies.
+#[derive(Clone, Copy)]
+struct Faults {
+    /// `SMTPGATE_TEST_PANIC_ON_ACCEPT`: the shard panics on its first connection.
+    panic_on_accept: bool,
+}
+
+impl Faults {
+    fn from_env() -> Faults {
+        Faults {
+            panic_on_accept: std::env::var_os("SMTPGATE_TEST_PANIC_ON_ACCEPT").is_some(),
+        }
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, index: usize, listener: TcpListener, faults: Faults) {
     loop {
         match listener.accept().await {
             Ok(client) => {
+                assert!(
+                    !faults.panic_on_accept,
+                    "SMTPGATE_TEST_PANIC_ON_ACCEPT is set"
+                );
                 let context = ListenerContext::new(shard.generation(), index);
                 spawn_local(session::serve(shard.clone(), context, client)).detach();
             }
