@@ -6,77 +6,16 @@ mod common;
 mod e2e_support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use e2e_support::*;
 
-/// `cargo test --workspace` builds every binary of the workspace into one directory.
-/// A missing binary fails the test: `cargo test -p smtpgate` alone does not build it.
-fn loadgen() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_smtpgate")).with_file_name("smtpgate-loadgen");
-    assert!(
-        path.exists(),
-        "{} not built: run the workspace's tests (scripts/test, or cargo test --workspace)",
-        path.display()
-    );
-    path
-}
-
-struct Sink {
-    child: Child,
-    addr: SocketAddr,
-    digests: PathBuf,
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_sink(loadgen: &PathBuf) -> Sink {
-    let dir = scratch_dir("lg-sink");
-    let addr = local(free_port());
-    let digests = dir.join("received.sha256");
-    let child = Command::new(loadgen)
-        .args([
-            "sink",
-            "--cores",
-            "1",
-            "--listen",
-            &addr.to_string(),
-            "--digest-log",
-        ])
-        .arg(&digests)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("sink.err")).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for_listener(addr, Duration::from_secs(10));
-    Sink {
-        child,
-        addr,
-        digests,
-    }
-}
-
-fn sorted_lines(path: &PathBuf) -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    lines.sort();
-    lines
-}
-
 /// Sends `messages` through `target` with `extra` flags and checks the digests match.
 fn send_and_compare(
-    loadgen: &PathBuf,
+    loadgen: &Path,
     sink: &Sink,
     target: SocketAddr,
     messages: usize,
@@ -115,32 +54,30 @@ fn send_and_compare(
             .cloned()
     };
     let lost = wait_until(Duration::from_secs(10), || {
-        missing(&sorted_lines(&sink.digests))
-            .is_none()
-            .then_some(())
+        missing(&sink.received()).is_none().then_some(())
     });
     if lost.is_none() {
-        let digest = missing(&sorted_lines(&sink.digests)).unwrap_or_default();
+        let digest = missing(&sink.received()).unwrap_or_default();
         panic!("message {digest} lost or altered ({extra:?})");
     }
 }
 
-fn two_listener_config(inspect: SocketAddr, exempt: SocketAddr, upstream: SocketAddr) -> String {
+/// Two listeners in front of `upstream`, inspecting then exempt, on ports the kernel
+/// picks (read back from smtpgate's readiness line).
+fn two_listener_config(upstream: SocketAddr) -> String {
     format!(
-        "[admin]\nlisten = \"127.0.0.1:{}\"\n\n\
-         [[listener]]\nlisten = \"{inspect}\"\nupstream = \"{upstream}\"\npolicy = \"default\"\n\n\
-         [[listener]]\nlisten = \"{exempt}\"\nupstream = \"{upstream}\"\npolicy = \"none\"\n",
-        free_port()
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\npolicy = \"default\"\n\n\
+         [[listener]]\nlisten = \"127.0.0.2:0\"\nupstream = \"{upstream}\"\npolicy = \"none\"\n"
     )
 }
 
 #[test]
 fn loadgen_messages_survive_inspection_and_exemption_byte_for_byte() {
-    let loadgen = loadgen();
-    let sink = start_sink(&loadgen);
-    let inspect = local(free_port());
-    let exempt = local(free_port());
-    let _gate = Gate::start(&two_listener_config(inspect, exempt, sink.addr));
+    let loadgen = binary("smtpgate-loadgen");
+    let sink = Sink::start(&scratch_dir("lg-sink"), &[]);
+    let gate = Gate::start(&two_listener_config(sink.addr));
+    let (inspect, exempt) = (gate.listener(0), gate.listener(1));
 
     send_and_compare(&loadgen, &sink, inspect, 600, &[]);
     send_and_compare(&loadgen, &sink, inspect, 600, &["--pipelining"]);

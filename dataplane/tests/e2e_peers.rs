@@ -221,23 +221,10 @@ fn swaks_over_100_recipients_is_dropped_before_any_data() {
 /// (policy default) into Postfix's smtp-sink, none lost.
 #[test]
 fn soak_10000_messages_smtp_source_to_smtp_sink_none_lost() {
-    let (source, sink) = (peer("smtp-source"), peer("smtp-sink"));
-    let sink_addr = local(free_port());
-    let dir = scratch_dir("soak");
-    let mut sink_cmd = Command::new(sink);
-    // smtp-sink refuses to run as root without -u.
-    if running_as_root() {
-        sink_cmd.args(["-u", "nobody"]);
-    }
-    let mut sink_child = sink_cmd
-        .args(["-c", &sink_addr.to_string(), "256"])
-        .stdout(std::fs::File::create(dir.join("sink.out")).unwrap())
-        .stderr(std::fs::File::create(dir.join("sink.err")).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for_listener(sink_addr, Duration::from_secs(10));
-    let (config, listen) = config(sink_addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&config);
+    let source = peer("smtp-source");
+    let sink = PostfixSink::start(&["-c"], 256);
+    let gate = Gate::start(&config_text(sink.addr, "policy = \"default\"", ""));
+    let listen = gate.listen();
 
     let out = run_bounded(
         Command::new(source).args([
@@ -257,30 +244,13 @@ fn soak_10000_messages_smtp_source_to_smtp_sink_none_lost() {
         "smtp-source failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // smtp-sink -c prints "sess=N quit=N mesg=N" after each event, separated by CR.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let delivered = loop {
-        let counters = std::fs::read_to_string(dir.join("sink.out")).unwrap_or_default();
-        let last = counters
-            .rsplit("mesg=")
-            .next()
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        if last >= 10_000 || std::time::Instant::now() > deadline {
-            break last;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = sink_child.kill();
-    let _ = sink_child.wait();
+    // smtp-sink -c prints "sess=N quit=N mesg=N" after each event; wait for the last.
+    let delivered = wait_until(Duration::from_secs(10), || {
+        let n = sink.messages();
+        (n >= 10_000).then_some(n)
+    })
+    .unwrap_or_else(|| sink.messages());
     assert_eq!(delivered, 10_000, "smtp-sink counted {delivered} messages");
-}
-
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 /// `smtpgate check -c path` must accept the file.

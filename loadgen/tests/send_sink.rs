@@ -3,130 +3,13 @@
 //! `compare` run when the smtpgate binary has been built.
 
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use testkit::{binary, peer, run_bounded, scratch_dir, sorted_lines, PostfixSink, Sink};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_smtpgate-loadgen");
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "smtpgate-loadgen-test-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-struct Sink {
-    child: Child,
-    addr: SocketAddr,
-    digests: PathBuf,
-}
-
-impl Sink {
-    fn start(dir: &Path, extra: &[&str]) -> Sink {
-        let digests = dir.join("received.sha256");
-        let mut child = Command::new(LOADGEN)
-            .args(["sink", "--listen", "127.0.0.1:0", "--cores", "1"])
-            .arg("--digest-log")
-            .arg(&digests)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("sink: listening on ")
-            .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"))
-            .parse()
-            .unwrap();
-        Sink {
-            child,
-            addr,
-            digests,
-        }
-    }
-
-    /// SIGTERM, then the summary line's counters and the digest log.
-    fn stop(mut self) -> (BTreeMap<String, u64>, Vec<String>) {
-        send_signal(self.child.id(), 15);
-        let out = wait_bounded(&mut self.child, Duration::from_secs(10));
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let summary = stdout
-            .lines()
-            .find(|l| l.starts_with("sink: connections="))
-            .unwrap_or_else(|| panic!("no summary in {stdout:?}"));
-        let counters = summary
-            .trim_start_matches("sink: ")
-            .split(' ')
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap();
-                (k.to_string(), v.parse().unwrap())
-            })
-            .collect();
-        (counters, sorted_lines(&self.digests))
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn send_signal(pid: u32, signal: i32) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_bounded(child: &mut Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    use std::io::Read;
-    if let Some(mut s) = child.stdout.take() {
-        s.read_to_end(&mut stdout).unwrap();
-    }
-    if let Some(mut s) = child.stderr.take() {
-        s.read_to_end(&mut stderr).unwrap();
-    }
-    Output {
-        status: child.wait().unwrap(),
-        stdout,
-        stderr,
-    }
-}
-
-fn sorted_lines(path: &Path) -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    lines.sort();
-    lines
-}
 
 struct Sent {
     status: i32,
@@ -138,19 +21,17 @@ struct Sent {
 fn send(dir: &Path, target: SocketAddr, args: &[&str]) -> Sent {
     let json = dir.join("report.json");
     let digests = dir.join("sent.sha256");
-    let mut child = Command::new(LOADGEN)
-        .args(["send", "--quiet", "--cores", "1", "--target"])
-        .arg(target.to_string())
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .arg("--digest-log")
-        .arg(&digests)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_bounded(&mut child, Duration::from_secs(60));
+    let out = run_bounded(
+        Command::new(LOADGEN)
+            .args(["send", "--quiet", "--cores", "1", "--target"])
+            .arg(target.to_string())
+            .args(args)
+            .arg("--json")
+            .arg(&json)
+            .arg("--digest-log")
+            .arg(&digests),
+        Duration::from_secs(60),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let report = std::fs::read_to_string(&json).unwrap_or_else(|e| {
         panic!(
@@ -182,7 +63,7 @@ fn every_message_arrives_unaltered_on_every_path() {
         &["--per-connection"],
     ];
     for flags in cases {
-        let dir = scratch("paths");
+        let dir = scratch_dir("paths");
         let sink = Sink::start(&dir, &[]);
         let mut args = vec![
             "--connections",
@@ -221,7 +102,7 @@ fn every_message_arrives_unaltered_on_every_path() {
 
 #[test]
 fn json_report_is_complete_and_consistent() {
-    let dir = scratch("json");
+    let dir = scratch_dir("json");
     let sink = Sink::start(&dir, &[]);
     let sent = send(
         &dir,
@@ -281,7 +162,7 @@ fn json_report_is_complete_and_consistent() {
 
 #[test]
 fn injected_failures_are_counted_by_step_and_code() {
-    let dir = scratch("faults");
+    let dir = scratch_dir("faults");
     let sink = Sink::start(&dir, &["--tempfail-rate", "0.1", "--permfail-rate", "0.1"]);
     let sent = send(
         &dir,
@@ -314,7 +195,7 @@ fn injected_failures_are_counted_by_step_and_code() {
 
 #[test]
 fn open_loop_keeps_the_schedule() {
-    let dir = scratch("rate");
+    let dir = scratch_dir("rate");
     let sink = Sink::start(&dir, &[]);
     let sent = send(
         &dir,
@@ -334,7 +215,7 @@ fn open_loop_keeps_the_schedule() {
 
 #[test]
 fn sink_delay_shows_in_end_of_data_latency_only() {
-    let dir = scratch("delay");
+    let dir = scratch_dir("delay");
     let sink = Sink::start(&dir, &["--delay", "40ms"]);
     let sent = send(&dir, sink.addr, &["--connections", "2", "--messages", "6"]);
     drop(sink);
@@ -346,7 +227,7 @@ fn sink_delay_shows_in_end_of_data_latency_only() {
 
 #[test]
 fn a_stopped_sink_turns_into_counted_connect_errors() {
-    let dir = scratch("down");
+    let dir = scratch_dir("down");
     let sink = Sink::start(&dir, &[]);
     let addr = sink.addr;
     drop(sink);
@@ -387,7 +268,7 @@ fn a_silent_server_turns_into_counted_timeouts() {
                 held.push(stream);
             }
         });
-        let dir = scratch("silent");
+        let dir = scratch_dir("silent");
         let sent = send(
             &dir,
             addr,
@@ -414,23 +295,10 @@ fn a_silent_server_turns_into_counted_timeouts() {
     }
 }
 
-/// Postfix's tools live in /usr/sbin on Debian; a missing one fails the test
-/// (scripts/test installs postfix).
-fn postfix_tool(name: &str) -> PathBuf {
-    ["/usr/sbin", "/usr/lib/postfix/sbin", "/usr/bin"]
-        .iter()
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} not found: install the Debian package postfix (scripts/test does)")
-        })
-}
-
-/// Postfix's smtp-source (HELO, no pipelining) as a foreign client of the sink.
 #[test]
 fn postfix_smtp_source_delivers_to_the_sink() {
-    let smtp_source = postfix_tool("smtp-source");
-    let dir = scratch("smtp-source");
+    let smtp_source = peer("smtp-source");
+    let dir = scratch_dir("smtp-source");
     let sink = Sink::start(&dir, &[]);
     let out = Command::new(smtp_source)
         .args(["-s", "4", "-l", "2000", "-m", "100", "-r", "2", "-d"])
@@ -451,31 +319,9 @@ fn postfix_smtp_source_delivers_to_the_sink() {
 /// Postfix's smtp-sink as a foreign server for send, on every path.
 #[test]
 fn send_delivers_to_postfix_smtp_sink() {
-    let smtp_sink = postfix_tool("smtp-sink");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut server = Command::new(smtp_sink);
-    // smtp-sink refuses to run as root without a user to switch to.
-    if is_root() {
-        server.args(["-u", "nobody"]);
-    }
-    let mut server = server
-        .arg(addr.to_string())
-        .arg("100")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "smtp-sink did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let dir = scratch("smtp-sink");
+    let server = PostfixSink::start(&[], 100);
+    let addr = server.addr;
+    let dir = scratch_dir("smtp-sink");
     for flags in [&[][..], &["--pipelining"], &["--bdat", "--pipelining"]] {
         let mut args = vec![
             "--connections",
@@ -490,23 +336,13 @@ fn send_delivers_to_postfix_smtp_sink() {
         assert_eq!(sent.status, 0, "{flags:?}: {}", sent.stdout);
         assert_eq!(u(&sent.report, "messages_ok"), 200);
     }
-    let _ = server.kill();
-    let _ = server.wait();
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 /// smtplib is a real, independent SMTP client: the sink must speak to it,
 /// and hash what it delivered exactly as delivered.
 #[test]
 fn python_smtplib_delivers_to_the_sink() {
-    let dir = scratch("smtplib");
+    let dir = scratch_dir("smtplib");
     let sink = Sink::start(&dir, &[]);
     let script = r#"
 import hashlib, smtplib, sys
@@ -558,14 +394,11 @@ with smtplib.SMTP(host, port) as s:
 /// workspace's `cargo test` builds it beside this crate's binary.
 #[test]
 fn compare_short_run_writes_reports() {
-    let smtpgate = Path::new(LOADGEN).with_file_name("smtpgate");
-    assert!(
-        smtpgate.is_file(),
-        "{} not built: run the workspace's tests (scripts/test, or cargo test --workspace)",
-        smtpgate.display()
-    );
-    let dir = scratch("compare");
-    let mut child = Command::new(LOADGEN)
+    // compare starts the smtpgate binary beside this one: fail here if it is not built.
+    binary("smtpgate");
+    let dir = scratch_dir("compare");
+    let mut command = Command::new(LOADGEN);
+    command
         .args([
             "compare",
             "--duration",
@@ -578,12 +411,8 @@ fn compare_short_run_writes_reports() {
             "1k:80,10k:20",
             "--out",
         ])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_bounded(&mut child, Duration::from_secs(25));
+        .arg(&dir);
+    let out = run_bounded(&mut command, Duration::from_secs(25));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

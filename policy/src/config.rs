@@ -786,7 +786,8 @@ fn validate_listeners(
             resolve,
             errors,
         );
-        if let Some(addr) = listen {
+        // Port 0 asks the kernel for a fresh port per socket, so it never collides.
+        if let Some(addr) = listen.filter(|a| a.port() != 0) {
             if let Some((_, first)) = seen_listen.iter().find(|(a, _)| *a == addr) {
                 errors.at(
                     Some(raw.listen.span()),

@@ -310,6 +310,14 @@ fn addresses_must_differ() {
 }
 
 #[test]
+fn port_zero_may_repeat_because_each_socket_gets_its_own_port() {
+    let text = "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:25\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:25\"\n";
+    let config = Config::from_toml_str(text).unwrap_or_else(|e| panic!("{:#?}", e.0));
+    assert_eq!(config.listeners.len(), 2);
+    assert_eq!(config.admin.listen, Some(addr("127.0.0.1:0")));
+}
+
+#[test]
 fn limits_must_be_consistent() {
     let e = errors(&format!(
         "[limits]\nmax_connections = 100\nmax_embryonic = 200\nper_client_max = 10\nper_client_embryonic_max = 20\n{LISTENER}"

@@ -1,0 +1,34 @@
+//! testkit: what smtpgate's and the load generator's process-level tests share.
+//! Loopback only, every wait bounded, a missing peer a failure (never a silent pass).
+//!
+//! # Layout
+//! - `process`  — bounded waits, scratch directories, peers (tools from Debian
+//!   packages, named in the failure when missing) and sibling binaries.
+//! - `ready`    — readiness lines: the addresses a server bound (port 0 in its
+//!   config), so tests never pick a "free" port and race for it.
+//! - `gate`     — a running `smtpgate run` with its logs, killed on drop.
+//! - `sink`     — a running `smtpgate-loadgen sink` with its digest log.
+//! - `postfix`  — a running Postfix smtp-sink, a foreign server.
+//! - `upstream` — a fake SMTP upstream that records every byte it receives.
+//! - `smtp`     — a raw SMTP client, reply codes, dot-stuffing, BDAT commands.
+
+pub mod gate;
+pub mod postfix;
+pub mod process;
+pub mod ready;
+pub mod sink;
+pub mod smtp;
+pub mod upstream;
+
+pub use gate::{config, config_text, http_get, smtpgate, Gate};
+pub use postfix::PostfixSink;
+pub use process::{
+    binary, find_peer, free_port, local, peer, run_bounded, scratch_dir, signal, sorted_lines,
+    wait_child, wait_for_listener, wait_until, MissingPeer, LIMIT,
+};
+pub use ready::{sink_ready, smtpgate_ready, Ready};
+pub use sink::Sink;
+pub use smtp::{
+    bdat, command_lines, dot_stuffed, python, reply_code, socket_from, BoundSocket, Client,
+};
+pub use upstream::{Seen, Upstream, UPSTREAM_BANNER};
