@@ -4,10 +4,12 @@
 
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use testkit::{binary, peer, run_bounded, scratch_dir, sorted_lines, PostfixSink, Sink};
+use testkit::{
+    binary, peer, run_bounded, run_with_input, scratch_dir, sorted_lines, PostfixSink, Sink,
+};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_smtpgate-loadgen");
 
@@ -368,13 +370,14 @@ with smtplib.SMTP(host, port) as s:
     code, _ = s.docmd("XFOO")
     assert 500 <= code < 600
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(sink.addr.ip().to_string())
-        .arg(sink.addr.port().to_string())
-        .output()
-        .expect("python3 is required for this test");
+    let out = run_bounded(
+        Command::new(peer("python3"))
+            .arg("-c")
+            .arg(script)
+            .arg(sink.addr.ip().to_string())
+            .arg(sink.addr.port().to_string()),
+        Duration::from_secs(20),
+    );
     assert!(
         out.status.success(),
         "smtplib: {}",
@@ -451,7 +454,7 @@ fn write_certificate(dir: &Path, stem: &str, name: &str) -> (PathBuf, PathBuf) {
 /// trusting another CA delivers nothing.
 #[test]
 fn send_starttls_delivers_unaltered_and_verifies_when_told() {
-    let dir = scratch("starttls");
+    let dir = scratch_dir("starttls");
     let sink = Sink::start(&dir, &["--starttls"]);
     let args = [
         "--connections",
@@ -472,7 +475,7 @@ fn send_starttls_delivers_unaltered_and_verifies_when_told() {
     assert_eq!(sent.digests, received, "lost or altered mail over TLS");
     assert_eq!(counters["connections"], 2);
 
-    let dir = scratch("starttls-verify");
+    let dir = scratch_dir("starttls-verify");
     let (cert, key) = write_certificate(&dir, "sink", "127.0.0.1");
     let (stranger, _) = write_certificate(&dir, "stranger", "127.0.0.1");
     let sink = Sink::start(
@@ -510,7 +513,7 @@ fn send_starttls_delivers_unaltered_and_verifies_when_told() {
 /// Foreign TLS clients see the sink's certificate and deliver through STARTTLS.
 #[test]
 fn openssl_and_smtplib_use_the_sinks_starttls() {
-    let dir = scratch("starttls-peers");
+    let dir = scratch_dir("starttls-peers");
     let (cert, key) = write_certificate(&dir, "sink", "sink.example.test");
     let sink = Sink::start(
         &dir,
@@ -521,20 +524,13 @@ fn openssl_and_smtplib_use_the_sinks_starttls() {
             key.to_str().unwrap(),
         ],
     );
-    let mut openssl = Command::new("openssl")
-        .args(["s_client", "-starttls", "smtp", "-connect"])
-        .arg(sink.addr.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl is required for this test");
-    {
-        use std::io::Write;
-        let mut stdin = openssl.stdin.take().unwrap();
-        stdin.write_all(b"QUIT\n").unwrap();
-    }
-    let out = wait_bounded(&mut openssl, Duration::from_secs(20));
+    let out = run_with_input(
+        Command::new(peer("openssl"))
+            .args(["s_client", "-starttls", "smtp", "-connect"])
+            .arg(sink.addr.to_string()),
+        b"QUIT\n",
+        Duration::from_secs(20),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let presented = text
         .split("-----BEGIN CERTIFICATE-----")
@@ -559,13 +555,14 @@ with smtplib.SMTP(sys.argv[1], int(sys.argv[2])) as s:
     assert not s.sendmail("a@python.test", ["b@sink.test"], m)
     print(hashlib.sha256(m).hexdigest())
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(sink.addr.ip().to_string())
-        .arg(sink.addr.port().to_string())
-        .output()
-        .expect("python3 is required for this test");
+    let out = run_bounded(
+        Command::new(peer("python3"))
+            .arg("-c")
+            .arg(script)
+            .arg(sink.addr.ip().to_string())
+            .arg(sink.addr.port().to_string()),
+        Duration::from_secs(20),
+    );
     assert!(
         out.status.success(),
         "smtplib: {}",

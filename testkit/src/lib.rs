@@ -23,8 +23,8 @@ pub mod upstream;
 pub use gate::{config, config_text, http_get, smtpgate, Gate};
 pub use postfix::PostfixSink;
 pub use process::{
-    binary, find_peer, free_port, local, peer, run_bounded, scratch_dir, signal, sorted_lines,
-    wait_child, wait_for_listener, wait_until, MissingPeer, LIMIT,
+    binary, find_peer, free_port, local, peer, run_bounded, run_with_input, scratch_dir, signal,
+    sorted_lines, wait_child, wait_for_listener, wait_until, MissingPeer, LIMIT,
 };
 pub use ready::{sink_ready, smtpgate_ready, Ready};
 pub use sink::Sink;

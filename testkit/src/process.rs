@@ -142,13 +142,21 @@ pub fn wait_until<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> O
 /// Runs a command with a deadline; a command still running then is killed and the
 /// test fails with what it printed so far.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    run_with_input(cmd, &[], limit)
+}
+
+/// [`run_bounded`] with `input` written to the command's stdin, then closed.
+pub fn run_with_input(cmd: &mut Command, input: &[u8], limit: Duration) -> Output {
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    // Pipes are drained on threads so a chatty child cannot block on a full pipe.
+    // Input is written and pipes drained on threads, so neither side blocks the other.
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let status = wait_child(&mut child, limit);
