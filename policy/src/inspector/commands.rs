@@ -10,6 +10,7 @@ use super::forward::Fwd;
 use super::framer::{LineDecision, LineFramer, LineSide};
 use super::judge::{LenCheck, Outcome};
 use super::replies::Pending;
+use super::tls::StarttlsCommand;
 use super::{Inspector, Output, Verdict, CMD_LINE_CAP, HOLD_CAP, QUEUE_CAP};
 use crate::event::{Direction, Event, MessageId};
 use crate::path::{self, Address, PathKind};
@@ -88,6 +89,14 @@ impl ClientSide {
 
     pub(super) fn buffered(&self) -> usize {
         self.framer.buffered() + self.held.len()
+    }
+
+    /// Drops the held bytes (sent behind STARTTLS, RFC 3207 §4.2); returns how many.
+    pub(super) fn discard_held(&mut self) -> usize {
+        let n = self.held.len();
+        self.held.clear();
+        self.hold = Hold::Open;
+        n
     }
 
     /// RFC 5321 §4.1.4: RSET, HELO/EHLO and the end of a message clear the transaction.
@@ -328,6 +337,24 @@ impl Inspector {
                     }
                     Outcome::Stop => return Outcome::Stop,
                 }
+            }
+            // STARTTLS terminated here (see the `tls` module).
+            Verb::Starttls if complete && self.inspects_tls() => {
+                return match self.starttls_command(out) {
+                    StarttlsCommand::Queue { pending, mask } => {
+                        self.queue(pending);
+                        if mask {
+                            Outcome::Mask
+                        } else {
+                            Outcome::Pass
+                        }
+                    }
+                    StarttlsCommand::AlreadyOn => {
+                        self.queue(Pending::Other);
+                        Outcome::Mask
+                    }
+                    StarttlsCommand::Stopped => Outcome::Stop,
+                };
             }
             // An overlong DATA/STARTTLS/AUTH/BDAT line is a syntax error the server
             // rejects; it changes no state.

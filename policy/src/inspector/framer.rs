@@ -18,6 +18,9 @@ pub(super) enum LineDecision {
     /// These bytes replace the judged content (same length); `Some(fill)` masks the
     /// rest of an overlong line too.
     Rewrite(Bytes, Option<u8>),
+    /// These bytes go out instead of the whole line, line end included (a reply
+    /// swallowed or lines added). For an overlong line: as `Pass`.
+    Replace(Bytes),
     Stop,
 }
 
@@ -121,7 +124,14 @@ impl LineFramer {
                         self.buf.clear();
                         return pos;
                     }
-                    LineDecision::Pass => fwd.content(input, sink, held_bytes, from, to, 0, None),
+                    LineDecision::Replace(bytes) if !overlong => {
+                        fwd.emit(input, bytes, sink);
+                        self.buf.clear();
+                        return pos + n;
+                    }
+                    LineDecision::Pass | LineDecision::Replace(_) => {
+                        fwd.content(input, sink, held_bytes, from, to, 0, None)
+                    }
                     LineDecision::Fill(f) => {
                         fwd.content(input, sink, held_bytes, from, to, 0, Some(f))
                     }
@@ -167,7 +177,7 @@ impl LineFramer {
                         self.buf.clear();
                         return pos;
                     }
-                    LineDecision::Pass => {
+                    LineDecision::Pass | LineDecision::Replace(_) => {
                         fwd.content(input, sink, held_bytes, from, to, 0, None);
                         None
                     }

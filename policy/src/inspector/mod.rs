@@ -106,6 +106,7 @@ mod replies;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -119,6 +120,8 @@ use commands::{ClientMode, ClientSide};
 use content::Content;
 use judge::Judge;
 use replies::ReplyTracker;
+use tls::TlsState;
+pub use tls::{StartTls, TlsSides, TlsTermination};
 
 /// What the session must do next, beyond forwarding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -155,6 +158,8 @@ pub struct Output {
     pub to_client: Vec<Bytes>,
     pub events: Vec<Event>,
     pub verdict: Verdict,
+    /// STARTTLS terminated here: start TLS once this call's bytes are written.
+    pub start_tls: Option<StartTls>,
 }
 
 impl Output {
@@ -163,6 +168,7 @@ impl Output {
         self.to_client.clear();
         self.events.clear();
         self.verdict = Verdict::Continue;
+        self.start_tls = None;
     }
 
     /// Where bytes travelling in `direction` go.
@@ -195,16 +201,24 @@ pub struct Inspector {
     content: Content,
     /// Complete client command lines plus complete server replies seen.
     progress: u64,
+    tls: TlsState,
 }
 
 impl Inspector {
+    /// A session whose STARTTLS goes to the upstream (`starttls = "passthrough"`).
     pub fn new(policy: Arc<Policy>) -> Inspector {
+        Inspector::with_tls(policy, TlsTermination::Passthrough)
+    }
+
+    /// A session with its STARTTLS handling (see [`TlsTermination`]).
+    pub fn with_tls(policy: Arc<Policy>, termination: TlsTermination) -> Inspector {
         let content = Content::new(&policy);
         Inspector {
             client: ClientSide::new(policy.inspect),
             replies: ReplyTracker::new(),
             content,
             progress: 0,
+            tls: TlsState::new(termination),
             judge: Judge::new(policy),
         }
     }

@@ -25,6 +25,11 @@ pub(super) enum Pending {
     Rcpt,
     Data,
     Starttls,
+    /// STARTTLS terminated here: `to_upstream` when it went to the upstream as is
+    /// (else X-ed); its reply is swallowed (see the `tls` module).
+    StarttlsInspected {
+        to_upstream: bool,
+    },
     Auth,
     /// Exchange's `XEXCH50 <size> <auth>` (when `allow_verbs` passes it): after `354`
     /// the client sends `size` octets of binary routing data.
@@ -193,11 +198,26 @@ impl Inspector {
             // Unsolicited (e.g. a 421 before closing): forwarded as is.
             return (LineDecision::Pass, None);
         };
+        if let Pending::StarttlsInspected { to_upstream } = head {
+            if last {
+                self.progress += 1;
+                self.replies.pop();
+            }
+            return (self.starttls_reply(code, last, to_upstream, out), None);
+        }
         let mut action = LineDecision::Pass;
-        if head == Pending::Ehlo && line_no > 0 && (200..300).contains(&code) {
+        let ehlo_ok = head == Pending::Ehlo && (200..300).contains(&code);
+        if ehlo_ok && line_no == 0 {
+            self.tls_ehlo_start();
+        }
+        if ehlo_ok && line_no > 0 {
+            let masked_for_tls = self.tls_ehlo_keyword(ehlo_word(line));
             match self.ehlo_keyword(line, out) {
                 Outcome::Stop => return (LineDecision::Stop, None),
                 Outcome::Mask => {
+                    action = LineDecision::Rewrite(Bytes::from(mask_keyword(line)), None)
+                }
+                Outcome::Pass if masked_for_tls => {
                     action = LineDecision::Rewrite(Bytes::from(mask_keyword(line)), None)
                 }
                 Outcome::Pass => {}
@@ -205,6 +225,15 @@ impl Inspector {
         }
         if !last {
             return (action, None);
+        }
+        if ehlo_ok {
+            let effective = match &action {
+                LineDecision::Rewrite(bytes, _) => bytes.clone(),
+                _ => Bytes::copy_from_slice(line),
+            };
+            if let Some(with_starttls) = self.tls_ehlo_last(&effective, line_no) {
+                action = with_starttls;
+            }
         }
         self.progress += 1;
         // The reply is complete: it answers `head`.
@@ -278,6 +307,7 @@ impl Inspector {
                 self.barrier_answered()
             }
             Pending::Other => self.queue_room(),
+            Pending::StarttlsInspected { .. } => unreachable!("answered by starttls_reply"),
         };
         (action, effect)
     }
@@ -341,6 +371,14 @@ impl LineSide for ReplySide<'_> {
     fn stopped(&self) -> bool {
         self.0.judge.stopped()
     }
+}
+
+/// The keyword of an EHLO reply line after the first (`250-SIZE 1000` → `SIZE`).
+fn ehlo_word(line: &[u8]) -> &[u8] {
+    let text = line
+        .get(4..scanner::content_len(line).max(4))
+        .unwrap_or(b"");
+    &text[..memchr::memchr(b' ', text).unwrap_or(text.len())]
 }
 
 /// The three-digit reply code, or 0 when the line does not start with one.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{Inspector, Output, Verdict};
+use super::{Inspector, Output, StartTls, TlsTermination, Verdict};
 use crate::event::Event;
 use crate::policy::Policy;
 use crate::rules::parse_rule;
@@ -43,6 +43,8 @@ pub struct Driver {
     pub events: Vec<Event>,
     /// The verdict, once given (at most one per session).
     pub verdict: Verdict,
+    /// Every TLS switch the inspector asked for, in order.
+    pub start_tls: Vec<StartTls>,
     /// Bytes forwarded both ways and events, counted in either mode.
     pub forwarded: usize,
     pub event_count: usize,
@@ -55,8 +57,14 @@ impl Driver {
     }
 
     pub fn with(policy: Arc<Policy>, collect: Collect) -> Driver {
+        Driver::with_tls(policy, collect, TlsTermination::Passthrough)
+    }
+
+    /// A session with its STARTTLS handling.
+    pub fn with_tls(policy: Arc<Policy>, collect: Collect, tls: TlsTermination) -> Driver {
         Driver {
-            inspector: Inspector::new(policy),
+            inspector: Inspector::with_tls(policy, tls),
+            start_tls: Vec::new(),
             out: Output::default(),
             collect,
             to_server: Vec::new(),
@@ -157,6 +165,9 @@ impl Driver {
                 self.to_client.extend_from_slice(b);
             }
             self.events.append(&mut out.events);
+        }
+        if let Some(start) = out.start_tls {
+            self.start_tls.push(start);
         }
         if out.verdict != Verdict::Continue {
             assert_eq!(self.verdict, Verdict::Continue, "one verdict only");

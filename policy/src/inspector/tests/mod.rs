@@ -7,6 +7,7 @@ mod commands;
 mod content;
 mod replies;
 mod session;
+mod tls;
 
 pub(super) use std::sync::Arc;
 pub(super) use std::time::Duration;
