@@ -1,5 +1,6 @@
 //! The parsers behind the inspector, through the real binary: RFC 5321 paths in MAIL
-//! FROM / RCPT TO (pipes, quoted local parts, domain case, unparseable paths).
+//! FROM / RCPT TO (pipes, quoted local parts, domain case, unparseable paths), and the
+//! DATA scanner (a dot beside a bare line end or a NUL, NUL elsewhere).
 //! Each test drives `smtpgate run` against the recording upstream and asserts the
 //! exact bytes each side saw.
 
@@ -125,4 +126,77 @@ fn an_unparseable_path_is_masked_and_answered_by_the_server_in_order() {
         "EHLO client.test\r\nXXXXXXXXXXXXXX\r\nMAIL FROM:<a@b>\r\nXXXXXXXXXXXXXXX\r\nRCPT TO:<c@d>\r\nQUIT\r\n"
     );
     gate.wait_log("malformed-path");
+}
+
+/// Opens a transaction and DATA; returns once the 354 has arrived.
+fn in_data(listen: std::net::SocketAddr) -> Client {
+    let mut c = greeted(listen);
+    c.send(b"MAIL FROM:<a@example.org>\r\n");
+    assert_eq!(c.reply(), b"250 2.0.0 Ok\r\n");
+    c.send(b"RCPT TO:<b@example.net>\r\n");
+    assert_eq!(c.reply(), b"250 2.0.0 Ok\r\n");
+    c.send(b"DATA\r\n");
+    assert!(c.reply().starts_with(b"354"));
+    c
+}
+
+fn policy_with(params: &str) -> String {
+    format!("[policy.p]\nextends = \"default\"\n{params}\n")
+}
+
+#[test]
+fn a_dot_beside_a_bare_line_end_ends_the_session_even_when_bare_newline_only_logs() {
+    let up = Upstream::start(&[]);
+    let (gate, listen) = gate_with(&up, "p", &policy_with("bare_newline = \"log\""));
+    let smuggled: [&[u8]; 4] = [
+        b"hello\n.\nMAIL FROM:<evil@x>\r\n",
+        b"hello\r\n.\nMAIL FROM:<evil@x>\r\n",
+        b"hello\n.\r\nMAIL FROM:<evil@x>\r\n",
+        b"hello\r.\rMAIL FROM:<evil@x>\r\n",
+    ];
+    for (session, body) in smuggled.into_iter().enumerate() {
+        let mut c = in_data(listen);
+        c.send(b"Subject: x\r\n\r\n");
+        c.send(body);
+        assert_dropped(&mut c, &up, session, "SMTP smuggling", b"evil");
+    }
+    assert!(up.messages().is_empty(), "no message ended at the upstream");
+    let log = gate.wait_log("smuggled-end-of-data");
+    let line = log
+        .lines()
+        .find(|l| l.contains("smuggled-end-of-data"))
+        .unwrap();
+    assert!(line.contains("108003"), "{line}");
+}
+
+#[test]
+fn bare_line_ends_away_from_a_dot_are_logged_and_delivered_unaltered() {
+    let up = Upstream::start(&[]);
+    let (gate, listen) = gate_with(&up, "p", &policy_with("bare_newline = \"log\""));
+    let mut c = in_data(listen);
+    let body = b"Subject: x\r\n\r\nbody\nmore\rtext\n..\n.x\r\n";
+    c.send(body);
+    c.send(b".\r\n");
+    assert_eq!(c.reply(), b"250 2.0.0 Ok: queued\r\n");
+    assert_eq!(up.messages(), [body.to_vec()]);
+    gate.wait_log("bare-newline log");
+}
+
+#[test]
+fn a_nul_before_a_dot_line_is_smuggling_and_a_nul_elsewhere_is_logged_and_delivered() {
+    let up = Upstream::start(&[]);
+    let (gate, listen) = gate_with(&up, "default", "");
+    let mut c = in_data(listen);
+    c.send(b"Subject: x\r\n\r\nhello\r\n\x00.\r\nMAIL FROM:<evil@x>\r\n");
+    assert_dropped(&mut c, &up, 0, "SMTP smuggling", b"evil");
+    assert!(up.messages().is_empty());
+
+    let mut c = in_data(listen);
+    let body = b"Subject: x\r\n\r\nbin\x00ary\r\n";
+    c.send(body);
+    c.send(b".\r\n");
+    assert_eq!(c.reply(), b"250 2.0.0 Ok: queued\r\n");
+    assert_eq!(up.messages(), [body.to_vec()]);
+    let log = gate.wait_log("nul-in-content log");
+    assert!(log.contains("smuggled-end-of-data"), "{log}");
 }

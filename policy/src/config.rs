@@ -327,6 +327,9 @@ pub struct PolicySection {
     pub special_character: Option<Spanned<ParamValue>>,
     /// `true` (drop-connection log), `false`, or actions like `"log"`.
     pub bare_newline: Option<Spanned<ParamValue>>,
+    /// NUL in DATA content: `true` (drop-connection log), `false`, or actions; the
+    /// built-ins log.
+    pub nul_in_content: Option<Spanned<ParamValue>>,
     /// `"example.com"` or `"example.com log"`; `""` switches it off.
     pub mail_relay: Option<Spanned<String>>,
     /// Private verbs and EHLO keywords to pass (`X-LINK2STATE`, `XEXCH50`).
@@ -348,6 +351,7 @@ impl PolicySection {
             || self.allow_tls.is_some()
             || self.special_character.is_some()
             || self.bare_newline.is_some()
+            || self.nul_in_content.is_some()
             || self.mail_relay.is_some()
             || self.allow_verbs.is_some()
             || !self.rules.is_empty()

@@ -158,8 +158,13 @@ pub struct Parameters {
     pub base_ehlo: EhloSet,
     pub mask_banner: bool,
     pub allow_tls: bool,
-    /// Actions on a bare CR/LF or a non-CRLF.CRLF end of data; `None` = off.
+    /// Actions on a bare CR/LF or a non-CRLF.CRLF end of data; `None` = off. A lone
+    /// dot beside one always ends the session (`smuggled-end-of-data`), whatever this
+    /// says: with this off, a bare line end elsewhere reaches the server unaltered.
     pub bare_newline: Option<Actions>,
+    /// Actions on a NUL octet in DATA content (the first of each message); `None` =
+    /// off. A NUL beside a lone dot is smuggling, judged like a bare line end there.
+    pub nul_in_content: Option<Actions>,
     /// Actions on `|`, backquote or NUL in a MAIL/RCPT address; `None` = off.
     pub special_character: Option<Actions>,
     /// Actions when `mail_relay` is set and a RCPT goes elsewhere.
@@ -300,6 +305,7 @@ impl Policy {
             mask_banner: true,
             allow_tls,
             bare_newline: Some(DROP_LOG),
+            nul_in_content: Some(LOG),
             special_character: None,
             mail_relay_actions: DROP_LOG,
             allow_verbs: Vec::new(),
@@ -332,6 +338,7 @@ impl Policy {
                     mask_banner: false,
                     allow_tls: false,
                     bare_newline: None,
+                    nul_in_content: None,
                     special_character: None,
                     mail_relay_actions: DROP_LOG,
                     allow_verbs: Vec::new(),
@@ -390,6 +397,11 @@ impl Policy {
                 "special_character",
                 &section.special_character,
                 &mut params.special_character,
+            ),
+            (
+                "nul_in_content",
+                &section.nul_in_content,
+                &mut params.nul_in_content,
             ),
         ] {
             let Some(value) = value else { continue };
@@ -569,6 +581,18 @@ impl Policy {
                 bare_newline_rule = add(
                     Criterion::BareNewline,
                     format!("bare-newline {actions}"),
+                    actions,
+                );
+            }
+            add(
+                Criterion::SmuggledEndOfData,
+                "smuggled-end-of-data drop-connection log".into(),
+                DROP_LOG,
+            );
+            if let Some(actions) = params.nul_in_content {
+                add(
+                    Criterion::NulInContent,
+                    format!("nul-in-content {actions}"),
                     actions,
                 );
             }
@@ -783,6 +807,8 @@ mod tests {
                 "malformed-path mask log",
                 "address-pipe drop-connection log",
                 "bare-newline drop-connection log",
+                "smuggled-end-of-data drop-connection log",
+                "nul-in-content log",
                 "allow-tls log",
                 "match cmd line length gt 512 drop-connection log",
                 "match cmd RCPT count gt 100 drop-connection log",
@@ -824,19 +850,19 @@ mod tests {
         assert_eq!(p.banner_rule, Some(0));
         assert_eq!(p.unknown_verb_rule, Some(1));
         assert_eq!(p.bare_newline_rule, Some(4));
-        assert_eq!(p.tls_started_rule, Some(5));
+        assert_eq!(p.tls_started_rule, Some(7));
         assert_eq!(p.special_character_rule, None);
         assert_eq!(p.mail_relay_rule, None);
         assert_eq!(p.rule(3).actions, DROP_LOG);
         assert_eq!(p.rule(4).actions, DROP_LOG);
         use CriterionKind as K;
-        assert_eq!(p.index.of(K::CmdLineLength), [6]);
-        assert_eq!(p.index.of(K::CmdRcptCount), [7]);
-        assert_eq!(p.index.of(K::BodyLineLength), [8]);
-        assert_eq!(p.index.of(K::HeaderLineLength), [9]);
-        assert_eq!(p.index.of(K::SenderAddressLength), [10]);
-        assert_eq!(p.index.of(K::MimeFilenameLength), [11]);
-        assert_eq!(p.index.of(K::EhloReplyParameter), [12]);
+        assert_eq!(p.index.of(K::CmdLineLength), [8]);
+        assert_eq!(p.index.of(K::CmdRcptCount), [9]);
+        assert_eq!(p.index.of(K::BodyLineLength), [10]);
+        assert_eq!(p.index.of(K::HeaderLineLength), [11]);
+        assert_eq!(p.index.of(K::SenderAddressLength), [12]);
+        assert_eq!(p.index.of(K::MimeFilenameLength), [13]);
+        assert_eq!(p.index.of(K::EhloReplyParameter), [14]);
         assert_eq!(p.index.of(K::Banner), [0]);
         assert!(p.index.of(K::InvalidRecipientsCount).is_empty());
         assert_eq!(p.index.body_line_floor, Some(998));
@@ -906,7 +932,9 @@ mod tests {
                 "unknown-command mask log",
                 "malformed-path mask log",
                 "address-pipe drop-connection log",
-                "bare-newline drop-connection log"
+                "bare-newline drop-connection log",
+                "smuggled-end-of-data drop-connection log",
+                "nul-in-content log",
             ]
         );
     }
@@ -944,18 +972,20 @@ mod tests {
         assert!(p.ehlo_allowed(b"X-LINK2STATE"));
         assert!(!p.ehlo_matches(EhloKeyword::Others.bit(), b"XEXCH50"));
         assert_eq!(
-            texts(&p)[..6],
+            texts(&p)[..8],
             [
                 "unknown-command mask log",
                 "malformed-path mask log",
                 "address-pipe drop-connection log",
                 "bare-newline reset log",
+                "smuggled-end-of-data drop-connection log",
+                "nul-in-content log",
                 "special-character log",
                 "mail-relay example.com drop-connection log",
             ]
         );
         assert_eq!(texts(&p).last(), Some(&"match cmd verb VRFY EXPN mask log"));
-        assert_eq!(p.rules.len(), 6 + DEFAULT_RULES.len() + 1);
+        assert_eq!(p.rules.len(), 8 + DEFAULT_RULES.len() + 1);
         // The index points at the appended rule too.
         let verb_rule = (p.rules.len() - 1) as RuleId;
         assert_eq!(p.index.of(CriterionKind::CmdVerb), [verb_rule]);
@@ -1031,11 +1061,13 @@ mod tests {
                 "malformed-path mask log",
                 "address-pipe drop-connection log",
                 "bare-newline drop-connection log",
+                "smuggled-end-of-data drop-connection log",
+                "nul-in-content log",
                 "match body length gt 100 log"
             ]
         );
         assert!(!p.ehlo_allowed(b"PIPELINING"));
-        assert_eq!(p.index.of(CriterionKind::BodyLength), [5]);
+        assert_eq!(p.index.of(CriterionKind::BodyLength), [7]);
         assert!(p.index.of(CriterionKind::CmdLineLength).is_empty());
     }
 

@@ -107,6 +107,11 @@ pub enum Criterion {
     /// A MAIL FROM / RCPT TO argument that is not an RFC 5321 path: the command is
     /// masked like an unknown verb, so the server answers it 5xx.
     MalformedPath,
+    /// A lone dot beside a bare CR/LF or a NUL in DATA: an end of data to a lenient
+    /// server, so SMTP smuggling whatever `bare_newline` says. Always drop-connection.
+    SmuggledEndOfData,
+    /// `nul_in_content`: a NUL octet elsewhere in DATA content (once per message).
+    NulInContent,
 }
 
 /// What a match does to the session: at most one of `drop-connection` and `reset`.
@@ -202,11 +207,13 @@ pub enum CriterionKind {
     TlsStarted,
     AddressPipe,
     MalformedPath,
+    SmuggledEndOfData,
+    NulInContent,
 }
 
 impl CriterionKind {
     /// How many kinds there are (the size of a per-kind table).
-    pub const COUNT: usize = CriterionKind::MalformedPath as usize + 1;
+    pub const COUNT: usize = CriterionKind::NulInContent as usize + 1;
 
     /// The criterion's name as the rule language (or the parameter) writes it.
     pub fn name(self) -> &'static str {
@@ -313,6 +320,14 @@ impl CriterionKind {
                 "malformed-path",
                 b"421 4.7.0 Malformed address, closing connection\r\n",
             ),
+            K::SmuggledEndOfData => (
+                "smuggled-end-of-data",
+                b"421 4.7.0 Bare CR or LF in message (SMTP smuggling), closing connection\r\n",
+            ),
+            K::NulInContent => (
+                "nul-in-content",
+                b"421 4.7.0 NUL in message, closing connection\r\n",
+            ),
         }
     }
 }
@@ -345,6 +360,8 @@ impl Criterion {
             Criterion::TlsStarted => K::TlsStarted,
             Criterion::AddressPipe => K::AddressPipe,
             Criterion::MalformedPath => K::MalformedPath,
+            Criterion::SmuggledEndOfData => K::SmuggledEndOfData,
+            Criterion::NulInContent => K::NulInContent,
         }
     }
 
@@ -382,6 +399,8 @@ impl Criterion {
                 | Criterion::TlsStarted
                 | Criterion::AddressPipe
                 | Criterion::MalformedPath
+                | Criterion::SmuggledEndOfData
+                | Criterion::NulInContent
         )
     }
 

@@ -7,12 +7,14 @@
 //! - [`ContentScanner`]: DATA content, where only CRLF ends a line (RFC 5321 §2.3.8)
 //!   and a bare CR or bare LF is reported at its offset, so the caller can stop
 //!   forwarding before it (SMTP smuggling defence). A CR at the very end of a read is
-//!   held back until the next read says whether an LF follows.
+//!   held back until the next read says whether an LF follows. It also knows when a
+//!   line break ends a lone dot that some server would take for the end of data
+//!   ([`ContentScanner::smuggled_dot`]), and reports NUL octets when asked to.
 //!
 //! Neither buffers a line: they count its length, so an overlong line costs nothing.
 //! They know nothing of SMTP verbs, dots or MIME.
 
-use memchr::{memchr, memchr2};
+use memchr::{memchr, memchr2, memchr3};
 
 /// Offset just past the next LF in `buf`, if any.
 #[inline]
@@ -49,6 +51,19 @@ pub enum Scan {
     /// No line end in the rest of the buffer; `len` is the line's length so far. When
     /// `holds_cr`, the buffer's last byte is a CR that must not be forwarded yet.
     Partial { len: u64, holds_cr: bool },
+    /// A NUL octet at `at` (only while [`ContentScanner::watch_nul`] is on). The bytes
+    /// before it are clean; it is content and scanning resumes at `resume`.
+    Nul { at: usize, resume: usize },
+}
+
+/// What the content since the last line break (CRLF, bare CR or bare LF) is, NULs
+/// aside: nothing yet, exactly one dot, or anything else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum SinceBreak {
+    #[default]
+    Empty,
+    Dot,
+    Other,
 }
 
 /// Strict CRLF framing for message content with bare CR / LF detection.
@@ -58,6 +73,16 @@ pub struct ContentScanner {
     line_len: u64,
     /// The previous read ended with a CR we have not judged yet.
     held_cr: bool,
+    /// Report NUL octets as [`Scan::Nul`].
+    watch_nul: bool,
+    since_break: SinceBreak,
+    /// A NUL came since the last line break.
+    nul_since_break: bool,
+    /// The last line break was a bare CR or LF (false at the start: the line that
+    /// started the content, `DATA` or the 354's pipelined predecessor, ended in CRLF).
+    after_bare: bool,
+    /// The break just reported ends a smuggled dot line.
+    smuggled_dot: bool,
 }
 
 impl ContentScanner {
@@ -75,9 +100,57 @@ impl ContentScanner {
         self.line_len
     }
 
+    /// Report NUL octets ([`Scan::Nul`]) from now on, or stop reporting them.
+    pub fn watch_nul(&mut self, on: bool) {
+        self.watch_nul = on;
+    }
+
+    pub fn watches_nul(&self) -> bool {
+        self.watch_nul
+    }
+
+    /// True when the line break just reported ([`Scan::Line`] or [`Scan::Bare`]) ends a
+    /// line that is a lone dot once NULs are removed, and that line is not the strict
+    /// `CRLF . CRLF`: a bare CR or LF before or after the dot (`\n.\n`, `\r\n.\n`,
+    /// `\n.\r\n`, `\r.\r`), or a NUL beside it (`\r\n\x00.\r\n`). A server that takes
+    /// bare line ends, or drops NULs, ends the message there; what follows would be
+    /// commands to it: SMTP smuggling, whatever a policy says about bare line ends.
+    pub fn smuggled_dot(&self) -> bool {
+        self.smuggled_dot
+    }
+
+    /// Notes the content bytes `seg` (no line break among them) of the current line.
+    #[inline]
+    fn note(&mut self, seg: &[u8]) {
+        if self.since_break == SinceBreak::Other {
+            return;
+        }
+        for &b in seg {
+            match (b, self.since_break) {
+                (0, _) => self.nul_since_break = true,
+                (b'.', SinceBreak::Empty) => self.since_break = SinceBreak::Dot,
+                _ => {
+                    self.since_break = SinceBreak::Other;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A line break (bare or CRLF) was found: judge the line it ends.
+    #[inline]
+    fn line_break(&mut self, bare: bool) {
+        self.smuggled_dot = self.since_break == SinceBreak::Dot
+            && (bare || self.after_bare || self.nul_since_break);
+        self.since_break = SinceBreak::Empty;
+        self.nul_since_break = false;
+        self.after_bare = bare;
+    }
+
     /// Scans `buf` from `pos` to the next event.
     #[inline]
     pub fn next(&mut self, buf: &[u8], pos: usize) -> Scan {
+        self.smuggled_dot = false;
         if self.held_cr {
             match buf.get(pos) {
                 None => {
@@ -90,11 +163,13 @@ impl ContentScanner {
                     self.held_cr = false;
                     let len = self.line_len;
                     self.line_len = 0;
+                    self.line_break(false);
                     return Scan::Line { end: pos + 1, len };
                 }
                 Some(_) => {
                     self.held_cr = false;
                     self.line_len += 1;
+                    self.line_break(true);
                     return Scan::Bare {
                         at: pos,
                         resume: pos,
@@ -105,44 +180,65 @@ impl ContentScanner {
             }
         }
         let rest = &buf[pos..];
-        match memchr2(b'\r', b'\n', rest) {
+        let found = if self.watch_nul {
+            memchr3(b'\r', b'\n', 0, rest)
+        } else {
+            memchr2(b'\r', b'\n', rest)
+        };
+        match found {
             None => {
+                self.note(rest);
                 self.line_len += rest.len() as u64;
                 Scan::Partial {
                     len: self.line_len,
                     holds_cr: false,
                 }
             }
-            Some(i) if rest[i] == b'\r' => match rest.get(i + 1) {
-                Some(b'\n') => {
-                    let len = self.line_len + i as u64;
-                    self.line_len = 0;
-                    Scan::Line {
-                        end: pos + i + 2,
-                        len,
+            Some(i) if rest[i] == 0 => {
+                self.note(&rest[..=i]);
+                self.line_len += i as u64 + 1;
+                Scan::Nul {
+                    at: pos + i,
+                    resume: pos + i + 1,
+                }
+            }
+            Some(i) if rest[i] == b'\r' => {
+                self.note(&rest[..i]);
+                match rest.get(i + 1) {
+                    Some(b'\n') => {
+                        let len = self.line_len + i as u64;
+                        self.line_len = 0;
+                        self.line_break(false);
+                        Scan::Line {
+                            end: pos + i + 2,
+                            len,
+                        }
+                    }
+                    Some(_) => {
+                        self.line_len += i as u64 + 1;
+                        self.line_break(true);
+                        Scan::Bare {
+                            at: pos + i,
+                            resume: pos + i + 1,
+                            cr: true,
+                            held: false,
+                        }
+                    }
+                    None => {
+                        self.line_len += i as u64;
+                        self.held_cr = true;
+                        Scan::Partial {
+                            len: self.line_len,
+                            holds_cr: true,
+                        }
                     }
                 }
-                Some(_) => {
-                    self.line_len += i as u64 + 1;
-                    Scan::Bare {
-                        at: pos + i,
-                        resume: pos + i + 1,
-                        cr: true,
-                        held: false,
-                    }
-                }
-                None => {
-                    self.line_len += i as u64;
-                    self.held_cr = true;
-                    Scan::Partial {
-                        len: self.line_len,
-                        holds_cr: true,
-                    }
-                }
-            },
+            }
             Some(i) => {
                 // An LF with no CR before it: a CR at rest[i-1] would have been found first.
+                self.note(&rest[..i]);
                 self.line_len += i as u64 + 1;
+                self.line_break(true);
                 Scan::Bare {
                     at: pos + i,
                     resume: pos + i + 1,
@@ -153,9 +249,12 @@ impl ContentScanner {
         }
     }
 
-    /// Forget the current line (a new message starts).
+    /// Forget the current line (a new message starts); whether NULs are watched stays.
     pub fn reset(&mut self) {
-        *self = ContentScanner::default();
+        *self = ContentScanner {
+            watch_nul: self.watch_nul,
+            ..ContentScanner::default()
+        };
     }
 }
 
@@ -181,7 +280,14 @@ mod tests {
                         events.push(format!("bare {} {held}", if cr { "cr" } else { "lf" }));
                         pos = resume;
                     }
+                    Scan::Nul { resume, .. } => {
+                        events.push("nul".to_string());
+                        pos = resume;
+                    }
                     Scan::Partial { .. } => break,
+                }
+                if s.smuggled_dot() {
+                    events.push("smuggled dot".to_string());
                 }
             }
         }
@@ -206,7 +312,11 @@ mod tests {
 
     #[test]
     fn held_cr_judged_by_next_read() {
-        assert_eq!(scan_all(&[b"x\r", b".\r\n"]), ["bare cr true", "line 3"]);
+        // `\r.\r\n`: a server that ends lines at a bare CR sees a lone dot.
+        assert_eq!(
+            scan_all(&[b"x\r", b".\r\n"]),
+            ["bare cr true", "line 3", "smuggled dot"]
+        );
         let mut s = ContentScanner::new();
         assert_eq!(
             s.next(b"x\r", 0),
@@ -216,6 +326,76 @@ mod tests {
             }
         );
         assert!(s.holds_cr());
+    }
+
+    #[test]
+    fn a_dot_line_beside_a_bare_line_end_is_a_smuggled_end_of_data() {
+        for text in [
+            &b"a\n.\nMAIL"[..],
+            b"a\r\n.\nMAIL",
+            b"a\n.\r\nMAIL",
+            b"a\r.\rMAIL",
+            b"a\r\n.\rMAIL",
+            b".\nMAIL",
+        ] {
+            let events = scan_all(&[text]);
+            assert!(
+                events.contains(&"smuggled dot".to_string()),
+                "{}: {events:?}",
+                text.escape_ascii()
+            );
+            // Split anywhere, the same verdict.
+            for cut in 1..text.len() {
+                let events = scan_all(&[&text[..cut], &text[cut..]]);
+                assert!(events.contains(&"smuggled dot".to_string()), "{cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_nul_beside_a_dot_line_is_a_smuggled_end_of_data() {
+        for text in [
+            &b"a\r\n\x00.\r\nMAIL"[..],
+            b"a\r\n.\x00\r\n",
+            b"a\r\n\x00\x00.\x00\r\n",
+        ] {
+            let events = scan_all(&[text]);
+            assert!(
+                events.contains(&"smuggled dot".to_string()),
+                "{}",
+                text.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
+    fn the_real_end_of_data_and_ordinary_dots_are_not_smuggling() {
+        for text in [
+            &b"a\r\n.\r\n"[..],
+            b"a\r\n..\n",
+            b"a\n.x\n",
+            b"a\n\x00..\r\n",
+            b"a.\n",
+            b"\r\r\n.\r\n",
+        ] {
+            let events = scan_all(&[text]);
+            assert!(
+                !events.contains(&"smuggled dot".to_string()),
+                "{}: {events:?}",
+                text.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
+    fn nul_is_reported_only_while_watched() {
+        assert_eq!(scan_all(&[b"a\x00b\r\n"]), ["line 3"]);
+        let mut s = ContentScanner::new();
+        s.watch_nul(true);
+        assert_eq!(s.next(b"a\x00b\r\n", 0), Scan::Nul { at: 1, resume: 2 });
+        assert_eq!(s.next(b"a\x00b\r\n", 2), Scan::Line { end: 5, len: 3 });
+        s.reset();
+        assert!(s.watches_nul(), "a new message keeps the setting");
     }
 
     #[test]

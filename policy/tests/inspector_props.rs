@@ -177,9 +177,14 @@ fn logging_policy() -> Policy {
 }
 
 /// `default` with low line-length limits that end the session, so lines are cut
-/// as they cross them.
+/// as they cross them, and a NUL in content that ends it too (cut at the NUL).
 fn strict_policy() -> Policy {
     let mut p = Policy::builtin("default").unwrap();
+    for r in &mut p.rules {
+        if matches!(r.criterion, Criterion::NulInContent) {
+            r.actions.disposition = Disposition::Drop;
+        }
+    }
     for text in [
         "match body line length gt 30 drop-connection log",
         "match body line length gt 20 log",

@@ -1,6 +1,7 @@
 //! The message-content pipeline, one for DATA and BDAT: line framing of the content
 //! (strict CRLF and dot-stuffing for DATA, RFC 5321 §4.1.1.4 and §4.5.2; counted
-//! chunks for BDAT, RFC 3030 §2), the SMTP-smuggling defence, line-length cuts, and
+//! chunks for BDAT, RFC 3030 §2), the SMTP-smuggling defence (bare CR / LF, a lone
+//! dot beside one or beside a NUL, NUL octets in DATA), line-length cuts, and
 //! [`MessageScanner`] for header, body and MIME rules. It says where content ends and
 //! what was forwarded; the client side decides what comes next.
 
@@ -42,6 +43,8 @@ pub(super) struct Content {
     bdat_line_len: u64,
     bdat_last_cr: bool,
     msg: MessageScanner,
+    /// The policy has a `nul_in_content` rule: each DATA message watches for a NUL.
+    nul_rule: bool,
 }
 
 impl Content {
@@ -57,6 +60,7 @@ impl Content {
             bdat_line_len: 0,
             bdat_last_cr: false,
             msg,
+            nul_rule: !policy.index.of(CriterionKind::NulInContent).is_empty(),
         }
     }
 
@@ -64,6 +68,7 @@ impl Content {
     pub(super) fn start_message(&mut self) {
         self.msg.reset();
         self.scanner.reset();
+        self.scanner.watch_nul(self.nul_rule);
         self.carry.clear();
         self.bdat_line_len = 0;
         self.bdat_last_cr = false;
@@ -119,12 +124,20 @@ impl Content {
         let Some(floor) = judge.policy().index.body_line_floor else {
             return pos;
         };
-        while let Some(i) = memchr::memchr2(b'\r', b'\n', &buf[pos..]) {
+        // A NUL the `nul_in_content` rule waits for is not plain either.
+        let watch_nul = self.scanner.watches_nul();
+        let line_end = |rest: &[u8]| match watch_nul {
+            true => memchr::memchr3(b'\r', b'\n', 0, rest),
+            false => memchr::memchr2(b'\r', b'\n', rest),
+        };
+        while let Some(i) = line_end(&buf[pos..]) {
             let line = &buf[pos..];
+            // A line led by a dot or a NUL may be a smuggled end of data.
             let plain = line[i] == b'\r'
                 && line.get(i + 1) == Some(&b'\n')
                 && i as u64 <= floor
                 && line[0] != b'.'
+                && line[0] != 0
                 && self.msg.plain_body_line(&line[..i], i as u64 + 2);
             if !plain {
                 break;
@@ -164,6 +177,9 @@ impl Content {
             let step = self.scanner.next(buf, pos);
             if owes_cr && matches!(step, Scan::Bare { held: true, .. }) {
                 owes_cr = false;
+                if self.scanner.smuggled_dot() && smuggled_end_of_data(judge, out) {
+                    return Step::Read(pos);
+                }
                 if judge.check_flag(
                     CriterionKind::BareNewline,
                     Direction::ClientToServer,
@@ -197,6 +213,12 @@ impl Content {
                         let cut = line_start + keep.saturating_sub(prior) as usize;
                         fwd.pass(input, line_start, cut, &mut out.to_server);
                         return Step::Read(cut);
+                    }
+                    if self.scanner.smuggled_dot() && smuggled_end_of_data(judge, out) {
+                        // The dot goes out, its line end never: no server ends the
+                        // message on it.
+                        fwd.pass(input, line_start, content_end, &mut out.to_server);
+                        return Step::Read(content_end);
                     }
                     let piece = &buf[line_start..content_end];
                     let head: &[u8] = if self.carry.is_empty() {
@@ -255,12 +277,14 @@ impl Content {
                         fwd.pass(input, line_start, cut, &mut out.to_server);
                         return Step::Read(cut);
                     }
-                    if judge.check_flag(
-                        CriterionKind::BareNewline,
-                        Direction::ClientToServer,
-                        if cr { b'\r' } else { b'\n' } as u64,
-                        out,
-                    ) == Outcome::Stop
+                    let smuggled = self.scanner.smuggled_dot();
+                    if (smuggled && smuggled_end_of_data(judge, out))
+                        || judge.check_flag(
+                            CriterionKind::BareNewline,
+                            Direction::ClientToServer,
+                            if cr { b'\r' } else { b'\n' } as u64,
+                            out,
+                        ) == Outcome::Stop
                     {
                         // Everything before the bare byte, nothing from it on.
                         fwd.pass(input, line_start, at, &mut out.to_server);
@@ -272,6 +296,24 @@ impl Content {
                 Scan::Bare {
                     held: true, resume, ..
                 } => pos = resume,
+                Scan::Nul { at, resume } => {
+                    let raw = prior + (at - line_start) as u64;
+                    let stuffed = self.line_starts_with_dot(buf, line_start);
+                    if let Some(keep) = self.crossing(judge, raw, stuffed, out) {
+                        let cut = line_start + keep.saturating_sub(prior) as usize;
+                        fwd.pass(input, line_start, cut, &mut out.to_server);
+                        return Step::Read(cut);
+                    }
+                    // Judged once per message: one event, not one per NUL.
+                    self.scanner.watch_nul(false);
+                    let d = Direction::ClientToServer;
+                    if judge.check_flag(CriterionKind::NulInContent, d, 0, out) == Outcome::Stop {
+                        // Everything before the NUL, nothing from it on.
+                        fwd.pass(input, line_start, at, &mut out.to_server);
+                        return Step::Read(at);
+                    }
+                    pos = resume;
+                }
                 Scan::Partial { holds_cr, .. } => {
                     let end = buf.len() - holds_cr as usize;
                     let raw = prior + (end - line_start) as u64;
@@ -292,7 +334,8 @@ impl Content {
         }
     }
 
-    /// BDAT chunk content (RFC 3030 §2): exactly `left` octets, no dot handling.
+    /// BDAT chunk content (RFC 3030 §2): exactly `left` octets, no dot handling. Not
+    /// judged for NULs: BDAT content may be binary (RFC 3030 BINARYMIME).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn bdat(
         &mut self,
@@ -380,4 +423,12 @@ impl Content {
         }
         (end, Chunk::Ended)
     }
+}
+
+/// A lone dot beside a bare line end or a NUL ([`ContentScanner::smuggled_dot`]): an end
+/// of data to some server, so smuggling whatever `bare_newline` says. True when the
+/// session ends.
+fn smuggled_end_of_data(judge: &mut Judge, out: &mut Output) -> bool {
+    let d = Direction::ClientToServer;
+    judge.check_flag(CriterionKind::SmuggledEndOfData, d, b'.' as u64, out) == Outcome::Stop
 }

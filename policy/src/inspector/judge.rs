@@ -238,9 +238,10 @@ impl Actor {
     ) -> Outcome {
         let a = rule.actions;
         let message_id = match rule.criterion {
-            Criterion::SpecialCharacter | Criterion::BareNewline | Criterion::AddressPipe => {
-                MessageId::MaliciousPattern
-            }
+            Criterion::SpecialCharacter
+            | Criterion::BareNewline
+            | Criterion::AddressPipe
+            | Criterion::SmuggledEndOfData => MessageId::MaliciousPattern,
             Criterion::TlsStarted => MessageId::TlsStarted,
             _ if a.ends_session() => MessageId::PolicyAction,
             _ if a.mask => MessageId::ReplacedString,

@@ -51,7 +51,10 @@
 //! - DATA content (RFC 5321 §4.1.1.4): strict CRLF framing ([`crate::scanner::ContentScanner`]),
 //!   dot-stuffing undone for the checks, end of data only at CRLF.CRLF; a bare CR or
 //!   LF is SMTP smuggling, judged by the `bare_newline` rule before the bare byte goes
-//!   out (a CR ending a read waits for the next byte). BDAT (RFC 3030) content is
+//!   out (a CR ending a read waits for the next byte). A lone dot beside a bare line
+//!   end or a NUL always ends the session (`smuggled-end-of-data`): its line end never
+//!   goes out. Other NULs are judged by `nul_in_content`, once per message. BDAT (RFC
+//!   3030) content is
 //!   counted by `bytes_left`, one message stream across chunks. Both go through
 //!   [`crate::mime::MessageScanner`] for header, body and MIME rules.
 //! - Server side: reply lines framed like commands; the greeting is masked by the

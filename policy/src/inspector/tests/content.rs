@@ -336,6 +336,126 @@ fn bare_newlines_pass_when_the_policy_tolerates_them() {
     assert!(s.server_text().ends_with("\r\n.\r\nQUIT\r\n"));
 }
 
+/// A `default`-based policy with these parameter lines.
+fn with_params(params: &str) -> Policy {
+    let config = crate::config::Config::from_toml_str(&format!(
+        "[[listener]]\nlisten = \"127.0.0.1:2525\"\nupstream = \"127.0.0.1:2526\"\n\
+         policy = \"p\"\n[policy.p]\nextends = \"default\"\n{params}\n"
+    ))
+    .unwrap();
+    (*config.listeners[0].policy).clone()
+}
+
+/// Feeds `msg` in DATA whole and split at every offset: the server bytes, events and
+/// verdict must not depend on the split. Returns the whole-read session.
+fn data_every_split(policy: &Policy, msg: &[u8]) -> Driver {
+    let mut whole = session(policy.clone());
+    whole.in_data();
+    whole.client(msg);
+    for cut in 1..msg.len() {
+        let mut s = session(policy.clone());
+        s.in_data();
+        s.client(&msg[..cut]).client(&msg[cut..]);
+        let what = format!("cut {cut} of {}", msg.escape_ascii());
+        assert_eq!(s.server_text(), whole.server_text(), "{what}");
+        assert_eq!(s.events, whole.events, "{what}");
+        assert_eq!(s.verdict, whole.verdict, "{what}");
+    }
+    whole
+}
+
+#[test]
+fn a_dot_beside_a_bare_line_end_ends_the_session_whatever_bare_newline_says() {
+    for params in ["bare_newline = \"log\"", "bare_newline = false", ""] {
+        let policy = with_params(params);
+        for body in [
+            &b"hello\n.\nMAIL FROM:<evil@x>\r\n"[..],
+            b"hello\r\n.\nMAIL FROM:<evil@x>\r\n",
+            b"hello\n.\r\nMAIL FROM:<evil@x>\r\n",
+            b"hello\r.\rMAIL FROM:<evil@x>\r\n",
+        ] {
+            let mut msg = b"Subject: x\r\n\r\n".to_vec();
+            msg.extend_from_slice(body);
+            let s = data_every_split(&policy, &msg);
+            let what = format!("{params}: {}", body.escape_ascii());
+            let sent = s.server_text();
+            assert!(!sent.contains("MAIL"), "{what}: {sent:?}");
+            assert!(s.drop_reply().contains("SMTP smuggling"), "{what}");
+            let last = s.events.last().unwrap();
+            assert_eq!(last.message_id, MessageId::MaliciousPattern, "{what}");
+            // `default` drops at the first bare line end; a policy that lets bare line
+            // ends pass still never sends the dot's line end.
+            if !params.is_empty() {
+                assert!(sent.ends_with('.'), "{what}: {sent:?}");
+                assert_eq!(
+                    s.rule_text(last),
+                    "smuggled-end-of-data drop-connection log"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bare_line_ends_elsewhere_follow_bare_newline_and_pass_unaltered_when_it_logs() {
+    let policy = with_params("bare_newline = \"log\"");
+    let msg = b"Subject: x\r\n\r\nbody\nmore\rtext\n..\n.x\r\n.\r\n";
+    let s = data_every_split(&policy, msg);
+    assert_eq!(s.to_server, msg, "delivered unaltered");
+    assert_eq!(s.verdict, Verdict::Continue);
+    let logged = s
+        .events
+        .iter()
+        .filter(|e| s.rule_text(e) == "bare-newline log");
+    assert_eq!(logged.count(), 4);
+    assert_eq!(
+        s.inspector.client.mode,
+        ClientMode::Command,
+        "the message ended at CRLF.CRLF"
+    );
+}
+
+#[test]
+fn a_nul_beside_a_dot_line_is_smuggling() {
+    for body in [
+        &b"hello\r\n\x00.\r\nMAIL FROM:<evil@x>\r\n"[..],
+        b"hello\r\n.\x00\r\nMAIL FROM:<evil@x>\r\n",
+    ] {
+        let mut msg = b"Subject: x\r\n\r\n".to_vec();
+        msg.extend_from_slice(body);
+        let s = data_every_split(&Policy::builtin("default").unwrap(), &msg);
+        assert!(!s.server_text().contains("MAIL"), "{}", body.escape_ascii());
+        assert!(s.drop_reply().contains("SMTP smuggling"));
+        // The NUL itself was logged first (nul_in_content, default log).
+        let rules: Vec<&str> = s.events.iter().map(|e| s.rule_text(e)).collect();
+        assert_eq!(
+            rules,
+            [
+                "nul-in-content log",
+                "smuggled-end-of-data drop-connection log"
+            ]
+        );
+    }
+}
+
+#[test]
+fn a_nul_elsewhere_in_content_follows_nul_in_content() {
+    let msg = b"Subject: x\r\n\r\nbin\x00ary\x00\r\nmore\x00\r\n.\r\n";
+    // Default: logged once per message, delivered unaltered.
+    let s = data_every_split(&Policy::builtin("default").unwrap(), msg);
+    assert_eq!(s.to_server, msg);
+    assert_eq!(s.verdict, Verdict::Continue);
+    assert_eq!(s.events.len(), 1);
+    assert_eq!(s.rule_text(&s.events[0]), "nul-in-content log");
+    // Off: nothing.
+    let s = data_every_split(&with_params("nul_in_content = false"), msg);
+    assert_eq!((s.to_server.as_slice(), s.events.len()), (&msg[..], 0));
+    // Drop: nothing from the NUL on.
+    let s = data_every_split(&with_params("nul_in_content = true"), msg);
+    assert_eq!(s.server_text(), "Subject: x\r\n\r\nbin");
+    assert!(s.drop_reply().contains("NUL in message"));
+}
+
 // ---- BDAT ----
 
 #[test]
