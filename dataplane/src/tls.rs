@@ -615,8 +615,8 @@ impl TlsLayer {
 // ---------------------------------------------------------------------------------
 
 /// `(notBefore, notAfter)` of a DER X.509 certificate, in seconds since the epoch:
-/// Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
-/// serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter }, ... } }.
+/// `Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
+/// serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter }, ... } }`.
 fn validity(cert: &[u8]) -> Option<(i64, i64)> {
     let (_, certificate, _) = der_item(cert)?;
     let (_, mut tbs, _) = der_item(certificate)?;
