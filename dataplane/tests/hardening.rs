@@ -97,6 +97,7 @@ fn a_trickled_command_line_is_cut_by_the_idle_deadline() {
         Duration::from_secs(10),
     );
     let rest = c.read_to_end();
+    eprintln!("trickled command line (idle = 2s) cut after {kept:?}");
     assert!(
         rest.starts_with(b"421 4.4.2 "),
         "{:?}",
@@ -147,6 +148,7 @@ fn trickled_message_content_is_cut_by_the_data_deadline_and_a_fast_5_mb_message_
         String::from_utf8_lossy(&reply)
     );
     assert_eq!(up.messages().len(), 1);
+    eprintln!("5 MB message relayed in {:?}", started.elapsed());
 
     // Slow: one content byte every 300 ms (3 B/s, far below 500 B/s).
     let mut slow = greeted(listen);
@@ -163,6 +165,7 @@ fn trickled_message_content_is_cut_by_the_data_deadline_and_a_fast_5_mb_message_
         Duration::from_secs(10),
     );
     let rest = slow.read_to_end();
+    eprintln!("trickled content (data = 2s) cut after {kept:?}");
     assert!(
         rest.starts_with(b"421 4.4.2 ") && String::from_utf8_lossy(&rest).contains("data"),
         "{:?}",
