@@ -7,6 +7,7 @@
 //! - `send`    — thread-per-core load generator, open or closed loop.
 //! - `compare` — starts a sink and `smtpgate`, runs the same load through an
 //!   inspecting and an exempt listener in alternation, writes JSON and HTML.
+//! - `merge`   — one report from the `send --json` results of several processes.
 //! - `message` — the realistic message corpus, built once.
 //! - `reply`   — client-side SMTP reply reader.
 //! - `report`  — latency histograms per SMTP step, text and JSON report.
@@ -17,6 +18,7 @@
 //! use smtpgate-policy): it must never be the bottleneck of what it measures.
 
 mod compare;
+mod merge;
 mod message;
 mod reply;
 mod report;
@@ -141,6 +143,19 @@ enum Command {
     /// policy "default" and with policy "none", in alternation, into a sink.
     /// Needs the smtpgate binary (cargo build --release --workspace).
     Compare(compare::CompareArgs),
+    /// Combine the `send --json` results of processes that ran side by side
+    /// into one report: counters and rates summed, latency histograms merged.
+    ///
+    /// Exit status: 0 when no merged message failed, 1 when any did, 2 for
+    /// unreadable or incompatible inputs.
+    Merge {
+        /// Two or more `send --json` files.
+        #[arg(required = true, num_args = 1..)]
+        inputs: Vec<PathBuf>,
+        /// Also write the merged report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -251,6 +266,37 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("compare: {e}")),
         },
+        Command::Merge { inputs, json } => run_merge(&inputs, json.as_deref()),
+    }
+}
+
+fn run_merge(inputs: &[PathBuf], json: Option<&std::path::Path>) -> ExitCode {
+    let mut reports = Vec::new();
+    for path in inputs {
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(report) => reports.push((path.display().to_string(), report)),
+            Err(e) => return fail(&format!("merge: {}: {e}", path.display())),
+        }
+    }
+    let merged = match merge::merge(&reports) {
+        Ok(merged) => merged,
+        Err(e) => return fail(&format!("merge: {e}")),
+    };
+    println!("merged {} reports", merged.merged_from.len());
+    print!("{}", merged.report.text());
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&merged).expect("report serializes");
+        if let Err(e) = std::fs::write(path, text + "\n") {
+            return fail(&format!("merge: writing {}: {e}", path.display()));
+        }
+    }
+    if merged.report.messages_failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -1,8 +1,12 @@
 //! The `send` report: latency histograms per SMTP step, counters, and their
-//! rendering as a text table and as JSON (the same fields).
+//! rendering as a text table and as JSON (the same fields, plus each step's
+//! whole histogram so that results of several processes can be merged
+//! exactly rather than averaged).
 
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2DeflateSerializer};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -46,7 +50,15 @@ impl Step {
             Step::Message => "message",
         }
     }
+
+    pub fn from_name(name: &str) -> Option<Step> {
+        STEPS.into_iter().find(|step| step.name() == name)
+    }
 }
+
+/// Recorded latencies are clamped to 1 µs .. 10 min.
+const LOWEST_US: u64 = 1;
+const HIGHEST_US: u64 = 600_000_000;
 
 /// One histogram per step, in microseconds, 1 µs .. 10 min, 3 significant digits.
 #[derive(Clone)]
@@ -57,7 +69,9 @@ impl Default for Latencies {
         Latencies(
             STEPS
                 .iter()
-                .map(|_| Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"))
+                .map(|_| {
+                    Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, 3).expect("histogram bounds")
+                })
                 .collect(),
         )
     }
@@ -65,14 +79,30 @@ impl Default for Latencies {
 
 impl Latencies {
     pub fn record(&mut self, step: Step, elapsed: std::time::Duration) {
-        let us = (elapsed.as_micros() as u64).clamp(1, 600_000_000);
+        let us = (elapsed.as_micros() as u64).clamp(LOWEST_US, HIGHEST_US);
         let _ = self.0[step as usize].record(us);
     }
 
     pub fn merge(&mut self, other: &Latencies) {
         for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            // Same bounds on both sides, so adding cannot fail.
             let _ = mine.add(theirs);
         }
+    }
+
+    /// The histograms a report carries (`Report::histograms`), decoded.
+    pub fn from_report(report: &Report) -> Result<Latencies, String> {
+        let mut latencies = Latencies::default();
+        for (name, encoded) in &report.histograms {
+            let step = Step::from_name(name)
+                .ok_or_else(|| format!("unknown latency step {name:?} in histograms"))?;
+            let decoded = decode_histogram(encoded)
+                .map_err(|e| format!("histogram {name:?} does not decode: {e}"))?;
+            latencies.0[step as usize]
+                .add(&decoded)
+                .map_err(|e| format!("histogram {name:?} is out of range: {e:?}"))?;
+        }
+        Ok(latencies)
     }
 
     pub fn get(&self, step: Step) -> &Histogram<u64> {
@@ -80,7 +110,7 @@ impl Latencies {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Percentiles {
     pub count: u64,
     pub mean: f64,
@@ -108,8 +138,9 @@ impl Percentiles {
     }
 }
 
-/// Everything `send` reports; `--json` serializes exactly this.
-#[derive(Clone, Debug, Default, Serialize)]
+/// Everything `send` reports; `--json` serializes exactly this, and `merge`
+/// reads it back.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Report {
     pub target: String,
     pub connections: usize,
@@ -141,18 +172,27 @@ pub struct Report {
     pub errors_by_code: BTreeMap<String, u64>,
     /// Latency percentiles in microseconds per step.
     pub latency_us: BTreeMap<String, Percentiles>,
+    /// Each step's whole latency histogram (µs): HdrHistogram's V2 format with
+    /// deflate, base64. Any HdrHistogram library reads it; `merge` adds them.
+    #[serde(default)]
+    pub histograms: BTreeMap<String, String>,
     /// CPU time (user+system) this loadgen process used during the run.
     pub loadgen_cpu_s: f64,
     pub loadgen_cpu_us_per_msg: f64,
 }
 
 impl Report {
+    /// Percentiles and serialized histograms of every step that has samples.
     pub fn fill_latencies(&mut self, latencies: &Latencies) {
+        self.latency_us.clear();
+        self.histograms.clear();
         for step in STEPS {
             let h = latencies.get(step);
             if !h.is_empty() {
                 self.latency_us
                     .insert(step.name().to_string(), Percentiles::of(h));
+                self.histograms
+                    .insert(step.name().to_string(), encode_histogram(h));
             }
         }
     }
@@ -218,5 +258,62 @@ impl Report {
             }
         }
         out
+    }
+}
+
+fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    V2DeflateSerializer::new()
+        .serialize(h, &mut bytes)
+        .expect("a histogram serializes into memory");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn decode_histogram(encoded: &str) -> Result<Histogram<u64>, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| e.to_string())?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histograms_survive_the_json_round_trip() {
+        let mut latencies = Latencies::default();
+        for us in [3, 50, 700, 9_000, 120_000] {
+            latencies.record(Step::EndOfData, Duration::from_micros(us));
+        }
+        latencies.record(Step::Connect, Duration::from_micros(42));
+        let mut report = Report::default();
+        report.fill_latencies(&latencies);
+        assert_eq!(
+            report.histograms.keys().collect::<Vec<_>>(),
+            ["connect", "end_of_data"]
+        );
+        let json = serde_json::to_string(&report).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        let decoded = Latencies::from_report(&back).unwrap();
+        for step in STEPS {
+            assert_eq!(decoded.get(step), latencies.get(step), "{}", step.name());
+        }
+    }
+
+    #[test]
+    fn a_corrupt_histogram_is_an_error_naming_its_step() {
+        let mut report = Report::default();
+        report
+            .histograms
+            .insert("end_of_data".into(), "bm90IGEgaGlzdG9ncmFt".into());
+        let error = Latencies::from_report(&report).err().unwrap();
+        assert!(error.contains("end_of_data"), "{error}");
+        report.histograms.clear();
+        report.histograms.insert("teleport".into(), String::new());
+        assert!(Latencies::from_report(&report).is_err());
     }
 }

@@ -883,6 +883,7 @@ pub fn run(options: SendOptions) -> io::Result<Report> {
         errors: total.errors,
         errors_by_code,
         latency_us: BTreeMap::new(),
+        histograms: BTreeMap::new(),
         loadgen_cpu_s: cpu,
         loadgen_cpu_us_per_msg: if total.attempted > 0 {
             cpu * 1e6 / total.attempted as f64
