@@ -1,15 +1,13 @@
 //! End to end: `send` against `sink`, both as real processes on 127.0.0.1,
-//! plus Python's smtplib as a foreign client of the sink, and a short
-//! `compare` run when the smtpgate binary has been built.
+//! plus Python's smtplib as a foreign client of the sink. (`compare` and
+//! `merge` are tested in report.rs.)
 
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use testkit::{
-    binary, peer, run_bounded, run_with_input, scratch_dir, sorted_lines, PostfixSink, Sink,
-};
+use testkit::{peer, run_bounded, run_with_input, scratch_dir, sorted_lines, PostfixSink, Sink};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_smtpgate-loadgen");
 
@@ -391,50 +389,6 @@ with smtplib.SMTP(host, port) as s:
     let (counters, received) = sink.stop();
     assert_eq!(counters["messages"], 3);
     assert_eq!(received, expected);
-}
-
-/// `compare` in a short mode, against the real smtpgate binary. The
-/// workspace's `cargo test` builds it beside this crate's binary.
-#[test]
-fn compare_short_run_writes_reports() {
-    // compare starts the smtpgate binary beside this one: fail here if it is not built.
-    binary("smtpgate");
-    let dir = scratch_dir("compare");
-    let mut command = Command::new(LOADGEN);
-    command
-        .args([
-            "compare",
-            "--duration",
-            "1s",
-            "--rounds",
-            "1",
-            "--connections",
-            "4",
-            "--size",
-            "1k:80,10k:20",
-            "--out",
-        ])
-        .arg(&dir);
-    let out = run_bounded(&mut command, Duration::from_secs(25));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "compare failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("cost of inspection"), "{stdout}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
-    let paths = report["paths"].as_array().unwrap();
-    assert_eq!(paths.len(), 2);
-    for p in paths {
-        assert!(u(p, "messages_ok") > 0, "{p}");
-        assert_eq!(u(p, "messages_failed"), 0, "{p}");
-        assert!(p["relay_cpu_ms_per_1000_msgs"].is_number(), "{p}");
-    }
-    assert!(report["cost_of_inspection"]["throughput_ratio"]["median"].is_number());
-    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
-    assert!(html.contains("<svg") && html.contains("inspect (policy default)"));
 }
 
 /// A self-signed certificate and key for `name`, written to `dir`.
