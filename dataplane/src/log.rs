@@ -463,6 +463,37 @@ impl SessionLog {
         submit_event(severity(event), line);
     }
 
+    /// A TLS line (the firewall's 108007, TLS started): `what` is `established` or
+    /// `failed`, `fields` the details (side, version, cipher suite, SNI, ...).
+    pub fn tls(&self, what: &str, fields: &[(&str, String)]) {
+        let line = match format() {
+            LogFormat::Text => {
+                let mut line = format!(
+                    "{} %SMTPGATE-6-108007: session={:x} TLS {what} client={} server={} listener={}",
+                    timestamp(SystemTime::now()),
+                    self.id,
+                    self.client,
+                    self.upstream,
+                    self.listener,
+                );
+                for (key, value) in fields {
+                    let _ = write!(line, " {key}={value}");
+                }
+                line
+            }
+            LogFormat::Json => {
+                let mut json = self.json_head(Level::Info, 108007);
+                json.insert("type".into(), "tls".into());
+                json.insert("tls".into(), what.into());
+                for (key, value) in fields {
+                    json.insert((*key).into(), value.clone().into());
+                }
+                serde_json::Value::Object(json).to_string()
+            }
+        };
+        submit_event(Level::Info, line);
+    }
+
     /// The one line every session ends with (the firewall's teardown, 302014).
     pub fn summary(&self, summary: &Summary<'_>) {
         let duration_ms = self.started.elapsed().as_millis() as u64;

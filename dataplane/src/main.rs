@@ -40,7 +40,6 @@ mod shard;
 mod shared;
 mod sock;
 mod stats;
-#[allow(dead_code)] // the relay wires TlsLayer in next; TlsContext is loaded and checked already
 mod tls;
 
 use std::path::PathBuf;

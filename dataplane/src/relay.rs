@@ -8,7 +8,11 @@
 //! Each side is one [`Half`]: its socket, the read buffer lent while it is read, and
 //! the bytes queued to be written to it. Bytes read from a socket enter the session in
 //! one place ([`Half::poll_read`]) and bytes to a socket leave from one place
-//! ([`Half::poll_flush`]), so a transport layer (TLS) can later wrap a side there.
+//! ([`Half::poll_flush`]), so TLS wraps a side there: a [`TlsLayer`] per side turns
+//! ciphertext read into plaintext for the inspector and the bytes queued for the peer
+//! into ciphertext. Handshakes run inside this task; the inspector says when a side
+//! switches (`Output::start_tls`, after its STARTTLS reply went out in the clear), and
+//! implicit TLS starts the client side before the first byte.
 //!
 //! Rules the loop keeps:
 //! - Backpressure: a side is read only when everything destined for the other side
@@ -41,13 +45,14 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use smtpgate_policy::config::Timeouts;
 use smtpgate_policy::event::Event;
-use smtpgate_policy::inspector::{Inspector, Output, Phase, Verdict};
+use smtpgate_policy::inspector::{Inspector, Output, Phase, StartTls, TlsSides, Verdict};
 
 use crate::bufpool::{refill, BufPool};
 use crate::clock::{after, Deadline};
 use crate::limits::Ticket;
 use crate::panics;
 use crate::sock;
+use crate::tls::{Established, SessionTls, TlsFailure, TlsLayer};
 
 /// After a goodbye reply or the upstream's close, how long the client gets to read
 /// what is left before the session is torn down.
@@ -60,6 +65,8 @@ pub const REPLY_INTERNAL_ERROR: &[u8] =
 pub const REPLY_UPSTREAM_LOST: &[u8] =
     b"421 4.4.2 smtpgate: upstream connection lost, closing connection\r\n";
 pub const REPLY_SHUTTING_DOWN: &[u8] = b"421 4.3.2 smtpgate: shutting down\r\n";
+pub const REPLY_UPSTREAM_TLS_FAILED: &[u8] =
+    b"421 4.7.0 smtpgate: TLS to the upstream failed, closing connection\r\n";
 
 /// Which peer: indexes the two [`Half`]s, and says which side failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,9 +137,16 @@ pub enum End {
     ShutDown,
 }
 
-/// Receives what the inspector reports, so the relay needs no knowledge of logs or stats.
+/// Receives what the inspector and the TLS layers report, so the relay needs no
+/// knowledge of logs or stats.
 pub trait EventSink {
     fn event(&mut self, event: &Event);
+    /// A TLS handshake completed on `side`.
+    fn tls_established(&mut self, side: Side, established: &Established);
+    /// TLS failed on `side` (counted when it was during the handshake).
+    fn tls_failed(&mut self, side: Side, failure: &TlsFailure);
+    /// Client bytes sent behind STARTTLS were discarded (RFC 3207 4.2).
+    fn tls_discarded(&mut self, bytes: usize);
 }
 
 pub struct Relay<'a> {
@@ -147,6 +161,7 @@ pub struct Relay<'a> {
     /// When the upstream connection was established (its greeting is due from then).
     pub connected_at: Instant,
     pub pool: &'a BufPool,
+    pub tls: SessionTls,
 }
 
 /// Bytes read from each side, for the counters.
@@ -177,6 +192,14 @@ struct Half {
     /// We sent FIN (the other side ended and everything queued here was written).
     write_closed: bool,
     bytes_read: u64,
+    /// TLS on this side: bytes read are ciphertext, bytes queued are sealed by it.
+    tls: Option<TlsLayer>,
+    /// The peer's close_notify arrived: the next read is the end of stream.
+    tls_closed: bool,
+    /// close_notify was queued before our FIN.
+    tls_close_sent: bool,
+    /// A handshake result not yet reported to the event sink.
+    tls_report: Option<Result<Established, TlsFailure>>,
 }
 
 impl Half {
@@ -188,6 +211,10 @@ impl Half {
             read_closed: false,
             write_closed: false,
             bytes_read: 0,
+            tls: None,
+            tls_closed: false,
+            tls_close_sent: false,
+            tls_report: None,
         }
     }
 
@@ -198,18 +225,30 @@ impl Half {
         pool: &BufPool,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Option<Bytes>>> {
+        if self.tls_closed {
+            return Poll::Ready(Ok(None));
+        }
         let mut buf = self.read_buf.take().unwrap_or_else(|| pool.take());
         refill(&mut buf);
         match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
             Poll::Ready(Ok(0)) => {
                 pool.give(buf);
+                if let Some(Err(failure)) = self.tls.as_ref().map(TlsLayer::eof) {
+                    self.tls_report = Some(Err(failure));
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                }
                 Poll::Ready(Ok(None))
             }
             Poll::Ready(Ok(n)) => {
                 self.bytes_read += n as u64;
                 let read = buf.split_to(n).freeze();
                 self.read_buf = Some(buf);
-                Poll::Ready(Ok(Some(read)))
+                match self.tls.as_mut() {
+                    None => Poll::Ready(Ok(Some(read))),
+                    // May be empty (handshake records only): the caller goes round the
+                    // loop, which writes the handshake's answer.
+                    Some(_) => Poll::Ready(self.decrypt(&read).map(Some)),
+                }
             }
             Poll::Ready(Err(e)) => {
                 pool.give(buf);
@@ -223,10 +262,49 @@ impl Half {
         }
     }
 
+    /// Ciphertext read on a TLS side: the plaintext it carried.
+    fn decrypt(&mut self, ciphertext: &[u8]) -> io::Result<Bytes> {
+        let tls = self.tls.as_mut().expect("a TLS side");
+        let mut plaintext = BytesMut::new();
+        match tls.receive(ciphertext, &mut plaintext) {
+            Ok(received) => {
+                self.tls_closed |= received.closed;
+                if let Some(established) = tls.take_established() {
+                    self.tls_report = Some(Ok(established));
+                }
+                Ok(plaintext.freeze())
+            }
+            Err(failure) => {
+                // What rustls has to say (an alert) still goes out before the close.
+                if let Some(alert) = tls.take_ciphertext() {
+                    self.outgoing.push_back(alert);
+                }
+                let error = io::Error::new(io::ErrorKind::InvalidData, failure.to_string());
+                self.tls_report = Some(Err(failure));
+                Err(error)
+            }
+        }
+    }
+
+    /// Starts TLS on this side: what is queued goes out in the clear first.
+    fn start_tls(&mut self, layer: TlsLayer) {
+        self.tls = Some(layer);
+    }
+
+    /// Nothing waits to be written to this side (counting plaintext a TLS handshake
+    /// still holds back).
+    fn nothing_to_write(&self) -> bool {
+        self.outgoing.is_empty() && !self.tls.as_ref().is_some_and(TlsLayer::is_handshaking)
+    }
+
     /// The one place bytes leave the session: writes what is queued until done or the
     /// socket would block. Several chunks (the inspector's slices and rewritten lines)
-    /// go out in one gathered `sendmsg`, so a masked reply costs one syscall.
+    /// go out in one gathered `sendmsg`, so a masked reply costs one syscall. On a TLS
+    /// side, what the layer sealed since the last call joins the queue first.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if let Some(sealed) = self.tls.as_mut().and_then(TlsLayer::take_ciphertext) {
+            self.outgoing.push_back(sealed);
+        }
         while !self.outgoing.is_empty() {
             let written = if self.outgoing.len() == 1 {
                 match Pin::new(&mut self.stream).poll_write(cx, &self.outgoing[0]) {
@@ -256,8 +334,13 @@ impl Half {
     }
 
     fn queue(&mut self, bytes: Bytes) {
-        if !bytes.is_empty() {
-            self.outgoing.push_back(bytes);
+        if bytes.is_empty() {
+            return;
+        }
+        match self.tls.as_mut() {
+            // Sealed into records when the side is next flushed.
+            Some(tls) => tls.send(&bytes),
+            None => self.outgoing.push_back(bytes),
         }
     }
 
@@ -300,7 +383,7 @@ impl Pump<'_> {
     }
 
     fn queues_empty(&self) -> bool {
-        self.halves.iter().all(|h| h.outgoing.is_empty())
+        self.halves.iter().all(Half::nothing_to_write)
     }
 
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
@@ -315,11 +398,22 @@ impl Pump<'_> {
                 return Poll::Ready(Step::WriteFailed(side, e));
             }
         }
-        // Pass a peer's EOF on once everything before it has been written.
+        // Pass a peer's EOF on once everything before it has been written (on a TLS
+        // side, close_notify first).
         for side in [Side::Upstream, Side::Client] {
             let other_ended = self.halves[side.other() as usize].read_closed;
             let half = self.half(side);
-            if other_ended && !half.write_closed && half.outgoing.is_empty() {
+            if other_ended && !half.write_closed && half.nothing_to_write() {
+                if let Some(tls) = half.tls.as_mut().filter(|_| !half.tls_close_sent) {
+                    tls.close();
+                    half.tls_close_sent = true;
+                    if let Err(e) = half.poll_flush(cx) {
+                        return Poll::Ready(Step::WriteFailed(side, e));
+                    }
+                    if !half.outgoing.is_empty() {
+                        continue;
+                    }
+                }
                 half.write_closed = true;
                 sock::shutdown_write(&half.stream);
             }
@@ -517,6 +611,14 @@ impl Relay<'_> {
             closing: Closing::Open,
             upstream_first: false,
         };
+        if self.tls.implicit {
+            match &self.tls.server {
+                Some(config) => pump.half(Side::Client).start_tls(TlsLayer::server(config)),
+                None => unreachable!("implicit TLS is refused without [tls] by the config"),
+            }
+        }
+        // The upstream's TLS handshake failed: the client is told 421 4.7.0.
+        let mut upstream_tls_failed = false;
         let mut watch = Watch {
             timeouts: self.timeouts,
             embryonic_until: after(self.accepted_at, self.timeouts.embryonic),
@@ -546,6 +648,23 @@ impl Relay<'_> {
         let end = loop {
             let step = poll_fn(|cx| pump.poll_step(cx)).await;
             let now = Instant::now();
+            for side in [Side::Client, Side::Upstream] {
+                match pump.half(side).tls_report.take() {
+                    Some(Ok(established)) => sink.tls_established(side, &established),
+                    Some(Err(failure)) => {
+                        upstream_tls_failed |= side == Side::Upstream && failure.in_handshake;
+                        sink.tls_failed(side, &failure);
+                    }
+                    None => {}
+                }
+            }
+            if let Step::Read(_, Ok(Some(input))) = &step {
+                if input.is_empty() {
+                    // TLS records with no plaintext (handshake, tickets): their answer
+                    // is written by the next pass.
+                    continue;
+                }
+            }
             let (side, input) = match step {
                 Step::Read(side, Ok(Some(input))) => (side, input),
                 Step::Read(Side::Client, Ok(None)) => {
@@ -567,6 +686,13 @@ impl Relay<'_> {
                 }
                 Step::Read(Side::Client, Err(_)) | Step::WriteFailed(Side::Client, _) => {
                     break End::ClientFailed
+                }
+                Step::Read(Side::Upstream, Err(e)) if upstream_tls_failed => {
+                    pump.half(Side::Upstream).outgoing.clear();
+                    pump.half(Side::Upstream).read_closed = true;
+                    let end = End::UpstreamLost(Some(e));
+                    pump.close_with(Some(REPLY_UPSTREAM_TLS_FAILED), end, now);
+                    continue;
                 }
                 Step::Read(Side::Upstream, Err(e)) | Step::WriteFailed(Side::Upstream, e) => {
                     match pump.closing {
@@ -641,6 +767,12 @@ impl Relay<'_> {
                         sink.event(event);
                     }
                     verdict = out.verdict;
+                    if let Some(start) = out.start_tls.take() {
+                        if let Err(reply) = start_tls(&mut pump, &self.tls, start, sink) {
+                            pump.close_with(Some(reply), End::Dropped, now);
+                            continue;
+                        }
+                    }
                     if self.ticket.is_embryonic() && !inspector.is_embryonic() {
                         self.ticket.establish();
                     }
@@ -698,6 +830,27 @@ impl Relay<'_> {
             server: server.stream,
         }
     }
+}
+
+/// The inspector answered STARTTLS (its 220 is queued in the clear): the sides it
+/// names switch to TLS from the next byte.
+fn start_tls(
+    pump: &mut Pump<'_>,
+    tls: &SessionTls,
+    start: StartTls,
+    sink: &mut dyn EventSink,
+) -> Result<(), &'static [u8]> {
+    if start.discarded > 0 {
+        sink.tls_discarded(start.discarded);
+    }
+    let server = tls.server.as_ref().ok_or(REPLY_INTERNAL_ERROR)?;
+    pump.half(Side::Client).start_tls(TlsLayer::server(server));
+    if start.sides == TlsSides::ClientAndUpstream {
+        let (config, address) = tls.upstream.as_ref().ok_or(REPLY_INTERNAL_ERROR)?;
+        pump.half(Side::Upstream)
+            .start_tls(TlsLayer::client(config, *address));
+    }
+    Ok(())
 }
 
 /// The upstream closed or failed: the client gets what it is owed, then `421 4.4.2`,

@@ -12,15 +12,17 @@ use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::sleep;
+use smtpgate_policy::config::StartTls;
 use smtpgate_policy::config::{Listener, Timeouts};
 use smtpgate_policy::event::Event;
-use smtpgate_policy::inspector::Inspector;
+use smtpgate_policy::inspector::{Inspector, TlsTermination};
 
 use crate::log::{self, SessionLog};
-use crate::relay::{End, EventSink, Expiry, Outcome, Relay};
+use crate::relay::{End, EventSink, Expiry, Outcome, Relay, Side};
 use crate::shard::Shard;
 use crate::shared::{Generation, Shared};
-use crate::stats::ListenerStats;
+use crate::stats::{ListenerStats, TlsCounters};
+use crate::tls::{Established, SessionTls, TlsFailure};
 use crate::{proxy_header, proxy_v2, sock};
 
 pub const REPLY_TOO_MANY: &[u8] = b"421 4.7.0 smtpgate: too many connections, try again later\r\n";
@@ -55,6 +57,28 @@ impl ListenerContext {
 
     pub fn timeouts(&self) -> Timeouts {
         self.generation.config.timeouts
+    }
+
+    /// What the session may do with TLS, and how its inspector treats STARTTLS.
+    fn tls(&self) -> (SessionTls, TlsTermination) {
+        let listener = self.listener();
+        let context = &self.generation.tls;
+        let session = SessionTls {
+            server: context.server.clone(),
+            upstream: context.upstream[self.index]
+                .clone()
+                .map(|config| (config, listener.upstream.ip())),
+            implicit: listener.implicit_tls,
+        };
+        let termination = if listener.starttls == StartTls::Inspect || listener.implicit_tls {
+            TlsTermination::Inspect {
+                upstream: listener.upstream_tls,
+                implicit: listener.implicit_tls,
+            }
+        } else {
+            TlsTermination::Passthrough
+        };
+        (session, termination)
     }
 }
 
@@ -150,20 +174,23 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
         shared.stats.exempt.inc();
         context.stats().sessions.exempt.inc();
     }
+    let (tls, termination) = context.tls();
     let mut sink = SessionEvents {
+        tls: &shared.stats.tls,
         stats: context.stats(),
         log: SessionLog::new(listener.listen, client_addr, listener.upstream),
     };
     let relay = Relay {
         client,
         server,
-        inspector: (!exempt).then(|| Inspector::new(listener.policy.clone())),
+        inspector: (!exempt).then(|| Inspector::with_tls(listener.policy.clone(), termination)),
         ticket: &mut ticket,
         deadline,
         timeouts,
         accepted_at,
         connected_at,
         pool: &shard.pool,
+        tls,
     };
     let outcome = relay.run(&mut sink).await;
     sink.log.summary(&log::Summary {
@@ -291,6 +318,7 @@ async fn lingering_close(mut client: TcpStream) {
 
 /// Counts every event against its rule and logs the ones an operator must see.
 struct SessionEvents<'a> {
+    tls: &'a TlsCounters,
     stats: &'a ListenerStats,
     log: SessionLog,
 }
@@ -304,4 +332,42 @@ impl EventSink for SessionEvents<'_> {
         let rule_text = rule.map(|(text, _)| text.as_str()).unwrap_or("");
         self.log.event(event, rule_text, log::Envelope::default());
     }
+
+    fn tls_established(&mut self, side: Side, established: &Established) {
+        self.tls.established[side as usize].inc();
+        let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+        let mut fields = vec![
+            ("side", side_name(side).to_string()),
+            ("version", established.version.to_string()),
+            ("cipher", established.cipher_suite.to_string()),
+            ("resumed", yes_no(established.resumed)),
+        ];
+        if side == Side::Client {
+            let sni = established.sni.clone().unwrap_or_else(|| "-".to_string());
+            fields.push(("sni", sni));
+            fields.push(("client_certificate", yes_no(established.peer_certificate)));
+        }
+        self.log.tls("established", &fields);
+    }
+
+    fn tls_failed(&mut self, side: Side, failure: &TlsFailure) {
+        if failure.in_handshake {
+            self.tls.failed(side as usize, failure.reason).inc();
+        }
+        let fields = [
+            ("side", side_name(side).to_string()),
+            ("reason", failure.reason.name().to_string()),
+            ("detail", format!("{:?}", failure.detail)),
+        ];
+        self.log.tls("failed", &fields);
+    }
+
+    fn tls_discarded(&mut self, bytes: usize) {
+        let fields = [("discarded_after_starttls", bytes.to_string())];
+        self.log.tls("starting", &fields);
+    }
+}
+
+fn side_name(side: Side) -> &'static str {
+    TlsCounters::SIDES[side as usize]
 }

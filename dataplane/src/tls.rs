@@ -369,6 +369,18 @@ impl ClientCertVerifier for AnyClientCertificate {
     }
 }
 
+/// What one session may do with TLS, resolved at accept from its listener.
+#[derive(Clone, Default)]
+pub struct SessionTls {
+    /// The edge's server config, for STARTTLS `inspect` and implicit TLS.
+    pub server: Option<Arc<ServerConfig>>,
+    /// The client config towards the upstream (`None` for `upstream_tls = off`) and
+    /// the upstream's address, the name its certificate is checked against.
+    pub upstream: Option<(Arc<ClientConfig>, IpAddr)>,
+    /// TLS from the client's first byte.
+    pub implicit: bool,
+}
+
 // ---------------------------------------------------------------------------------
 // The per-side layer
 // ---------------------------------------------------------------------------------
@@ -498,6 +510,7 @@ impl TlsLayer {
         }
     }
 
+    /// Still handshaking: plaintext written now waits inside until it completes.
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
     }
