@@ -12,7 +12,9 @@
 //! ciphertext read into plaintext for the inspector and the bytes queued for the peer
 //! into ciphertext. Handshakes run inside this task; the inspector says when a side
 //! switches (`Output::start_tls`, after its STARTTLS reply went out in the clear), and
-//! implicit TLS starts the client side before the first byte.
+//! implicit TLS starts the client side before the first byte. When both sides switch,
+//! the upstream's handshake goes first: the client's 220 is held until it succeeded,
+//! and a failure (verification) gives the client `421 4.7.0` in the clear instead.
 //!
 //! Rules the loop keeps:
 //! - Backpressure: a side is read only when everything destined for the other side
@@ -619,6 +621,9 @@ impl Relay<'_> {
         }
         // The upstream's TLS handshake failed: the client is told 421 4.7.0.
         let mut upstream_tls_failed = false;
+        // The inspector's 220 to the client's STARTTLS, held while TLS to the upstream
+        // is being set up.
+        let mut ready_after_upstream_tls: Option<Bytes> = None;
         let mut watch = Watch {
             timeouts: self.timeouts,
             embryonic_until: after(self.accepted_at, self.timeouts.embryonic),
@@ -650,7 +655,15 @@ impl Relay<'_> {
             let now = Instant::now();
             for side in [Side::Client, Side::Upstream] {
                 match pump.half(side).tls_report.take() {
-                    Some(Ok(established)) => sink.tls_established(side, &established),
+                    Some(Ok(established)) => {
+                        sink.tls_established(side, &established);
+                        if let Some(ready) = ready_after_upstream_tls.take() {
+                            pump.half(Side::Client).queue(ready);
+                            if let Err(reply) = start_client_tls(&mut pump, &self.tls) {
+                                pump.close_with(Some(reply), End::Dropped, now);
+                            }
+                        }
+                    }
                     Some(Err(failure)) => {
                         upstream_tls_failed |= side == Side::Upstream && failure.in_handshake;
                         sink.tls_failed(side, &failure);
@@ -760,6 +773,12 @@ impl Relay<'_> {
                     for bytes in out.to_server.drain(..) {
                         pump.half(Side::Upstream).queue(bytes);
                     }
+                    let start = out.start_tls.take();
+                    if start.is_some_and(|s| s.sides == TlsSides::ClientAndUpstream) {
+                        // The client's 220 (the last bytes for it) waits until TLS to
+                        // the upstream is up: if that fails, it gets 421 4.7.0 instead.
+                        ready_after_upstream_tls = out.to_client.pop();
+                    }
                     for bytes in out.to_client.drain(..) {
                         pump.half(Side::Client).queue(bytes);
                     }
@@ -767,7 +786,7 @@ impl Relay<'_> {
                         sink.event(event);
                     }
                     verdict = out.verdict;
-                    if let Some(start) = out.start_tls.take() {
+                    if let Some(start) = start {
                         if let Err(reply) = start_tls(&mut pump, &self.tls, start, sink) {
                             pump.close_with(Some(reply), End::Dropped, now);
                             continue;
@@ -843,13 +862,21 @@ fn start_tls(
     if start.discarded > 0 {
         sink.tls_discarded(start.discarded);
     }
+    match start.sides {
+        TlsSides::Client => start_client_tls(pump, tls),
+        TlsSides::ClientAndUpstream => {
+            // The client side follows once this handshake completes.
+            let (config, address) = tls.upstream.as_ref().ok_or(REPLY_INTERNAL_ERROR)?;
+            pump.half(Side::Upstream)
+                .start_tls(TlsLayer::client(config, *address));
+            Ok(())
+        }
+    }
+}
+
+fn start_client_tls(pump: &mut Pump<'_>, tls: &SessionTls) -> Result<(), &'static [u8]> {
     let server = tls.server.as_ref().ok_or(REPLY_INTERNAL_ERROR)?;
     pump.half(Side::Client).start_tls(TlsLayer::server(server));
-    if start.sides == TlsSides::ClientAndUpstream {
-        let (config, address) = tls.upstream.as_ref().ok_or(REPLY_INTERNAL_ERROR)?;
-        pump.half(Side::Upstream)
-            .start_tls(TlsLayer::client(config, *address));
-    }
     Ok(())
 }
 

@@ -53,7 +53,10 @@ pub enum TlsSides {
     ClientAndUpstream,
 }
 
-/// Start TLS on `sides` right after writing this call's bytes to them.
+/// Start TLS on `sides` right after writing this call's bytes to them. With
+/// `ClientAndUpstream` the last bytes for the client are our 220: a driver may hold
+/// them until the upstream's handshake succeeded, and send `421 4.7.0` instead when it
+/// fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StartTls {
     pub sides: TlsSides,

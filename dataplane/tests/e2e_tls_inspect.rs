@@ -1,0 +1,350 @@
+//! STARTTLS terminated by smtpgate (`starttls = "inspect"`) and implicit TLS, end to
+//! end with real TLS clients (Python's smtplib, swaks, openssl s_client) and real TLS
+//! upstreams (`smtpgate-loadgen sink --starttls`, which logs a SHA-256 per message, so
+//! delivery through both TLS legs is checked byte for byte). Rules are checked inside
+//! TLS against the recording upstream, which sees the decrypted dialogue.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use rcgen::{CertificateParams, KeyPair};
+use testkit::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A self-signed certificate for `mx.example.test` and 127.0.0.1, written to `dir`.
+fn certificate(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["mx.example.test".into(), "127.0.0.1".into()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+fn tls_section(cert: &Path, key: &Path) -> String {
+    format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// Runs a Python script with `args`; returns its stdout (it must exit 0).
+fn python(script: &str, args: &[String]) -> String {
+    let out = run_bounded(
+        Command::new(peer("python3"))
+            .arg("-c")
+            .arg(script)
+            .args(args),
+        LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "python: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn host_port(addr: SocketAddr) -> Vec<String> {
+    vec![addr.ip().to_string(), addr.port().to_string()]
+}
+
+/// smtplib: STARTTLS, EHLO again, three messages; prints their SHA-256 and whether
+/// STARTTLS was offered again inside TLS.
+const SMTPLIB_STARTTLS: &str = r#"
+import hashlib, smtplib, ssl, sys
+messages = [
+    b"Subject: one\r\n\r\nhello over TLS\r\n",
+    b"Subject: dots\r\n\r\n.leading dot\r\n..two\r\n.\r\nlast\r\n",
+    b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n" * 1 + (b"0123456789" * 7 + b"\r\n") * 3000,
+]
+with smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=20) as s:
+    s.ehlo("python.test")
+    assert s.has_extn("starttls"), "smtpgate offers STARTTLS"
+    s.starttls(context=ssl._create_unverified_context())
+    s.ehlo("python.test")
+    assert not s.has_extn("starttls"), "STARTTLS offered again inside TLS"
+    for m in messages:
+        assert not s.sendmail("a@python.test", ["b@example.test"], m)
+        print(hashlib.sha256(m).hexdigest())
+"#;
+
+#[test]
+fn smtplib_starttls_delivers_byte_exact_through_both_tls_legs() {
+    let dir = scratch_dir("tls-inspect-smtplib");
+    let (cert, key) = certificate(&dir, "mx");
+    let sink = Sink::start(&dir, &["--starttls"]);
+    let gate = Gate::start(&config_text(sink.addr, "", &tls_section(&cert, &key)));
+    let out = python(SMTPLIB_STARTTLS, &host_port(gate.listen()));
+    let mut sent: Vec<String> = out.lines().map(str::to_string).collect();
+    sent.sort();
+    let log = gate.wait_log("side=client");
+    assert!(log.contains("TLS established"), "{log}");
+    assert!(log.contains("side=upstream version=TLSv1_3"), "{log}");
+    let metrics = http_get(gate.admin(), "/metrics");
+    assert!(
+        metrics.contains("smtpgate_tls_established_total{side=\"client\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("smtpgate_tls_established_total{side=\"upstream\"} 1"),
+        "{metrics}"
+    );
+    let (counters, received) = sink.stop();
+    assert_eq!(counters["messages"], 3);
+    assert_eq!(
+        received, sent,
+        "every byte of every message arrives unchanged"
+    );
+}
+
+#[test]
+fn openssl_s_client_sees_smtpgates_certificate_and_swaks_delivers() {
+    let dir = scratch_dir("tls-inspect-openssl");
+    let (cert, key) = certificate(&dir, "mx");
+    let sink = Sink::start(&dir, &["--starttls"]);
+    let gate = Gate::start(&config_text(sink.addr, "", &tls_section(&cert, &key)));
+    assert_eq!(presented_certificate(gate.listen()), pem_body(&cert));
+
+    let swaks = run_bounded(
+        Command::new(peer("swaks"))
+            .args(["--server", &gate.listen().to_string(), "--tls"])
+            .args(["--from", "a@swaks.test", "--to", "b@example.test"])
+            .args(["--helo", "swaks.test", "--timeout", "20"]),
+        LIMIT,
+    );
+    let transcript = String::from_utf8_lossy(&swaks.stdout);
+    assert!(swaks.status.success(), "swaks: {transcript}");
+    assert!(
+        transcript.contains("220 2.0.0 Ready to start TLS"),
+        "{transcript}"
+    );
+    let (counters, _) = sink.stop();
+    assert_eq!(counters["messages"], 1);
+}
+
+/// The body of the first certificate openssl s_client prints after STARTTLS.
+fn presented_certificate(addr: SocketAddr) -> String {
+    let out = run_with_input(
+        Command::new(peer("openssl"))
+            .args(["s_client", "-starttls", "smtp", "-connect"])
+            .arg(addr.to_string()),
+        b"QUIT\n",
+        LIMIT,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .and_then(|rest| rest.split("-----END CERTIFICATE-----").next())
+        .map(|body| body.split_whitespace().collect())
+        .unwrap_or_else(|| panic!("no certificate in openssl's output:\n{text}"))
+}
+
+fn pem_body(path: &Path) -> String {
+    let pem = std::fs::read_to_string(path).unwrap();
+    pem.lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat()
+}
+
+/// Inside TLS: an unknown verb reaches the upstream as X's, a 101st RCPT and an
+/// overlong header line end the session, and the upstream never sees that message end.
+const SMTPLIB_RULES: &str = r#"
+import smtplib, ssl, sys
+host, port, case = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = smtplib.SMTP(host, port, timeout=20)
+s.ehlo("python.test")
+s.starttls(context=ssl._create_unverified_context())
+s.ehlo("python.test")
+if case == "verb":
+    print(s.docmd("XYZZY", "now")[0])
+    print(s.noop()[0])
+elif case == "rcpt":
+    s.mail("a@python.test")
+    try:
+        for i in range(101):
+            code, _ = s.rcpt(f"r{i}@example.test")
+        print(code)
+    except smtplib.SMTPServerDisconnected:
+        print("disconnected")
+elif case == "header":
+    try:
+        s.sendmail("a@python.test", ["b@example.test"], b"Subject: " + b"h" * 1200 + b"\r\n\r\nbody\r\n")
+        print("delivered")
+    except smtplib.SMTPResponseException as e:
+        print(e.smtp_code)
+    except smtplib.SMTPServerDisconnected:
+        print("disconnected")
+"#;
+
+#[test]
+fn rules_apply_to_the_decrypted_dialogue() {
+    let dir = scratch_dir("tls-inspect-rules");
+    let (cert, key) = certificate(&dir, "mx");
+    // A plaintext upstream (no STARTTLS): the client leg is TLS, the recording
+    // upstream sees exactly what smtpgate forwards after decrypting.
+    let upstream = Upstream::start(&["PIPELINING"]);
+    let gate = Gate::start(&config_text(upstream.addr, "", &tls_section(&cert, &key)));
+    let args = |case: &str| {
+        let mut a = host_port(gate.listen());
+        a.push(case.to_string());
+        a
+    };
+
+    let out = python(SMTPLIB_RULES, &args("verb"));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["500", "250"], "{out}");
+    let wire = upstream.wait_wire(0, |w| w.ends_with(b"NOOP\r\n"));
+    let wire = String::from_utf8_lossy(&wire);
+    assert!(
+        wire.contains("\r\nXXXXXXXX\r\n"),
+        "STARTTLS X-ed towards a plaintext upstream: {wire}"
+    );
+    assert!(
+        wire.contains("\r\nXXXXXXXXX\r\n"),
+        "the unknown verb X-ed inside TLS: {wire}"
+    );
+    assert_eq!(wire.matches("ehlo python.test").count(), 2, "{wire}");
+
+    let out = python(SMTPLIB_RULES, &args("rcpt"));
+    assert!(out.trim() == "421" || out.trim() == "disconnected", "{out}");
+    let log = gate.wait_log("RCPT count gt 100");
+    assert!(log.contains("drop-connection"), "{log}");
+    let wire = upstream.wait_wire(1, |w| w.contains_subsequence(b"RCPT TO:<r99@"));
+    assert!(
+        !String::from_utf8_lossy(&wire).contains("<r100@"),
+        "the 101st RCPT never passes"
+    );
+
+    let out = python(SMTPLIB_RULES, &args("header"));
+    assert!(out.trim() == "421" || out.trim() == "disconnected", "{out}");
+    gate.wait_log("header line length gt 998");
+    assert!(
+        upstream.messages().is_empty(),
+        "no message end reached the upstream"
+    );
+}
+
+trait Contains {
+    fn contains_subsequence(&self, needle: &[u8]) -> bool;
+}
+
+impl Contains for [u8] {
+    fn contains_subsequence(&self, needle: &[u8]) -> bool {
+        self.windows(needle.len()).any(|w| w == needle)
+    }
+}
+
+#[test]
+fn implicit_tls_is_tls_from_the_first_byte() {
+    let dir = scratch_dir("tls-implicit");
+    let (cert, key) = certificate(&dir, "mx");
+    let sink = Sink::start(&dir, &[]);
+    let gate = Gate::start(&config_text(
+        sink.addr,
+        "implicit_tls = true",
+        &tls_section(&cert, &key),
+    ));
+    let script = r#"
+import hashlib, smtplib, ssl, sys
+with smtplib.SMTP_SSL(sys.argv[1], int(sys.argv[2]), context=ssl._create_unverified_context(), timeout=20) as s:
+    s.ehlo("python.test")
+    assert not s.has_extn("starttls"), "no STARTTLS inside implicit TLS"
+    m = b"Subject: implicit\r\n\r\nsubmissions over TLS\r\n"
+    assert not s.sendmail("a@python.test", ["b@example.test"], m)
+    print(hashlib.sha256(m).hexdigest())
+"#;
+    let out = python(script, &host_port(gate.listen()));
+    let (counters, received) = sink.stop();
+    assert_eq!(counters["messages"], 1);
+    assert_eq!(received, [out.trim().to_string()]);
+}
+
+#[test]
+fn verify_against_a_wrong_ca_refuses_with_421_and_delivers_nothing() {
+    let dir = scratch_dir("tls-verify");
+    let (cert, key) = certificate(&dir, "mx");
+    let (stranger, _) = certificate(&dir, "stranger");
+    // The sink's certificate is made in memory at its start: no CA of ours signed it.
+    let sink = Sink::start(&dir, &["--starttls"]);
+    let listener = format!(
+        "upstream_tls = \"verify\"\nupstream_ca = \"{}\"",
+        stranger.display()
+    );
+    let gate = Gate::start(&config_text(
+        sink.addr,
+        &listener,
+        &tls_section(&cert, &key),
+    ));
+    let script = r#"
+import smtplib, ssl, sys
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=20)
+s.ehlo("python.test")
+try:
+    s.starttls(context=ssl._create_unverified_context())
+    print("TLS started")
+except smtplib.SMTPResponseException as e:
+    # The reply to STARTTLS itself: TLS to the upstream is checked first.
+    print(e.smtp_code, e.smtp_error.decode())
+"#;
+    let out = python(script, &host_port(gate.listen()));
+    assert!(out.starts_with("421 4.7.0"), "{out}");
+    let log = gate.wait_log("TLS failed");
+    assert!(
+        log.contains("side=upstream reason=bad_certificate"),
+        "{log}"
+    );
+    let metrics = http_get(gate.admin(), "/metrics");
+    assert!(
+        metrics.contains(
+            "smtpgate_tls_handshake_failures_total{side=\"upstream\",reason=\"bad_certificate\"} 1"
+        ),
+        "{metrics}"
+    );
+    let (counters, _) = sink.stop();
+    assert_eq!(counters["messages"], 0);
+}
+
+#[test]
+fn sighup_serves_a_new_certificate_and_keeps_it_when_the_next_pair_is_bad() {
+    let dir = scratch_dir("tls-reload");
+    let (cert, key) = certificate(&dir, "mx");
+    let first = pem_body(&cert);
+    let sink = Sink::start(&dir, &[]);
+    let gate = Gate::start(&config_text(sink.addr, "", &tls_section(&cert, &key)));
+    assert_eq!(presented_certificate(gate.listen()), first);
+
+    let (new_cert, new_key) = certificate(&dir, "next");
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    gate.signal(libc::SIGHUP);
+    gate.wait_log("SIGHUP: reloaded");
+    let second = pem_body(&cert);
+    assert_ne!(first, second);
+    assert_eq!(
+        presented_certificate(gate.listen()),
+        second,
+        "new handshakes use the new pair"
+    );
+
+    // A key of another certificate: the current pair stays, and the log says why.
+    let (_, other_key) = certificate(&dir, "other");
+    std::fs::copy(&other_key, &key).unwrap();
+    gate.signal(libc::SIGHUP);
+    let log = gate.wait_log("keeping the current TLS certificates");
+    assert!(
+        log.contains("this key does not belong to the certificate"),
+        "{log}"
+    );
+    assert_eq!(presented_certificate(gate.listen()), second);
+}
