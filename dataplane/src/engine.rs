@@ -245,7 +245,10 @@ fn start(options: RunOptions) -> Result<ExitCode, StartError> {
     let mut drain_started: Option<Instant> = None;
     for message in messages.iter() {
         match message {
-            Message::Signal(SIGHUP) => reload(shared, &options.config_path, &configured_listens),
+            Message::Signal(SIGHUP) => {
+                let ok = reload(shared, &options.config_path, &configured_listens);
+                shared.stats.reloaded(ok);
+            }
             Message::Signal(signal) => {
                 if drain_started.is_some() {
                     log::diag("second stop signal: exiting now");
@@ -355,10 +358,11 @@ fn announce(shared: &Shared, cores: usize, admin: Option<SocketAddr>) {
     ));
 }
 
-fn reload(shared: &Shared, path: &Option<PathBuf>, listens: &[SocketAddr]) {
+/// Whether the file was taken (the counters and `/metrics` report it).
+fn reload(shared: &Shared, path: &Option<PathBuf>, listens: &[SocketAddr]) -> bool {
     let Some(path) = path else {
         log::diag("SIGHUP: running on the embedded default config, nothing to reload");
-        return;
+        return true;
     };
     let mut config = match config_file::load(path) {
         Ok(config) => config,
@@ -366,7 +370,7 @@ fn reload(shared: &Shared, path: &Option<PathBuf>, listens: &[SocketAddr]) {
             log::diag(&format!(
                 "SIGHUP: keeping the current config; the new one has errors:\n{errors}"
             ));
-            return;
+            return false;
         }
     };
     // Listening sockets are bound at start; a reload may change everything else.
@@ -378,7 +382,7 @@ fn reload(shared: &Shared, path: &Option<PathBuf>, listens: &[SocketAddr]) {
         log::diag(
             "SIGHUP: keeping the current config; listen addresses changed (that needs a restart)",
         );
-        return;
+        return false;
     }
     for (listener, bound) in config.listeners.iter_mut().zip(listens) {
         listener.listen = *bound;
@@ -400,4 +404,5 @@ fn reload(shared: &Shared, path: &Option<PathBuf>, listens: &[SocketAddr]) {
     };
     shared.install(config, tls);
     log::diag(&format!("SIGHUP: reloaded {}", path.display()));
+    true
 }

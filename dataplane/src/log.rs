@@ -588,10 +588,14 @@ impl SessionLog {
 
 fn push_envelope_text(line: &mut String, envelope: Envelope<'_>) {
     if !envelope.helo.is_empty() {
-        let _ = write!(line, " helo=\"{}\"", escape(envelope.helo));
+        let _ = write!(line, " helo=\"{}\"", escape(envelope.helo, Quotes::Escape));
     }
     if !envelope.sender.is_empty() {
-        let _ = write!(line, " sender=\"{}\"", escape(envelope.sender));
+        let _ = write!(
+            line,
+            " sender=\"{}\"",
+            escape(envelope.sender, Quotes::Escape)
+        );
     }
     if envelope.recipients > 0 {
         let _ = write!(line, " recipients={}", envelope.recipients);
@@ -603,23 +607,33 @@ fn push_envelope_json(
     envelope: Envelope<'_>,
 ) {
     if !envelope.helo.is_empty() {
-        fields.insert("helo".into(), escape(envelope.helo).into());
+        fields.insert("helo".into(), escape(envelope.helo, Quotes::Keep).into());
     }
     if !envelope.sender.is_empty() {
-        fields.insert("sender".into(), escape(envelope.sender).into());
+        fields.insert(
+            "sender".into(),
+            escape(envelope.sender, Quotes::Keep).into(),
+        );
     }
     if envelope.recipients > 0 {
         fields.insert("recipients".into(), envelope.recipients.into());
     }
 }
 
+/// Whether `"` and `\` need a backslash (text lines) or not (JSON escapes them itself).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Quotes {
+    Escape,
+    Keep,
+}
+
 /// Peer-supplied bytes made safe for one log line: at most [`TEXT_LIMIT`] bytes,
-/// printable ASCII kept, `"` and `\` escaped, anything else as `\xNN`.
-pub fn escape(bytes: &[u8]) -> String {
+/// printable ASCII kept, anything else as `\xNN`.
+pub fn escape(bytes: &[u8], quotes: Quotes) -> String {
     let mut out = String::with_capacity(bytes.len().min(TEXT_LIMIT) + 8);
     for &b in bytes.iter().take(TEXT_LIMIT) {
         match b {
-            b'"' | b'\\' => {
+            b'"' | b'\\' if quotes == Quotes::Escape => {
                 out.push('\\');
                 out.push(b as char);
             }
@@ -730,10 +744,14 @@ mod tests {
 
     #[test]
     fn peer_text_is_bounded_and_escaped() {
-        assert_eq!(escape(b"mx.example"), "mx.example");
-        assert_eq!(escape(b"a\"b\\c\r\n\x00"), "a\\\"b\\\\c\\x0d\\x0a\\x00");
+        assert_eq!(escape(b"mx.example", Quotes::Escape), "mx.example");
+        assert_eq!(
+            escape(b"a\"b\\c\r\n\x00", Quotes::Escape),
+            "a\\\"b\\\\c\\x0d\\x0a\\x00"
+        );
+        assert_eq!(escape(b"a\"b\x7f", Quotes::Keep), "a\"b\\x7f");
         let long = vec![b'a'; 500];
-        assert_eq!(escape(&long).len(), TEXT_LIMIT + 3);
+        assert_eq!(escape(&long, Quotes::Escape).len(), TEXT_LIMIT + 3);
     }
 
     #[test]

@@ -149,6 +149,11 @@ pub trait EventSink {
     fn tls_failed(&mut self, side: Side, failure: &TlsFailure);
     /// Client bytes sent behind STARTTLS were discarded (RFC 3207 4.2).
     fn tls_discarded(&mut self, bytes: usize);
+    /// Bytes just read from `side` (called per read, so counters move live).
+    fn bytes(&mut self, _side: Side, _bytes: usize) {}
+    /// The inspector after it took a read, before its events (for envelope facts and
+    /// phase timing).
+    fn inspected(&mut self, _inspector: &Inspector, _now: Instant) {}
 }
 
 pub struct Relay<'a> {
@@ -751,6 +756,7 @@ impl Relay<'_> {
                 upstream_at_line_start = input.ends_with(b"\n");
             }
             let n = input.len();
+            sink.bytes(side, n);
 
             let mut verdict = Verdict::Continue;
             match self.inspector.as_mut() {
@@ -782,6 +788,7 @@ impl Relay<'_> {
                     for bytes in out.to_client.drain(..) {
                         pump.half(Side::Client).queue(bytes);
                     }
+                    sink.inspected(inspector, now);
                     for event in &out.events {
                         sink.event(event);
                     }

@@ -14,8 +14,9 @@ use glommio::net::TcpStream;
 use glommio::timer::sleep;
 use smtpgate_policy::config::StartTls;
 use smtpgate_policy::config::{Listener, Timeouts};
+use smtpgate_policy::envelope::Envelope;
 use smtpgate_policy::event::Event;
-use smtpgate_policy::inspector::{Inspector, TlsTermination};
+use smtpgate_policy::inspector::{Inspector, Phase, TlsTermination};
 
 use crate::log::{self, SessionLog};
 use crate::relay::{End, EventSink, Expiry, Outcome, Relay, Side};
@@ -138,8 +139,15 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
         .deadlines
         .add(crate::clock::after(accepted_at, timeouts.upstream_connect));
 
+    context.stats().sessions.meter().connections.inc();
     let mut server = match connect_upstream(listener.upstream, timeouts.upstream_connect).await {
-        Ok(server) => server,
+        Ok(server) => {
+            shared
+                .stats
+                .upstream_connect_time
+                .observe(accepted_at.elapsed());
+            server
+        }
         Err(e) => {
             shared.stats.upstream_failures.inc();
             log::diag_rate_limited(&format!(
@@ -177,8 +185,11 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
     let (tls, termination) = context.tls();
     let mut sink = SessionEvents {
         tls: &shared.stats.tls,
+        shared,
         stats: context.stats(),
         log: SessionLog::new(listener.listen, client_addr, listener.upstream),
+        envelope: Envelope::default(),
+        end_of_data_since: None,
     };
     let relay = Relay {
         client,
@@ -193,12 +204,14 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
         tls,
     };
     let outcome = relay.run(&mut sink).await;
+    shared.stats.session_duration.observe(accepted_at.elapsed());
+    let envelope = &sink.envelope;
     sink.log.summary(&log::Summary {
         result: result_name(&outcome.end),
         bytes_from_client: outcome.traffic.from_client,
         bytes_from_upstream: outcome.traffic.from_server,
-        messages: 0,
-        envelope: log::Envelope::default(),
+        messages: envelope.messages(),
+        envelope: log_envelope(envelope),
     });
     finish(shared, listener, client_addr, outcome).await;
 }
@@ -316,11 +329,25 @@ async fn lingering_close(mut client: TcpStream) {
     future::or(drain, sleep(LINGER)).await;
 }
 
-/// Counts every event against its rule and logs the ones an operator must see.
+/// Counts every event against its rule and logs the ones an operator must see; keeps
+/// the listener's live counters and the latency histograms.
 struct SessionEvents<'a> {
     tls: &'a TlsCounters,
+    shared: &'static Shared,
     stats: &'a ListenerStats,
     log: SessionLog,
+    /// The inspector's envelope as of its latest read (it outlives an opaque switch).
+    envelope: Envelope,
+    /// An end of data was forwarded at this time and its reply is owed.
+    end_of_data_since: Option<Instant>,
+}
+
+fn log_envelope(envelope: &Envelope) -> log::Envelope<'_> {
+    log::Envelope {
+        helo: envelope.helo(),
+        sender: envelope.sender(),
+        recipients: envelope.recipients(),
+    }
 }
 
 impl EventSink for SessionEvents<'_> {
@@ -330,7 +357,40 @@ impl EventSink for SessionEvents<'_> {
             counters.count(&event.actions);
         }
         let rule_text = rule.map(|(text, _)| text.as_str()).unwrap_or("");
-        self.log.event(event, rule_text, log::Envelope::default());
+        self.log
+            .event(event, rule_text, log_envelope(&self.envelope));
+    }
+
+    fn bytes(&mut self, side: Side, bytes: usize) {
+        let meter = self.stats.sessions.meter();
+        match side {
+            Side::Client => meter.bytes_from_client.add(bytes as u64),
+            Side::Upstream => meter.bytes_from_upstream.add(bytes as u64),
+        }
+    }
+
+    fn inspected(&mut self, inspector: &Inspector, now: Instant) {
+        let latest = inspector.envelope();
+        let meter = self.stats.sessions.meter();
+        meter
+            .messages
+            .add(latest.messages() - self.envelope.messages());
+        meter
+            .transactions
+            .add(latest.transactions() - self.envelope.transactions());
+        self.envelope = *latest;
+        let awaiting = inspector.phase() == Phase::AwaitingEndOfData;
+        match (awaiting, self.end_of_data_since) {
+            (true, None) => self.end_of_data_since = Some(now),
+            (false, Some(since)) => {
+                self.end_of_data_since = None;
+                self.shared
+                    .stats
+                    .end_of_data_turnaround
+                    .observe(now.saturating_duration_since(since));
+            }
+            _ => {}
+        }
     }
 
     fn tls_established(&mut self, side: Side, established: &Established) {

@@ -120,10 +120,11 @@ fn json_lines_carry_level_session_peers_and_a_summary_per_session() {
 
     let mut c = Client::connect(listen);
     c.reply();
-    c.send(b"EHLO client.example\r\nNOOP\r\n");
+    c.send(b"EHLO client.example\r\nNOOP\r\nMAIL FROM:<\"odd\"@example.org>\r\n");
     c.reply();
     c.reply();
-    let mut long = b"MAIL FROM:<".to_vec();
+    c.reply();
+    let mut long = b"RCPT TO:<".to_vec();
     long.extend(std::iter::repeat_n(b'a', 600));
     long.extend_from_slice(b"@x>\r\n");
     c.send(&long);
@@ -158,6 +159,9 @@ fn json_lines_carry_level_session_peers_and_a_summary_per_session() {
     assert!(summary["bytes_from_client"].as_u64().unwrap() > 600);
     assert!(summary["bytes_from_upstream"].as_u64().unwrap() > 0);
     assert!(summary["duration_ms"].is_u64());
+    assert_eq!(summary["helo"], "client.example");
+    assert_eq!(summary["sender"], "\"odd\"@example.org");
+    assert_eq!(noop["helo"], "client.example", "known by the NOOP");
 }
 
 #[test]

@@ -20,6 +20,7 @@
 
 pub mod asa;
 pub mod config;
+pub mod envelope;
 pub mod event;
 pub mod inspector;
 pub mod mime;

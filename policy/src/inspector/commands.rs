@@ -302,6 +302,7 @@ impl Inspector {
             Verb::Helo | Verb::Ehlo => {
                 // RFC 5321 §4.1.4: HELO/EHLO clears any transaction.
                 self.client.reset_transaction();
+                self.envelope.on_helo(args);
                 if verb == Verb::Helo {
                     Pending::Helo
                 } else {
@@ -421,6 +422,9 @@ impl Inspector {
         };
         let parsed = path::parse(args, keyword, kind);
         let written = parsed.map_or(args, |p| p.raw);
+        if verb == Verb::Mail {
+            self.envelope.on_mail(written);
+        }
         let len = written.len() as u64;
         if memchr::memchr(b'|', written).is_some()
             && self.judge.check_flag(K::AddressPipe, d, len, out) == Outcome::Stop

@@ -116,6 +116,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::envelope::Envelope;
 use crate::event::{Direction, Event};
 use crate::policy::Policy;
 
@@ -205,6 +206,8 @@ pub struct Inspector {
     /// Complete client command lines plus complete server replies seen.
     progress: u64,
     tls: TlsState,
+    /// HELO name, sender, accepted recipients / messages / transactions, for logs.
+    envelope: Envelope,
 }
 
 impl Inspector {
@@ -222,8 +225,14 @@ impl Inspector {
             content,
             progress: 0,
             tls: TlsState::new(termination),
+            envelope: Envelope::default(),
             judge: Judge::new(policy),
         }
+    }
+
+    /// HELO name, sender and the counts the session's logs and metrics report.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
     }
 
     pub fn policy(&self) -> &Arc<Policy> {

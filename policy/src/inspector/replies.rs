@@ -249,16 +249,24 @@ impl Inspector {
                 None
             }
             Pending::Mail => {
-                if class != 2 {
+                if class == 2 {
+                    self.envelope.on_mail_accepted();
+                } else {
                     self.client.transaction = self.replies.mail_pending();
                 }
                 None
             }
             Pending::EndOfData => {
+                if class == 2 {
+                    self.envelope.on_message_accepted();
+                }
                 self.client.transaction = self.replies.mail_pending();
                 self.queue_room()
             }
             Pending::Rcpt => {
+                if class == 2 {
+                    self.envelope.on_rcpt_accepted();
+                }
                 if class == 5 {
                     self.replies.invalid_rcpts += 1;
                     let n = self.replies.invalid_rcpts;
