@@ -42,20 +42,6 @@ fn dkim_signed_message() -> Vec<u8> {
     m.into_bytes()
 }
 
-/// What smtplib puts on the wire for `msg`: leading dots doubled (RFC 5321 4.5.2).
-fn dot_stuffed(msg: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(msg.len() + 16);
-    let mut at_line_start = true;
-    for &b in msg {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    out
-}
-
 const SMTPLIB_SEND: &str = r#"
 import smtplib, sys
 port, path = int(sys.argv[1]), sys.argv[2]

@@ -118,7 +118,7 @@ fn start_tls_upstream() -> TlsUpstream {
     let dir = scratch_dir("tls");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = run_bounded(
-        Command::new("openssl")
+        Command::new(testkit::peer("openssl"))
             .args([
                 "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
             ])
@@ -137,7 +137,7 @@ fn start_tls_upstream() -> TlsUpstream {
     let out = dir.join("mail");
     std::fs::create_dir_all(&out).unwrap();
     let addr = local(free_port());
-    let child = Command::new("python3")
+    let child = Command::new(testkit::peer("python3"))
         .arg("-c")
         .arg(TLS_UPSTREAM)
         .arg(addr.port().to_string())

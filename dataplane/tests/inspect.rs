@@ -186,7 +186,7 @@ fn smtplib_delivers_two_messages_unchanged_through_the_default_policy() {
     let (conf, listen) = config(up.addr, "policy = \"default\"", "");
     let _gate = Gate::start(&conf);
 
-    let out = Command::new("python3")
+    let out = Command::new(testkit::peer("python3"))
         .args(["-c", SMTPLIB_SCRIPT, &listen.port().to_string()])
         .output()
         .expect("python3");
