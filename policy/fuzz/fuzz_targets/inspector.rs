@@ -5,19 +5,20 @@
 //! The input is a program over an SMTP alphabet, so the fuzzer reaches deep states
 //! (DATA content, BDAT chunks, AUTH, STARTTLS) instead of dying at the greeting:
 //! each op byte picks a direction and either a whole protocol atom or a short run of
-//! bytes drawn from SMTP's own characters. The transcript is then fed twice, whole
-//! and in chunks sized by the input's tail; both runs must agree byte for byte, and
-//! the inspector's buffering must stay bounded.
+//! bytes drawn from SMTP's own characters. The transcript is then fed twice through
+//! the in-memory driver, whole and in chunks sized by the input's tail; both runs must
+//! agree byte for byte, and the inspector's buffering must stay bounded.
+//!
+//! Cost per input is bounded so the fuzzer spends its time on many small sessions
+//! rather than a few huge ones: the transcript stops at [`TRANSCRIPT_BUDGET`] bytes
+//! (a long line near the caps costs 4 KiB of it), and the policy is compiled once.
 #![no_main]
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use smtpgate_policy::inspector::{
-    Inspector, Output, Verdict, CMD_LINE_CAP, HOLD_CAP, REPLY_LINE_CAP,
-};
+use smtpgate_policy::inspector::testing::{Driver, Peer, Transcript};
+use smtpgate_policy::inspector::{CMD_LINE_CAP, HOLD_CAP, REPLY_LINE_CAP};
 use smtpgate_policy::mime::LINE_HEAD_CAP;
 use smtpgate_policy::policy::Policy;
 
@@ -66,16 +67,26 @@ const ALPHABET: &[u8] = b"\r\n.:<>@- ABDEHLMOPRSTXZ0123456789abcdez\t\0|`";
 const BUFFER_BOUND: usize =
     (CMD_LINE_CAP + 1) + (REPLY_LINE_CAP + 1) + HOLD_CAP + LINE_HEAD_CAP + 1024;
 
-fn decode(data: &[u8]) -> (Vec<(bool, Vec<u8>)>, &[u8]) {
+/// Bytes of transcript one input may expand to (an op that would cross it is the last).
+const TRANSCRIPT_BUDGET: usize = 16 * 1024;
+
+/// At most this many ops (each one peer's write).
+const MAX_OPS: usize = 128;
+
+fn decode(data: &[u8]) -> (Transcript, &[u8]) {
     let mut ops = Vec::new();
+    let mut total = 0;
     let mut i = 0;
-    while i + 1 < data.len() && ops.len() < 256 {
+    while i + 1 < data.len() && ops.len() < MAX_OPS && total < TRANSCRIPT_BUDGET {
         let (op, arg) = (data[i], data[i + 1]);
         i += 2;
-        let client = op & 1 == 0;
+        let peer = if op & 1 == 0 { Peer::Client } else { Peer::Server };
         let bytes = match op >> 6 {
             0 | 1 => {
-                let atoms = if client { CLIENT_ATOMS } else { SERVER_ATOMS };
+                let atoms = match peer {
+                    Peer::Client => CLIENT_ATOMS,
+                    Peer::Server => SERVER_ATOMS,
+                };
                 atoms[arg as usize % atoms.len()].to_vec()
             }
             2 => {
@@ -89,64 +100,47 @@ fn decode(data: &[u8]) -> (Vec<(bool, Vec<u8>)>, &[u8]) {
             }
             // A long line around the buffer caps.
             _ => {
-                let mut line = if client {
-                    b"NOOP ".to_vec()
-                } else {
-                    b"250-".to_vec()
+                let mut line = match peer {
+                    Peer::Client => b"NOOP ".to_vec(),
+                    Peer::Server => b"250-".to_vec(),
                 };
                 line.resize(CMD_LINE_CAP - 4 + arg as usize % 8, b'a');
                 line.extend_from_slice(b"\r\n");
                 line
             }
         };
-        ops.push((client, bytes));
+        total += bytes.len();
+        ops.push((peer, bytes));
     }
     (ops, &data[i.min(data.len())..])
 }
 
-fn run(ops: &[(bool, Vec<u8>)], chunks: &[u8]) -> (Vec<u8>, Vec<u8>, usize, Verdict) {
-    let mut inspector = Inspector::new(Arc::new(Policy::builtin("default").unwrap()));
-    let mut out = Output::default();
-    let (mut to_server, mut to_client, mut events) = (Vec::new(), Vec::new(), 0);
-    let mut verdict = Verdict::Continue;
-    let now = Instant::now();
-    let mut sizes = chunks.iter().cycle();
-    for (client, bytes) in ops {
-        let bytes = Bytes::copy_from_slice(bytes);
-        let mut pos = 0;
-        while pos < bytes.len() {
-            let n = if chunks.is_empty() {
-                bytes.len()
-            } else {
-                *sizes.next().unwrap() as usize % 64 + 1
-            };
-            let piece = bytes.slice(pos..(pos + n).min(bytes.len()));
-            pos += piece.len();
-            if *client {
-                inspector.on_client_bytes(piece, now, &mut out);
-            } else {
-                inspector.on_server_bytes(piece, now, &mut out);
-            }
-            out.to_server
-                .iter()
-                .for_each(|b| to_server.extend_from_slice(b));
-            out.to_client
-                .iter()
-                .for_each(|b| to_client.extend_from_slice(b));
-            events += out.events.len();
-            if out.verdict != Verdict::Continue {
-                verdict = out.verdict;
-            }
-            out.clear();
-            assert!(inspector.buffered_bytes() <= BUFFER_BOUND);
-        }
-    }
-    (to_server, to_client, events, verdict)
+fn policy() -> Arc<Policy> {
+    static POLICY: OnceLock<Arc<Policy>> = OnceLock::new();
+    POLICY
+        .get_or_init(|| Arc::new(Policy::builtin("default").unwrap()))
+        .clone()
+}
+
+fn run(transcript: &Transcript, chunks: &[usize]) -> Driver {
+    let mut driver = Driver::new(policy());
+    driver.run(transcript, chunks, |d| {
+        assert!(d.inspector.buffered_bytes() <= BUFFER_BOUND)
+    });
+    driver
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (ops, tail) = decode(data);
-    let whole = run(&ops, &[]);
-    let chunked = run(&ops, if tail.is_empty() { &[1] } else { tail });
-    assert_eq!(whole, chunked);
+    let (transcript, tail) = decode(data);
+    let chunks: Vec<usize> = if tail.is_empty() {
+        vec![1]
+    } else {
+        tail.iter().map(|&c| c as usize % 64 + 1).collect()
+    };
+    let whole = run(&transcript, &[]);
+    let chunked = run(&transcript, &chunks);
+    assert_eq!(whole.to_server, chunked.to_server);
+    assert_eq!(whole.to_client, chunked.to_client);
+    assert_eq!(whole.events, chunked.events);
+    assert_eq!(whole.verdict, chunked.verdict);
 });
