@@ -1,6 +1,7 @@
 //! The parsers behind the inspector, through the real binary: RFC 5321 paths in MAIL
 //! FROM / RCPT TO (pipes, quoted local parts, domain case, unparseable paths), and the
-//! DATA scanner (a dot beside a bare line end or a NUL, NUL elsewhere).
+//! DATA scanner (a dot beside a bare line end or a NUL, NUL elsewhere), and the MIME
+//! parser (filenames behind long parameters and long boundaries, parse limits).
 //! Each test drives `smtpgate run` against the recording upstream and asserts the
 //! exact bytes each side saw.
 
@@ -199,4 +200,62 @@ fn a_nul_before_a_dot_line_is_smuggling_and_a_nul_elsewhere_is_logged_and_delive
     assert_eq!(up.messages(), [body.to_vec()]);
     let log = gate.wait_log("nul-in-content log");
     assert!(log.contains("smuggled-end-of-data"), "{log}");
+}
+
+/// A message with a 300-character attachment filename in a part behind `boundary`,
+/// after a parameter of `pad` bytes.
+fn attachment(boundary: &str, pad: usize) -> Vec<u8> {
+    format!(
+        "Subject: x\r\nContent-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n\
+         --{boundary}\r\nContent-Type: text/plain\r\n\r\nhello\r\n--{boundary}\r\n\
+         Content-Type: application/octet-stream\r\n\
+         Content-Disposition: attachment; x=\"{}\"; filename=\"{}\"\r\n\r\n\
+         TVqQAAMAAAAEAAAA\r\n--{boundary}--\r\n",
+        "p".repeat(pad),
+        "n".repeat(300),
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_long_attachment_filename_behind_a_long_parameter_or_a_71_character_boundary_is_dropped() {
+    let up = Upstream::start(&[]);
+    let extra = "[policy.p]\nextends = \"default\"\n\
+                 rules = [\"match MIME filename length gt 255 drop-connection\"]\n";
+    let (_gate, listen) = gate_with(&up, "p", extra);
+    let cases = [attachment("simple", 1100), attachment(&"b".repeat(71), 0)];
+    for (session, msg) in cases.iter().enumerate() {
+        let mut c = in_data(listen);
+        c.send(msg);
+        c.send(b".\r\n");
+        assert_dropped(&mut c, &up, session, "MIME filename too long", b"TVqQ");
+    }
+    assert!(up.messages().is_empty(), "no message was delivered");
+}
+
+#[test]
+fn a_mime_structure_past_the_parser_bounds_is_logged_by_default_and_dropped_when_strict() {
+    let mut msg = String::from("Subject: deep\r\n");
+    for level in 0..9 {
+        msg += &format!("Content-Type: multipart/mixed; boundary=b{level}\r\n\r\n--b{level}\r\n");
+    }
+    msg += "Content-Disposition: attachment; filename=\"x.exe\"\r\n\r\nMZ\r\n";
+    let up = Upstream::start(&[]);
+    let (gate, listen) = gate_with(&up, "default", "");
+    let mut c = in_data(listen);
+    c.send(msg.as_bytes());
+    c.send(b".\r\n");
+    assert_eq!(c.reply(), b"250 2.0.0 Ok: queued\r\n");
+    assert_eq!(up.messages(), [msg.as_bytes().to_vec()]);
+    gate.wait_log("MIME parse-limit log");
+
+    let up = Upstream::start(&[]);
+    let strict = "[policy.p]\nextends = \"default\"\n\
+                  rules = [\"match MIME parse-limit drop-connection log\"]\n";
+    let (_gate, listen) = gate_with(&up, "p", strict);
+    let mut c = in_data(listen);
+    c.send(msg.as_bytes());
+    c.send(b".\r\n");
+    assert_dropped(&mut c, &up, 0, "MIME structure too complex", b"MZ\r\n.\r\n");
+    assert!(up.messages().is_empty());
 }

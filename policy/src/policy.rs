@@ -211,6 +211,10 @@ pub const DEFAULT_RULES: [&str; 7] = [
     "match ehlo-reply-parameter others mask",
 ];
 
+/// `default`'s rules beyond the firewall's map: where a bound of the MIME parser stops
+/// it, the operator hears of it (a stricter policy drops instead).
+pub const DEFAULT_EXTRA_RULES: [&str; 1] = ["match MIME parse-limit log"];
+
 /// HELO EHLO MAIL RCPT DATA RSET NOOP QUIT AUTH ETRN HELP SAML SEND SOML VRFY.
 const FIREWALL_COMMANDS: [Verb; 15] = [
     Verb::Helo,
@@ -315,7 +319,14 @@ impl Policy {
             "default" => (
                 true,
                 inspecting(firewall_commands(), DEFAULT_EHLO, true),
-                parse_defaults(),
+                parse_defaults()
+                    .into_iter()
+                    .chain(
+                        DEFAULT_EXTRA_RULES
+                            .iter()
+                            .map(|text| parse_rule(text).expect("built-in rules parse")),
+                    )
+                    .collect(),
             ),
             // Smuggling defence on is not the firewall's behaviour, on purpose: SMTP
             // smuggling is never passed on (a message is never ended early by a bare CR or LF). `bare_newline = false`
@@ -817,6 +828,7 @@ mod tests {
                 "match sender-address length gt 320 drop-connection log",
                 "match MIME filename length gt 255 drop-connection log",
                 "match ehlo-reply-parameter others mask",
+                "match MIME parse-limit log",
             ]
         );
         for v in FIREWALL_COMMANDS
@@ -985,7 +997,10 @@ mod tests {
             ]
         );
         assert_eq!(texts(&p).last(), Some(&"match cmd verb VRFY EXPN mask log"));
-        assert_eq!(p.rules.len(), 8 + DEFAULT_RULES.len() + 1);
+        assert_eq!(
+            p.rules.len(),
+            8 + DEFAULT_RULES.len() + DEFAULT_EXTRA_RULES.len() + 1
+        );
         // The index points at the appended rule too.
         let verb_rule = (p.rules.len() - 1) as RuleId;
         assert_eq!(p.index.of(CriterionKind::CmdVerb), [verb_rule]);

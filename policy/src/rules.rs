@@ -14,6 +14,7 @@
 //!           | "sender-address" "length" cmp | "sender-address" "regex" QUOTED
 //!           | "MIME" "filename" "length" cmp | "MIME" "filetype" "regex" QUOTED
 //!           | "MIME" "encoding" ENCODING+              ; 7bit 8bit base64 binary quoted-printable others
+//!           | "MIME" "parse-limit"                     ; a bound stopped the MIME parse
 //!           | "invalid-recipients" "count" cmp
 //! cmp       = ("gt" | "lt" | "eq") NUMBER
 //! action    = "drop-connection" | "reset" | "log" | "mask" | "rate-limit" NUMBER
@@ -86,6 +87,10 @@ pub enum Criterion {
     MimeFilenameLength(Cmp),
     MimeFiletype(regex::bytes::Regex),
     MimeEncoding(EncodingSet),
+    /// `MIME parse-limit`: a fixed bound of the MIME parser (nesting depth, boundary
+    /// or content-type length, filename parameters per field, a second multipart
+    /// boundary) stopped it, so part of the message was not judged as MIME.
+    MimeParseLimit,
     /// RCPTs answered 5xx in the session.
     InvalidRecipientsCount(Cmp),
     // ---- built-in, compiled from policy parameters ----
@@ -198,6 +203,7 @@ pub enum CriterionKind {
     MimeFilenameLength,
     MimeFiletype,
     MimeEncoding,
+    MimeParseLimit,
     InvalidRecipientsCount,
     Banner,
     UnknownVerb,
@@ -280,6 +286,10 @@ impl CriterionKind {
                 "MIME filetype",
                 b"421 4.7.0 MIME file type not allowed, closing connection\r\n",
             ),
+            K::MimeParseLimit => (
+                "MIME parse-limit",
+                b"421 4.7.0 MIME structure too complex, closing connection\r\n",
+            ),
             K::MimeEncoding => (
                 "MIME encoding",
                 b"421 4.7.0 MIME encoding not allowed, closing connection\r\n",
@@ -351,6 +361,7 @@ impl Criterion {
             Criterion::MimeFilenameLength(_) => K::MimeFilenameLength,
             Criterion::MimeFiletype(_) => K::MimeFiletype,
             Criterion::MimeEncoding(_) => K::MimeEncoding,
+            Criterion::MimeParseLimit => K::MimeParseLimit,
             Criterion::InvalidRecipientsCount(_) => K::InvalidRecipientsCount,
             Criterion::Banner => K::Banner,
             Criterion::UnknownVerb => K::UnknownVerb,
@@ -830,7 +841,7 @@ impl<'a> Parser<'a> {
                 0 => Criterion::SenderAddressLength(self.cmp()?),
                 _ => Criterion::SenderAddressRegex(self.regex()?),
             },
-            5 => match self.one_of(&["filename", "filetype", "encoding"])? {
+            5 => match self.one_of(&["filename", "filetype", "encoding", "parse-limit"])? {
                 0 => {
                     self.keyword("length")?;
                     Criterion::MimeFilenameLength(self.cmp()?)
@@ -839,7 +850,8 @@ impl<'a> Parser<'a> {
                     self.keyword("regex")?;
                     Criterion::MimeFiletype(self.regex()?)
                 }
-                _ => Criterion::MimeEncoding(self.encodings()?),
+                2 => Criterion::MimeEncoding(self.encodings()?),
+                _ => Criterion::MimeParseLimit,
             },
             _ => {
                 self.keyword("count")?;
@@ -1181,6 +1193,14 @@ mod tests {
             panic!("{r:?}")
         };
         assert!(re.is_match(br#""a b"@example.com"#));
+    }
+
+    #[test]
+    fn mime_parse_limit_takes_no_operand() {
+        let r = parse_rule("match MIME parse-limit drop-connection log").unwrap();
+        assert!(matches!(r.criterion, Criterion::MimeParseLimit));
+        assert_eq!(r.criterion.name(), "MIME parse-limit");
+        assert!(parse_rule("match MIME parse-limit gt 3 log").is_err());
     }
 
     #[test]

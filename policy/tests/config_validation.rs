@@ -98,14 +98,15 @@ fn user_policy_compiles_and_listeners_share_it() {
     let strict = &c.listeners[1].policy;
     assert_eq!(strict.name, "strict");
     assert!(std::sync::Arc::ptr_eq(strict, &c.listeners[2].policy));
-    // default's 7 match rules + the 2 of the 4 written here that default lacks (the
-    // other two are default's own, written again: kept once, so they log once).
+    // default's 8 match rules (the firewall's 7 and `MIME parse-limit`) + the 2 of the
+    // 4 written here that default lacks (the other two are default's own, written
+    // again: kept once, so they log once).
     let match_rules = strict
         .rules
         .iter()
         .filter(|r| r.text.starts_with("match"))
         .count();
-    assert_eq!(match_rules, 9);
+    assert_eq!(match_rules, 10);
     let rcpt_rules = strict
         .rules
         .iter()

@@ -147,6 +147,19 @@ impl Content {
         pos
     }
 
+    /// More bytes of the current content line for the MIME parser, which sees every
+    /// byte (the carried head is for the dot checks here only).
+    fn feed_message(&mut self, bytes: &[u8]) {
+        self.msg.line_bytes(bytes);
+    }
+
+    /// The first bytes of a DATA line: a leading dot was doubled by the client (RFC
+    /// 5321 §4.5.2) and is not content.
+    fn feed_line_start(&mut self, bytes: &[u8]) {
+        let content = bytes.strip_prefix(b".").unwrap_or(bytes);
+        self.msg.line_bytes(content);
+    }
+
     /// DATA content: strict CRLF lines, dot-stuffing, end of data, smuggling defence.
     pub(super) fn data(
         &mut self,
@@ -197,6 +210,7 @@ impl Content {
                 fwd.emit(input, Bytes::from_static(b"\r"), &mut out.to_server);
                 // The CR is content of the line: its head must show it, as it would
                 // had the read not split there.
+                self.feed_message(b"\r");
                 if self.carry.len() < LINE_HEAD_CAP {
                     self.carry.push(b'\r');
                 }
@@ -221,7 +235,8 @@ impl Content {
                         return Step::Read(content_end);
                     }
                     let piece = &buf[line_start..content_end];
-                    let head: &[u8] = if self.carry.is_empty() {
+                    let line_head = self.carry.is_empty();
+                    let head: &[u8] = if line_head {
                         &piece[..piece.len().min(LINE_HEAD_CAP)]
                     } else {
                         let room = LINE_HEAD_CAP.saturating_sub(self.carry.len());
@@ -245,12 +260,14 @@ impl Content {
                         return Step::MessageEnd(end);
                     }
                     // RFC 5321 §4.5.2: a leading dot was doubled by the client.
-                    let (head, len) = match head {
-                        [b'.', rest @ ..] => (rest, len - 1),
-                        _ => (head, len),
-                    };
+                    let len = len - (head.first() == Some(&b'.')) as u64;
+                    if line_head {
+                        self.feed_line_start(piece);
+                    } else {
+                        self.feed_message(piece);
+                    }
                     let mut judge = judge.message(out);
-                    if !self.msg.on_line(head, len, len + 2, &mut judge) {
+                    if !self.msg.line_end(len, len + 2, &mut judge) {
                         // The cut is the line end, wherever the reads split the line.
                         fwd.pass(input, line_start, content_end, &mut out.to_server);
                         return Step::Read(content_end);
@@ -324,6 +341,11 @@ impl Content {
                         return Step::Read(cut);
                     }
                     let piece = &buf[line_start..end];
+                    if self.carry.is_empty() {
+                        self.feed_line_start(piece);
+                    } else {
+                        self.feed_message(piece);
+                    }
                     let room = LINE_HEAD_CAP.saturating_sub(self.carry.len());
                     self.carry
                         .extend_from_slice(&piece[..piece.len().min(room)]);
@@ -362,25 +384,19 @@ impl Content {
                     };
                     let wire_len = self.bdat_line_len + i as u64 + 1;
                     let len = wire_len - 1 - ends_crlf as u64;
-                    // With `i == 0` a CR ending the previous read was the line's CR.
+                    // With `i == 0` a CR ending the previous read was the line's CR;
+                    // otherwise it was content.
                     let content_end = if i > 0 { lf - ends_crlf as usize } else { pos };
-                    let piece = &buf[pos..content_end];
-                    let head: &[u8] = if self.carry.is_empty() {
-                        &piece[..piece.len().min(LINE_HEAD_CAP)]
-                    } else {
-                        let room = LINE_HEAD_CAP.saturating_sub(self.carry.len());
-                        self.carry
-                            .extend_from_slice(&piece[..piece.len().min(room)]);
-                        let keep = (len as usize).min(self.carry.len());
-                        &self.carry[..keep]
-                    };
+                    if i > 0 && self.bdat_last_cr {
+                        self.feed_message(b"\r");
+                    }
+                    self.feed_message(&buf[pos..content_end]);
                     let mut judge = judge.message(out);
-                    if !self.msg.on_line(head, len, wire_len, &mut judge) {
+                    if !self.msg.line_end(len, wire_len, &mut judge) {
                         // Cut before the LF, wherever the reads split the line.
                         fwd.pass(input, pos, lf, &mut out.to_server);
                         return (lf, Chunk::Ended);
                     }
-                    self.carry.clear();
                     self.bdat_line_len = 0;
                     self.bdat_last_cr = false;
                     fwd.pass(input, pos, lf + 1, &mut out.to_server);
@@ -388,11 +404,14 @@ impl Content {
                 }
                 None => {
                     let piece = &buf[pos..end];
-                    let room = LINE_HEAD_CAP.saturating_sub(self.carry.len());
-                    self.carry
-                        .extend_from_slice(&piece[..piece.len().min(room)]);
-                    self.bdat_line_len += piece.len() as u64;
+                    if self.bdat_last_cr {
+                        self.feed_message(b"\r");
+                    }
+                    // A CR ending the read waits: the next byte says whether it ends
+                    // the line.
                     self.bdat_last_cr = piece.last() == Some(&b'\r');
+                    self.feed_message(&piece[..piece.len() - self.bdat_last_cr as usize]);
+                    self.bdat_line_len += piece.len() as u64;
                     fwd.pass(input, pos, end, &mut out.to_server);
                     pos = end;
                 }
@@ -405,13 +424,13 @@ impl Content {
         if last {
             let mut judge = judge.message(&mut *out);
             // A last line without CRLF is still a line of the message.
+            if self.bdat_last_cr {
+                self.msg.line_bytes(b"\r");
+            }
             let ok = (self.bdat_line_len == 0
-                || self.msg.on_line(
-                    &self.carry,
-                    self.bdat_line_len,
-                    self.bdat_line_len,
-                    &mut judge,
-                ))
+                || self
+                    .msg
+                    .line_end(self.bdat_line_len, self.bdat_line_len, &mut judge))
                 && self.msg.on_end(&mut judge);
             if !ok {
                 // The LAST chunk must never be complete at the server.

@@ -348,6 +348,11 @@ impl Observer for MessageJudge<'_> {
                 out,
                 |_, c| matches!(c, Criterion::MimeFiletype(re) if re.is_match(value)),
             ),
+            Observation::MimeParseLimit { limit } => {
+                j.check(K::MimeParseLimit, d, limit as u64, out, |_, c| {
+                    matches!(c, Criterion::MimeParseLimit)
+                })
+            }
             Observation::MimeEncoding { encoding } => j.check(
                 K::MimeEncoding,
                 d,

@@ -81,10 +81,14 @@
 //!   lines included; commas inside quotes, comments and angle brackets do not count).
 //! - `cmd RCPT count`: RCPT commands in the transaction. `invalid-recipients count`:
 //!   RCPTs the server answered 5xx, in the session.
-//! - `MIME filetype`: the regex against each part's `type/subtype` (lower-cased);
-//!   `MIME encoding`: each part's Content-Transfer-Encoding (7bit where absent, RFC
-//!   2045 §6.1); `MIME filename length`: Content-Disposition `filename=` (or
-//!   Content-Type `name=`), RFC 2231 `filename*=` measured without its charset prefix.
+//! - `MIME filetype`: the regex against every Content-Type field's `type/subtype`
+//!   (lower-cased); `MIME encoding`: each part's Content-Transfer-Encoding (7bit where
+//!   absent, RFC 2045 §6.1); `MIME filename length`: every Content-Disposition
+//!   `filename=` and Content-Type `name=`, RFC 2231 `filename*=` measured without its
+//!   charset prefix and `filename*0*=`, `filename*1=`... as their joined length, however
+//!   long the field (parsed as it streams). `MIME parse-limit`: a bound of the MIME
+//!   parser stopped it (nesting past 8, a boundary over 250 characters, ...); the
+//!   event's value names which ([`crate::mime::ParseLimit`]).
 //! - MAIL FROM / RCPT TO arguments are parsed as RFC 5321 paths ([`crate::path`]); one
 //!   that is not a path is masked like an unknown verb (`malformed-path`), so the
 //!   server answers it 5xx. A `|` in the address ends the session in every inspecting

@@ -264,6 +264,72 @@ fn mime_filetype_and_encoding() {
     assert!(s.drop_reply().contains("MIME encoding"));
 }
 
+/// A message whose attachment has a 300-character filename, hidden the ways a
+/// 1024-byte parse window and a 70-character boundary limit used to miss.
+fn hidden_filename_message() -> Vec<u8> {
+    let boundary = "b".repeat(71);
+    format!(
+        "Subject: x\r\nContent-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n\
+         --{boundary}\r\nContent-Type: text/plain\r\n\r\nhello\r\n--{boundary}\r\n\
+         Content-Type: application/octet-stream\r\n\
+         Content-Disposition: attachment; x=\"{pad}\"; filename=\"{name}\"\r\n\r\n\
+         TVqQAAMAAAAEAAAA\r\n--{boundary}--\r\n.\r\n",
+        pad = "p".repeat(1100),
+        name = "n".repeat(300),
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_filename_behind_a_long_parameter_and_a_71_character_boundary_is_judged() {
+    let msg = hidden_filename_message();
+    let policy = Policy::builtin("default").unwrap();
+    // In every read split, DATA: cut before the attachment's content goes out.
+    for cut in (1..msg.len()).step_by(97) {
+        let mut s = session(policy.clone());
+        s.in_data();
+        s.client(&msg[..cut]).client(&msg[cut..]);
+        assert!(
+            s.drop_reply().contains("MIME filename too long"),
+            "cut {cut}"
+        );
+        assert!(!s.server_text().contains("TVqQ"), "cut {cut}");
+        assert_eq!(s.events.last().unwrap().value, 300);
+    }
+    // BDAT: the LAST chunk never completes.
+    let body = &msg[..msg.len() - 3];
+    let mut s = Driver::builtin("default");
+    s.in_transaction();
+    s.client(format!("BDAT {} LAST\r\n", body.len()).as_bytes());
+    s.client(body);
+    assert!(s.drop_reply().contains("MIME filename too long"));
+}
+
+#[test]
+fn a_mime_structure_past_the_parser_bounds_is_observable() {
+    let mut msg = String::from("Subject: deep\r\n");
+    for level in 0..=crate::mime::MAX_DEPTH {
+        msg += &format!("Content-Type: multipart/mixed; boundary=b{level}\r\n\r\n--b{level}\r\n");
+    }
+    msg += "Content-Disposition: attachment; filename=\"x.exe\"\r\n\r\nMZ\r\n.\r\n";
+    // `default` logs it and delivers.
+    let mut s = Driver::builtin("default");
+    s.in_data();
+    s.client(msg.as_bytes());
+    assert_eq!(s.verdict, Verdict::Continue);
+    let limit = s
+        .events
+        .iter()
+        .find(|e| s.rule_text(e) == "match MIME parse-limit log");
+    assert_eq!(limit.unwrap().value, crate::mime::ParseLimit::Depth as u64);
+    // A stricter policy drops before the end of data.
+    let mut s = Driver::with_rules(&["match MIME parse-limit drop-connection log"]);
+    s.in_data();
+    s.client(msg.as_bytes());
+    assert!(s.drop_reply().contains("MIME structure too complex"));
+    assert!(!s.server_text().ends_with("\r\n.\r\n"));
+}
+
 // ---- SMTP smuggling ----
 
 fn smuggle(reads: &[&[u8]]) -> Driver {
