@@ -29,8 +29,17 @@ pub fn embedded_default() -> Config {
 /// Upstream host names are resolved here, at start and on every reload, on the main
 /// thread: never on a shard, and never per session.
 fn parse(text: &str) -> Result<Config, String> {
-    Config::from_toml_str_resolving(text, &resolve).map_err(|errors| errors.to_string())
+    let mut config =
+        Config::from_toml_str_resolving(text, &resolve).map_err(|errors| errors.to_string())?;
+    if let Some(admin) = ADMIN_LISTEN.get() {
+        config.admin.listen = Some(*admin);
+    }
+    Ok(config)
 }
+
+/// `--admin-listen`: replaces `[admin] listen` of every config read (start and reload),
+/// for deployments where the address is only known at run time (a pod's IP).
+pub static ADMIN_LISTEN: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
 
 /// The first address `host` resolves to (the system resolver, as `getaddrinfo` orders them).
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {

@@ -30,7 +30,7 @@ use crate::log;
 use crate::panics;
 use crate::shared::Shared;
 use crate::tls::TlsContext;
-use crate::{admin, config_file, shard};
+use crate::{admin, config_file, notify, shard};
 
 /// io_uring registered memory per executor. glommio only uses it for file I/O, which
 /// smtpgate does not do; the default (10 MiB) exceeds a non-root RLIMIT_MEMLOCK. 64 KiB
@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub cores: Option<usize>,
     pub placement: Placement,
     pub spin_before_park: Duration,
+    /// Poll the config file this often and reload when it changes.
+    pub watch_config: Option<Duration>,
 }
 
 /// How executors are placed on CPUs.
@@ -240,14 +242,30 @@ fn start(options: RunOptions) -> Result<ExitCode, StartError> {
         let token = admin_token(&shared.current().config).map_err(StartError::Config)?;
         admin::spawn(listener, shared, token).map_err(thread_error("admin thread"))?;
     }
+    // Before the readiness line, so an edit made right after it is seen as a change.
+    if let (Some(path), Some(every)) = (&options.config_path, options.watch_config) {
+        crate::watch::start(path.clone(), every);
+    }
     announce(shared, cores, admin_bound);
+    let serving = format!(
+        "serving {} listener(s) on {cores} shard(s)",
+        configured_listens.len()
+    );
+    notify::ready(&serving);
+    notify::start_watchdog(shared);
 
     let mut drain_started: Option<Instant> = None;
     for message in messages.iter() {
         match message {
             Message::Signal(SIGHUP) => {
+                notify::reloading();
                 let ok = reload(shared, &options.config_path, &configured_listens);
                 shared.stats.reloaded(ok);
+                notify::ready(if ok {
+                    &serving
+                } else {
+                    "serving; the last reload failed, the previous config is in force"
+                });
             }
             Message::Signal(signal) => {
                 if drain_started.is_some() {
@@ -259,6 +277,7 @@ fn start(options: RunOptions) -> Result<ExitCode, StartError> {
                     shared.current().config.timeouts.shutdown_drain
                 ));
                 drain_started = Some(Instant::now());
+                notify::stopping("draining live sessions");
                 shared.begin_shutdown();
             }
             Message::ShardDied(id) => return Err(StartError::ShardDied(id)),

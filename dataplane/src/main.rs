@@ -18,6 +18,8 @@
 //! - [`bufpool`]: per-shard read buffers, lent to sessions only while they read.
 //! - [`stats`]: counters shared across cores and their JSON / Prometheus rendering.
 //! - [`admin`]: the tiny HTTP/1.1 endpoint serving `/status` and `/metrics`.
+//! - [`notify`]: systemd readiness, reload, stop and watchdog notifications.
+//! - [`watch`]: `--watch-config`, a reload when the config file's content changes.
 //! - [`log`]: event lines, session summaries and diagnostics, written off the shards.
 //! - [`proxy_v2`]: the PROXY protocol v2 header sent upstream.
 //! - [`proxy_header`]: reading a trusted balancer's PROXY v1/v2 header.
@@ -31,6 +33,7 @@ mod config_file;
 mod engine;
 mod limits;
 mod log;
+mod notify;
 mod panics;
 mod proxy_header;
 mod proxy_v2;
@@ -41,6 +44,7 @@ mod shared;
 mod sock;
 mod stats;
 mod tls;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +75,12 @@ enum Command {
         /// systemd connected them to the journal), or syslog (RFC 5424 on /dev/log).
         #[arg(long = "log-target", value_enum, default_value_t = log::LogTarget::Stdout)]
         log_target: log::LogTarget,
+        /// Admin endpoint address, replacing `[admin] listen` (e.g. a pod's IP).
+        #[arg(long = "admin-listen", value_name = "ADDR")]
+        admin_listen: Option<std::net::SocketAddr>,
+        /// Poll the config file this often (e.g. 10s) and reload when it changes.
+        #[arg(long = "watch-config", value_name = "INTERVAL", value_parser = parse_interval)]
+        watch_config: Option<std::time::Duration>,
         /// Executor placement on CPUs.
         #[arg(long, value_enum, default_value_t = engine::Placement::Unbound)]
         placement: engine::Placement,
@@ -109,9 +119,14 @@ fn main() -> ExitCode {
             cores,
             log_format,
             log_target,
+            admin_listen,
+            watch_config,
             placement,
             spin_before_park,
         } => {
+            if let Some(admin) = admin_listen {
+                let _ = config_file::ADMIN_LISTEN.set(admin);
+            }
             if let Err(e) = log::init(log_format, log_target) {
                 log::diag(&e);
                 return ExitCode::FAILURE;
@@ -121,6 +136,7 @@ fn main() -> ExitCode {
                 cores,
                 placement,
                 spin_before_park: std::time::Duration::from_micros(spin_before_park),
+                watch_config,
             });
             log::flush(std::time::Duration::from_secs(1));
             code
@@ -128,6 +144,13 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::ImportAsa { file } => import_asa(&file),
     }
+}
+
+/// A positive duration in the config's grammar (`500ms`, `10s`, `1min`).
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    smtpgate_policy::config::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("expected a duration like 500ms, 10s or 1min, found {text:?}"))
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
