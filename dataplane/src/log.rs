@@ -691,6 +691,7 @@ fn action_names(actions: &Actions) -> Vec<&'static str> {
         Disposition::Continue => {}
         Disposition::Drop => names.push("drop-connection"),
         Disposition::Reset => names.push("reset"),
+        Disposition::Reject => names.push("reject"),
     }
     if actions.mask {
         names.push("mask");

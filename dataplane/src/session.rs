@@ -194,7 +194,10 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
     let relay = Relay {
         client,
         server,
-        inspector: (!exempt).then(|| Inspector::with_tls(listener.policy.clone(), termination)),
+        inspector: (!exempt).then(|| {
+            Inspector::with_tls(listener.policy.clone(), termination)
+                .with_banner_name(banner_name(&listener.banner_name))
+        }),
         ticket: &mut ticket,
         deadline,
         timeouts,
@@ -430,4 +433,25 @@ impl EventSink for SessionEvents<'_> {
 
 fn side_name(side: Side) -> &'static str {
     TlsCounters::SIDES[side as usize]
+}
+
+/// The name a neutrally masked greeting shows: the listener's `banner_name`, else this
+/// host's name (libc `gethostname`, read once).
+fn banner_name(configured: &str) -> bytes::Bytes {
+    static HOST: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
+    if !configured.is_empty() {
+        return bytes::Bytes::copy_from_slice(configured.as_bytes());
+    }
+    HOST.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+        // within it or truncates.
+        let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+        let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        match ok && len > 0 {
+            true => bytes::Bytes::copy_from_slice(&buf[..len]),
+            false => bytes::Bytes::from_static(b"localhost"),
+        }
+    })
+    .clone()
 }

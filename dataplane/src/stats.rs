@@ -65,7 +65,7 @@ impl RuleCounters {
     pub fn count(&self, actions: &Actions) {
         self.matched.inc();
         match actions.disposition {
-            Disposition::Continue => {}
+            Disposition::Continue | Disposition::Reject => {}
             Disposition::Drop => self.drop.inc(),
             Disposition::Reset => self.reset.inc(),
         }

@@ -115,7 +115,7 @@ fn sighup_reload_applies_to_new_sessions_and_a_bad_file_keeps_the_old_config() {
 
     std::fs::write(
         &gate.config_path,
-        conf.replace("policy = \"none\"", "policy = \"default\""),
+        conf.replace("policy = \"none\"", "policy = \"asa-compat\""),
     )
     .unwrap();
     gate.signal(libc::SIGHUP);

@@ -101,6 +101,9 @@ pub struct Listener {
     pub upstream_ca: Option<PathBuf>,
     /// TLS from the first byte on the client side (RFC 8314, port 465).
     pub implicit_tls: bool,
+    /// The name in a neutrally masked greeting (`220 <name> ESMTP ready`); empty = this
+    /// host's name, which the dataplane fills in.
+    pub banner_name: String,
 }
 
 /// `[tls]`: the certificate the edge presents to clients (STARTTLS `inspect`, implicit
@@ -296,6 +299,8 @@ struct RawListener {
     upstream_ca: Option<Spanned<String>>,
     #[serde(default)]
     implicit_tls: bool,
+    #[serde(default)]
+    banner_name: String,
 }
 
 #[derive(Deserialize)]
@@ -330,6 +335,9 @@ pub struct PolicySection {
     /// NUL in DATA content: `true` (drop-connection log), `false`, or actions; the
     /// built-ins log.
     pub nul_in_content: Option<Spanned<ParamValue>>,
+    /// Client bytes before the server's greeting reached it: `true` (drop-connection
+    /// log), `false`, or actions like `"log"`.
+    pub early_talker: Option<Spanned<ParamValue>>,
     /// `"example.com"` or `"example.com log"`; `""` switches it off.
     pub mail_relay: Option<Spanned<String>>,
     /// Private verbs and EHLO keywords to pass (`X-LINK2STATE`, `XEXCH50`).
@@ -352,6 +360,7 @@ impl PolicySection {
             || self.special_character.is_some()
             || self.bare_newline.is_some()
             || self.nul_in_content.is_some()
+            || self.early_talker.is_some()
             || self.mail_relay.is_some()
             || self.allow_verbs.is_some()
             || !self.rules.is_empty()
@@ -857,6 +866,7 @@ fn validate_listeners(
                 upstream_tls,
                 upstream_ca,
                 implicit_tls: raw.implicit_tls,
+                banner_name: raw.banner_name.clone(),
             });
         }
     }

@@ -157,6 +157,8 @@ pub struct Parameters {
     /// that follows `allow_tls`).
     pub base_ehlo: EhloSet,
     pub mask_banner: bool,
+    /// What a masked greeting looks like.
+    pub banner: BannerStyle,
     pub allow_tls: bool,
     /// Actions on a bare CR/LF or a non-CRLF.CRLF end of data; `None` = off. A lone
     /// dot beside one always ends the session (`smuggled-end-of-data`), whatever this
@@ -165,12 +167,27 @@ pub struct Parameters {
     /// Actions on a NUL octet in DATA content (the first of each message); `None` =
     /// off. A NUL beside a lone dot is smuggling, judged like a bare line end there.
     pub nul_in_content: Option<Actions>,
+    /// Actions when the client talks before the server's greeting reached it; `None` =
+    /// off.
+    pub early_talker: Option<Actions>,
     /// Actions on `|`, backquote or NUL in a MAIL/RCPT address; `None` = off.
     pub special_character: Option<Actions>,
     /// Actions when `mail_relay` is set and a RCPT goes elsewhere.
     pub mail_relay_actions: Actions,
     /// Private verbs and EHLO keywords to pass, as written (upper-cased).
     pub allow_verbs: Vec<String>,
+}
+
+/// How `mask_banner` hides the upstream's greeting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BannerStyle {
+    /// `220 <name> ESMTP ready`: the upstream's name and software hidden, the edge's
+    /// own name shown, ESMTP kept — clients keep EHLO, STARTTLS, 8BITMIME, SMTPUTF8.
+    Neutral,
+    /// The firewall's: code kept, every other character `*`, length kept. Postfix and
+    /// other clients take such a greeting for a Cisco PIX and fall back to HELO
+    /// (no STARTTLS, 8BITMIME or SMTPUTF8).
+    Asterisks,
 }
 
 /// The default action of `bare_newline`, `special_character` and `mail_relay`.
@@ -203,7 +220,7 @@ pub const BUILTIN_NAMES: [&str; 4] = ["default", "asa-compat", "mailguard", "non
 /// The firewall's default policy map, mask-banner aside.
 pub const DEFAULT_RULES: [&str; 7] = [
     "match cmd line length gt 512 drop-connection log",
-    "match cmd RCPT count gt 100 drop-connection log",
+    "match cmd RCPT count gt 100 reject",
     "match body line length gt 998 log",
     "match header line length gt 998 drop-connection log",
     "match sender-address length gt 320 drop-connection log",
@@ -214,6 +231,9 @@ pub const DEFAULT_RULES: [&str; 7] = [
 /// `default`'s rules beyond the firewall's map: where a bound of the MIME parser stops
 /// it, the operator hears of it (a stricter policy drops instead).
 pub const DEFAULT_EXTRA_RULES: [&str; 1] = ["match MIME parse-limit log"];
+/// `default`'s recipient limit, and the firewall's in its place for `asa-compat`.
+const ASA_RCPT_RULE_REPLACED: &str = "match cmd RCPT count gt 100 reject";
+const ASA_RCPT_RULE: &str = "match cmd RCPT count gt 100 drop-connection log";
 
 /// HELO EHLO MAIL RCPT DATA RSET NOOP QUIT AUTH ETRN HELP SAML SEND SOML VRFY.
 const FIREWALL_COMMANDS: [Verb; 15] = [
@@ -295,21 +315,34 @@ pub struct PolicyError {
 impl Policy {
     /// A built-in policy by name, or `None`.
     pub fn builtin(name: &str) -> Option<Policy> {
-        let parse_defaults = || {
+        // `asa-compat` ends the session at the 101st recipient, as the firewall does;
+        // `default` answers that RCPT 452 and the session goes on.
+        let parse_defaults = |firewall: bool| {
             DEFAULT_RULES
                 .iter()
+                .map(|&text| match text {
+                    ASA_RCPT_RULE_REPLACED if firewall => ASA_RCPT_RULE,
+                    _ => text,
+                })
                 .map(|text| parse_rule(text).expect("built-in rules parse"))
                 .collect::<Vec<_>>()
         };
         // Every inspecting built-in masks the banner and stops SMTP smuggling; they
-        // differ in the commands, EHLO keywords and STARTTLS they pass.
-        let inspecting = |base_commands, base_ehlo, allow_tls| Parameters {
+        // differ in the commands, EHLO keywords and STARTTLS they pass, how the banner
+        // is masked, and early talkers.
+        let inspecting = |base_commands, base_ehlo, allow_tls, firewall: bool| Parameters {
             base_commands,
             base_ehlo,
             mask_banner: true,
+            banner: if firewall {
+                BannerStyle::Asterisks
+            } else {
+                BannerStyle::Neutral
+            },
             allow_tls,
             bare_newline: Some(DROP_LOG),
             nul_in_content: Some(LOG),
+            early_talker: (!firewall).then_some(DROP_LOG),
             special_character: None,
             mail_relay_actions: DROP_LOG,
             allow_verbs: Vec::new(),
@@ -318,8 +351,8 @@ impl Policy {
         let (inspect, params, rules) = match name {
             "default" => (
                 true,
-                inspecting(firewall_commands(), DEFAULT_EHLO, true),
-                parse_defaults()
+                inspecting(firewall_commands(), DEFAULT_EHLO, true, false),
+                parse_defaults(false)
                     .into_iter()
                     .chain(
                         DEFAULT_EXTRA_RULES
@@ -333,12 +366,12 @@ impl Policy {
             // in a policy extending it reproduces the firewall exactly.
             "asa-compat" => (
                 true,
-                inspecting(firewall_commands(), FIREWALL_EHLO, false),
-                parse_defaults(),
+                inspecting(firewall_commands(), FIREWALL_EHLO, false, true),
+                parse_defaults(true),
             ),
             "mailguard" => (
                 true,
-                inspecting(CommandSet::of(&MAILGUARD_COMMANDS), 0, false),
+                inspecting(CommandSet::of(&MAILGUARD_COMMANDS), 0, false, true),
                 Vec::new(),
             ),
             "none" => (
@@ -347,9 +380,11 @@ impl Policy {
                     base_commands: CommandSet::default(),
                     base_ehlo: 0,
                     mask_banner: false,
+                    banner: BannerStyle::Neutral,
                     allow_tls: false,
                     bare_newline: None,
                     nul_in_content: None,
+                    early_talker: None,
                     special_character: None,
                     mail_relay_actions: DROP_LOG,
                     allow_verbs: Vec::new(),
@@ -413,6 +448,11 @@ impl Policy {
                 "nul_in_content",
                 &section.nul_in_content,
                 &mut params.nul_in_content,
+            ),
+            (
+                "early_talker",
+                &section.early_talker,
+                &mut params.early_talker,
             ),
         ] {
             let Some(value) = value else { continue };
@@ -625,6 +665,23 @@ impl Policy {
             if params.allow_tls {
                 tls_started_rule = add(Criterion::TlsStarted, "allow-tls log".into(), LOG);
             }
+            if let Some(actions) = params.early_talker {
+                add(
+                    Criterion::EarlyTalker,
+                    format!("early-talker {actions}"),
+                    actions,
+                );
+            }
+            // Protocol defences, not parameters: each ends the session with its own
+            // rule, so /status and the logs say which one fired.
+            for (criterion, text) in [
+                (Criterion::ImproperPipelining, "improper-pipelining"),
+                (Criterion::OverlongCommand, "overlong-command"),
+                (Criterion::BdatRefused, "bdat-refused"),
+                (Criterion::StarttlsInjection, "starttls-injection"),
+            ] {
+                add(criterion, format!("{text} drop-connection log"), DROP_LOG);
+            }
         }
         debug_assert!(match_rules.iter().all(|r| !r.criterion.is_parameter()));
         rules.extend(match_rules);
@@ -821,8 +878,13 @@ mod tests {
                 "smuggled-end-of-data drop-connection log",
                 "nul-in-content log",
                 "allow-tls log",
+                "early-talker drop-connection log",
+                "improper-pipelining drop-connection log",
+                "overlong-command drop-connection log",
+                "bdat-refused drop-connection log",
+                "starttls-injection drop-connection log",
                 "match cmd line length gt 512 drop-connection log",
-                "match cmd RCPT count gt 100 drop-connection log",
+                "match cmd RCPT count gt 100 reject",
                 "match body line length gt 998 log",
                 "match header line length gt 998 drop-connection log",
                 "match sender-address length gt 320 drop-connection log",
@@ -868,13 +930,20 @@ mod tests {
         assert_eq!(p.rule(3).actions, DROP_LOG);
         assert_eq!(p.rule(4).actions, DROP_LOG);
         use CriterionKind as K;
-        assert_eq!(p.index.of(K::CmdLineLength), [8]);
-        assert_eq!(p.index.of(K::CmdRcptCount), [9]);
-        assert_eq!(p.index.of(K::BodyLineLength), [10]);
-        assert_eq!(p.index.of(K::HeaderLineLength), [11]);
-        assert_eq!(p.index.of(K::SenderAddressLength), [12]);
-        assert_eq!(p.index.of(K::MimeFilenameLength), [13]);
-        assert_eq!(p.index.of(K::EhloReplyParameter), [14]);
+        assert_eq!(p.index.of(K::CmdLineLength), [13]);
+        assert_eq!(p.index.of(K::CmdRcptCount), [14]);
+        assert_eq!(p.index.of(K::BodyLineLength), [15]);
+        assert_eq!(p.index.of(K::HeaderLineLength), [16]);
+        assert_eq!(p.index.of(K::SenderAddressLength), [17]);
+        assert_eq!(p.index.of(K::MimeFilenameLength), [18]);
+        assert_eq!(p.index.of(K::EhloReplyParameter), [19]);
+        assert_eq!(p.index.of(K::CmdLineLength), [13]);
+        assert_eq!(p.index.of(K::CmdRcptCount), [14]);
+        assert_eq!(p.index.of(K::BodyLineLength), [15]);
+        assert_eq!(p.index.of(K::HeaderLineLength), [16]);
+        assert_eq!(p.index.of(K::SenderAddressLength), [17]);
+        assert_eq!(p.index.of(K::MimeFilenameLength), [18]);
+        assert_eq!(p.index.of(K::EhloReplyParameter), [19]);
         assert_eq!(p.index.of(K::Banner), [0]);
         assert!(p.index.of(K::InvalidRecipientsCount).is_empty());
         assert_eq!(p.index.body_line_floor, Some(998));
@@ -925,7 +994,11 @@ mod tests {
             .into_iter()
             .filter(|t| t.starts_with("match"))
             .collect();
-        assert_eq!(match_rules, DEFAULT_RULES);
+        let firewall_rules = DEFAULT_RULES.map(|r| match r {
+            ASA_RCPT_RULE_REPLACED => ASA_RCPT_RULE,
+            r => r,
+        });
+        assert_eq!(match_rules, firewall_rules);
     }
 
     #[test]
@@ -947,6 +1020,10 @@ mod tests {
                 "bare-newline drop-connection log",
                 "smuggled-end-of-data drop-connection log",
                 "nul-in-content log",
+                "improper-pipelining drop-connection log",
+                "overlong-command drop-connection log",
+                "bdat-refused drop-connection log",
+                "starttls-injection drop-connection log",
             ]
         );
     }
@@ -999,7 +1076,7 @@ mod tests {
         assert_eq!(texts(&p).last(), Some(&"match cmd verb VRFY EXPN mask log"));
         assert_eq!(
             p.rules.len(),
-            8 + DEFAULT_RULES.len() + DEFAULT_EXTRA_RULES.len() + 1
+            13 + DEFAULT_RULES.len() + DEFAULT_EXTRA_RULES.len() + 1
         );
         // The index points at the appended rule too.
         let verb_rule = (p.rules.len() - 1) as RuleId;
@@ -1078,11 +1155,16 @@ mod tests {
                 "bare-newline drop-connection log",
                 "smuggled-end-of-data drop-connection log",
                 "nul-in-content log",
+                "improper-pipelining drop-connection log",
+                "overlong-command drop-connection log",
+                "bdat-refused drop-connection log",
+                "starttls-injection drop-connection log",
                 "match body length gt 100 log"
             ]
         );
         assert!(!p.ehlo_allowed(b"PIPELINING"));
-        assert_eq!(p.index.of(CriterionKind::BodyLength), [7]);
+        assert_eq!(p.index.of(CriterionKind::BodyLength), [11]);
+        assert_eq!(p.index.of(CriterionKind::BodyLength), [11]);
         assert!(p.index.of(CriterionKind::CmdLineLength).is_empty());
     }
 

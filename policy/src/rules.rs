@@ -117,6 +117,22 @@ pub enum Criterion {
     SmuggledEndOfData,
     /// `nul_in_content`: a NUL octet elsewhere in DATA content (once per message).
     NulInContent,
+    // ---- built-in protocol defences, always on in an inspecting policy ----
+    /// Past the hold cap: the client sent more than the inspector holds while DATA,
+    /// STARTTLS or AUTH awaited its reply (RFC 2920 §3.1).
+    ImproperPipelining,
+    /// A DATA, STARTTLS or AUTH line too long to be judged whole: a lenient server
+    /// might act on it, so the session ends.
+    OverlongCommand,
+    /// A 5xx to a BDAT whose chunk was relayed as message content: client and server
+    /// disagree on the framing, so the rest cannot be judged.
+    BdatRefused,
+    /// Bytes sent after STARTTLS before TLS started (client bytes before the server's
+    /// 220, server bytes after it in the same read): plaintext injection
+    /// (CVE-2011-0411 pattern).
+    StarttlsInjection,
+    /// `early_talker`: client bytes before the server's greeting reached it.
+    EarlyTalker,
 }
 
 /// What a match does to the session: at most one of `drop-connection` and `reset`.
@@ -129,6 +145,10 @@ pub enum Disposition {
     Drop,
     /// `reset`: both sides reset at once.
     Reset,
+    /// `reject`: the inspector answers the command itself with the criterion's
+    /// 4xx/5xx reply ([`CriterionKind::reject_reply`]), forwards nothing of it, and the
+    /// session goes on.
+    Reject,
 }
 
 /// What to do on a match. Several may be set (`drop-connection log`).
@@ -215,11 +235,30 @@ pub enum CriterionKind {
     MalformedPath,
     SmuggledEndOfData,
     NulInContent,
+    ImproperPipelining,
+    OverlongCommand,
+    BdatRefused,
+    StarttlsInjection,
+    EarlyTalker,
 }
 
 impl CriterionKind {
     /// How many kinds there are (the size of a per-kind table).
-    pub const COUNT: usize = CriterionKind::NulInContent as usize + 1;
+    pub const COUNT: usize = CriterionKind::EarlyTalker as usize + 1;
+
+    /// The reply of a `reject` rule of this kind (RFC 5321 §4.2, RFC 3463 codes):
+    /// `Some` exactly for the criteria judged on one whole command.
+    pub fn reject_reply(self) -> Option<&'static [u8]> {
+        use CriterionKind as K;
+        Some(match self {
+            // RFC 5321 §4.5.3.1.10: the client sends the rest in a new transaction.
+            K::CmdRcptCount => b"452 4.5.3 Too many recipients\r\n",
+            K::CmdVerb => b"502 5.5.1 Command not allowed\r\n",
+            K::SenderAddressLength => b"550 5.1.7 Sender address too long\r\n",
+            K::SenderAddressRegex => b"550 5.7.1 Sender address rejected\r\n",
+            _ => return None,
+        })
+    }
 
     /// The criterion's name as the rule language (or the parameter) writes it.
     pub fn name(self) -> &'static str {
@@ -338,6 +377,26 @@ impl CriterionKind {
                 "nul-in-content",
                 b"421 4.7.0 NUL in message, closing connection\r\n",
             ),
+            K::ImproperPipelining => (
+                "improper-pipelining",
+                b"421 4.7.0 Improper command pipelining, closing connection\r\n",
+            ),
+            K::OverlongCommand => (
+                "overlong-command",
+                b"421 4.7.0 Command line too long, closing connection\r\n",
+            ),
+            K::BdatRefused => (
+                "bdat-refused",
+                b"421 4.7.0 BDAT refused by the server, closing connection\r\n",
+            ),
+            K::StarttlsInjection => (
+                "starttls-injection",
+                b"421 4.7.0 Data sent before TLS started, closing connection\r\n",
+            ),
+            K::EarlyTalker => (
+                "early-talker",
+                b"421 4.7.0 Talking before the greeting, closing connection\r\n",
+            ),
         }
     }
 }
@@ -373,6 +432,11 @@ impl Criterion {
             Criterion::MalformedPath => K::MalformedPath,
             Criterion::SmuggledEndOfData => K::SmuggledEndOfData,
             Criterion::NulInContent => K::NulInContent,
+            Criterion::ImproperPipelining => K::ImproperPipelining,
+            Criterion::OverlongCommand => K::OverlongCommand,
+            Criterion::BdatRefused => K::BdatRefused,
+            Criterion::StarttlsInjection => K::StarttlsInjection,
+            Criterion::EarlyTalker => K::EarlyTalker,
         }
     }
 
@@ -412,6 +476,11 @@ impl Criterion {
                 | Criterion::MalformedPath
                 | Criterion::SmuggledEndOfData
                 | Criterion::NulInContent
+                | Criterion::ImproperPipelining
+                | Criterion::OverlongCommand
+                | Criterion::BdatRefused
+                | Criterion::StarttlsInjection
+                | Criterion::EarlyTalker
         )
     }
 
@@ -444,6 +513,7 @@ impl fmt::Display for Actions {
         for (on, word) in [
             (self.disposition == Disposition::Drop, "drop-connection"),
             (self.disposition == Disposition::Reset, "reset"),
+            (self.disposition == Disposition::Reject, "reject"),
             (self.mask, "mask"),
             (self.log, "log"),
         ] {
@@ -494,6 +564,12 @@ pub enum RuleErrorKind {
     },
     /// `drop-connection` together with `reset`.
     DropAndReset,
+    /// `reject` together with `drop-connection` or `reset`.
+    RejectAndEnd,
+    /// `reject` on a criterion not judged on one whole command.
+    RejectNotAllowed {
+        criterion: &'static str,
+    },
     DuplicateAction {
         action: &'static str,
     },
@@ -542,6 +618,14 @@ impl RuleError {
             ),
             RuleErrorKind::DropAndReset => format!(
                 "`drop-connection` and `reset` at column {col} cannot be combined: choose one"
+            ),
+            RuleErrorKind::RejectAndEnd => format!(
+                "`reject` at column {col} answers the command and keeps the session: it \
+                 cannot be combined with `drop-connection` or `reset`"
+            ),
+            RuleErrorKind::RejectNotAllowed { criterion } => format!(
+                "`reject` at column {col} is only valid for `cmd RCPT count`, `cmd verb` and \
+                 `sender-address` (a whole command the gate can answer), not for `{criterion}`"
             ),
             RuleErrorKind::DuplicateAction { action } => {
                 format!("action `{action}` at column {col} is given twice")
@@ -639,7 +723,7 @@ fn tokenize(text: &str) -> Result<Vec<Token<'_>>, (usize, RuleErrorKind)> {
 // Parser
 // ---------------------------------------------------------------------------------
 
-const ACTION_WORDS: &str = "drop-connection, reset, log, mask, rate-limit";
+const ACTION_WORDS: &str = "drop-connection, reset, reject, log, mask, rate-limit";
 
 struct Parser<'a> {
     text: &'a str,
@@ -867,9 +951,10 @@ impl<'a> Parser<'a> {
         allow: impl Fn(&'static str) -> bool,
         context: &'static str,
         words: &str,
-    ) -> PResult<(Actions, Option<usize>)> {
+    ) -> PResult<(Actions, Option<usize>, Option<usize>)> {
         let mut actions = Actions::default();
         let mut mask_at = None;
+        let mut reject_at = None;
         if self.peek().is_none() {
             return self.expected(format!("an action ({words})"));
         }
@@ -890,18 +975,25 @@ impl<'a> Parser<'a> {
             }
             self.pos += 1;
             let already = match index {
-                0 | 1 => {
-                    let wanted = if index == 0 {
-                        Disposition::Drop
-                    } else {
-                        Disposition::Reset
+                0 | 1 | 5 => {
+                    let wanted = match index {
+                        0 => Disposition::Drop,
+                        1 => Disposition::Reset,
+                        _ => Disposition::Reject,
                     };
                     match actions.disposition {
                         Disposition::Continue => {
+                            if wanted == Disposition::Reject {
+                                reject_at = Some(start);
+                            }
                             actions.disposition = wanted;
                             false
                         }
                         d if d == wanted => true,
+                        Disposition::Reject => return Err((start, RuleErrorKind::RejectAndEnd)),
+                        _ if wanted == Disposition::Reject => {
+                            return Err((start, RuleErrorKind::RejectAndEnd))
+                        }
                         _ => return Err((start, RuleErrorKind::DropAndReset)),
                     }
                 }
@@ -910,6 +1002,7 @@ impl<'a> Parser<'a> {
                     mask_at = Some(start);
                     std::mem::replace(&mut actions.mask, true)
                 }
+                // rate-limit
                 _ => {
                     let already = actions.rate_limit != 0;
                     let at = self.peek().map_or(self.end_offset(), |t| t.start);
@@ -931,11 +1024,18 @@ impl<'a> Parser<'a> {
                 return Err((start, RuleErrorKind::DuplicateAction { action: name }));
             }
         }
-        Ok((actions, mask_at))
+        Ok((actions, mask_at, reject_at))
     }
 }
 
-const ACTIONS: [&str; 5] = ["drop-connection", "reset", "log", "mask", "rate-limit"];
+const ACTIONS: [&str; 6] = [
+    "drop-connection",
+    "reset",
+    "log",
+    "mask",
+    "rate-limit",
+    "reject",
+];
 
 fn action_index(t: &Token<'_>) -> Option<usize> {
     ACTIONS.iter().position(|a| t.is(a))
@@ -1018,7 +1118,17 @@ pub fn parse_rule(text: &str) -> Result<Rule, RuleError> {
             p.pos += 1;
         }
         let criterion = p.criterion()?;
-        let (actions, mask_at) = p.actions(|_| true, "this rule", ACTION_WORDS)?;
+        let (actions, mask_at, reject_at) = p.actions(|_| true, "this rule", ACTION_WORDS)?;
+        if let Some(at) = reject_at {
+            if criterion.kind().reject_reply().is_none() {
+                return Err((
+                    at,
+                    RuleErrorKind::RejectNotAllowed {
+                        criterion: criterion.name(),
+                    },
+                ));
+            }
+        }
         if let Some(at) = mask_at {
             if !criterion.allows_mask() {
                 return Err((
@@ -1229,7 +1339,7 @@ mod tests {
         assert_eq!(e.column, 30);
         assert_eq!(
             e.message(),
-            "expected one of drop-connection, reset, log, mask, rate-limit at column 30, found `dropp`"
+            "expected one of drop-connection, reset, reject, log, mask, rate-limit at column 30, found `dropp`"
         );
         assert_eq!(e.rule, "match cmd line length gt 512 dropp");
         assert!(e

@@ -38,7 +38,7 @@ mask_banner = true
 allow_tls = true
 rules = [
   "match cmd line length gt 512 drop-connection log",
-  "match cmd RCPT count gt 100 drop-connection log",
+  "match cmd RCPT count gt 100 reject",
   "match cmd verb VRFY EXPN mask log",
   "match sender-address regex \"@spam\\.example$\" drop-connection log",
 ]

@@ -12,14 +12,11 @@ use super::judge::{LenCheck, Outcome};
 use super::replies::Pending;
 use super::tls::StarttlsCommand;
 use super::{Inspector, Output, Verdict, CMD_LINE_CAP, HOLD_CAP, QUEUE_CAP};
-use crate::event::{Direction, Event, MessageId};
+use crate::event::Direction;
 use crate::path::{self, Address, PathKind};
 use crate::rules::{Criterion, CriterionKind};
 use crate::scanner;
 use crate::verb::Verb;
-
-const REPLY_IMPROPER_PIPELINING: &[u8] =
-    b"421 4.7.0 Improper command pipelining, closing connection\r\n";
 
 /// What the client's next bytes are.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -99,6 +96,11 @@ impl ClientSide {
         n
     }
 
+    /// Client bytes are waiting for a reply.
+    pub(super) fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// RFC 5321 §4.1.4: RSET, HELO/EHLO and the end of a message clear the transaction.
     pub(super) fn reset_transaction(&mut self) {
         self.transaction = false;
@@ -142,7 +144,7 @@ impl Inspector {
                     {
                         Step::Read(pos) => pos,
                         Step::MessageEnd(pos) => {
-                            self.queue(Pending::EndOfData);
+                            self.queue(Pending::EndOfData { bdat: false });
                             self.client.end_message();
                             self.client.mode = ClientMode::Command;
                             pos
@@ -155,6 +157,8 @@ impl Inspector {
                             .bdat(&mut self.judge, &input, pos, left, last, &mut fwd, out);
                     self.client.mode = match chunk {
                         Chunk::Continues { left } => ClientMode::Bdat { left, last },
+                        // A chunk cut by a stop keeps its mode: its BDAT is owed no reply.
+                        Chunk::Ended if self.judge.stopped() => ClientMode::Bdat { left, last },
                         Chunk::Ended => ClientMode::Command,
                         Chunk::MessageEnded => {
                             self.client.end_message();
@@ -182,28 +186,21 @@ impl Inspector {
         }
         // Whatever was judged clean before a stop still goes out, in order.
         fwd.flush(&input, &mut out.to_server);
+        if self.judge.stopped() {
+            if let ClientMode::Bdat { .. } = self.client.mode {
+                // The chunk never completes at the server: its BDAT is owed no reply.
+                self.replies.forget_newest();
+                self.client.mode = ClientMode::Command;
+            }
+        }
     }
 
+    /// Past [`HOLD_CAP`]: the client did not wait for the reply (RFC 2920 §3.1).
     fn improper_pipelining(&mut self, out: &mut Output) {
-        // Attributed to the smuggling rule when there is one: content sent before the
-        // server's go-ahead is how pipelined smuggling works.
-        if let Some(&id) = self
-            .judge
-            .policy()
-            .index
-            .of(CriterionKind::BareNewline)
-            .first()
-        {
-            let rule = self.judge.policy().rule(id);
-            out.events.push(Event {
-                rule: id,
-                actions: rule.actions,
-                message_id: MessageId::PolicyAction,
-                direction: Direction::ClientToServer,
-                value: HOLD_CAP as u64,
-            });
-        }
-        let reply = REPLY_IMPROPER_PIPELINING;
+        let (kind, d) = (CriterionKind::ImproperPipelining, Direction::ClientToServer);
+        self.judge.check_flag(kind, d, HOLD_CAP as u64, out);
+        // Whatever the rule says, nothing more can be held.
+        let reply = kind.drop_reply();
         self.judge.stop(out, Verdict::Drop { reply });
     }
 
@@ -213,12 +210,14 @@ impl Inspector {
         if self.client.held.is_empty() || self.judge.stopped() {
             return;
         }
-        let held = Bytes::from(std::mem::take(&mut self.client.held));
         if self.is_opaque() {
-            out.to_server.push(held);
-        } else {
-            self.client_input(held, out);
+            // Plaintext sent ahead of TLS (RFC 3207 §4) was judged when the 220 came:
+            // it never reaches the server.
+            self.client.held.clear();
+            return;
         }
+        let held = Bytes::from(std::mem::take(&mut self.client.held));
+        self.client_input(held, out);
     }
 
     /// Command mode: frames lines, judges each, returns where it stopped.
@@ -289,13 +288,8 @@ impl Inspector {
                 |_, c| matches!(c, Criterion::CmdVerb(set) if set.contains(verb, word)),
             ));
         }
-        match outcome {
-            Outcome::Stop => return Outcome::Stop,
-            Outcome::Mask => {
-                self.queue(Pending::Other);
-                return Outcome::Mask;
-            }
-            Outcome::Pass => {}
+        if outcome != Outcome::Pass {
+            return self.refuse(outcome, complete, out);
         }
 
         let pending = match verb {
@@ -318,26 +312,25 @@ impl Inspector {
                     self.client.transaction = true;
                     Pending::Mail
                 }
-                Outcome::Mask => {
-                    self.queue(Pending::Other);
-                    return Outcome::Mask;
-                }
-                Outcome::Stop => return Outcome::Stop,
+                refused => return self.refuse(refused, complete, out),
             },
             Verb::Rcpt => {
                 self.client.rcpt_count += 1;
                 let count = self.client.rcpt_count;
-                if self.judge.check_cmp(K::CmdRcptCount, d, count, out) == Outcome::Stop {
-                    return Outcome::Stop;
+                let outcome = self
+                    .judge
+                    .check_cmp(K::CmdRcptCount, d, count, out)
+                    .and(self.check_path(args, verb, out));
+                if outcome != Outcome::Pass {
+                    return self.refuse(outcome, complete, out);
                 }
-                match self.check_path(args, verb, out) {
-                    Outcome::Pass => Pending::Rcpt,
-                    Outcome::Mask => {
-                        self.queue(Pending::Other);
-                        return Outcome::Mask;
-                    }
-                    Outcome::Stop => return Outcome::Stop,
-                }
+                Pending::Rcpt
+            }
+            // A DATA/STARTTLS/AUTH line too long to judge whole: a lenient server might
+            // act on it, so the session ends (when no `cmd line length` rule did).
+            Verb::Data | Verb::Starttls | Verb::Auth if !complete => {
+                self.judge.check_flag(K::OverlongCommand, d, len, out);
+                return Outcome::Stop;
             }
             // STARTTLS terminated here (see the `tls` module).
             Verb::Starttls if complete && self.inspects_tls() => {
@@ -361,7 +354,7 @@ impl Inspector {
             // rejects; it changes no state.
             // These end a pipelined group (RFC 2920 §3.1): hold what follows until
             // their reply says what it is.
-            Verb::Data | Verb::Starttls | Verb::Auth if complete => {
+            Verb::Data | Verb::Starttls | Verb::Auth => {
                 self.client.hold = Hold::UntilReply;
                 match verb {
                     Verb::Data => Pending::Data,
@@ -369,20 +362,27 @@ impl Inspector {
                     _ => Pending::Auth,
                 }
             }
-            Verb::Bdat if complete => {
-                if let Some((size, last)) = bdat_arguments(args) {
-                    if !self.client.bdat_message {
-                        self.content.start_message();
-                        self.client.bdat_message = true;
-                    }
-                    self.client.mode = ClientMode::Bdat { left: size, last };
-                    if last {
-                        // Its reply is the one to the end of the message.
-                        self.queue(Pending::EndOfData);
-                        return Outcome::Pass;
-                    }
+            // RFC 3030 §2: a chunk of `size` octets follows — but only a server that
+            // offered CHUNKING and takes that count reads it as one; any other would
+            // run the chunk as commands, so the line is masked like a refused verb.
+            Verb::Bdat => {
+                let chunk = bdat_arguments(args)
+                    .filter(|&(size, _)| complete && self.replies.takes_chunk(size));
+                let Some((size, last)) = chunk else {
+                    let outcome = self.judge.check_flag(K::UnknownVerb, d, len, out);
+                    return self.refuse(outcome.and(Outcome::Mask), complete, out);
+                };
+                if !self.client.bdat_message {
+                    self.content.start_message();
+                    self.client.bdat_message = true;
                 }
-                Pending::Other
+                self.client.mode = ClientMode::Bdat { left: size, last };
+                if last {
+                    // Its reply is the one to the end of the message.
+                    Pending::EndOfData { bdat: true }
+                } else {
+                    Pending::Bdat
+                }
             }
             // Passed only when the policy allows it (`allow_verbs`): its blob follows
             // the server's 354, like DATA content, so the client waits for the reply.
@@ -399,6 +399,33 @@ impl Inspector {
         };
         self.queue(pending);
         Outcome::Pass
+    }
+
+    /// A command not forwarded as written: masked (queued, the server answers it),
+    /// rejected (answered here, in order; a line too long to judge whole is masked
+    /// instead), or the session stopped.
+    fn refuse(&mut self, outcome: Outcome, complete: bool, out: &mut Output) -> Outcome {
+        match outcome {
+            Outcome::Reject(reply) if complete => {
+                self.answer(reply, out);
+                outcome
+            }
+            Outcome::Stop => Outcome::Stop,
+            _ => {
+                self.queue(Pending::Other);
+                Outcome::Mask
+            }
+        }
+    }
+
+    /// The inspector's own reply to a command it did not forward: to the client now
+    /// when nothing is owed before it, else after the replies owed before it.
+    fn answer(&mut self, reply: &'static [u8], out: &mut Output) {
+        if self.replies.queued() == 0 {
+            out.to_client.push(Bytes::from_static(reply));
+        } else {
+            self.queue(Pending::Injected(reply));
+        }
     }
 
     /// Queues a forwarded command for its reply; a full queue holds what follows.
@@ -521,6 +548,7 @@ impl LineSide for CommandSide<'_> {
         match self.0.on_command(content, len, complete, out) {
             Outcome::Pass => LineDecision::Pass,
             Outcome::Mask => LineDecision::Fill(b'X'),
+            Outcome::Reject(_) => LineDecision::Swallow,
             Outcome::Stop => LineDecision::Stop,
         }
     }

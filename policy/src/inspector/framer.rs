@@ -21,6 +21,9 @@ pub(super) enum LineDecision {
     /// These bytes go out instead of the whole line, line end included (a reply
     /// swallowed or lines added). For an overlong line: as `Pass`.
     Replace(Bytes),
+    /// Nothing of the line goes out, line end included; the session goes on (a line
+    /// longer than the cap is masked with `X` instead).
+    Swallow,
     Stop,
 }
 
@@ -132,6 +135,13 @@ impl LineFramer {
                     LineDecision::Pass | LineDecision::Replace(_) => {
                         fwd.content(input, sink, held_bytes, from, to, 0, None)
                     }
+                    LineDecision::Swallow if !overlong => {
+                        self.buf.clear();
+                        return pos + n;
+                    }
+                    LineDecision::Swallow => {
+                        fwd.content(input, sink, held_bytes, from, to, 0, Some(b'X'))
+                    }
                     LineDecision::Fill(f) => {
                         fwd.content(input, sink, held_bytes, from, to, 0, Some(f))
                     }
@@ -176,6 +186,10 @@ impl LineFramer {
                     LineDecision::Stop => {
                         self.buf.clear();
                         return pos;
+                    }
+                    LineDecision::Swallow => {
+                        fwd.content(input, sink, held_bytes, from, to, 0, Some(b'X'));
+                        Some(b'X')
                     }
                     LineDecision::Pass | LineDecision::Replace(_) => {
                         fwd.content(input, sink, held_bytes, from, to, 0, None);

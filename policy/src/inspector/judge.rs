@@ -19,14 +19,18 @@ const REPLY_RATE_LIMIT: &[u8] = b"421 4.7.0 Message rate limit exceeded, closing
 pub(super) enum Outcome {
     Pass,
     Mask,
+    /// Answer the command with this reply; forward nothing of it.
+    Reject(&'static [u8]),
     Stop,
 }
 
 impl Outcome {
+    /// Both outcomes together: the stronger wins (stop, reject, mask, pass).
     #[inline]
     pub(super) fn and(self, other: Outcome) -> Outcome {
         match (self, other) {
             (Outcome::Stop, _) | (_, Outcome::Stop) => Outcome::Stop,
+            (r @ Outcome::Reject(_), _) | (_, r @ Outcome::Reject(_)) => r,
             (Outcome::Mask, _) | (_, Outcome::Mask) => Outcome::Mask,
             _ => Outcome::Pass,
         }
@@ -51,7 +55,8 @@ pub(super) struct Judge {
 }
 
 struct Actor {
-    stopped: bool,
+    /// The verdict, once given.
+    verdict: Option<Verdict>,
     now: Option<Instant>,
     /// Per rule (only when the policy has `rate-limit` rules): window start and count.
     rate: Vec<(Option<Instant>, u32)>,
@@ -67,7 +72,7 @@ impl Judge {
         Judge {
             policy,
             actor: Actor {
-                stopped: false,
+                verdict: None,
                 now: None,
                 rate,
             },
@@ -90,7 +95,7 @@ impl Judge {
     /// A drop or reset verdict was given: nothing more is forwarded.
     #[inline]
     pub(super) fn stopped(&self) -> bool {
-        self.actor.stopped
+        self.actor.verdict.is_some()
     }
 
     /// Ends the session with `verdict` (the first verdict wins).
@@ -260,6 +265,11 @@ impl Actor {
                 let reply = rule.criterion.kind().drop_reply();
                 return self.stop(out, Verdict::Drop { reply });
             }
+            Disposition::Reject => {
+                if let Some(reply) = rule.criterion.kind().reject_reply() {
+                    return Outcome::Reject(reply);
+                }
+            }
             Disposition::Continue => {}
         }
         if a.rate_limit > 0 {
@@ -286,9 +296,9 @@ impl Actor {
     }
 
     fn stop(&mut self, out: &mut Output, verdict: Verdict) -> Outcome {
-        if !self.stopped {
+        if self.verdict.is_none() {
             out.verdict = verdict;
-            self.stopped = true;
+            self.verdict = Some(verdict);
         }
         Outcome::Stop
     }

@@ -212,12 +212,25 @@ pub struct Inspector {
     tls: TlsState,
     /// HELO name, sender, accepted recipients / messages / transactions, for logs.
     envelope: Envelope,
+    /// The name a neutrally masked greeting shows (the edge's own, never the
+    /// upstream's).
+    banner_name: Bytes,
+    /// The early-talker rule was judged (once per session).
+    early_talk_judged: bool,
 }
 
 impl Inspector {
     /// A session whose STARTTLS goes to the upstream (`starttls = "passthrough"`).
     pub fn new(policy: Arc<Policy>) -> Inspector {
         Inspector::with_tls(policy, TlsTermination::Passthrough)
+    }
+
+    /// The same session, its neutrally masked greeting being `220 <banner_name> ESMTP
+    /// ready` (the listener's `banner_name`, by default this host's name; without it,
+    /// `localhost`).
+    pub fn with_banner_name(mut self, banner_name: Bytes) -> Inspector {
+        self.banner_name = banner_name;
+        self
     }
 
     /// A session with its STARTTLS handling (see [`TlsTermination`]).
@@ -230,6 +243,8 @@ impl Inspector {
             progress: 0,
             tls: TlsState::new(termination),
             envelope: Envelope::default(),
+            banner_name: Bytes::from_static(b"localhost"),
+            early_talk_judged: false,
             judge: Judge::new(policy),
         }
     }
@@ -243,14 +258,28 @@ impl Inspector {
         self.judge.policy_arc()
     }
 
-    /// Bytes read from the client.
+    /// Bytes read from the client. After a verdict they are ignored.
     pub fn on_client_bytes(&mut self, input: Bytes, now: Instant, out: &mut Output) {
         self.judge.set_now(now);
         if self.judge.stopped() {
             return;
         }
+        if !self.replies.greeted() && !input.is_empty() && !self.early_talk_judged {
+            // RFC 5321 §4.3.1: the client waits for the greeting. One that talks first
+            // is usually a spam engine that does not read replies.
+            self.early_talk_judged = true;
+            let (kind, d) = (
+                crate::rules::CriterionKind::EarlyTalker,
+                Direction::ClientToServer,
+            );
+            self.judge.check_flag(kind, d, 0, out);
+            if self.judge.stopped() {
+                return;
+            }
+        }
         if self.is_opaque() {
             if !input.is_empty() {
+                self.replies.tls_hello_sent = true;
                 out.to_server.push(input);
             }
             return;
@@ -258,13 +287,16 @@ impl Inspector {
         self.client_input(input, out);
     }
 
-    /// Bytes read from the server.
+    /// Bytes read from the server. After a verdict they are ignored.
     pub fn on_server_bytes(&mut self, input: Bytes, now: Instant, out: &mut Output) {
         self.judge.set_now(now);
         if self.judge.stopped() {
             return;
         }
-        if self.is_opaque() {
+        let replies = &self.replies;
+        if self.is_opaque()
+            && (replies.tls_hello_sent || replies.tls_injection_judged || input.is_empty())
+        {
             if !input.is_empty() {
                 out.to_client.push(input);
             }
@@ -307,9 +339,16 @@ impl Inspector {
         self.client.mode == ClientMode::Opaque
     }
 
-    /// True once a drop or reset verdict was given: nothing more will be forwarded.
+    /// True once a drop or reset verdict was given: nothing more from the client will
+    /// be forwarded.
     pub fn is_stopped(&self) -> bool {
         self.judge.stopped()
+    }
+
+    /// Replies the server still owes for commands already forwarded to it (a BDAT
+    /// whose chunk a stop cut short is owed none).
+    pub fn owed_replies(&self) -> usize {
+        self.replies.owed()
     }
 
     /// Bytes the inspector keeps between calls (partial lines, held bytes, parser
@@ -327,4 +366,6 @@ impl Inspector {
 enum ReplyEffect {
     /// Judge the client bytes held behind the command this reply answered.
     ReleaseHeld,
+    /// A 5xx to a BDAT whose chunk went out as content: end the session.
+    BdatRefused,
 }

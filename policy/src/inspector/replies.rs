@@ -13,6 +13,7 @@ use super::framer::{LineDecision, LineFramer, LineSide};
 use super::judge::Outcome;
 use super::{Inspector, Output, ReplyEffect, QUEUE_CAP, REPLY_LINE_CAP};
 use crate::event::Direction;
+use crate::policy::BannerStyle;
 use crate::rules::{Criterion, CriterionKind};
 use crate::scanner;
 
@@ -36,10 +37,17 @@ pub(super) enum Pending {
     Xexch50 {
         size: u64,
     },
+    /// A `BDAT <size>` chunk relayed as content (RFC 3030 §2).
+    Bdat,
     /// A message's end: the final dot of DATA content, or a `BDAT ... LAST` line (its
     /// reply follows the chunk). RFC 5321 §4.1.1.4: the reply says whether the server
     /// took responsibility for the message.
-    EndOfData,
+    EndOfData {
+        bdat: bool,
+    },
+    /// A command the inspector answered itself (`reject`): this reply goes to the
+    /// client once the replies owed before it have.
+    Injected(&'static [u8]),
     /// Every other command.
     Other,
 }
@@ -63,6 +71,17 @@ pub(super) struct ReplyTracker {
     pending: VecDeque<Pending>,
     /// `EndOfData` entries in `pending`.
     owed_end_of_data: u32,
+    /// `Injected` entries in `pending` (owed by the inspector, not the server).
+    injected: u32,
+    /// The server's last EHLO reply offered CHUNKING, and the SIZE it advertised (0:
+    /// none, or no limit).
+    chunking: bool,
+    size_limit: u64,
+    /// After the 220 to STARTTLS: the client has sent its first (TLS) bytes. Before
+    /// that, the server has nothing to say (RFC 3207 §4).
+    pub(super) tls_hello_sent: bool,
+    /// Server bytes before the client's first TLS bytes were judged (once).
+    pub(super) tls_injection_judged: bool,
     invalid_rcpts: u64,
     /// What the last complete reply does to the client side, applied once its line
     /// went out (see [`Inspector::server_input`]).
@@ -79,6 +98,11 @@ impl ReplyTracker {
             line_no: 0,
             pending: VecDeque::with_capacity(16),
             owed_end_of_data: 0,
+            injected: 0,
+            chunking: false,
+            size_limit: 0,
+            tls_hello_sent: false,
+            tls_injection_judged: false,
             invalid_rcpts: 0,
             effect: None,
             embryonic: true,
@@ -98,8 +122,10 @@ impl ReplyTracker {
     }
 
     pub(super) fn push(&mut self, pending: Pending) {
-        if pending == Pending::EndOfData {
-            self.owed_end_of_data += 1;
+        match pending {
+            Pending::EndOfData { .. } => self.owed_end_of_data += 1,
+            Pending::Injected(_) => self.injected += 1,
+            _ => {}
         }
         self.pending.push_back(pending);
     }
@@ -108,9 +134,47 @@ impl ReplyTracker {
         self.pending.len()
     }
 
-    fn pop(&mut self) {
-        if self.pending.pop_front() == Some(Pending::EndOfData) {
-            self.owed_end_of_data -= 1;
+    /// Replies the server owes for commands forwarded to it.
+    pub(super) fn owed(&self) -> usize {
+        self.pending.len() - self.injected as usize
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        let popped = self.pending.pop_front();
+        match popped {
+            Some(Pending::EndOfData { .. }) => self.owed_end_of_data -= 1,
+            Some(Pending::Injected(_)) => self.injected -= 1,
+            _ => {}
+        }
+        popped
+    }
+
+    /// Takes back the newest entry: a BDAT whose chunk a stop cut short is owed no
+    /// reply (the server still waits for the rest of it).
+    pub(super) fn forget_newest(&mut self) {
+        match self.pending.pop_back() {
+            Some(Pending::EndOfData { .. }) => self.owed_end_of_data -= 1,
+            Some(Pending::Injected(_)) => self.injected -= 1,
+            _ => {}
+        }
+    }
+
+    /// Whether a `BDAT <size>` chunk is one this server reads as a chunk: it offered
+    /// CHUNKING in its last EHLO reply (RFC 3030 §2) and `size` is within its SIZE
+    /// (RFC 1870), or at most 2^53 where it advertised none.
+    pub(super) fn takes_chunk(&self, size: u64) -> bool {
+        let limit = match self.size_limit {
+            0 => 1 << 53,
+            n => n,
+        };
+        self.chunking && size <= limit
+    }
+
+    /// The inspector's own replies now at the front of the queue go to the client.
+    fn answer_injected(&mut self, out: &mut Output) {
+        while let Some(&Pending::Injected(reply)) = self.pending.front() {
+            self.pop();
+            out.to_client.push(Bytes::from_static(reply));
         }
     }
 
@@ -118,6 +182,31 @@ impl ReplyTracker {
     fn mail_pending(&self) -> bool {
         self.pending.contains(&Pending::Mail)
     }
+
+    /// An EHLO reply line after the first (RFC 5321 §4.1.1.1): the extensions offered.
+    fn note_extension(&mut self, line: &[u8]) {
+        let text = &line[4.min(line.len())..scanner::content_len(line).max(4.min(line.len()))];
+        let mut words = text.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        match words.next() {
+            Some(k) if k.eq_ignore_ascii_case(b"CHUNKING") => self.chunking = true,
+            Some(k) if k.eq_ignore_ascii_case(b"SIZE") => {
+                self.size_limit = words.next().and_then(parse_u64).unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A decimal number of at most 19 digits (so it fits a `u64`).
+pub(super) fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+    )
 }
 
 impl Inspector {
@@ -129,7 +218,16 @@ impl Inspector {
         let mut framer = std::mem::take(&mut self.replies.framer);
         while pos < input.len() && !self.judge.stopped() {
             if self.is_opaque() {
-                fwd.pass(&input, pos, input.len(), &mut out.to_client);
+                // RFC 3207 §4: after its 220 the server waits for the client's TLS
+                // handshake; bytes before the client's first are injected plaintext.
+                if !self.replies.tls_injection_judged {
+                    self.replies.tls_injection_judged = true;
+                    let (kind, d) = (CriterionKind::StarttlsInjection, Direction::ServerToClient);
+                    self.judge.check_flag(kind, d, 0, out);
+                }
+                if !self.judge.stopped() {
+                    fwd.pass(&input, pos, input.len(), &mut out.to_client);
+                }
                 break;
             }
             let d = Direction::ServerToClient;
@@ -142,22 +240,32 @@ impl Inspector {
                 out,
                 &mut ReplySide(self),
             );
+            if self.judge.stopped() {
+                // The line that stopped the session is withheld whole.
+                framer = LineFramer::default();
+                break;
+            }
             // Applied once the reply's last line went out whole (an overlong one is
             // judged on its head, which may end a read): the same point however reads
             // split it.
             if framer.mid_line() {
                 continue;
             }
+            fwd.flush(&input, &mut out.to_client);
             match self.replies.effect.take() {
-                Some(ReplyEffect::ReleaseHeld) => {
-                    fwd.flush(&input, &mut out.to_client);
-                    self.release_held(out);
+                Some(ReplyEffect::ReleaseHeld) => self.release_held(out),
+                Some(ReplyEffect::BdatRefused) => {
+                    // A 5xx to a chunk relayed as content: client and server disagree
+                    // on where the message ends, so nothing after it can be judged.
+                    let (kind, d) = (CriterionKind::BdatRefused, Direction::ServerToClient);
+                    self.judge.check_flag(kind, d, 0, out);
                 }
                 None => {}
             }
+            self.replies.answer_injected(out);
         }
-        self.replies.framer = framer;
         fwd.flush(&input, &mut out.to_client);
+        self.replies.framer = framer;
     }
 
     /// Judges one reply line from its content (CRLF excluded; for an overlong line its
@@ -188,8 +296,7 @@ impl Inspector {
                 ServerSide::Greeting { masked: mask }
             };
             if mask {
-                let masked = Bytes::from(mask_banner(line));
-                return (LineDecision::Rewrite(masked, Some(b'*')), None);
+                return (self.masked_greeting(line, line_no), None);
             }
             return (LineDecision::Pass, None);
         }
@@ -206,12 +313,18 @@ impl Inspector {
             return (self.starttls_reply(code, last, to_upstream, out), None);
         }
         let mut action = LineDecision::Pass;
+        if head == Pending::Ehlo && line_no == 0 {
+            // A new EHLO reply replaces what the last one offered.
+            self.replies.chunking = false;
+            self.replies.size_limit = 0;
+        }
         let ehlo_ok = head == Pending::Ehlo && (200..300).contains(&code);
         if ehlo_ok && line_no == 0 {
             self.tls_ehlo_start();
         }
         if ehlo_ok && line_no > 0 {
             let masked_for_tls = self.tls_ehlo_keyword(ehlo_word(line));
+            self.replies.note_extension(line);
             match self.ehlo_keyword(line, out) {
                 Outcome::Stop => return (LineDecision::Stop, None),
                 Outcome::Mask => {
@@ -220,7 +333,7 @@ impl Inspector {
                 Outcome::Pass if masked_for_tls => {
                     action = LineDecision::Rewrite(Bytes::from(mask_keyword(line)), None)
                 }
-                Outcome::Pass => {}
+                Outcome::Pass | Outcome::Reject(_) => {}
             }
         }
         if !last {
@@ -246,7 +359,18 @@ impl Inspector {
                 if class == 2 {
                     self.replies.embryonic = false;
                 }
+                if class != 2 || head == Pending::Helo {
+                    // No EHLO extensions in force (RFC 5321 §4.1.1.1).
+                    self.replies.chunking = false;
+                    self.replies.size_limit = 0;
+                }
                 None
+            }
+            Pending::Bdat if class == 5 => Some(ReplyEffect::BdatRefused),
+            Pending::Bdat => self.queue_room(),
+            Pending::EndOfData { bdat: true } if class == 5 => {
+                self.client.transaction = self.replies.mail_pending();
+                Some(ReplyEffect::BdatRefused)
             }
             Pending::Mail => {
                 if class == 2 {
@@ -256,7 +380,7 @@ impl Inspector {
                 }
                 None
             }
-            Pending::EndOfData => {
+            Pending::EndOfData { .. } => {
                 if class == 2 {
                     self.envelope.on_message_accepted();
                 }
@@ -285,6 +409,16 @@ impl Inspector {
                 self.barrier_answered()
             }
             Pending::Starttls => {
+                if code == 220 && self.client.has_held() {
+                    // RFC 3207 §4: the client must wait for this reply; bytes it sent
+                    // before it are plaintext injected ahead of TLS (CVE-2011-0411).
+                    let kind = CriterionKind::StarttlsInjection;
+                    let d = Direction::ClientToServer;
+                    self.judge.check_flag(kind, d, 0, out);
+                    if self.judge.stopped() {
+                        return (LineDecision::Stop, None);
+                    }
+                }
                 if code == 220 {
                     // RFC 3207 §4: TLS starts after this reply; nothing after it can be read.
                     let kind = CriterionKind::TlsStarted;
@@ -316,6 +450,9 @@ impl Inspector {
             }
             Pending::Other => self.queue_room(),
             Pending::StarttlsInspected { .. } => unreachable!("answered by starttls_reply"),
+            // Never at the front when a server reply arrives: answered as soon as the
+            // replies before it were forwarded.
+            Pending::Injected(_) => None,
         };
         (action, effect)
     }
@@ -350,6 +487,40 @@ impl Inspector {
         self.judge.check(kind, d, 0, out, |policy, c| {
             matches!(c, Criterion::EhloReplyParameter(set) if policy.ehlo_matches(*set, word))
         })
+    }
+}
+
+impl Inspector {
+    /// The greeting line `line_no` as `mask_banner` shows it: the firewall's asterisks,
+    /// or `220 <banner name> ESMTP ready` on the first line (the code kept) and the
+    /// code alone on any further line (a line longer than the reply cap passes: its
+    /// end is not known when it is judged).
+    fn masked_greeting(&self, line: &[u8], line_no: u32) -> LineDecision {
+        if self.judge.policy().params.banner == BannerStyle::Asterisks {
+            return LineDecision::Rewrite(Bytes::from(mask_banner(line)), Some(b'*'));
+        }
+        let code = match line {
+            [a, b, c, ..] if [a, b, c].iter().all(|d| d.is_ascii_digit()) => [*a, *b, *c],
+            _ => *b"220",
+        };
+        let separator = if line.get(3) == Some(&b'-') {
+            b'-'
+        } else {
+            b' '
+        };
+        let mut text = Vec::with_capacity(self.banner_name.len() + 16);
+        text.extend_from_slice(&code);
+        text.push(separator);
+        if line_no == 0 {
+            text.extend_from_slice(&self.banner_name);
+            text.extend_from_slice(if code[0] == b'2' {
+                &b" ESMTP ready"[..]
+            } else {
+                b" ESMTP service not available"
+            });
+        }
+        text.extend_from_slice(b"\r\n");
+        LineDecision::Replace(Bytes::from(text))
     }
 }
 

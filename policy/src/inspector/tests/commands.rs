@@ -197,9 +197,75 @@ fn rcpt_count_per_transaction() {
     }
     assert_eq!(s.verdict, Verdict::Continue, "100 per transaction is fine");
     s.client(b"RCPT TO:<c@y>\r\n");
-    assert!(s.drop_reply().contains("Too many recipients"));
     assert!(!s.server_text().contains("c@y"));
     assert_eq!(s.events.last().unwrap().value, 101);
+    let mut s = Driver::builtin("asa-compat");
+    s.server(b"220 x\r\n")
+        .client(b"HELO c\r\nMAIL FROM:<a@x>\r\n");
+    for _ in 0..101 {
+        s.client(b"RCPT TO:<b@y>\r\n");
+    }
+    assert!(
+        s.drop_reply().contains("Too many recipients"),
+        "asa-compat keeps the firewall's drop"
+    );
+}
+
+#[test]
+fn the_101st_recipient_is_answered_452_in_order_and_the_session_goes_on() {
+    let mut s = Driver::builtin("default");
+    s.server(b"220 x\r\n")
+        .client(b"EHLO c\r\n")
+        .server(b"250 mx\r\n");
+    let mut batch = b"MAIL FROM:<a@x>\r\n".to_vec();
+    for i in 0..102 {
+        batch.extend_from_slice(format!("RCPT TO:<r{i}@y>\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"NOOP\r\n");
+    s.forget().client(&batch);
+    assert_eq!(s.verdict, Verdict::Continue);
+    assert!(!s.server_text().contains("<r100@y>") && !s.server_text().contains("<r101@y>"));
+    assert!(s.server_text().contains("<r99@y>") && s.server_text().ends_with("NOOP\r\n"));
+    assert_eq!(
+        s.client_text(),
+        "",
+        "the 452s wait for the replies before them"
+    );
+    // MAIL, 100 RCPTs: then our two 452s, then the NOOP's reply, in order.
+    let mut replies = b"250 mail\r\n".to_vec();
+    for _ in 0..100 {
+        replies.extend_from_slice(b"250 rcpt\r\n");
+    }
+    s.server(&replies);
+    assert!(s.client_text().ends_with(
+        "250 rcpt\r\n452 4.5.3 Too many recipients\r\n452 4.5.3 Too many recipients\r\n"
+    ));
+    s.server(b"250 noop\r\n");
+    assert!(s
+        .client_text()
+        .ends_with("Too many recipients\r\n250 noop\r\n"));
+    assert_eq!(s.inspector.owed_replies(), 0);
+    // A reject with nothing owed before it is answered at once.
+    s.forget().client(b"RCPT TO:<late@y>\r\n");
+    assert_eq!(s.client_text(), "452 4.5.3 Too many recipients\r\n");
+    assert_eq!(s.server_text(), "");
+}
+
+#[test]
+fn reject_is_refused_where_no_whole_command_can_be_answered() {
+    assert!(parse_rule("match body length gt 10 reject").is_err());
+    assert!(parse_rule("match cmd RCPT count gt 10 reject drop-connection").is_err());
+    let rule = parse_rule("match sender-address regex \"@spam\\.example$\" reject").unwrap();
+    assert_eq!(rule.actions.disposition, Disposition::Reject);
+    let mut s = Driver::with_rules(&["match sender-address regex \"@spam\\.example$\" reject log"]);
+    s.server(b"220 x\r\n")
+        .client(b"MAIL FROM:<x@SPAM.example>\r\nNOOP\r\n");
+    assert_eq!(s.verdict, Verdict::Continue);
+    assert_eq!(s.server_text(), "NOOP\r\n");
+    assert_eq!(
+        s.client_text(),
+        "220 localhost ESMTP ready\r\n550 5.7.1 Sender address rejected\r\n"
+    );
 }
 
 #[test]
@@ -365,7 +431,7 @@ fn reset_action() {
     assert_eq!(s.server_text(), "NOOP\r\n");
     s.client(b"NOOP\r\n").server(b"250 ok\r\n");
     assert_eq!(s.server_text(), "NOOP\r\n", "nothing after a verdict");
-    assert_eq!(s.client_text(), "220 *\r\n");
+    assert_eq!(s.client_text(), "220 localhost ESMTP ready\r\n");
 }
 
 #[test]

@@ -579,3 +579,129 @@ fn bdat_zero_last_ends_the_message() {
     assert!(s.drop_reply().contains("header too long"));
     assert_eq!(s.server_text(), "BDAT 0 LAST\r");
 }
+
+#[test]
+fn bdat_to_a_server_that_never_offered_chunking_is_masked_and_its_chunk_judged_as_commands() {
+    let mut s = Driver::builtin("default");
+    s.server(b"220 mx\r\n")
+        .client(b"EHLO c\r\n")
+        .server(b"250-mx\r\n250 PIPELINING\r\n")
+        .forget();
+    s.client(b"BDAT 40 LAST\r\nWIZ\r\nKILL\r\nMAIL FROM:<a|b@example.com>\r\n");
+    assert!(s
+        .server_text()
+        .starts_with("XXXXXXXXXXXX\r\nXXX\r\nXXXX\r\n"));
+    assert!(
+        s.drop_reply().contains("Pipe in address"),
+        "the chunk was judged as commands"
+    );
+    assert!(!s.server_text().contains("a|b"));
+}
+
+#[test]
+fn bdat_counts_a_server_would_refuse_are_masked() {
+    for (ehlo, line) in [
+        (
+            &b"250-mx\r\n250 CHUNKING\r\n"[..],
+            &b"BDAT 9223372036854775808\r\n"[..],
+        ),
+        (
+            b"250-mx\r\n250 CHUNKING\r\n",
+            b"BDAT 9007199254740993 LAST\r\n",
+        ),
+        (
+            b"250-mx\r\n250-SIZE 1000\r\n250 CHUNKING\r\n",
+            b"BDAT 1001\r\n",
+        ),
+        (b"250-mx\r\n250 CHUNKING\r\n", b"BDAT 12 junk\r\n"),
+    ] {
+        let mut s = Driver::builtin("default");
+        s.server(b"220 mx\r\n")
+            .client(b"EHLO c\r\n")
+            .server(ehlo)
+            .forget();
+        s.client(line).client(b"NOOP\r\n");
+        let what = line.escape_ascii().to_string();
+        assert_eq!(s.server_text().len(), line.len() + 6, "{what}");
+        assert!(s.server_text().starts_with("XXXX"), "{what}");
+        assert!(
+            s.server_text().ends_with("\r\nNOOP\r\n"),
+            "{what}: NOOP is a command"
+        );
+        assert_eq!(s.inspector.phase(), Phase::Command, "{what}");
+    }
+    // Within SIZE, after CHUNKING: content.
+    let mut s = Driver::builtin("default");
+    s.server(b"220 mx\r\n")
+        .client(b"EHLO c\r\n")
+        .server(b"250-mx\r\n250-SIZE 1000\r\n250 CHUNKING\r\n")
+        .client(b"BDAT 1000\r\n");
+    assert_eq!(s.inspector.phase(), Phase::Content);
+}
+
+#[test]
+fn a_later_helo_withdraws_chunking() {
+    let mut s = Driver::builtin("default");
+    s.in_transaction()
+        .client(b"HELO c\r\n")
+        .server(b"250 mx\r\n")
+        .forget();
+    s.client(b"BDAT 4 LAST\r\nNOOP");
+    assert!(s.server_text().starts_with("XXXXXXXXXXX\r\n"));
+}
+
+#[test]
+fn a_5xx_to_a_bdat_chunk_relayed_as_content_ends_the_session() {
+    let mut s = Driver::builtin("default");
+    s.in_transaction().client(b"BDAT 5\r\nabcde").forget();
+    s.server(b"554 5.5.1 what chunk\r\n");
+    assert!(s.drop_reply().contains("BDAT refused"));
+    assert_eq!(
+        s.client_text(),
+        "554 5.5.1 what chunk\r\n",
+        "the server's answer first"
+    );
+    let event = s.events.last().unwrap();
+    assert_eq!(s.rule_text(event), "bdat-refused drop-connection log");
+    // A 2xx goes on.
+    let mut s = Driver::builtin("default");
+    s.in_transaction()
+        .client(b"BDAT 5\r\nabcde")
+        .server(b"250 ok\r\n");
+    assert_eq!(s.verdict, Verdict::Continue);
+}
+
+#[test]
+fn the_hold_cap_drop_has_its_own_rule() {
+    let mut p = Policy::builtin("default").unwrap();
+    p.rules
+        .retain(|r| !matches!(r.criterion, Criterion::BareNewline));
+    let mut s = session(p);
+    s.in_transaction().client(b"DATA\r\n");
+    s.client(&vec![b'a'; HOLD_CAP + 1]);
+    assert!(s.drop_reply().contains("Improper command pipelining"));
+    let event = s.events.last().unwrap();
+    assert_eq!(
+        s.rule_text(event),
+        "improper-pipelining drop-connection log"
+    );
+}
+
+#[test]
+fn overlong_data_starttls_and_auth_lines_end_the_session_under_their_own_rule() {
+    for verb in ["DATA", "STARTTLS", "AUTH"] {
+        let mut p = Policy::builtin("default").unwrap();
+        p.rules
+            .retain(|r| !matches!(r.criterion, Criterion::CmdLineLength(_)));
+        let mut s = session(p);
+        s.server(b"220 mx\r\n");
+        let mut line = format!("{verb} ").into_bytes();
+        line.resize(CMD_LINE_CAP + 10, b'a');
+        line.extend_from_slice(b"\r\n");
+        s.client(&line);
+        assert!(s.drop_reply().contains("too long"), "{verb}");
+        assert_eq!(s.server_text(), "", "{verb}");
+        let event = s.events.last().unwrap();
+        assert_eq!(s.rule_text(event), "overlong-command drop-connection log");
+    }
+}

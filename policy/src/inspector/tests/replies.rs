@@ -6,8 +6,43 @@ use super::*;
 // ---- server replies: banner and EHLO masking ----
 
 #[test]
-fn banner_is_masked_keeping_code_length_and_crlf() {
+fn default_greeting_becomes_neutral_with_the_edges_name_and_esmtp_kept() {
+    let policy = Arc::new(Policy::builtin("default").unwrap());
+    let mut s = Driver::new(policy.clone());
+    s.inspector = Inspector::new(policy).with_banner_name(Bytes::from_static(b"mx.edge.example"));
+    s.server(b"220-mx.upstream.example ESMTP Postfix (Debian)\r\n220 second line\r\n");
+    assert_eq!(
+        s.client_text(),
+        "220-mx.edge.example ESMTP ready\r\n220 \r\n"
+    );
+    // Not a PIX greeting: Postfix's smtp client takes a greeting made only of '2',
+    // '0', spaces and '*' for one and falls back to HELO.
+    assert!(s
+        .client_text()
+        .lines()
+        .next()
+        .unwrap()
+        .bytes()
+        .any(|b| !matches!(b, b'2' | b'0' | b' ' | b'*')));
+    assert_eq!(s.events.len(), 1);
+    assert_eq!(s.events[0].message_id, MessageId::ReplacedString);
+    s.client(b"NOOP\r\n").server(b"250 2.0.0 Ok\r\n");
+    assert!(s.client_text().ends_with("250 2.0.0 Ok\r\n"));
+}
+
+#[test]
+fn a_refusing_greeting_keeps_its_code_under_the_neutral_mask() {
     let mut s = Driver::builtin("default");
+    s.server(b"554 mx.upstream.example no service\r\n");
+    assert_eq!(
+        s.client_text(),
+        "554 localhost ESMTP service not available\r\n"
+    );
+}
+
+#[test]
+fn banner_is_masked_keeping_code_length_and_crlf() {
+    let mut s = Driver::builtin("asa-compat");
     s.server(b"220-mx.example.com ESMTP Postfix\r\n220 \r\n");
     assert_eq!(
         s.client_text(),
@@ -33,11 +68,16 @@ fn banner_passes_without_mask_banner() {
 
 #[test]
 fn banner_split_across_reads_is_masked_the_same() {
-    let mut s = Driver::builtin("default");
-    s.server(b"220 mx.exa").server(b"mple.com\r");
-    assert_eq!(s.client_text(), "");
-    s.server(b"\n");
-    assert_eq!(s.client_text(), "220 **************\r\n");
+    for (name, masked) in [
+        ("mailguard", "220 **************\r\n"),
+        ("default", "220 localhost ESMTP ready\r\n"),
+    ] {
+        let mut s = Driver::builtin(name);
+        s.server(b"220 mx.exa").server(b"mple.com\r");
+        assert_eq!(s.client_text(), "");
+        s.server(b"\n");
+        assert_eq!(s.client_text(), masked);
+    }
 }
 
 #[test]

@@ -13,15 +13,11 @@ fn starttls_goes_opaque_after_220() {
         .server(b"250-mx\r\n250 STARTTLS\r\n");
     s.to_server.clear();
     s.to_client.clear();
-    s.client(b"STARTTLS\r\n\x16\x03\x01\x00\x05hello");
-    assert_eq!(
-        s.server_text(),
-        "STARTTLS\r\n",
-        "TLS bytes wait for the 220"
-    );
+    s.client(b"STARTTLS\r\n");
     assert!(!s.inspector.is_opaque());
     s.server(b"220 2.0.0 Ready\r\n");
     assert!(s.inspector.is_opaque());
+    s.client(b"\x16\x03\x01\x00\x05hello");
     assert_eq!(s.to_server, b"STARTTLS\r\n\x16\x03\x01\x00\x05hello");
     let tls = s.events.last().unwrap();
     assert_eq!(tls.message_id, MessageId::TlsStarted);
@@ -29,6 +25,77 @@ fn starttls_goes_opaque_after_220() {
         .server(b"\x16\x03\x03 anything\n");
     assert!(s.to_server.ends_with(b"XYZZY\r\n\0\n"));
     assert!(s.to_client.ends_with(b"\x16\x03\x03 anything\n"));
+}
+
+#[test]
+fn plaintext_pipelined_behind_starttls_is_discarded_and_ends_the_session() {
+    let mut s = Driver::builtin("default");
+    s.server(b"220 x\r\n")
+        .client(b"EHLO c\r\n")
+        .server(b"250-mx\r\n250 STARTTLS\r\n");
+    s.forget().client(b"STARTTLS\r\nNOOP injected\r\n");
+    assert_eq!(s.server_text(), "STARTTLS\r\n");
+    s.server(b"220 2.0.0 Ready\r\n");
+    assert!(s.drop_reply().contains("before TLS started"));
+    assert_eq!(
+        s.server_text(),
+        "STARTTLS\r\n",
+        "the injected NOOP never reaches the server"
+    );
+    assert_eq!(s.client_text(), "", "no 220: the client must not start TLS");
+    let event = s.events.last().unwrap();
+    assert_eq!(s.rule_text(event), "starttls-injection drop-connection log");
+}
+
+#[test]
+fn server_plaintext_after_its_starttls_220_is_discarded_and_ends_the_session() {
+    let mut s = Driver::builtin("default");
+    s.server(b"220 x\r\n")
+        .client(b"EHLO c\r\n")
+        .server(b"250-mx\r\n250 STARTTLS\r\n");
+    s.forget()
+        .client(b"STARTTLS\r\n")
+        .server(b"220 2.0.0 Ready\r\n250 injected\r\n");
+    assert!(s.drop_reply().contains("before TLS started"));
+    assert_eq!(s.client_text(), "220 2.0.0 Ready\r\n");
+    assert_eq!(
+        s.events.last().unwrap().direction,
+        crate::event::Direction::ServerToClient
+    );
+}
+
+#[test]
+fn a_client_talking_before_the_greeting_is_dropped_under_default_only() {
+    let mut s = Driver::builtin("default");
+    s.client(b"EHLO early\r\n");
+    assert!(s.drop_reply().contains("before the greeting"));
+    assert_eq!(s.server_text(), "");
+    assert_eq!(
+        s.rule_text(s.events.last().unwrap()),
+        "early-talker drop-connection log"
+    );
+    let mut s = Driver::builtin("asa-compat");
+    s.client(b"EHLO early\r\n");
+    assert_eq!(s.verdict, Verdict::Continue);
+    assert_eq!(s.server_text(), "EHLO early\r\n");
+    // After the greeting, talking is normal.
+    let mut s = Driver::builtin("default");
+    s.server(b"220 x\r\n").client(b"EHLO c\r\n");
+    assert_eq!(s.verdict, Verdict::Continue);
+}
+
+#[test]
+fn early_talker_is_a_policy_parameter_with_bare_newline_syntax() {
+    let config = crate::config::Config::from_toml_str(
+        "[[listener]]\nlisten = \"127.0.0.1:2525\"\nupstream = \"127.0.0.1:2526\"\n\
+         policy = \"lenient\"\n[policy.lenient]\nextends = \"default\"\nearly_talker = \"log\"\n",
+    )
+    .unwrap();
+    let mut s = session((*config.listeners[0].policy).clone());
+    s.client(b"EHLO early\r\n");
+    assert_eq!(s.verdict, Verdict::Continue);
+    assert_eq!(s.server_text(), "EHLO early\r\n");
+    assert_eq!(s.rule_text(s.events.last().unwrap()), "early-talker log");
 }
 
 #[test]

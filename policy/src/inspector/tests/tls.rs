@@ -100,7 +100,7 @@ fn an_upstream_without_starttls_keeps_plaintext_and_the_client_still_gets_tls() 
         .server(b"250-mx\r\n250 PIPELINING\r\n");
     assert_eq!(
         s.client_text(),
-        "220 **\r\n250-mx\r\n250-STARTTLS\r\n250 PIPELINING\r\n",
+        "220 localhost ESMTP ready\r\n250-mx\r\n250-STARTTLS\r\n250 PIPELINING\r\n",
         "STARTTLS offered whether or not the upstream does"
     );
     s.forget().client(b"STARTTLS\r\n");
@@ -122,7 +122,7 @@ fn a_one_line_ehlo_reply_gains_a_starttls_line() {
         .server(b"250 mx.example\r\n");
     assert_eq!(
         s.client_text(),
-        "220 **\r\n250-mx.example\r\n250 STARTTLS\r\n"
+        "220 localhost ESMTP ready\r\n250-mx.example\r\n250 STARTTLS\r\n"
     );
 }
 
@@ -199,7 +199,10 @@ fn implicit_tls_never_offers_starttls() {
     s.server(b"220 mx\r\n")
         .client(b"EHLO c\r\n")
         .server(b"250-mx\r\n250 STARTTLS\r\n");
-    assert_eq!(s.client_text(), "220 **\r\n250-mx\r\n250 XXXXXXXX\r\n");
+    assert_eq!(
+        s.client_text(),
+        "220 localhost ESMTP ready\r\n250-mx\r\n250 XXXXXXXX\r\n"
+    );
 }
 
 #[test]
@@ -212,5 +215,8 @@ fn passthrough_is_unchanged() {
         .server(b"220 go\r\n");
     assert!(s.inspector.is_opaque());
     assert!(s.start_tls.is_empty());
-    assert_eq!(s.client_text(), "220 **\r\n250 mx\r\n220 go\r\n");
+    assert_eq!(
+        s.client_text(),
+        "220 localhost ESMTP ready\r\n250 mx\r\n220 go\r\n"
+    );
 }
