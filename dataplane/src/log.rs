@@ -19,6 +19,7 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::OnceLock;
@@ -43,7 +44,7 @@ const LIMIT_LINES_PER_SECOND: u32 = 5;
 pub enum LogTarget {
     /// Events on stdout, diagnostics on stderr (journald priority prefixes under systemd).
     Stdout,
-    /// RFC 5424 messages on /dev/log, facility mail.
+    /// RFC 5424 messages on the local syslog socket (`--syslog-socket`), facility mail.
     Syslog,
 }
 
@@ -89,11 +90,12 @@ pub fn dropped() -> u64 {
 
 /// Starts the writer threads. Before this (and in `check`), diagnostics go straight
 /// to stderr.
-pub fn init(format: LogFormat, target: LogTarget) -> Result<(), String> {
+pub fn init(format: LogFormat, target: LogTarget, syslog_socket: &Path) -> Result<(), String> {
     let (events, diagnostics) = match target {
         LogTarget::Stdout => (Sink::stream(Stream::Stdout), Sink::stream(Stream::Stderr)),
         LogTarget::Syslog => {
-            let syslog = Syslog::connect().map_err(|e| format!("cannot log to /dev/log: {e}"))?;
+            let syslog = Syslog::connect(syslog_socket)
+                .map_err(|e| format!("cannot log to {}: {e}", syslog_socket.display()))?;
             let second = syslog.try_clone().map_err(|e| format!("/dev/log: {e}"))?;
             (Sink::Syslog(syslog), Sink::Syslog(second))
         }
@@ -260,9 +262,9 @@ impl Syslog {
     /// Facility mail (2), as an MTA's logs are filed.
     const FACILITY: u8 = 2;
 
-    fn connect() -> std::io::Result<Syslog> {
+    fn connect(path: &Path) -> std::io::Result<Syslog> {
         let socket = UnixDatagram::unbound()?;
-        socket.connect("/dev/log")?;
+        socket.connect(path)?;
         Ok(Syslog {
             socket,
             hostname: hostname(),

@@ -75,6 +75,13 @@ enum Command {
         /// systemd connected them to the journal), or syslog (RFC 5424 on /dev/log).
         #[arg(long = "log-target", value_enum, default_value_t = log::LogTarget::Stdout)]
         log_target: log::LogTarget,
+        /// The local syslog socket for `--log-target syslog`.
+        #[arg(
+            long = "syslog-socket",
+            value_name = "PATH",
+            default_value = "/dev/log"
+        )]
+        syslog_socket: PathBuf,
         /// Admin endpoint address, replacing `[admin] listen` (e.g. a pod's IP).
         #[arg(long = "admin-listen", value_name = "ADDR")]
         admin_listen: Option<std::net::SocketAddr>,
@@ -119,6 +126,7 @@ fn main() -> ExitCode {
             cores,
             log_format,
             log_target,
+            syslog_socket,
             admin_listen,
             watch_config,
             placement,
@@ -127,7 +135,7 @@ fn main() -> ExitCode {
             if let Some(admin) = admin_listen {
                 let _ = config_file::ADMIN_LISTEN.set(admin);
             }
-            if let Err(e) = log::init(log_format, log_target) {
+            if let Err(e) = log::init(log_format, log_target, &syslog_socket) {
                 log::diag(&e);
                 return ExitCode::FAILURE;
             }

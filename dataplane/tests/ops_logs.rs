@@ -199,3 +199,93 @@ fn a_client_refused_by_a_connection_limit_is_logged() {
         "{all}"
     );
 }
+
+/// Waits (bounded) for a datagram containing `wanted`; returns every one seen.
+fn wait_datagram(socket: &std::os::unix::net::UnixDatagram, seen: &mut Vec<String>, wanted: &str) {
+    let deadline = Instant::now() + LIMIT;
+    let mut buf = [0u8; 8192];
+    while !seen.iter().any(|m| m.contains(wanted)) {
+        assert!(Instant::now() < deadline, "no {wanted:?} in {seen:?}");
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
+
+#[test]
+fn syslog_target_sends_rfc5424_with_mail_facility_and_severity() {
+    let up = Upstream::start(&[]);
+    let (conf, listen) = config(up.addr, "policy = \"loud\"", LOUD);
+    let dir = scratch_dir("syslog");
+    let socket_path = dir.join("log.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let path = socket_path.to_str().unwrap();
+    let gate = Gate::spawn(&conf, &["--log-target", "syslog", "--syslog-socket", path]);
+    let mut seen = Vec::new();
+    wait_datagram(&socket, &mut seen, "listening on");
+    noisy_session(listen, 1);
+    wait_datagram(&socket, &mut seen, "302014");
+    let pid = gate.child.id();
+    // <PRI>1 TIMESTAMP HOST smtpgate PID - - MSG; PRI = mail (2) * 8 + severity.
+    let ready = seen.iter().find(|m| m.contains("listening on")).unwrap();
+    assert!(ready.starts_with("<21>1 "), "notice: {ready}");
+    assert!(
+        ready.contains(&format!(" smtpgate {pid} - - smtpgate: listening on")),
+        "{ready}"
+    );
+    let event = seen.iter().find(|m| m.contains("108005")).unwrap();
+    assert!(event.starts_with("<20>1 "), "warning: {event}");
+    let summary = seen.iter().find(|m| m.contains("302014")).unwrap();
+    assert!(summary.starts_with("<22>1 "), "info: {summary}");
+}
+
+#[test]
+fn under_journald_each_line_carries_its_priority_prefix() {
+    let up = Upstream::start(&[]);
+    let (conf, listen) = config(up.addr, "policy = \"loud\"", LOUD);
+    let dir = scratch_dir("journal");
+    let path = dir.join("smtpgate.toml");
+    std::fs::write(&path, &conf).unwrap();
+    let stdout_path = dir.join("stdout");
+    let stdout = std::fs::File::create(&stdout_path).unwrap();
+    // systemd names the journal stream it connected as dev:inode in JOURNAL_STREAM.
+    use std::os::unix::fs::MetadataExt;
+    let meta = stdout.metadata().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_smtpgate"))
+        .args(["run", "--cores", "1", "-c"])
+        .arg(&path)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stdout(stdout)
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child);
+    let deadline = Instant::now() + LIMIT;
+    while !std::fs::read_to_string(dir.join("stderr"))
+        .unwrap_or_default()
+        .contains("listening on")
+    {
+        assert!(Instant::now() < deadline, "smtpgate did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    noisy_session(listen, 1);
+    let deadline = Instant::now() + LIMIT;
+    let out = loop {
+        let out = std::fs::read_to_string(&stdout_path).unwrap();
+        if out.contains("302014") {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let event = out.lines().find(|l| l.contains("108005")).unwrap();
+    assert!(event.starts_with("<4>"), "{event}");
+    let summary = out.lines().find(|l| l.contains("302014")).unwrap();
+    assert!(summary.starts_with("<6>"), "{summary}");
+    // stderr is not the journal stream here: no prefixes there.
+    let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    assert!(stderr.starts_with("smtpgate: "), "{stderr}");
+}
