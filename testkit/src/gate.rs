@@ -56,6 +56,12 @@ impl Gate {
                 gate.ready = Some(ready);
                 return gate;
             }
+            // A line still being written (stderr is unbuffered) is not judged yet.
+            let complete = &err[..err.rfind('\n').map_or(0, |end| end + 1)];
+            assert!(
+                !complete.contains("smtpgate: listening on"),
+                "testkit cannot read smtpgate's readiness line (did its format change?):\n{err}"
+            );
             if let Ok(Some(status)) = gate.child.try_wait() {
                 panic!("smtpgate exited ({status}) before it was ready:\n{err}");
             }

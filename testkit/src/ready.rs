@@ -13,10 +13,12 @@ pub struct Ready {
     pub admin: Option<SocketAddr>,
 }
 
-/// Parses smtpgate's readiness line out of its log (the first such line).
+/// Parses smtpgate's readiness line out of its log (the first such complete line: a
+/// line without its newline may still be being written).
 pub fn smtpgate_ready(log: &str) -> Option<Ready> {
     let line = log
-        .lines()
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
         .find_map(|l| l.strip_prefix("smtpgate: listening on "))?;
     let (listeners, rest) = line.split_once("; admin ")?;
     let (admin, _shards) = rest.split_once(';')?;
@@ -64,10 +66,14 @@ mod tests {
 
     #[test]
     fn admin_off_and_a_missing_line_are_told_apart() {
-        let ready = smtpgate_ready(
-            "smtpgate: listening on 127.0.0.1:1 -> 127.0.0.1:2 (policy none); admin off; 1 shard",
-        )
-        .unwrap();
+        let line =
+            "smtpgate: listening on 127.0.0.1:1 -> 127.0.0.1:2 (policy none); admin off; 1 shard";
+        assert_eq!(
+            smtpgate_ready(line),
+            None,
+            "no newline yet: still being written"
+        );
+        let ready = smtpgate_ready(&format!("{line}\n")).unwrap();
         assert_eq!(ready.admin, None);
         assert_eq!(ready.listeners.len(), 1);
         assert_eq!(smtpgate_ready("smtpgate: starting\n"), None);
