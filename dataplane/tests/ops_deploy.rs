@@ -44,12 +44,20 @@ fn systemd_hears_ready_reloading_watchdog_and_stopping() {
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    std::env::set_var("NOTIFY_SOCKET", &socket_path);
-    std::env::set_var("WATCHDOG_USEC", "400000");
-    let mut gate = Gate::start(&conf);
-    std::env::remove_var("NOTIFY_SOCKET");
-    std::env::remove_var("WATCHDOG_USEC");
-
+    // Only this child gets the variables (setting them on the test process would leak
+    // them into the other tests' children).
+    let config_path = dir.join("smtpgate.toml");
+    std::fs::write(&config_path, &conf).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_smtpgate"))
+        .args(["run", "--cores", "2", "-c"])
+        .arg(&config_path)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut gate = Child(child);
     let mut seen = Vec::new();
     wait_notify(&socket, &mut seen, "READY=1");
     assert!(
@@ -57,7 +65,7 @@ fn systemd_hears_ready_reloading_watchdog_and_stopping() {
         "{seen:?}"
     );
     wait_notify(&socket, &mut seen, "WATCHDOG=1");
-    gate.signal(1);
+    gate.signal("-HUP");
     wait_notify(&socket, &mut seen, "RELOADING=1");
     let reloading = seen.iter().position(|m| m.contains("RELOADING=1")).unwrap();
     assert!(seen[reloading].contains("MONOTONIC_USEC="), "{seen:?}");
@@ -69,9 +77,42 @@ fn systemd_hears_ready_reloading_watchdog_and_stopping() {
             seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
     }
-    gate.signal(15);
+    gate.signal("-TERM");
     wait_notify(&socket, &mut seen, "STOPPING=1");
-    assert_eq!(gate.wait_exit(LIMIT), Some(0));
+    assert_eq!(gate.wait_exit(), Some(0));
+}
+
+/// A child smtpgate, killed on drop.
+struct Child(std::process::Child);
+
+impl Child {
+    /// `kill -NAME`.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(self.0.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "smtpgate did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
