@@ -57,6 +57,16 @@ pub fn auto(x: f64) -> String {
     number(x, decimals)
 }
 
+/// An axis label: like [`auto`], without trailing zeros ("0.5", not "0.500").
+fn tick_label(x: f64) -> String {
+    let text = auto(x);
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
 fn spread_text(s: &Spread, format: fn(f64) -> String) -> String {
     format!(
         "{} ({}..{})",
@@ -255,7 +265,7 @@ fn bar_chart(title: &str, unit: &str, values: &[(usize, String, Spread)]) -> Str
             svg,
             "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{bottom}\" stroke=\"{GRID}\"/>\
              <text x=\"{x:.1}\" y=\"{ty}\" text-anchor=\"middle\" fill=\"#666\">{}</text>",
-            auto(*tick),
+            tick_label(*tick),
             ty = bottom + 15.0
         );
     }
@@ -435,7 +445,7 @@ fn sweep_chart(points: &[SweepPoint], path_names: &[String]) -> String {
             svg,
             "<line x1=\"{gx:.1}\" y1=\"{top}\" x2=\"{gx:.1}\" y2=\"{b}\" stroke=\"{GRID}\"/>\
              <text x=\"{gx:.1}\" y=\"{ty}\" text-anchor=\"middle\" fill=\"#666\">{}</text>",
-            auto(*v),
+            tick_label(*v),
             gx = x(*v),
             b = top + plot_h,
             ty = top + plot_h + 15.0
@@ -446,7 +456,7 @@ fn sweep_chart(points: &[SweepPoint], path_names: &[String]) -> String {
             svg,
             "<line x1=\"{left}\" y1=\"{gy:.1}\" x2=\"{r}\" y2=\"{gy:.1}\" stroke=\"{GRID}\"/>\
              <text x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\" fill=\"#666\">{}</text>",
-            auto(*v),
+            tick_label(*v),
             gy = y(*v),
             r = left + plot_w,
             tx = left - 6.0,
@@ -890,6 +900,9 @@ mod tests {
         assert_eq!(auto(-1500.0), "-1\u{202f}500");
         assert_eq!(auto(f64::NAN), "n/a");
         assert_eq!(auto(0.0), "0");
+        assert_eq!(tick_label(0.5), "0.5");
+        assert_eq!(tick_label(50.0), "50");
+        assert_eq!(tick_label(1500.0), "1\u{202f}500");
     }
 
     #[test]
