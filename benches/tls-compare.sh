@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# STARTTLS benchmark (not a test): the same STARTTLS client load (smtpgate-loadgen send
+# --starttls) into smtpgate-loadgen sink, through
+#   nginx      nginx's mail proxy, STARTTLS terminated, plaintext to the sink (nginx
+#              cannot encrypt towards an SMTP backend); a tiny auth_http responder in
+#              the same nginx names the upstream,
+#   inspect    smtpgate starttls = "inspect", upstream_tls = "off" (same legs as nginx),
+#   inspect2   smtpgate starttls = "inspect", upstream_tls = "opportunistic" (TLS both legs),
+#   opaque     smtpgate starttls = "passthrough" to a STARTTLS sink (TLS end to end,
+#              smtpgate blind after the 220: the cost of inspecting encrypted mail is
+#              inspect2 against this).
+# Paths alternate inside each round, order rotated every round. One core each for
+# nginx (worker_processes 1) and smtpgate (--cores 1).
+#
+# Prints per path: msgs/s (median over rounds, min-max) and proxy CPU (user+system of
+# the proxy processes) per 1000 messages; then, one message per connection, proxy CPU
+# per connection (handshake included).
+#
+# Usage: benches/tls-compare.sh [ROUNDS] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=${1:-3}
+seconds=${2:-8}
+command -v nginx >/dev/null || { echo "missing nginx (apt-get install nginx libnginx-mod-mail)" >&2; exit 1; }
+mail_module=/usr/lib/nginx/modules/ngx_mail_module.so
+[ -f "$mail_module" ] || { echo "missing $mail_module (apt-get install libnginx-mod-mail)" >&2; exit 1; }
+cargo build --release -q -p smtpgate -p smtpgate-loadgen
+bin=${CARGO_TARGET_DIR:-target}/release
+
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -keyout "$work/mx.key" -out "$work/mx.pem" -subj /CN=mx.bench.test 2>/dev/null
+
+plain_sink=$(free_port); tls_sink=$(free_port)
+"$bin/smtpgate-loadgen" sink --listen "127.0.0.1:$plain_sink" --cores 1 >/dev/null 2>&1 & pids+=($!)
+"$bin/smtpgate-loadgen" sink --listen "127.0.0.1:$tls_sink" --cores 1 --starttls >/dev/null 2>&1 & pids+=($!)
+wait_port "$plain_sink"; wait_port "$tls_sink"
+
+inspect_port=$(free_port); inspect2_port=$(free_port); opaque_port=$(free_port)
+cat >"$work/smtpgate.toml" <<EOF
+[admin]
+listen = "127.0.0.1:$(free_port)"
+[tls]
+cert = "$work/mx.pem"
+key = "$work/mx.key"
+[[listener]]
+listen = "127.0.0.1:$inspect_port"
+upstream = "127.0.0.1:$plain_sink"
+starttls = "inspect"
+upstream_tls = "off"
+[[listener]]
+listen = "127.0.0.1:$inspect2_port"
+upstream = "127.0.0.1:$tls_sink"
+starttls = "inspect"
+upstream_tls = "opportunistic"
+[[listener]]
+listen = "127.0.0.1:$opaque_port"
+upstream = "127.0.0.1:$tls_sink"
+starttls = "passthrough"
+EOF
+"$bin/smtpgate" run -c "$work/smtpgate.toml" --cores 1 >/dev/null 2>"$work/smtpgate.err" & gate_pid=$!; pids+=($gate_pid)
+
+nginx_port=$(free_port); auth_port=$(free_port)
+cat >"$work/nginx.conf" <<EOF
+load_module $mail_module;
+daemon off;
+master_process on;
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$auth_port;
+    location = /auth {
+      add_header Auth-Status OK;
+      add_header Auth-Server 127.0.0.1;
+      add_header Auth-Port $plain_sink;
+      return 204;
+    }
+  }
+}
+mail {
+  server_name mx.bench.test;
+  auth_http 127.0.0.1:$auth_port/auth;
+  proxy_pass_error_message on;
+  xclient off;
+  ssl_certificate $work/mx.pem;
+  ssl_certificate_key $work/mx.key;
+  ssl_session_cache shared:MAIL:10m;
+  server {
+    listen 127.0.0.1:$nginx_port;
+    protocol smtp;
+    smtp_auth none;
+    starttls on;
+  }
+}
+EOF
+nginx -c "$work/nginx.conf" -e "$work/nginx.err" 2>>"$work/nginx.err" & pids+=($!)
+wait_port "$inspect_port"; wait_port "$nginx_port"
+nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; cat "$work/nginx.pid"; }
+
+hz=$(getconf CLK_TCK)
+declare -A port=([nginx]=$nginx_port [inspect]=$inspect_port [inspect2]=$inspect2_port [opaque]=$opaque_port)
+paths=(nginx inspect inspect2 opaque)
+
+# One run: prints "msgs/s cpu_ms_per_1000_msgs messages".
+run() {
+  local path=$1; shift
+  local procs; if [ "$path" = nginx ]; then procs=$(nginx_pids); else procs=$gate_pid; fi
+  local before; before=$(cpu_ticks $procs)
+  "$bin/smtpgate-loadgen" send --target "127.0.0.1:${port[$path]}" --starttls --quiet \
+    --cores 1 --json "$work/run.json" "$@" >/dev/null 2>"$work/send.err" || true
+  local after; after=$(cpu_ticks $procs)
+  python3 - "$work/run.json" "$((after - before))" "$hz" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); ticks, hz = int(sys.argv[2]), int(sys.argv[3])
+ok = r["messages_ok"]; secs = r["elapsed_s"] if "elapsed_s" in r else r["duration_s"]
+print(f'{ok / secs:.0f} {ticks / hz * 1000 / max(ok, 1) * 1000:.1f} {ok} {r.get("messages_failed", 0)}')
+PY
+}
+
+summary() {  # label, then lines "rate cpu ok failed"
+  python3 -c '
+import sys, statistics
+label = sys.argv[1]; rows = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
+rates = [r[0] for r in rows]; cpus = [r[1] for r in rows]
+print(f"{label:<10} {statistics.median(rates):>9.0f} ({min(rates):.0f}-{max(rates):.0f}) {statistics.median(cpus):>10.1f} ({min(cpus):.1f}-{max(cpus):.1f})  failed {sum(r[3] for r in rows):.0f}")
+' "$1"
+}
+
+for shape in "reused|--connections 20 --size 1k --duration ${seconds}s" \
+             "per-connection|--connections 10 --size 1k --per-connection --duration ${seconds}s"; do
+  name=${shape%%|*}; args=${shape#*|}
+  echo "== $name: $args (proxy CPU in ms per 1000 messages; per-connection: = per 1000 connections)"
+  printf '%-10s %9s %11s %10s %12s\n' path "msgs/s" "(min-max)" "CPU" "(min-max)"
+  declare -A results=()
+  for r in $(seq 0 $((rounds - 1))); do
+    n=${#paths[@]}
+    for i in $(seq 0 $((n - 1))); do
+      path=${paths[$(((i + r) % n))]}
+      results[$path]+="$(run "$path" $args)"$'\n'
+    done
+  done
+  for path in "${paths[@]}"; do printf '%s' "${results[$path]}" | summary "$path"; done
+  unset results
+done
