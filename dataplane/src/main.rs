@@ -37,6 +37,7 @@ mod notify;
 mod panics;
 mod proxy_header;
 mod proxy_v2;
+mod reactor_metrics;
 mod relay;
 mod session;
 mod shard;

@@ -595,6 +595,7 @@ impl Stats {
             "From forwarding an end of data to the server's reply.",
         );
         out.push_str(&more.text);
+        crate::reactor_metrics::append_prometheus(&mut out);
         out
     }
 

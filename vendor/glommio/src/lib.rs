@@ -454,6 +454,7 @@ pub use crate::{
         PoolThreadHandles, ScopedTask, Task, TaskQueueHandle, TaskQueueStats,
     },
     shares::{Shares, SharesManager},
+    sys::counters::{reactor_counters, ReactorCounters, SqeKind},
     sys::hardware_topology::CpuLocation,
 };
 pub use enclose::enclose;

@@ -553,6 +553,42 @@ mod test {
         ex2.join().unwrap();
     }
 
+    // smtpgate patch: every round trip makes each executor park and be woken from
+    // the other thread; a lost wake-up (the race a parking executor's fence or
+    // membarrier closes) hangs a round, and the bounded wait below fails the test.
+    #[test]
+    fn ping_pong_between_parking_executors_never_loses_a_wake_up() {
+        const ROUNDS: u32 = 20_000;
+        let (ping_tx, ping_rx) = new_bounded(1);
+        let (pong_tx, pong_rx) = new_bounded(1);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+
+        let pinger = LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let (ping, pong) = (ping_tx.connect().await, pong_rx.connect().await);
+                for i in 0..ROUNDS {
+                    ping.send(i).await.unwrap();
+                    assert_eq!(pong.recv().await, Some(i));
+                }
+                done_tx.send(()).unwrap();
+            })
+            .unwrap();
+        let ponger = LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let (ping, pong) = (ping_rx.connect().await, pong_tx.connect().await);
+                while let Some(i) = ping.recv().await {
+                    pong.send(i).await.unwrap();
+                }
+            })
+            .unwrap();
+
+        done_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("a round trip hung: a wake-up was lost");
+        pinger.join().unwrap();
+        ponger.join().unwrap();
+    }
+
     #[test]
     fn consumer_sleeps_before_producer_produces() {
         let (sender, receiver) = new_bounded(1);

@@ -62,6 +62,10 @@ impl<'ring> CompletionQueue<'ring> {
 
     #[inline(always)]
     fn wait_inner(&mut self, count: u32) -> io::Result<&mut uring_sys::io_uring_cqe> {
+        // smtpgate patch: liburing enters the kernel only if too few CQEs are ready.
+        if self.ready() < count {
+            super::submission_queue::count_enter();
+        }
         unsafe {
             let mut cqe = MaybeUninit::uninit();
 

@@ -148,20 +148,22 @@ impl IoUring {
         // with task work on every return to user space; the executor reaps them when
         // it enters the kernel anyway. Older kernels reject the flag: retry without.
         const IORING_SETUP_COOP_TASKRUN: u32 = 1 << 8;
-        let init = |extra: u32| -> io::Result<IoUring> { unsafe {
-            let mut params: uring_sys::io_uring_params = mem::zeroed();
-            params.flags = flags.bits() | extra;
-            params.features = features.bits();
-            let mut ring = MaybeUninit::uninit();
-            resultify(uring_sys::io_uring_queue_init_params(
-                entries as _,
-                ring.as_mut_ptr(),
-                &mut params,
-            ))?;
-            Ok(IoUring {
-                ring: ring.assume_init(),
-            })
-        } };
+        let init = |extra: u32| -> io::Result<IoUring> {
+            unsafe {
+                let mut params: uring_sys::io_uring_params = mem::zeroed();
+                params.flags = flags.bits() | extra;
+                params.features = features.bits();
+                let mut ring = MaybeUninit::uninit();
+                resultify(uring_sys::io_uring_queue_init_params(
+                    entries as _,
+                    ring.as_mut_ptr(),
+                    &mut params,
+                ))?;
+                Ok(IoUring {
+                    ring: ring.assume_init(),
+                })
+            }
+        };
         match init(IORING_SETUP_COOP_TASKRUN) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => init(0),
             result => result,

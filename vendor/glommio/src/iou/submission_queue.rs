@@ -61,10 +61,13 @@ impl<'ring> SubmissionQueue<'ring> {
     /// If this function encounters any IO errors an
     /// [`io::Error`](std::io::Result) variant is returned.
     pub fn submit(&mut self) -> io::Result<u32> {
+        // smtpgate patch: liburing enters the kernel on every submit without SQPOLL.
+        count_enter();
         resultify(unsafe { uring_sys::io_uring_submit(self.ring.as_ptr()) })
     }
 
     pub fn submit_and_wait(&mut self, wait_for: u32) -> io::Result<u32> {
+        count_enter();
         resultify(unsafe { uring_sys::io_uring_submit_and_wait(self.ring.as_ptr(), wait_for as _) })
     }
 
@@ -114,4 +117,8 @@ impl fmt::Debug for SubmissionQueue<'_> {
 }
 
 unsafe impl<'ring> Send for SubmissionQueue<'ring> {}
+
+pub(crate) fn count_enter() {
+    crate::sys::counters::count(|c| crate::sys::counters::bump(&c.io_uring_enters));
+}
 unsafe impl<'ring> Sync for SubmissionQueue<'ring> {}

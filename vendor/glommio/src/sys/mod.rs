@@ -171,6 +171,7 @@ pub(crate) fn sendmsg_syscall(
     syscall!(sendmsg(fd, &hdr, flags)).map(|x| x as usize)
 }
 
+pub(crate) mod counters;
 mod dma_buffer;
 mod membarrier;
 pub(crate) mod source;
@@ -306,6 +307,11 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // smtpgate patch: pairs with the fence a fast-parking reactor issues between
+        // announcing its sleep and its last look at its queues (instead of a
+        // membarrier): either it sees what the caller queued before this call, or
+        // this sees `should_notify` set and writes the eventfd.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)

@@ -36,6 +36,7 @@ use crate::{
     sys::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
+        counters::{self, SqeKind},
         dma_buffer::{BufferStorage, DmaBuffer},
         membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
@@ -78,6 +79,28 @@ enum UringOpDescriptor {
     SockRecv(usize, i32),
     SockRecvMsg(usize, i32),
     Nop,
+}
+
+impl UringOpDescriptor {
+    /// smtpgate patch: the kind the reactor counters file this SQE under.
+    fn kind(&self) -> SqeKind {
+        match self {
+            UringOpDescriptor::PollAdd(_) => SqeKind::PollAdd,
+            UringOpDescriptor::PollRemove(_) => SqeKind::PollRemove,
+            UringOpDescriptor::Cancel(_) => SqeKind::Cancel,
+            UringOpDescriptor::Timeout(..) => SqeKind::Timeout,
+            UringOpDescriptor::TimeoutRemove(_) => SqeKind::TimeoutRemove,
+            UringOpDescriptor::LinkTimeout(_) => SqeKind::LinkTimeout,
+            UringOpDescriptor::SockSend(..) | UringOpDescriptor::SockSendMsg(..) => SqeKind::Send,
+            UringOpDescriptor::SockRecv(..) | UringOpDescriptor::SockRecvMsg(..) => SqeKind::Recv,
+            UringOpDescriptor::Read(..) | UringOpDescriptor::ReadFixed(..) => SqeKind::Read,
+            UringOpDescriptor::Write(..) | UringOpDescriptor::WriteFixed(..) => SqeKind::Write,
+            UringOpDescriptor::Accept(_) => SqeKind::Accept,
+            UringOpDescriptor::Connect(_) => SqeKind::Connect,
+            UringOpDescriptor::Close => SqeKind::Close,
+            _ => SqeKind::Other,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -269,6 +292,7 @@ fn fill_sqe<F>(
 ) where
     F: FnOnce(usize) -> Option<DmaBuffer>,
 {
+    counters::count(|c| c.sqe(op.args.kind()));
     let mut user_data = op.user_data;
     unsafe {
         match op.args {
@@ -543,6 +567,7 @@ where
     R: FnOnce(RefMut<'_, InnerSource>, io::Result<usize>) -> io::Result<usize>,
 {
     if let Some(value) = cqe {
+        counters::count(|c| counters::bump(&c.cqes));
         // No user data is `POLL_REMOVE` or `CANCEL`, we won't process.
         if value.user_data() == 0 {
             return Some(false);
@@ -1044,6 +1069,75 @@ impl SleepableRing {
         }
     }
 
+    /// smtpgate patch: sleeps with the rings linked by `link`, armed now unless a
+    /// previous sleep left it armed, and submits and waits in one `io_uring_enter`.
+    fn fast_sleep(&mut self, link: &Source) -> io::Result<usize> {
+        assert_eq!(
+            self.waiting_kernel_submission(),
+            0,
+            "sleeping with pending SQEs"
+        );
+        if link.is_in_flight() {
+            counters::count(|c| counters::bump(&c.parks));
+            return self
+                .ring
+                .cq()
+                .wait(1)
+                .map(|_| 1)
+                .or_else(Reactor::busy_ok)
+                .or_else(Reactor::again_ok)
+                .or_else(Reactor::intr_ok);
+        }
+        let mut sq = self.ring.sq();
+        let Some(mut sqe) = sq.prepare_sqe() else {
+            // No SQE to link the rings: can't sleep. Submit what we have.
+            return self
+                .submit_sqes()
+                .or_else(Reactor::busy_ok)
+                .or_else(Reactor::again_ok)
+                .or_else(Reactor::intr_ok);
+        };
+        let sqe_ptr: *mut uring_sys::io_uring_sqe = unsafe { sqe.raw_mut() as *mut _ };
+        let id = self
+            .source_map
+            .borrow_mut()
+            .add_source(link, self.submission_queue.clone());
+        let op = UringDescriptor {
+            fd: link.raw(),
+            flags: SubmissionFlags::empty(),
+            user_data: to_user_data(id),
+            args: UringOpDescriptor::PollAdd(common_flags() | read_flags()),
+        };
+        fill_sqe(
+            &mut sqe,
+            &op,
+            DmaBuffer::new,
+            &mut self.source_map.borrow_mut(),
+        );
+        drop(sq);
+        match self.ring.submit_sqes_and_wait(1) {
+            Ok(submitted) => {
+                self.in_kernel += submitted as usize;
+                counters::count(|c| counters::bump(&c.parks));
+                Ok(1)
+            }
+            Err(e) => {
+                // The link was not submitted (the kernel checks for room before it
+                // consumes SQEs): waiting could oversleep. Make it a no-op that
+                // completes nothing, forget the link, and bail.
+                unsafe {
+                    crate::uring_sys::io_uring_prep_nop(sqe_ptr);
+                    (*sqe_ptr).user_data = 0;
+                }
+                self.source_map.borrow_mut().consume_source(id);
+                Reactor::busy_ok(e)
+                    .or_else(Reactor::again_ok)
+                    .or_else(Reactor::intr_ok)
+                    .map(|_: usize| 0)
+            }
+        }
+    }
+
     fn sleep(&mut self, link: &Source) -> io::Result<usize> {
         assert_eq!(
             self.waiting_kernel_submission(),
@@ -1087,6 +1181,7 @@ impl SleepableRing {
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
                 // The rings are linked. Goodnight!
+                counters::count(|c| counters::bump(&c.parks));
                 self.ring
                     .cq()
                     .wait(1)
@@ -1215,6 +1310,28 @@ impl UringCommon for SleepableRing {
     }
 }
 
+/// smtpgate patch: how an executor parks, chosen per executor from the
+/// environment (`GLOMMIO_FAST_PARK=1`) so one binary can be measured both ways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ParkMode {
+    /// glommio 0.9.0's park: timers cancelled and re-armed on every wait, a fresh
+    /// ring link per park, and a `membarrier` before each sleep.
+    Upstream,
+    /// Timers re-armed only after they fired, the ring link kept armed across
+    /// parks, link and sleep in one `io_uring_enter`, a fence instead of the
+    /// `membarrier`.
+    Fast,
+}
+
+impl ParkMode {
+    fn from_env() -> ParkMode {
+        match std::env::var("GLOMMIO_FAST_PARK").as_deref() {
+            Ok("1") => ParkMode::Fast,
+            _ => ParkMode::Upstream,
+        }
+    }
+}
+
 pub(crate) struct Reactor {
     // FIXME: it is starting to feel we should clean this up to a Inner pattern
     main_ring: RefCell<SleepableRing>,
@@ -1223,8 +1340,14 @@ pub(crate) struct Reactor {
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    /// smtpgate patch: when the latency timer above fires (fast park mode only).
+    latency_timer_deadline: Cell<Option<Instant>>,
 
     link_fd: RawFd,
+    /// smtpgate patch: the `POLL_ADD` linking the rings, kept armed across parks in
+    /// fast park mode.
+    link_src: Source,
+    park_mode: ParkMode,
 
     // This keeps the `eventfd` alive. Drop will close it when we're done
     notifier: Arc<sys::SleepNotifier>,
@@ -1348,14 +1471,25 @@ impl Reactor {
             latency_ring.install_eventfd(&eventfd_src);
         }
 
+        let link_src = Source::new(
+            IoRequirements::default(),
+            link_fd,
+            SourceType::LinkRings,
+            None,
+            None,
+        );
+
         Ok(Reactor {
             main_ring: RefCell::new(main_ring),
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            latency_timer_deadline: Cell::new(None),
             blocking_thread,
             link_fd,
+            link_src,
+            park_mode: ParkMode::from_env(),
             notifier,
             eventfd_src,
             source_map,
@@ -1814,22 +1948,40 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        let fast = self.park_mode == ParkMode::Fast;
+        // smtpgate patch: in fast mode a timer still armed stays armed (an early
+        // preemption or wake-up costs one loop; a cancel and re-arm per call cost
+        // three SQEs and an enter), and a new one is armed only after one fired.
+        let armed_latency_deadline = match self.latency_preemption_timeout_src.take() {
+            Some(timer) if fast && timer.is_in_flight() => {
+                self.latency_preemption_timeout_src.set(Some(timer));
+                self.latency_timer_deadline.get()
+            }
+            // Cancel the old timer regardless of whether we can sleep:
+            // if we won't sleep, we will register the new timer with its new
+            // value.
+            //
+            // But if we will sleep, there might be a timer registered that needs
+            // to be removed otherwise we'll wake up when it expires.
+            _ => None,
+        };
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        match self.throughput_preemption_timeout_src.take() {
+            Some(timer) if fast && timer.is_in_flight() => {
+                self.throughput_preemption_timeout_src.set(Some(timer));
+            }
+            old => {
+                drop(old);
+                self.throughput_preemption_timeout_src.replace(Some(
+                    main_ring.prepare_throughput_preemption_timer(
+                        self.ring_depth() as u32,
+                        self.eventfd_src.raw(),
+                    ),
+                ));
+            }
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1851,24 +2003,44 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                // A timer armed earlier that fires no later is as good.
+                let due = Instant::now() + dur;
+                if !armed_latency_deadline.is_some_and(|armed| armed <= due) {
+                    drop(self.latency_preemption_timeout_src.take());
+                    self.latency_preemption_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                    self.latency_timer_deadline.set(Some(due));
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            if fast {
+                // smtpgate patch: every waker calls `SleepNotifier::notify`, which
+                // issues the matching fence before it reads `should_notify`.
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            } else {
+                // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
+                // details. This translates to `sys_membarrier()` /
+                // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
+                membarrier::heavy();
+                counters::count(|c| counters::bump(&c.membarriers));
+            }
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
-                    self.link_rings_and_sleep(&mut main_ring)
-                        .expect("some error");
+                    if fast {
+                        main_ring
+                            .fast_sleep(&self.link_src)
+                            .or_else(Self::busy_ok)
+                            .expect("some error");
+                    } else {
+                        self.link_rings_and_sleep(&mut main_ring)
+                            .expect("some error");
+                    }
                     // May have new cancellations related to the link ring fd.
                     flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
                     flush_rings!(lat_ring, poll_ring, main_ring)?;
@@ -1880,8 +2052,24 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            let due = Instant::now() + preempt;
+            let armed = self
+                .latency_preemption_timeout_src
+                .take()
+                .filter(|timer| fast && timer.is_in_flight());
+            let keep = armed.is_some()
+                && self
+                    .latency_timer_deadline
+                    .get()
+                    .is_some_and(|armed| armed <= due);
+            if keep {
+                self.latency_preemption_timeout_src.set(armed);
+            } else {
+                drop(armed);
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                self.latency_timer_deadline.set(Some(due));
+            }
             flush_rings!(lat_ring, main_ring)?;
         }
 

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Same-binary A/B benchmark of glommio reactor switches (not a test). Starts one
+# smtpgate per variant, all from one release build, each with its own environment
+# (the reactor reads its switches once per executor), plus HAProxy in TCP mode as the
+# reference, all relaying Postfix smtp-source -> smtp-sink on this machine. Each round
+# runs the variants in the order A B .. B A (the reverse order in odd rounds), so load
+# from anything else on the machine lands on every variant alike.
+#
+# Prints per shape and path: msgs/s (median, min-max over runs), relay CPU per 1000
+# messages (user+system of the relay process, median) and, for smtpgate, the reactor
+# counters per message from /metrics (deterministic, unlike the wall-clock numbers).
+#
+# Usage: benches/glommio-ab.sh [-r ROUNDS] [-m MESSAGES] [-s SHAPE] [-p POLICY] VARIANT...
+#   VARIANT  NAME or NAME:VAR=VALUE[,VAR=VALUE...], e.g. base fast:GLOMMIO_FAST_PARK=1
+#   SHAPE    1k-reused (default), 1k-per-connection, 100k-reused, or all
+#   POLICY   default (inspecting, the default) or none (exempt)
+# Needs: postfix (smtp-source, smtp-sink), haproxy, python3, cargo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=3 messages=20000 shape_filter=1k-reused policy=default
+while getopts "r:m:s:p:" opt; do
+  case $opt in
+    r) rounds=$OPTARG ;; m) messages=$OPTARG ;; s) shape_filter=$OPTARG ;; p) policy=$OPTARG ;;
+    *) exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+[ $# -ge 1 ] || { echo "name at least one variant, e.g. base fast:GLOMMIO_FAST_PARK=1" >&2; exit 2; }
+export PATH="$PATH:/usr/sbin"
+for t in smtp-source smtp-sink haproxy python3; do
+  command -v "$t" >/dev/null || { echo "missing $t (apt-get install postfix haproxy python3)" >&2; exit 1; }
+done
+cargo build --release -q -p smtpgate
+gate=${CARGO_TARGET_DIR:-target}/release/smtpgate
+
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# The reactor counters as "name=value" words, e.g. enters=123 sqes_poll_add=45.
+counters() {
+  python3 - "$1" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=10).read().decode()
+out = []
+for line in text.splitlines():
+    if line.startswith("smtpgate_reactor_"):
+        name, value = line.rsplit(" ", 1)
+        name = name.removeprefix("smtpgate_reactor_").replace("_total", "")
+        name = name.replace('{op="', "_").replace('"}', "")
+        out.append(f"{name}={value}")
+print(" ".join(out))
+PY
+}
+
+sink_port=$(free_port)
+sink_user=(); [ "$(id -u)" = 0 ] && sink_user=(-u nobody)
+smtp-sink "${sink_user[@]}" "127.0.0.1:$sink_port" 1024 >/dev/null 2>&1 & pids+=($!)
+wait_port "$sink_port"
+
+declare -A port=() relay=() admin=()
+names=()
+for spec in "$@"; do
+  name=${spec%%:*}; envs=""; [[ $spec == *:* ]] && envs=${spec#*:}
+  names+=("$name")
+  port[$name]=$(free_port); admin[$name]="127.0.0.1:$(free_port)"
+  cat >"$work/$name.toml" <<TOML
+[admin]
+listen = "${admin[$name]}"
+[[listener]]
+listen = "127.0.0.1:${port[$name]}"
+upstream = "127.0.0.1:$sink_port"
+policy = "$policy"
+TOML
+  # shellcheck disable=SC2086
+  env ${envs//,/ } "$gate" run -c "$work/$name.toml" >"$work/$name.log" 2>&1 & relay[$name]=$!; pids+=($!)
+done
+haproxy_port=$(free_port)
+cat >"$work/haproxy.cfg" <<CFG
+global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 10s
+  timeout client 5m
+  timeout server 5m
+frontend smtp
+  bind 127.0.0.1:$haproxy_port
+  default_backend sink
+backend sink
+  server sink 127.0.0.1:$sink_port
+CFG
+haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 & relay[haproxy]=$!; pids+=($!)
+port[haproxy]=$haproxy_port
+for name in "${names[@]}" haproxy; do wait_port "${port[$name]}"; done
+
+hz=$(getconf CLK_TCK)
+shapes=("1k-reused|-s 20 -l 1024 -d" "1k-per-connection|-s 20 -l 1024" "100k-reused|-s 20 -l 102400 -d")
+results="$work/results"
+: >"$results"
+for shape in "${shapes[@]}"; do
+  sname=${shape%%|*}; args=${shape#*|}
+  [ "$shape_filter" = all ] || [ "$shape_filter" = "$sname" ] || continue
+  n=$messages; [[ $sname == 100k* ]] && n=$((messages / 5))
+  forward=("${names[@]}" haproxy)
+  backward=(); for ((i = ${#forward[@]} - 1; i >= 0; i--)); do backward+=("${forward[$i]}"); done
+  for r in $(seq "$rounds"); do
+    # A B .. then .. B A: each variant runs early and late in every pair of rounds.
+    if (( r % 2 )); then order=("${forward[@]}" "${backward[@]}"); else order=("${backward[@]}" "${forward[@]}"); fi
+    for p in "${order[@]}"; do
+      pid=${relay[$p]}
+      before_cpu=$(cpu_ticks "$pid"); before=""; [ "$p" != haproxy ] && before=$(counters "${admin[$p]}")
+      start=$(date +%s.%N)
+      # shellcheck disable=SC2086
+      smtp-source $args -m "$n" "127.0.0.1:${port[$p]}"
+      end=$(date +%s.%N)
+      after_cpu=$(cpu_ticks "$pid"); after=""; [ "$p" != haproxy ] && after=$(counters "${admin[$p]}")
+      echo "$sname|$p|$n|$start|$end|$before_cpu|$after_cpu|$hz|$before|$after" >>"$results"
+    done
+  done
+done
+
+python3 - "$results" "${names[@]}" haproxy <<'PY'
+import statistics, sys
+from collections import defaultdict
+path, order = sys.argv[1], sys.argv[2:]
+runs = defaultdict(list)
+for line in open(path):
+    shape, name, n, start, end, cb, ca, hz, before, after = line.rstrip("\n").split("|")
+    n = int(n)
+    rate = n / (float(end) - float(start))
+    cpu = (int(ca) - int(cb)) / int(hz) * 1e6 / n  # ms per 1000 messages
+    b = dict(w.split("=") for w in before.split())
+    a = dict(w.split("=") for w in after.split())
+    per = {k: (int(a[k]) - int(b[k])) / n for k in a}
+    runs[(shape, name)].append((rate, cpu, per))
+shown = ["io_uring_enters", "parks", "membarriers", "cqes", "sqes_poll_add", "sqes_timeout",
+         "sqes_cancel", "sqes_recv", "sqes_send", "sqes_write", "sqes_read"]
+short = {"io_uring_enters": "enters", "sqes_poll_add": "poll_add", "sqes_timeout": "timeout",
+         "sqes_cancel": "cancel", "sqes_recv": "recv", "sqes_send": "send", "sqes_write": "write",
+         "sqes_read": "read"}
+head = f"{'shape':<18} {'path':<10} {'msgs/s':>7} {'(min-max)':>13} {'CPU ms/1k':>9} {'(min-max)':>11}"
+print(head + "".join(f" {short.get(k, k):>8}" for k in shown) + "   (reactor counters per message)")
+for shape in dict.fromkeys(s for s, _ in runs):
+    for name in order:
+        rs = runs.get((shape, name))
+        if not rs:
+            continue
+        rates = [r for r, _, _ in rs]; cpus = [c for _, c, _ in rs]
+        line = (f"{shape:<18} {name:<10} {statistics.median(rates):7.0f} "
+                f"{f'({min(rates):.0f}-{max(rates):.0f})':>13} {statistics.median(cpus):9.1f} "
+                f"{f'({min(cpus):.0f}-{max(cpus):.0f})':>11}")
+        if rs[0][2]:
+            line += "".join(f" {statistics.median(p.get(k, 0) for _, _, p in rs):8.2f}" for k in shown)
+        print(line)
+PY
