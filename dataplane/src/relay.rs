@@ -371,6 +371,10 @@ enum Step {
 /// What ends the session once the queues are written (set when closing starts).
 enum Closing {
     Open,
+    /// A drop with replies still owed for what was already forwarded (above all the
+    /// reply to an end of data): only the upstream is read, within [`CLOSE_GRACE`],
+    /// until the inspector has passed them on; then this reply, and `Flushing`.
+    Owed(&'static [u8]),
     /// Write what is queued (within [`CLOSE_GRACE`]), then end with this.
     Flushing(End),
 }
@@ -429,6 +433,11 @@ impl Pump<'_> {
         match self.closing {
             Closing::Flushing(_) if queues_empty => return Poll::Ready(Step::Drained),
             Closing::Flushing(_) => {}
+            Closing::Owed(_) => {
+                if let Poll::Ready(read) = self.poll_read_side(Side::Upstream, cx) {
+                    return Poll::Ready(Step::Read(Side::Upstream, read));
+                }
+            }
             Closing::Open => {
                 if self.halves.iter().all(|h| h.read_closed) && queues_empty {
                     return Poll::Ready(Step::Finished);
@@ -693,7 +702,9 @@ impl Relay<'_> {
                     pump.half(Side::Upstream).read_closed = true;
                     // 221 (QUIT), 421 and 554 are the upstream's own goodbyes.
                     let goodbye = matches!(&last_code, Some(code) if [b"221", b"421", b"554"].contains(&code));
-                    if self.inspector.is_some() && !goodbye {
+                    if let Closing::Owed(reply) = pump.closing {
+                        pump.close_with(Some(reply), End::Dropped, now);
+                    } else if self.inspector.is_some() && !goodbye {
                         upstream_lost(&mut pump, self.inspector.as_ref(), None, now);
                     } else if !pump.half(Side::Client).read_closed {
                         // The server is done; the client only gets a short while to finish.
@@ -717,6 +728,7 @@ impl Relay<'_> {
                         Closing::Open => {
                             upstream_lost(&mut pump, self.inspector.as_ref(), Some(e), now)
                         }
+                        Closing::Owed(reply) => pump.close_with(Some(reply), End::Dropped, now),
                         // Already saying goodbye: the upstream no longer matters.
                         Closing::Flushing(_) => pump.half(Side::Upstream).outgoing.clear(),
                     }
@@ -725,6 +737,11 @@ impl Relay<'_> {
                 Step::Expired => match std::mem::replace(&mut pump.closing, Closing::Open) {
                     // The goodbye could not be delivered in time.
                     Closing::Flushing(end) => break end,
+                    // The owed replies did not come in time: the drop reply goes now.
+                    Closing::Owed(reply) => {
+                        pump.close_with(Some(reply), End::Dropped, now);
+                        continue;
+                    }
                     // The server closed and its FIN was passed on; the client kept its
                     // side open past the grace period. The session is over, not timed out.
                     Closing::Open if pump.halves[Side::Upstream as usize].read_closed => {
@@ -745,7 +762,7 @@ impl Relay<'_> {
                 }
                 Step::Drained => match std::mem::replace(&mut pump.closing, Closing::Open) {
                     Closing::Flushing(end) => break end,
-                    Closing::Open => unreachable!("drained only while closing"),
+                    Closing::Open | Closing::Owed(_) => unreachable!("drained only while closing"),
                 },
                 Step::Finished => break End::Finished,
             };
@@ -815,10 +832,21 @@ impl Relay<'_> {
             match verdict {
                 Verdict::Continue => {}
                 Verdict::Drop { reply } => {
-                    pump.close_with(Some(reply), End::Dropped, now);
+                    if self.inspector.as_ref().map_or(0, Inspector::owed_replies) > 0 {
+                        pump.closing = Closing::Owed(reply);
+                        pump.deadline.set(after(now, CLOSE_GRACE));
+                    } else {
+                        pump.close_with(Some(reply), End::Dropped, now);
+                    }
                     continue;
                 }
                 Verdict::Reset => break End::Reset,
+            }
+            if let Closing::Owed(reply) = pump.closing {
+                if self.inspector.as_ref().map_or(0, Inspector::owed_replies) == 0 {
+                    pump.close_with(Some(reply), End::Dropped, now);
+                }
+                continue;
             }
             if self.inspector.as_ref().is_some_and(Inspector::is_opaque) {
                 // STARTTLS accepted: nothing left to inspect, relay verbatim.

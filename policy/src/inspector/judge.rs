@@ -98,6 +98,11 @@ impl Judge {
         self.actor.verdict.is_some()
     }
 
+    /// The session was dropped (not reset): replies still owed are forwarded first.
+    pub(super) fn dropped(&self) -> bool {
+        matches!(self.actor.verdict, Some(Verdict::Drop { .. }))
+    }
+
     /// Ends the session with `verdict` (the first verdict wins).
     pub(super) fn stop(&mut self, out: &mut Output, verdict: Verdict) -> Outcome {
         self.actor.stop(out, verdict)

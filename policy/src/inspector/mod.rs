@@ -287,10 +287,12 @@ impl Inspector {
         self.client_input(input, out);
     }
 
-    /// Bytes read from the server. After a verdict they are ignored.
+    /// Bytes read from the server. After a drop only the replies still owed for what
+    /// was forwarded go on to the client ([`Inspector::owed_replies`]).
     pub fn on_server_bytes(&mut self, input: Bytes, now: Instant, out: &mut Output) {
         self.judge.set_now(now);
         if self.judge.stopped() {
+            self.drain_owed(&input, 0, out);
             return;
         }
         let replies = &self.replies;
@@ -346,7 +348,10 @@ impl Inspector {
     }
 
     /// Replies the server still owes for commands already forwarded to it (a BDAT
-    /// whose chunk a stop cut short is owed none).
+    /// whose chunk a stop cut short is owed none). After a drop, the driver stops
+    /// reading the client, keeps feeding server bytes until this is 0 (bounded by its
+    /// close grace), and only then sends the drop reply: so the reply to a message's
+    /// end of data always reaches the client first.
     pub fn owed_replies(&self) -> usize {
         self.replies.owed()
     }

@@ -83,6 +83,8 @@ pub(super) struct ReplyTracker {
     /// Server bytes before the client's first TLS bytes were judged (once).
     pub(super) tls_injection_judged: bool,
     invalid_rcpts: u64,
+    /// After a stop inside a reply line: the rest of that line is not forwarded.
+    skip_line: bool,
     /// What the last complete reply does to the client side, applied once its line
     /// went out (see [`Inspector::server_input`]).
     effect: Option<ReplyEffect>,
@@ -104,6 +106,7 @@ impl ReplyTracker {
             tls_hello_sent: false,
             tls_injection_judged: false,
             invalid_rcpts: 0,
+            skip_line: false,
             effect: None,
             embryonic: true,
         }
@@ -243,6 +246,7 @@ impl Inspector {
             if self.judge.stopped() {
                 // The line that stopped the session is withheld whole.
                 framer = LineFramer::default();
+                self.replies.skip_line = true;
                 break;
             }
             // Applied once the reply's last line went out whole (an overlong one is
@@ -266,6 +270,42 @@ impl Inspector {
         }
         fwd.flush(&input, &mut out.to_client);
         self.replies.framer = framer;
+        if self.judge.stopped() {
+            self.drain_owed(&input, pos, out);
+        }
+    }
+
+    /// After a drop: forwards, unjudged and in order, the replies the server still
+    /// owes for what was already forwarded (above all the reply to an end of data, so
+    /// a message the server took is never reported to the client as failed), with the
+    /// inspector's own replies queued between them; nothing after the last of them.
+    pub(super) fn drain_owed(&mut self, input: &Bytes, mut pos: usize, out: &mut Output) {
+        if !self.judge.dropped() {
+            return;
+        }
+        if self.replies.skip_line {
+            match memchr::memchr(b'\n', &input[pos..]) {
+                Some(i) => {
+                    pos += i + 1;
+                    self.replies.skip_line = false;
+                }
+                None => return,
+            }
+        }
+        let mut fwd = Fwd::default();
+        let mut framer = std::mem::take(&mut self.replies.framer);
+        // The last owed reply goes out whole, even when it ends in a later read.
+        while pos < input.len() && (self.replies.owed() > 0 || framer.mid_line()) {
+            let d = Direction::ServerToClient;
+            let side = &mut OwedSide(&mut self.replies);
+            pos = framer.step(REPLY_LINE_CAP, input, pos, &mut fwd, d, out, side);
+            if !framer.mid_line() {
+                fwd.flush(input, &mut out.to_client);
+                self.replies.answer_injected(out);
+            }
+        }
+        self.replies.framer = framer;
+        fwd.flush(input, &mut out.to_client);
     }
 
     /// Judges one reply line from its content (CRLF excluded; for an overlong line its
@@ -521,6 +561,27 @@ impl Inspector {
         }
         text.extend_from_slice(b"\r\n");
         LineDecision::Replace(Bytes::from(text))
+    }
+}
+
+/// After a drop: only pairs replies with what is still owed, so the drain knows when
+/// the last of them went out.
+struct OwedSide<'a>(&'a mut ReplyTracker);
+
+impl LineSide for OwedSide<'_> {
+    fn head(&mut self, line: &[u8], _len: u64, _complete: bool, _out: &mut Output) -> LineDecision {
+        if line.get(3) != Some(&b'-') {
+            self.0.pop();
+        }
+        LineDecision::Pass
+    }
+
+    fn overlong_end(&mut self, _len: u64, _out: &mut Output) -> bool {
+        true
+    }
+
+    fn stopped(&self) -> bool {
+        false
     }
 }
 

@@ -286,3 +286,76 @@ fn unchanged_bytes_of_a_read_are_one_slice() {
     );
     assert_eq!(out.to_server[0], input);
 }
+
+// ---- after a drop: the replies owed for what was forwarded come first ----
+
+#[test]
+fn a_drop_after_a_dot_still_forwards_the_reply_to_the_message() {
+    let mut s = Driver::builtin("default");
+    s.in_data();
+    let mut long = b"MAIL FROM:<a@example.com> ".to_vec();
+    long.resize(600, b'x');
+    long.extend_from_slice(b"\r\n");
+    s.client(&[&b"Subject: x\r\n\r\nbody\r\n.\r\n"[..], &long].concat());
+    assert!(s.drop_reply().contains("Command line too long"));
+    assert!(
+        s.server_text().ends_with("body\r\n.\r\n"),
+        "the message went out whole"
+    );
+    assert_eq!(s.inspector.owed_replies(), 1, "its 250 is owed");
+    s.server(b"250 2.0.0 Ok: queued as 1\r\n550 late\r\n");
+    assert_eq!(
+        s.client_text(),
+        "250 2.0.0 Ok: queued as 1\r\n",
+        "the 250 reaches the client, nothing after it"
+    );
+    assert_eq!(s.inspector.owed_replies(), 0);
+}
+
+#[test]
+fn a_drop_owed_replies_split_across_reads_and_multiline_arrive_whole() {
+    let mut s = Driver::builtin("asa-compat");
+    s.in_transaction()
+        .client(b"DATA\r\n")
+        .server(b"354 go\r\n")
+        .forget();
+    let mut batch = b"body\r\n.\r\nMAIL FROM:<a@x>\r\n".to_vec();
+    for i in 0..101 {
+        batch.extend_from_slice(format!("RCPT TO:<r{i}@y>\r\n").as_bytes());
+    }
+    s.client(&batch);
+    assert!(s.drop_reply().contains("Too many recipients"));
+    assert_eq!(
+        s.inspector.owed_replies(),
+        102,
+        "the dot, MAIL and 100 RCPTs"
+    );
+    s.server(b"250-queued\r\n250 as ").server(b"2\r\n");
+    assert_eq!(s.client_text(), "250-queued\r\n250 as 2\r\n");
+    for _ in 0..101 {
+        s.server(b"250 ok\r\n");
+    }
+    assert_eq!(s.client_text().matches("250 ok").count(), 101);
+    assert_eq!(s.inspector.owed_replies(), 0);
+}
+
+#[test]
+fn an_invalid_recipients_drop_after_bdat_last_forwards_the_reply_to_the_message() {
+    let mut s = Driver::with_rules(&["match invalid-recipients count gt 0 drop-connection log"]);
+    s.in_transaction();
+    s.client(b"RCPT TO:<nobody@y>\r\nBDAT 4 LAST\r\nabcd");
+    s.server(b"550 5.1.1 no such user\r\n");
+    assert!(s.drop_reply().contains("invalid recipients"));
+    assert_eq!(s.client_text(), "", "the refusing reply itself is withheld");
+    s.server(b"250 2.0.0 queued\r\n");
+    assert_eq!(s.client_text(), "250 2.0.0 queued\r\n");
+}
+
+#[test]
+fn a_bdat_chunk_cut_by_a_drop_is_owed_no_reply() {
+    let mut s = Driver::with_rules(&["match body length gt 3 drop-connection log"]);
+    s.in_transaction()
+        .client(b"BDAT 20 LAST\r\nSubject: x\r\n\r\nabcdef");
+    assert!(s.drop_reply().contains("body too long"));
+    assert_eq!(s.inspector.owed_replies(), 0);
+}

@@ -1,0 +1,201 @@
+//! The inspector's session rules through the real binary: replies owed before a drop,
+//! `reject` (452 for the 101st recipient), BDAT only where CHUNKING was offered and
+//! the count is one a server takes, plaintext behind STARTTLS, the early talker, and
+//! `default`'s neutral greeting. Each test drives `smtpgate run` against the recording
+//! upstream and asserts the exact bytes each side saw.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::*;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_drop_behind_a_queued_message_sends_its_250_before_the_421() {
+    let up = Upstream::start(&["PIPELINING"]);
+    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
+    let _gate = Gate::start(&conf);
+
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n");
+    for _ in 0..3 {
+        assert!(c.reply().starts_with(b"250"));
+    }
+    assert!(c.reply().starts_with(b"354"));
+    // The message, its dot, and an overlong command, in one write.
+    let mut write = b"Subject: one\r\n\r\nbody\r\n.\r\nMAIL FROM:<a@example.com> ".to_vec();
+    write.resize(write.len() + 600, b'x');
+    write.extend_from_slice(b"\r\n");
+    c.send(&write);
+    let first = c.reply();
+    assert_eq!(first, b"250 2.0.0 Ok: queued\r\n", "{}", text(&first));
+    let second = c.reply();
+    assert!(
+        second.starts_with(b"421 4.7.0 Command line too long"),
+        "{}",
+        text(&second)
+    );
+    assert_eq!(c.read_to_end(), b"");
+    assert_eq!(up.messages().len(), 1, "the message was delivered once");
+}
+
+#[test]
+fn the_101st_recipient_is_answered_452_and_the_message_still_goes() {
+    let up = Upstream::start(&["PIPELINING"]);
+    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
+    let _gate = Gate::start(&conf);
+
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\n");
+    c.reply();
+    c.reply();
+    let mut batch = Vec::new();
+    for i in 0..101 {
+        batch.extend_from_slice(format!("RCPT TO:<r{i}@example.net>\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"DATA\r\n");
+    c.send(&batch);
+    for i in 0..100 {
+        assert!(c.reply().starts_with(b"250"), "RCPT {i}");
+    }
+    assert_eq!(c.reply(), b"452 4.5.3 Too many recipients\r\n");
+    assert!(c.reply().starts_with(b"354"), "the session goes on");
+    c.send(b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n");
+    assert_eq!(c.reply(), b"250 2.0.0 Ok: queued\r\n");
+    assert_eq!(c.reply(), b"221 2.0.0 Bye\r\n");
+    let wire = text(&up.wire(0));
+    assert_eq!(wire.matches("RCPT TO:").count(), 100);
+    assert!(!wire.contains("<r100@example.net>"));
+    assert_eq!(up.messages().len(), 1);
+}
+
+#[test]
+fn bdat_to_a_server_without_chunking_is_masked_and_what_follows_judged_as_commands() {
+    let up = Upstream::start(&["PIPELINING"]);
+    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
+    let _gate = Gate::start(&conf);
+
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"EHLO c\r\n");
+    c.reply();
+    c.send(b"BDAT 40 LAST\r\nWIZ\r\nKILL\r\nMAIL FROM:<a|b@example.com>\r\n");
+    // The server answers the three masked lines, in order, then the pipe drops.
+    for _ in 0..3 {
+        let r = c.reply();
+        assert!(r.starts_with(b"500"), "{}", text(&r));
+    }
+    let drop = c.reply();
+    assert!(
+        drop.starts_with(b"421 4.7.0 Pipe in address"),
+        "{}",
+        text(&drop)
+    );
+    let wire = up.wait_wire(0, |w| w.ends_with(b"XXXX\r\n"));
+    assert_eq!(text(&wire), "EHLO c\r\nXXXXXXXXXXXX\r\nXXX\r\nXXXX\r\n");
+}
+
+#[test]
+fn a_bdat_count_above_2_to_the_53_is_masked_and_the_next_line_is_a_command() {
+    let up = Upstream::start(&["PIPELINING", "CHUNKING"]);
+    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
+    let _gate = Gate::start(&conf);
+
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"EHLO c\r\n");
+    c.reply();
+    c.send(b"BDAT 9223372036854775808\r\nNOOP\r\n");
+    assert!(c.reply().starts_with(b"500"));
+    assert_eq!(
+        c.reply(),
+        b"250 2.0.0 Ok\r\n",
+        "NOOP was judged and answered"
+    );
+    let wire = up.wait_wire(0, |w| w.ends_with(b"NOOP\r\n"));
+    assert_eq!(
+        text(&wire),
+        "EHLO c\r\nXXXXXXXXXXXXXXXXXXXXXXXX\r\nNOOP\r\n"
+    );
+}
+
+#[test]
+fn plaintext_pipelined_behind_starttls_never_reaches_the_server() {
+    let up = Upstream::start(&["STARTTLS"]);
+    let (conf, listen) = config(
+        up.addr,
+        "policy = \"default\"\nstarttls = \"passthrough\"",
+        "",
+    );
+    let gate = Gate::start(&conf);
+
+    let mut c = Client::connect(listen);
+    c.reply();
+    c.send(b"EHLO c\r\n");
+    c.reply();
+    c.send(b"STARTTLS\r\nNOOP injected\r\n");
+    let r = c.reply();
+    assert!(
+        r.starts_with(b"421 4.7.0 Data sent before TLS started"),
+        "{}",
+        text(&r)
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(text(&up.wire(0)), "EHLO c\r\nSTARTTLS\r\n");
+    gate.wait_log("starttls-injection");
+}
+
+#[test]
+fn a_client_talking_before_the_greeting_is_dropped() {
+    // An upstream that greets late, so the client surely talks first.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = s.write_all(b"220 late ESMTP\r\n");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let (conf, listen) = config(upstream, "policy = \"default\"", "");
+    let gate = Gate::start(&conf);
+
+    let mut c = Client::connect(listen);
+    c.send(b"EHLO early\r\n");
+    let r = c.reply();
+    assert!(
+        r.starts_with(b"421 4.7.0 Talking before the greeting"),
+        "{}",
+        text(&r)
+    );
+    gate.wait_log("early-talker");
+}
+
+#[test]
+fn default_greets_with_the_edges_name_and_not_like_a_pix() {
+    let up = Upstream::start(&[]);
+    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
+    let _gate = Gate::start(&conf);
+    let mut c = Client::connect(listen);
+    let greeting = c.reply();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(
+        text(&greeting),
+        format!("220 {} ESMTP ready\r\n", host.trim())
+    );
+    // Postfix's smtp client takes a greeting of only '2', '0', ' ' and '*' for a PIX.
+    let content = &greeting[..greeting.len() - 2];
+    assert!(content.iter().any(|b| !b"20 *".contains(b)));
+    assert!(
+        !text(&greeting).contains("upstream"),
+        "the upstream's name is hidden"
+    );
+}
