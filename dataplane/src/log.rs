@@ -569,6 +569,13 @@ impl SessionLog {
             direction_name(event.direction),
             event.value,
         );
+        if !event.excerpt.as_bytes().is_empty() {
+            let _ = write!(
+                line,
+                " text=\"{}\"",
+                escape(event.excerpt.as_bytes(), Quotes::Escape)
+            );
+        }
         push_envelope_text(&mut line, envelope);
         line
     }
@@ -583,6 +590,12 @@ impl SessionLog {
         );
         fields.insert("direction".into(), direction_name(event.direction).into());
         fields.insert("value".into(), event.value.into());
+        if !event.excerpt.as_bytes().is_empty() {
+            fields.insert(
+                "text".into(),
+                escape(event.excerpt.as_bytes(), Quotes::Keep).into(),
+            );
+        }
         push_envelope_json(&mut fields, envelope);
         serde_json::Value::Object(fields).to_string()
     }

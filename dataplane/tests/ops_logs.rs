@@ -140,12 +140,16 @@ fn json_lines_carry_level_session_peers_and_a_summary_per_session() {
     assert_eq!(noop["level"], "warning");
     assert_eq!(noop["message_id"], 108005);
     assert_eq!(noop["rule"], "match cmd verb NOOP log");
+    assert_eq!(noop["text"], "NOOP", "the offending line, without CRLF");
     assert_eq!(noop["client"], client);
     assert_eq!(noop["server"], up.addr.to_string());
     assert_eq!(noop["listener"], listen.to_string());
     let drop = events[1];
     assert_eq!(drop["level"], "error");
     assert_eq!(drop["session"], noop["session"], "one id per session");
+    let text = drop["text"].as_str().unwrap();
+    assert_eq!(text.len(), 64, "bounded: {text}");
+    assert!(text.starts_with("RCPT TO:<aaaa"), "{text}");
 
     let summary = lines
         .iter()

@@ -44,4 +44,56 @@ pub struct Event {
     pub direction: Direction,
     /// The measured length or count that matched (0 where not applicable).
     pub value: u64,
+    /// The start of the command or reply line being judged (empty for message
+    /// content), for the log line.
+    pub excerpt: Excerpt,
+}
+
+/// The first [`Excerpt::CAP`] bytes of a line, copied (no allocation).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Excerpt {
+    bytes: [u8; Excerpt::CAP],
+    len: u8,
+}
+
+impl Excerpt {
+    pub const CAP: usize = 64;
+    pub const EMPTY: Excerpt = Excerpt {
+        bytes: [0; Excerpt::CAP],
+        len: 0,
+    };
+
+    /// `line` without its line ending, cut at [`Excerpt::CAP`] bytes.
+    pub fn of(line: &[u8]) -> Excerpt {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let kept = line.len().min(Excerpt::CAP);
+        let mut excerpt = Excerpt::EMPTY;
+        excerpt.bytes[..kept].copy_from_slice(&line[..kept]);
+        excerpt.len = kept as u8;
+        excerpt
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl std::fmt::Debug for Excerpt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_excerpt_drops_the_line_ending_and_keeps_at_most_64_bytes() {
+        assert_eq!(Excerpt::of(b"VRFY root\r\n").as_bytes(), b"VRFY root");
+        assert_eq!(Excerpt::of(b"bare\n").as_bytes(), b"bare");
+        assert_eq!(Excerpt::of(&[b'x'; 300]).as_bytes().len(), Excerpt::CAP);
+        assert!(Excerpt::EMPTY.as_bytes().is_empty());
+    }
 }

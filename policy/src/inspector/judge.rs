@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Output, Verdict};
-use crate::event::{Direction, Event, MessageId};
+use crate::event::{Direction, Event, Excerpt, MessageId};
 use crate::mime::{Observation, Observer};
 use crate::policy::Policy;
 use crate::rules::{Cmp, Criterion, CriterionKind, Disposition, Rule, RuleId};
@@ -60,9 +60,16 @@ struct Actor {
     now: Option<Instant>,
     /// Per rule (only when the policy has `rate-limit` rules): window start and count.
     rate: Vec<(Option<Instant>, u32)>,
+    /// The line being judged, copied into the events it fires.
+    excerpt: Excerpt,
 }
 
 impl Judge {
+    /// The line the next checks judge (its start goes into their events).
+    pub(super) fn judging(&mut self, excerpt: Excerpt) {
+        self.actor.excerpt = excerpt;
+    }
+
     pub(super) fn new(policy: Arc<Policy>) -> Judge {
         let rate = if policy.rules.iter().any(|r| r.actions.rate_limit > 0) {
             vec![(None, 0); policy.rules.len()]
@@ -75,6 +82,7 @@ impl Judge {
                 verdict: None,
                 now: None,
                 rate,
+                excerpt: Excerpt::EMPTY,
             },
         }
     }
@@ -263,6 +271,7 @@ impl Actor {
             message_id,
             direction,
             value,
+            excerpt: self.excerpt,
         });
         match a.disposition {
             Disposition::Reset => return self.stop(out, Verdict::Reset),

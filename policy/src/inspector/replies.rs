@@ -12,7 +12,7 @@ use super::forward::Fwd;
 use super::framer::{LineDecision, LineFramer, LineSide};
 use super::judge::Outcome;
 use super::{Inspector, Output, ReplyEffect, QUEUE_CAP, REPLY_LINE_CAP};
-use crate::event::Direction;
+use crate::event::{Direction, Excerpt};
 use crate::policy::BannerStyle;
 use crate::rules::{Criterion, CriterionKind};
 use crate::scanner;
@@ -312,6 +312,7 @@ impl Inspector {
     /// first [`REPLY_LINE_CAP`] bytes).
     fn on_reply(&mut self, line: &[u8], out: &mut Output) -> (LineDecision, Option<ReplyEffect>) {
         let d = Direction::ServerToClient;
+        self.judge.judging(Excerpt::of(line));
         let code = reply_code(line);
         let last = line.get(3) != Some(&b'-');
         let line_no = self.replies.line_no;
@@ -443,6 +444,8 @@ impl Inspector {
             }
             Pending::Data => {
                 if code == 354 {
+                    // Content lines are not excerpted: events in them carry none.
+                    self.judge.judging(Excerpt::EMPTY);
                     self.content.start_message();
                     self.client.mode = ClientMode::Data;
                 }
