@@ -883,7 +883,7 @@ impl MessageScanner {
     /// field's parser.
     fn header_bytes(&mut self, bytes: &[u8]) {
         let mut rest = bytes;
-        while let Some((&b, tail)) = rest.split_first() {
+        while let Some(&b) = rest.first() {
             match self.header_line {
                 HeaderLine::Start => {
                     if b == b' ' || b == b'\t' {
@@ -897,19 +897,17 @@ impl MessageScanner {
                     self.field_name_over = false;
                 }
                 HeaderLine::Name => {
-                    if b == b':' {
-                        self.start_field();
-                        self.header_line = HeaderLine::Value;
-                    } else {
-                        match self.field_name.get_mut(self.field_name_len as usize) {
-                            Some(slot) => {
-                                *slot = b;
-                                self.field_name_len += 1;
-                            }
-                            None => self.field_name_over = true,
-                        }
-                    }
-                    rest = tail;
+                    let colon = memchr::memchr(b':', rest);
+                    let name = &rest[..colon.unwrap_or(rest.len())];
+                    let at = self.field_name_len as usize;
+                    let n = name.len().min(FIELD_NAME_CAP - at);
+                    self.field_name[at..at + n].copy_from_slice(&name[..n]);
+                    self.field_name_len += n as u8;
+                    self.field_name_over |= n < name.len();
+                    let Some(colon) = colon else { return };
+                    self.start_field();
+                    self.header_line = HeaderLine::Value;
+                    rest = &rest[colon + 1..];
                 }
                 HeaderLine::Value => {
                     self.field_value(rest);
