@@ -67,11 +67,12 @@ const ALPHABET: &[u8] = b"\r\n.:<>@- ABDEHLMOPRSTXZ0123456789abcdez\t\0|`";
 const BUFFER_BOUND: usize =
     (CMD_LINE_CAP + 1) + (REPLY_LINE_CAP + 1) + HOLD_CAP + LINE_HEAD_CAP + 1024;
 
-/// Bytes of transcript one input may expand to (an op that would cross it is the last).
-const TRANSCRIPT_BUDGET: usize = 16 * 1024;
+/// Bytes of transcript one input may expand to (an op that would cross it is the last):
+/// enough to overflow the hold buffer, which a smaller budget could never reach.
+const TRANSCRIPT_BUDGET: usize = HOLD_CAP + 2 * CMD_LINE_CAP;
 
 /// At most this many ops (each one peer's write).
-const MAX_OPS: usize = 128;
+const MAX_OPS: usize = 256;
 
 fn decode(data: &[u8]) -> (Transcript, &[u8]) {
     let mut ops = Vec::new();
