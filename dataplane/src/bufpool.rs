@@ -14,8 +14,9 @@ use bytes::BytesMut;
 pub const BUF_SIZE: usize = 16 * 1024;
 /// A buffer with less room than this is refreshed before the next read.
 const MIN_READ: usize = 2 * 1024;
-/// Idle buffers a shard keeps for reuse; more are freed.
-const MAX_POOLED: usize = 64;
+/// Idle buffers a shard keeps for reuse; more are freed. 16 (256 KiB) covers the reads
+/// one shard has in flight between two yields; more only raises the idle floor.
+const MAX_POOLED: usize = 16;
 
 #[derive(Default)]
 pub struct BufPool {

@@ -34,6 +34,7 @@
 //!   already owed to it, then `421 4.4.2`, unless the reply to an end of data is owed:
 //!   then it is closed without a reply, because either answer could be false.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
@@ -159,8 +160,9 @@ pub trait EventSink {
 pub struct Relay<'a> {
     pub client: TcpStream,
     pub server: TcpStream,
-    /// `None` on the exempt path: bytes go through verbatim.
-    pub inspector: Option<Inspector>,
+    /// `None` on the exempt path: bytes go through verbatim. Boxed: it is the largest
+    /// part of a session, and a boxed value is not copied between future states.
+    pub inspector: Option<Box<Inspector>>,
     pub ticket: &'a mut Ticket,
     pub deadline: Rc<Deadline>,
     pub timeouts: Timeouts,
@@ -169,6 +171,8 @@ pub struct Relay<'a> {
     pub connected_at: Instant,
     pub pool: &'a BufPool,
     pub tls: SessionTls,
+    /// The shard's scratch space for the inspector's output.
+    pub scratch: &'a RefCell<Output>,
 }
 
 /// Bytes read from each side, for the counters.
@@ -617,7 +621,6 @@ fn memchr_last_newline(bytes: &[u8]) -> Option<usize> {
 impl Relay<'_> {
     /// Relays until the session ends.
     pub async fn run(mut self, sink: &mut dyn EventSink) -> Outcome {
-        let mut out = Output::default();
         let connected_at = self.connected_at;
         let mut reads_since_yield = 0u32;
         let mut pump = Pump {
@@ -657,7 +660,7 @@ impl Relay<'_> {
         let mut draining = false;
         let timeouts = self.timeouts;
         watch.arm(
-            self.inspector.as_ref(),
+            self.inspector.as_deref(),
             self.ticket,
             pump.deadline,
             connected_at,
@@ -705,7 +708,7 @@ impl Relay<'_> {
                     if let Closing::Owed(reply) = pump.closing {
                         pump.close_with(Some(reply), End::Dropped, now);
                     } else if self.inspector.is_some() && !goodbye {
-                        upstream_lost(&mut pump, self.inspector.as_ref(), None, now);
+                        upstream_lost(&mut pump, self.inspector.as_deref(), None, now);
                     } else if !pump.half(Side::Client).read_closed {
                         // The server is done; the client only gets a short while to finish.
                         pump.deadline
@@ -726,7 +729,7 @@ impl Relay<'_> {
                 Step::Read(Side::Upstream, Err(e)) | Step::WriteFailed(Side::Upstream, e) => {
                     match pump.closing {
                         Closing::Open => {
-                            upstream_lost(&mut pump, self.inspector.as_ref(), Some(e), now)
+                            upstream_lost(&mut pump, self.inspector.as_deref(), Some(e), now)
                         }
                         Closing::Owed(reply) => pump.close_with(Some(reply), End::Dropped, now),
                         // Already saying goodbye: the upstream no longer matters.
@@ -755,7 +758,7 @@ impl Relay<'_> {
                 },
                 Step::Nudged => {
                     draining = true;
-                    if idle_between_transactions(&pump, self.inspector.as_ref()) {
+                    if idle_between_transactions(&pump, self.inspector.as_deref()) {
                         pump.close_with(Some(REPLY_SHUTTING_DOWN), End::ShutDown, now);
                     }
                     continue;
@@ -776,8 +779,11 @@ impl Relay<'_> {
             sink.bytes(side, n);
 
             let mut verdict = Verdict::Continue;
-            match self.inspector.as_mut() {
+            match self.inspector.as_deref_mut() {
                 Some(inspector) => {
+                    // The shard's one Output, borrowed for this call only (no await while
+                    // held): its vectors' capacity is not kept per session.
+                    let mut out = self.scratch.borrow_mut();
                     out.clear();
                     // A bug in the inspector must cost one session, not the shard and
                     // every session on it: the panic is caught, nothing the broken call
@@ -832,7 +838,7 @@ impl Relay<'_> {
             match verdict {
                 Verdict::Continue => {}
                 Verdict::Drop { reply } => {
-                    if self.inspector.as_ref().map_or(0, Inspector::owed_replies) > 0 {
+                    if self.inspector.as_deref().map_or(0, Inspector::owed_replies) > 0 {
                         pump.closing = Closing::Owed(reply);
                         pump.deadline.set(after(now, CLOSE_GRACE));
                     } else {
@@ -843,22 +849,22 @@ impl Relay<'_> {
                 Verdict::Reset => break End::Reset,
             }
             if let Closing::Owed(reply) = pump.closing {
-                if self.inspector.as_ref().map_or(0, Inspector::owed_replies) == 0 {
+                if self.inspector.as_deref().map_or(0, Inspector::owed_replies) == 0 {
                     pump.close_with(Some(reply), End::Dropped, now);
                 }
                 continue;
             }
-            if self.inspector.as_ref().is_some_and(Inspector::is_opaque) {
+            if self.inspector.as_deref().is_some_and(Inspector::is_opaque) {
                 // STARTTLS accepted: nothing left to inspect, relay verbatim.
                 self.inspector = None;
             }
-            if draining && idle_between_transactions(&pump, self.inspector.as_ref()) {
+            if draining && idle_between_transactions(&pump, self.inspector.as_deref()) {
                 pump.close_with(Some(REPLY_SHUTTING_DOWN), End::ShutDown, now);
                 continue;
             }
             if !pump.halves[Side::Upstream as usize].read_closed {
                 watch.arm(
-                    self.inspector.as_ref(),
+                    self.inspector.as_deref(),
                     self.ticket,
                     pump.deadline,
                     now,

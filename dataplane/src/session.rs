@@ -97,13 +97,15 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
 
     let client_addr = if listener.expects_proxy_header(peer.ip()) {
         let wait = PROXY_HEADER_WAIT.min(timeouts.embryonic);
-        let header = future::or(
+        // Short-lived futures are boxed so an idle session's task does not keep room
+        // for them (a task is as large as its largest state).
+        let header = Box::pin(future::or(
             async { Some(proxy_header::read(&mut client, peer).await) },
             async {
                 sleep(wait).await;
                 None
             },
-        )
+        ))
         .await;
         match header {
             Some(Ok(addr)) => canonical(addr),
@@ -129,7 +131,7 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
         Err(hit) => {
             shared.stats.rejected(hit).inc();
             log::limit_refused(hit.name(), client_addr, listener.listen);
-            goodbye(client, REPLY_TOO_MANY).await;
+            Box::pin(goodbye(client, REPLY_TOO_MANY)).await;
             return;
         }
     };
@@ -140,7 +142,12 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
         .add(crate::clock::after(accepted_at, timeouts.upstream_connect));
 
     context.stats().sessions.meter().connections.inc();
-    let mut server = match connect_upstream(listener.upstream, timeouts.upstream_connect).await {
+    let mut server = match Box::pin(connect_upstream(
+        listener.upstream,
+        timeouts.upstream_connect,
+    ))
+    .await
+    {
         Ok(server) => {
             shared
                 .stats
@@ -156,23 +163,20 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
             ));
             SessionLog::new(listener.listen, client_addr, listener.upstream)
                 .summary(&log::Summary::without_traffic("upstream-unavailable"));
-            goodbye(client, REPLY_UPSTREAM_DOWN).await;
+            Box::pin(goodbye(client, REPLY_UPSTREAM_DOWN)).await;
             return;
         }
     };
     let connected_at = Instant::now();
     if listener.proxy_protocol {
         let local = client.local_addr().unwrap_or(listener.listen);
-        if let Err(e) = server
-            .write_all(&proxy_v2::header(client_addr, local))
-            .await
-        {
+        if let Err(e) = Box::pin(server.write_all(&proxy_v2::header(client_addr, local))).await {
             shared.stats.upstream_failures.inc();
             log::diag_rate_limited(&format!(
                 "upstream {}: PROXY header: {e}",
                 listener.upstream
             ));
-            goodbye(client, REPLY_UPSTREAM_DOWN).await;
+            Box::pin(goodbye(client, REPLY_UPSTREAM_DOWN)).await;
             return;
         }
     }
@@ -195,8 +199,10 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
         client,
         server,
         inspector: (!exempt).then(|| {
-            Inspector::with_tls(listener.policy.clone(), termination)
-                .with_banner_name(banner_name(&listener.banner_name))
+            Box::new(
+                Inspector::with_tls(listener.policy.clone(), termination)
+                    .with_banner_name(banner_name(&listener.banner_name)),
+            )
         }),
         ticket: &mut ticket,
         deadline,
@@ -205,8 +211,11 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
         connected_at,
         pool: &shard.pool,
         tls,
+        scratch: &shard.scratch,
     };
-    let outcome = relay.run(&mut sink).await;
+    // Boxed so the session's task holds only the relay's own state while it runs,
+    // not the largest of every state this function passes through.
+    let outcome = Box::pin(relay.run(&mut sink)).await;
     shared.stats.session_duration.observe(accepted_at.elapsed());
     let envelope = &sink.envelope;
     sink.log.summary(&log::Summary {
@@ -216,7 +225,7 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
         messages: envelope.messages(),
         envelope: log_envelope(envelope),
     });
-    finish(shared, listener, client_addr, outcome).await;
+    Box::pin(finish(shared, listener, client_addr, outcome)).await;
 }
 
 /// How the session ended, as its summary line says it.

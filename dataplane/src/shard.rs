@@ -15,6 +15,8 @@ use glommio::net::TcpListener;
 use glommio::timer::sleep;
 use glommio::{spawn_local, Task};
 
+use smtpgate_policy::inspector::Output;
+
 use crate::bufpool::BufPool;
 use crate::clock::{Deadlines, Tick};
 use crate::engine::StartError;
@@ -26,6 +28,8 @@ pub struct Shard {
     pub shared: &'static Shared,
     pub deadlines: Deadlines,
     pub pool: BufPool,
+    /// Where the inspector writes its output for the one session being fed.
+    pub scratch: RefCell<Output>,
     generation: RefCell<Arc<Generation>>,
     live_sessions: Cell<usize>,
 }
@@ -85,6 +89,7 @@ pub async fn run(
         shared,
         deadlines: Deadlines::default(),
         pool: BufPool::default(),
+        scratch: RefCell::new(Output::default()),
         generation: RefCell::new(shared.current()),
         live_sessions: Cell::new(0),
     });

@@ -2,6 +2,7 @@
 //! its client (no buffering), and idle sessions hold no read buffers.
 
 mod common;
+mod e2e_support;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -104,4 +105,94 @@ fn open_idle_sessions(listen: std::net::SocketAddr, n: usize) -> Vec<Client> {
         c.reply();
     }
     clients
+}
+
+/// Idle greeted sessions the held-out bound is measured on, per round.
+const ROUND: usize = 5_000;
+
+/// Waits (bounded) until the admin endpoint reports no active session.
+fn wait_no_sessions(admin: std::net::SocketAddr) {
+    let started = Instant::now();
+    loop {
+        let response = http_get(admin, "/status");
+        if response.contains("\"active\": 0") {
+            return;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "sessions still active:\n{response}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `n` greeted, EHLO'd sessions from a spread of loopback sources (so no source runs
+/// out of ports), each read to the end of its EHLO reply, then left idle.
+fn open_greeted_sessions(listen: std::net::SocketAddr, n: usize) -> Vec<Client> {
+    let mut clients: Vec<Client> = (0..n)
+        .map(|i| Client::connect_from(&format!("127.0.{}.{}", 1 + i / 250, 1 + i % 250), listen))
+        .collect();
+    for c in &mut clients {
+        assert!(c.reply().starts_with(b"220"));
+        c.send(b"EHLO idle.test\r\n");
+    }
+    for c in &mut clients {
+        assert!(c.reply().starts_with(b"250"));
+    }
+    clients
+}
+
+#[test]
+fn five_thousand_idle_greeted_sessions_stay_within_8_kib_each_and_a_second_round_reuses_the_memory()
+{
+    let dir = scratch_dir("memory-rounds");
+    let sink = e2e_support::Sink::start(&dir, &[]);
+    let admin = local(free_port());
+    let listen = local(free_port());
+    let conf = format!(
+        "[admin]\nlisten = \"{admin}\"\n[[listener]]\nlisten = \"{listen}\"\nupstream = \"{}\"\npolicy = \"default\"\n",
+        sink.addr
+    );
+    let gate = Gate::start(&conf);
+    let pid = gate.child.id();
+    // A few sessions first, so the process's one-time allocations are not charged.
+    drop(open_greeted_sessions(listen, 50));
+    wait_no_sessions(admin);
+    let start = rss_kib(pid);
+
+    let first = open_greeted_sessions(listen, ROUND);
+    std::thread::sleep(Duration::from_millis(300));
+    let first_peak = rss_kib(pid);
+    drop(first);
+    wait_no_sessions(admin);
+    let after_first = rss_kib(pid);
+
+    let second = open_greeted_sessions(listen, ROUND);
+    std::thread::sleep(Duration::from_millis(300));
+    let second_peak = rss_kib(pid);
+    drop(second);
+    wait_no_sessions(admin);
+    let after_second = rss_kib(pid);
+
+    // Everything, buffer pools included, is charged to the sessions.
+    let per_session = (first_peak.saturating_sub(start) * 1024) / ROUND as u64;
+    eprintln!(
+        "RSS KiB: start {start}, {ROUND} idle sessions {first_peak} ({per_session} bytes each), \
+         closed {after_first}, second round {second_peak}, closed {after_second}"
+    );
+    // The goal is 4 KiB (HAProxy: about 3.3 KiB). Measured in release: 7.0 KiB, of
+    // which the inspector alone is 2.2 KiB inline plus its queues; this bound keeps
+    // what was won (9.0 KiB before the session's futures were boxed and its output
+    // vectors shared per shard). Debug builds' futures are larger (about 12 KiB).
+    let bound = if cfg!(debug_assertions) { 16 } else { 8 } * 1024;
+    assert!(
+        per_session <= bound,
+        "{per_session} bytes of RSS per idle greeted session"
+    );
+    // Memory freed by the first round serves the second: the second peak may not
+    // exceed the first by more than noise (2 MiB, or 0.4 KiB a session).
+    assert!(
+        second_peak <= first_peak + 2048,
+        "the second round grew RSS from {first_peak} to {second_peak} KiB"
+    );
 }
