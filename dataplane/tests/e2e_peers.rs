@@ -272,7 +272,25 @@ fn readme_config_sample_passes_check() {
     .unwrap();
     let start = readme.find("```toml\n").expect("README has a toml sample") + "```toml\n".len();
     let sample = &readme[start..start + readme[start..].find("```").unwrap()];
-    let path = scratch_dir("readme").join("readme.toml");
+    // The sample names the edge's certificate under /etc/smtpgate, and `check` reads
+    // and validates it: put a real pair there in a scratch copy.
+    let dir = scratch_dir("readme");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["mx.example.test".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.join("mx.pem"), dir.join("mx.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    assert!(
+        sample.contains("\"/etc/smtpgate/mx.pem\"") && sample.contains("\"/etc/smtpgate/mx.key\""),
+        "the README sample no longer names /etc/smtpgate/mx.pem and mx.key"
+    );
+    let sample = sample
+        .replace("/etc/smtpgate/mx.pem", &cert_path.display().to_string())
+        .replace("/etc/smtpgate/mx.key", &key_path.display().to_string());
+    let path = dir.join("readme.toml");
     std::fs::write(&path, sample).unwrap();
     assert_check_passes(&path);
 }
