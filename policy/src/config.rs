@@ -25,7 +25,7 @@ use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAcc
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use crate::policy::{resolution_order, Policy, PolicyError, BUILTIN_NAMES};
+use crate::policy::{resolution_order, Policy, BUILTIN_NAMES};
 
 /// A validated config. Cheap to share: `Arc<Config>`; policies are `Arc<Policy>`.
 #[derive(Clone, Debug)]
@@ -1124,13 +1124,9 @@ impl Policies {
                     compiled.insert(name.to_string(), None);
                 }
                 Err(list) => {
-                    for PolicyError {
-                        field,
-                        span,
-                        message,
-                    } in list
-                    {
-                        errors.at(span, format!("policy.{name}.{field}"), message);
+                    for e in list {
+                        let field = format!("policy.{name}.{}", e.field());
+                        errors.at(e.span(), field, e.to_string());
                     }
                     compiled.insert(name.to_string(), None);
                 }

@@ -302,14 +302,67 @@ const FIREWALL_EHLO: EhloSet = ehlo_set(&[
     EhloKeyword::Auth,
 ]);
 
-/// Why a user policy did not compile: the field (`rules[1]`, `extends`, ...), where in
-/// the config text when known, and what is wrong.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyError {
-    pub field: String,
-    /// Byte range in the config text.
-    pub span: Option<Range<usize>>,
-    pub message: String,
+/// Why a user policy did not compile. [`PolicyError::field`] names the setting
+/// (`rules[1]`, `extends`, ...), [`PolicyError::span`] where it is in the config text
+/// when known; the message says what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The parent does no inspection (`none`), yet the section sets something.
+    #[error(
+        "`{parent}` does no inspection, so parameters and rules would never apply; \
+         extend default, asa-compat or mailguard"
+    )]
+    ExtendsNone {
+        parent: String,
+        span: Option<Range<usize>>,
+    },
+    /// A parameter's value (`bare_newline`, `mail_relay`, ...).
+    #[error("{message}")]
+    Parameter {
+        name: &'static str,
+        span: Range<usize>,
+        message: String,
+    },
+    /// One of `allow_verbs`.
+    #[error("{message}")]
+    AllowVerb {
+        index: usize,
+        span: Range<usize>,
+        message: String,
+    },
+    /// One of `rules`.
+    #[error("{message}")]
+    Rule {
+        index: usize,
+        span: Range<usize>,
+        message: String,
+    },
+    #[error("{count} rules is too many")]
+    TooManyRules { count: usize },
+}
+
+impl PolicyError {
+    /// The setting at fault, as the config names it.
+    pub fn field(&self) -> String {
+        match self {
+            PolicyError::ExtendsNone { .. } => "extends".into(),
+            PolicyError::Parameter { name, .. } => (*name).into(),
+            PolicyError::AllowVerb { index, .. } => format!("allow_verbs[{index}]"),
+            PolicyError::Rule { index, .. } => format!("rules[{index}]"),
+            PolicyError::TooManyRules { .. } => "rules".into(),
+        }
+    }
+
+    /// Byte range in the config text, when known.
+    pub fn span(&self) -> Option<Range<usize>> {
+        match self {
+            PolicyError::ExtendsNone { span, .. } => span.clone(),
+            PolicyError::Parameter { span, .. }
+            | PolicyError::AllowVerb { span, .. }
+            | PolicyError::Rule { span, .. } => Some(span.clone()),
+            PolicyError::TooManyRules { .. } => None,
+        }
+    }
 }
 
 impl Policy {
@@ -410,14 +463,9 @@ impl Policy {
         let mut errors = Vec::new();
         if !parent.inspect {
             if section.has_settings() {
-                errors.push(PolicyError {
-                    field: "extends".into(),
+                errors.push(PolicyError::ExtendsNone {
+                    parent: parent.name.clone(),
                     span: section.extends.as_ref().map(|e| e.span()),
-                    message: format!(
-                        "`{}` does no inspection, so parameters and rules would never apply; \
-                         extend default, asa-compat or mailguard",
-                        parent.name
-                    ),
                 });
                 return Err(errors);
             }
@@ -461,9 +509,9 @@ impl Policy {
                 ParamValue::Bool(true) => *slot = Some(DROP_LOG),
                 ParamValue::Text(text) => match parse_parameter_actions(text, field) {
                     Ok(actions) => *slot = Some(actions),
-                    Err(e) => errors.push(PolicyError {
-                        field: field.into(),
-                        span: Some(value.span()),
+                    Err(e) => errors.push(PolicyError::Parameter {
+                        name: field,
+                        span: value.span(),
                         message: e.message(),
                     }),
                 },
@@ -478,9 +526,9 @@ impl Policy {
                     mail_relay = Some(domain);
                     params.mail_relay_actions = actions;
                 }
-                Err(message) => errors.push(PolicyError {
-                    field: "mail_relay".into(),
-                    span: Some(value.span()),
+                Err(message) => errors.push(PolicyError::Parameter {
+                    name: "mail_relay",
+                    span: value.span(),
                     message,
                 }),
             }
@@ -499,9 +547,9 @@ impl Policy {
                 None
             };
             match problem {
-                Some(message) => errors.push(PolicyError {
-                    field: format!("allow_verbs[{i}]"),
-                    span: Some(verb.span()),
+                Some(message) => errors.push(PolicyError::AllowVerb {
+                    index: i,
+                    span: verb.span(),
                     message,
                 }),
                 None if !params.allow_verbs.contains(&upper) => params.allow_verbs.push(upper),
@@ -525,19 +573,17 @@ impl Policy {
                 // default's) would match twice and log twice: keep one.
                 Ok(rule) if match_rules.iter().any(|r| r.same_text(&rule)) => {}
                 Ok(rule) => match_rules.push(rule),
-                Err(e) => errors.push(PolicyError {
-                    field: format!("rules[{i}]"),
-                    span: Some(text.span()),
+                Err(e) => errors.push(PolicyError::Rule {
+                    index: i,
+                    span: text.span(),
                     message: e.message(),
                 }),
             }
         }
         // RuleId is u16: keep room for the parameter rules.
         if match_rules.len() > usize::from(RuleId::MAX) - 16 {
-            errors.push(PolicyError {
-                field: "rules".into(),
-                span: None,
-                message: format!("{} rules is too many", match_rules.len()),
+            errors.push(PolicyError::TooManyRules {
+                count: match_rules.len(),
             });
         }
 
@@ -1126,17 +1172,17 @@ mod tests {
             Spanned::new(60..70, "match body length gt x log".into()),
         ];
         let errors = Policy::compile("x", &s, &builtin("default")).unwrap_err();
-        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        let fields: Vec<String> = errors.iter().map(PolicyError::field).collect();
         assert_eq!(
             fields,
             ["bare_newline", "mail_relay", "allow_verbs[0]", "rules[1]"]
         );
-        assert_eq!(errors[3].span, Some(60..70));
+        assert_eq!(errors[3].span(), Some(60..70));
         assert_eq!(
-            errors[3].message,
+            errors[3].to_string(),
             "expected a number at column 22, found `x`"
         );
-        assert!(errors[2].message.contains("allow_tls"));
+        assert!(errors[2].to_string().contains("allow_tls"));
     }
 
     #[test]
@@ -1175,7 +1221,7 @@ mod tests {
         let mut s = section("none");
         s.rules = vec![spanned("match body length gt 1 log".into())];
         let errors = Policy::compile("pass", &s, &builtin("none")).unwrap_err();
-        assert_eq!(errors[0].field, "extends");
+        assert_eq!(errors[0].field(), "extends");
     }
 
     #[test]
