@@ -494,3 +494,21 @@ fn a_dead_shard_makes_the_process_exit_non_zero_with_a_clear_message() {
     assert_eq!(exited.code(), Some(1), "{}", stderr());
     assert!(stderr().contains("died"), "{}", stderr());
 }
+
+#[test]
+fn check_warns_when_an_exempt_range_covers_accept_proxy_sources() {
+    let dir = scratch_dir("check-warning");
+    let path = dir.join("smtpgate.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\nlisten = \"127.0.0.1:2525\"\nupstream = \"127.0.0.1:2526\"\n\
+         exempt = [\"10.0.0.0/8\"]\naccept_proxy = [\"10.1.0.0/16\"]\n",
+    )
+    .unwrap();
+    let (code, _out, err) = smtpgate(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "valid, only suspicious: {err}");
+    assert!(
+        err.contains("warning") && err.contains("10.0.0.0/8") && err.contains("accept_proxy"),
+        "{err}"
+    );
+}
