@@ -140,7 +140,9 @@ enum Command {
         tls_ca: Option<PathBuf>,
     },
     /// Measure the cost of inspection: the same load through smtpgate with
-    /// policy "default" and with policy "none", in alternation, into a sink.
+    /// policy "default" and with policy "none", in alternation, into a sink;
+    /// and a STARTTLS load through smtpgate terminating and inspecting TLS and
+    /// passing it through (`--tls off` skips these).
     /// Needs the smtpgate binary (cargo build --release --workspace).
     Compare(compare::CompareArgs),
     /// Combine the `send --json` results of processes that ran side by side

@@ -1,5 +1,6 @@
 //! End to end: `compare` against the real smtpgate and HAProxy (its JSON
-//! complete and self-consistent, its HTML holding every chart), and `merge`
+//! complete and self-consistent, its HTML holding every chart, its TLS rows
+//! really terminating TLS and delivering intact), and `merge`
 //! of two `send --json` results that ran side by side into one sink.
 
 use serde_json::Value;
@@ -38,8 +39,15 @@ fn close(a: f64, b: f64) -> bool {
 
 const INSPECT: &str = "inspect (policy default)";
 const EXEMPT: &str = "exempt (policy none)";
+const TLS_INSPECT: &str = "TLS inspected (starttls inspect)";
+const TLS_EXEMPT: &str = "TLS exempt (starttls passthrough)";
 const HAPROXY: &str = "haproxy (tcp mode)";
 const DIRECT: &str = "direct to sink";
+const PER_CONNECTION: [&str; 3] = [
+    "inspect, one message per connection",
+    "TLS inspected, one message per connection",
+    "TLS exempt, one message per connection",
+];
 
 #[test]
 fn compare_reports_facts_config_spread_sweep_and_charts_consistently() {
@@ -56,7 +64,7 @@ fn compare_reports_facts_config_spread_sweep_and_charts_consistently() {
         .arg(&smtpgate)
         .arg("--out")
         .arg(&dir);
-    let out = run_bounded(&mut compare, Duration::from_secs(90));
+    let out = run_bounded(&mut compare, Duration::from_secs(180));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -65,6 +73,7 @@ fn compare_reports_facts_config_spread_sweep_and_charts_consistently() {
     );
     assert!(stdout.contains("cost of inspection"), "{stdout}");
     assert!(stdout.contains("cores needed"), "{stdout}");
+    assert!(stdout.contains("cost of inspecting TLS"), "{stdout}");
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
 
@@ -94,12 +103,25 @@ fn compare_reports_facts_config_spread_sweep_and_charts_consistently() {
         std::fs::read_to_string(dir.join("smtpgate.toml")).unwrap()
     );
     assert!(config.contains("policy = \"default\"") && config.contains("policy = \"none\""));
+    assert!(
+        config.contains("[tls]") && dir.join("tls-cert.pem").is_file(),
+        "{config}"
+    );
+    assert!(config.contains("starttls = \"inspect\"\nupstream_tls = \"opportunistic\""));
+    assert_eq!(
+        config.matches("starttls = \"passthrough\"").count(),
+        3,
+        "{config}"
+    );
     assert!(text(&report, "haproxy_config").contains("mode tcp"));
 
     // Every path, the baselines by default; each figure's spread over rounds.
     let paths = report["paths"].as_array().unwrap();
     let names: Vec<&str> = paths.iter().map(|p| text(p, "path")).collect();
-    assert_eq!(names, [INSPECT, EXEMPT, HAPROXY, DIRECT]);
+    assert_eq!(
+        names,
+        [INSPECT, EXEMPT, TLS_INSPECT, TLS_EXEMPT, HAPROXY, DIRECT]
+    );
     let runs = report["runs"].as_array().unwrap();
     for p in paths {
         let name = text(p, "path");
@@ -185,6 +207,85 @@ fn compare_reports_facts_config_spread_sweep_and_charts_consistently() {
         "CPU ratio",
     );
 
+    // The TLS rows: their ratios pair their runs of each round too; one
+    // message per connection for the handshake; smtpgate really terminated
+    // TLS on both sides; every accepted message reached the STARTTLS sink
+    // unaltered.
+    let tls = &report["tls"];
+    let tls_ratios: Vec<f64> = [1.0, 2.0]
+        .iter()
+        .map(|&round| {
+            per_round(round, TLS_INSPECT, "msgs_per_s") / per_round(round, TLS_EXEMPT, "msgs_per_s")
+        })
+        .collect();
+    let (_, min, max) = assert_spread(
+        &tls["inspected_over_exempt"]["throughput_ratio"],
+        "TLS throughput ratio",
+    );
+    assert!(close(min, tls_ratios[0].min(tls_ratios[1])));
+    assert!(close(max, tls_ratios[0].max(tls_ratios[1])));
+    let cpu_ratio = |round| {
+        per_round(round, TLS_INSPECT, "relay_cpu_us_per_msg")
+            / per_round(round, TLS_EXEMPT, "relay_cpu_us_per_msg")
+    };
+    let (_, min, max) = assert_spread(
+        &tls["inspected_over_exempt"]["cpu_per_message_ratio"],
+        "TLS CPU ratio",
+    );
+    assert!(close(min, cpu_ratio(1.0).min(cpu_ratio(2.0))));
+    assert!(close(max, cpu_ratio(1.0).max(cpu_ratio(2.0))));
+    assert_spread(
+        &tls["tls_over_plaintext"]["throughput_ratio"],
+        "TLS over plaintext",
+    );
+    assert_eq!(num(tls, "per_connection_duration_s"), 1.0);
+    let per_connection = tls["per_connection"].as_array().unwrap();
+    let series: Vec<&str> = per_connection.iter().map(|p| text(p, "path")).collect();
+    assert_eq!(series, PER_CONNECTION);
+    for p in per_connection {
+        assert_eq!(num(p, "rounds"), 2.0);
+        assert!(
+            num(p, "messages_ok") > 0.0 && num(p, "messages_failed") == 0.0,
+            "{p}"
+        );
+        assert_spread(&p["relay_cpu_us_per_msg"], text(p, "path"));
+    }
+    let handshake = |round| {
+        per_round(round, PER_CONNECTION[1], "relay_cpu_us_per_msg")
+            - per_round(round, PER_CONNECTION[0], "relay_cpu_us_per_msg")
+    };
+    let (median, min, max) =
+        assert_spread(&tls["handshake_cpu_us_per_connection"], "handshake CPU");
+    assert!(close(min, handshake(1.0).min(handshake(2.0))));
+    assert!(close(max, handshake(1.0).max(handshake(2.0))));
+    assert!(
+        median > 0.0,
+        "TLS costs the relay CPU per connection: {median}"
+    );
+    // Each one-message connection on the TLS inspected path is one TLS
+    // session with the client and one with the sink (and there are more).
+    let tls_connections = num(&per_connection[1], "messages_ok");
+    let sessions = &tls["sessions_established"];
+    assert!(num(sessions, "client") >= tls_connections, "{sessions}");
+    assert!(num(sessions, "upstream") >= tls_connections, "{sessions}");
+    let delivery = &tls["delivery"];
+    assert_eq!(delivery["digests_match"], true, "{delivery}");
+    assert_eq!(
+        num(delivery, "messages_sent"),
+        num(delivery, "messages_received")
+    );
+    // Warm-up runs deliver too; the measured runs are a part.
+    let measured: f64 = paths
+        .iter()
+        .chain(per_connection)
+        .filter(|p| text(p, "path").contains("TLS"))
+        .map(|p| num(p, "messages_ok"))
+        .sum();
+    assert!(
+        num(delivery, "messages_sent") >= measured && measured > 0.0,
+        "{delivery} vs {measured}"
+    );
+
     // The sweep: both smtpgate paths at each offered rate plus their
     // closed-loop point, and cores needed read off that curve.
     let sweep = &report["sweep"];
@@ -238,12 +339,54 @@ fn compare_reports_facts_config_spread_sweep_and_charts_consistently() {
         assert!(html.contains(title), "{title} missing from the page");
     }
     assert_eq!(html.matches("<svg").count(), 5);
+    assert!(html.contains("<h2>TLS</h2>") && html.contains("TLS inspected ÷ TLS exempt"));
+    assert!(html.contains("their SHA-256 digests match"));
     assert!(html.contains("class=\"big\">×"), "headline ratio");
     assert!(html.contains(&format!("{}</td>", text(facts, "kernel"))));
     assert!(html.contains("policy = &quot;default&quot;"));
-    for name in names {
+    for name in names.into_iter().chain(PER_CONNECTION) {
         assert!(html.contains(name), "{name}");
     }
+}
+
+#[test]
+fn compare_without_tls_rows_has_neither_their_listeners_nor_their_figures() {
+    let smtpgate = binary("smtpgate");
+    let dir = scratch_dir("compare-no-tls");
+    let mut compare = Command::new(LOADGEN);
+    compare
+        .args(["compare", "--tls", "off", "--baselines", "none"])
+        .args(["--duration", "500ms", "--rounds", "1", "--rates", "none"])
+        .args(["--connections", "2", "--size", "1k"])
+        .arg("--smtpgate")
+        .arg(&smtpgate)
+        .arg("--out")
+        .arg(&dir);
+    let out = run_bounded(&mut compare, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "compare failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("TLS"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert!(report["tls"].is_null());
+    assert_eq!(report["load"]["tls_rows"], false);
+    let names: Vec<&str> = report["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| text(p, "path"))
+        .collect();
+    assert_eq!(names, [INSPECT, EXEMPT]);
+    let config = text(&report, "smtpgate_config");
+    assert!(
+        !config.contains("tls") && !config.contains("starttls"),
+        "{config}"
+    );
+    assert!(!dir.join("sink-tls.log").exists());
 }
 
 /// Runs `send --json DIR/NAME` on its own thread, so that two run side by side.

@@ -4,16 +4,25 @@
 //! Starts a sink (child process, this same binary), `smtpgate` with two
 //! listeners in front of it — one inspecting (policy "default"), one exempt
 //! (policy "none") — and, as baselines, HAProxy in TCP mode (when installed)
-//! and the sink directly. Then:
+//! and the sink directly. The TLS rows (on unless `--tls off`) add a second
+//! sink that offers STARTTLS and two more smtpgate listeners in front of it:
+//! one terminating the client's STARTTLS, inspecting and encrypting again
+//! towards the sink (`starttls = "inspect"`), one relaying STARTTLS blind
+//! (`starttls = "passthrough"`); their clients do STARTTLS after EHLO. Then:
 //! 1. closed loop: the same load through each path in alternation for
 //!    several rounds (the order flips every round so drift hits all paths);
-//! 2. an open-loop sweep: smtpgate's two paths at several offered rates,
+//! 2. with the TLS rows and connections reused: one message per connection
+//!    through plaintext inspected, TLS inspected and TLS exempt, for the TLS
+//!    handshake's CPU per connection;
+//! 3. an open-loop sweep: smtpgate's two paths at several offered rates,
 //!    which shows how many cores the relay keeps busy at each rate. CPU per
 //!    message is not constant (it falls as batches grow with load), so the
 //!    "cores needed for N msgs/s" is read off this curve, not projected
 //!    from saturation.
 //!
-//! Each relay's CPU is read from /proc/PID/stat around each run. Prints a
+//! Each relay's CPU is read from /proc/PID/stat around each run. The TLS
+//! rows' delivery is checked: the STARTTLS sink's digests of what it
+//! accepted against the senders' digests of what was accepted. Prints a
 //! table and writes `report.json` and a self-contained `report.html`.
 //!
 //! It does not judge the numbers; it measures and shows its work (machine,
@@ -32,7 +41,7 @@ mod summary;
 use crate::report::{Latencies, Report};
 use crate::send::{self, SendOptions};
 use crate::util::{self, parse_duration, SizeSpec};
-use procs::{ChildGuard, Facts, GateLaunch, Placement};
+use procs::{ChildGuard, Facts, GateLaunch, Placement, SinkKind, TlsSetup};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
@@ -40,13 +49,20 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 use summary::{
-    CompareReport, CoresNeeded, CostOfInspection, Load, PathSummary, RunResult, Sweep, SweepPoint,
+    CompareReport, CoresNeeded, CostOfInspection, Delivery, Load, PathSummary, RunResult, Sweep,
+    SweepPoint, TlsCost,
 };
 
 const INSPECT: &str = "inspect (policy default)";
 const EXEMPT: &str = "exempt (policy none)";
+const TLS_INSPECT: &str = "TLS inspected (starttls inspect)";
+const TLS_EXEMPT: &str = "TLS exempt (starttls passthrough)";
 const HAPROXY: &str = "haproxy (tcp mode)";
 const DIRECT: &str = "direct to sink";
+// The one-message-per-connection series of the TLS rows.
+const INSPECT_PER_CONNECTION: &str = "inspect, one message per connection";
+const TLS_INSPECT_PER_CONNECTION: &str = "TLS inspected, one message per connection";
+const TLS_EXEMPT_PER_CONNECTION: &str = "TLS exempt, one message per connection";
 
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
@@ -104,6 +120,18 @@ pub struct CompareArgs {
     /// Executors for the load generator (default: half the cores).
     #[arg(long)]
     cores: Option<usize>,
+    /// TLS rows: `on` measures smtpgate terminating STARTTLS and inspecting
+    /// (then encrypting again towards a STARTTLS sink) against relaying it
+    /// blind (passthrough), under the same STARTTLS client load, plus one
+    /// message per connection for the handshake's CPU; `off` skips them.
+    #[arg(long, value_enum, default_value_t = TlsRows::On)]
+    tls: TlsRows,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsRows {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -144,11 +172,46 @@ impl FromStr for Rates {
 }
 
 /// One path the load goes through.
+#[derive(Clone)]
 struct Path {
     name: &'static str,
     target: SocketAddr,
     /// The relay process whose CPU is charged to this path, if any.
     relay_pid: Option<u32>,
+    sink: SinkKind,
+    /// `StartTls` on the TLS rows.
+    tls: send::TlsMode,
+    /// One message per connection, whatever the load says.
+    one_message_per_connection: bool,
+}
+
+impl Path {
+    fn plain(name: &'static str, target: SocketAddr, relay_pid: Option<u32>) -> Path {
+        Path {
+            name,
+            target,
+            relay_pid,
+            sink: SinkKind::Plain,
+            tls: send::TlsMode::Off,
+            one_message_per_connection: false,
+        }
+    }
+
+    fn starttls(name: &'static str, target: SocketAddr, relay_pid: u32) -> Path {
+        Path {
+            sink: SinkKind::StartTls,
+            tls: send::TlsMode::StartTls,
+            ..Path::plain(name, target, Some(relay_pid))
+        }
+    }
+
+    fn per_connection(&self, name: &'static str) -> Path {
+        Path {
+            name,
+            one_message_per_connection: true,
+            ..self.clone()
+        }
+    }
 }
 
 /// Runs one load through one path and reads the CPU it cost.
@@ -156,7 +219,12 @@ struct Runner<'a> {
     args: &'a CompareArgs,
     loadgen_cores: usize,
     sink: &'a mut ChildGuard,
+    tls_sink: Option<&'a mut ChildGuard>,
     gate: &'a mut ChildGuard,
+    /// The digests of every message the TLS rows' senders saw accepted,
+    /// warm-up included, one per line.
+    tls_sent_digests: String,
+    scratch: PathBuf,
 }
 
 impl Runner<'_> {
@@ -169,6 +237,16 @@ impl Runner<'_> {
     ) -> io::Result<(RunResult, Report)> {
         self.gate.check_alive()?;
         self.sink.check_alive()?;
+        if let Some(tls_sink) = self.tls_sink.as_mut() {
+            tls_sink.check_alive()?;
+        }
+        let sink_pid = match (path.sink, &self.tls_sink) {
+            (SinkKind::Plain, _) => self.sink.pid(),
+            (SinkKind::StartTls, Some(tls_sink)) => tls_sink.pid(),
+            (SinkKind::StartTls, None) => unreachable!("TLS paths exist only with their sink"),
+        };
+        let digest_log =
+            (path.sink == SinkKind::StartTls).then(|| self.scratch.join("sent.sha256"));
         let args = self.args;
         let options = SendOptions {
             target: path.target,
@@ -179,19 +257,22 @@ impl Runner<'_> {
             recipients: args.recipients,
             pipelining: args.pipelining,
             bdat: false,
-            per_connection: args.per_connection,
+            per_connection: args.per_connection || path.one_message_per_connection,
             rate,
             cores: self.loadgen_cores,
-            digest_log: None,
+            digest_log: digest_log.clone(),
             progress: false,
             timeout: Duration::from_secs(30),
-            tls: send::TlsMode::Off,
+            tls: path.tls,
             tls_ca: None,
         };
         let relay_before = path.relay_pid.map(procs::process_cpu).transpose()?;
-        let sink_before = procs::process_cpu(self.sink.pid())?;
+        let sink_before = procs::process_cpu(sink_pid)?;
         let report = send::run(options)?;
-        let sink_cpu_s = (procs::process_cpu(self.sink.pid())? - sink_before).as_secs_f64();
+        let sink_cpu_s = (procs::process_cpu(sink_pid)? - sink_before).as_secs_f64();
+        if let Some(log) = &digest_log {
+            self.tls_sent_digests += &std::fs::read_to_string(log)?;
+        }
         let relay_cpu_s = match (path.relay_pid, relay_before) {
             (Some(pid), Some(before)) => Some((procs::process_cpu(pid)? - before).as_secs_f64()),
             _ => None,
@@ -251,8 +332,21 @@ pub fn run(args: CompareArgs) -> io::Result<()> {
     let started = Instant::now();
     let loadgen_cores = args.cores.unwrap_or_else(util::default_cores);
 
-    let (mut sink, sink_addr) = procs::start_sink(&args.out)?;
-    let mut gate = procs::start_smtpgate(&launch, &args.out, sink_addr)?;
+    let sink = procs::start_sink(&args.out, SinkKind::Plain)?;
+    let (mut sink, sink_addr) = (sink.process, sink.addr);
+    let mut tls_sink = None;
+    let mut tls_setup = None;
+    if args.tls == TlsRows::On {
+        let started = procs::start_sink(&args.out, SinkKind::StartTls)?;
+        let (cert, key) = procs::write_self_signed_pair(&args.out)?;
+        tls_setup = Some(TlsSetup {
+            cert,
+            key,
+            sink: started.addr,
+        });
+        tls_sink = Some(started);
+    }
+    let mut gate = procs::start_smtpgate(&launch, &args.out, sink_addr, tls_setup.as_ref())?;
     let mut facts = Facts::gather(&launch, &gate, loadgen_cores);
     eprintln!(
         "compare: sink {sink_addr}; smtpgate {} (inspect {}, exempt {})",
@@ -260,47 +354,62 @@ pub fn run(args: CompareArgs) -> io::Result<()> {
         gate.inspect,
         gate.exempt
     );
+    let gate_pid = gate.process.pid();
     let mut paths = vec![
-        Path {
-            name: INSPECT,
-            target: gate.inspect,
-            relay_pid: Some(gate.process.pid()),
-        },
-        Path {
-            name: EXEMPT,
-            target: gate.exempt,
-            relay_pid: Some(gate.process.pid()),
-        },
+        Path::plain(INSPECT, gate.inspect, Some(gate_pid)),
+        Path::plain(EXEMPT, gate.exempt, Some(gate_pid)),
     ];
+    if let (Some(listeners), Some(setup)) = (gate.tls, &tls_setup) {
+        eprintln!(
+            "compare: STARTTLS sink {}; TLS inspected {}, TLS exempt {}",
+            setup.sink, listeners.inspect, listeners.exempt
+        );
+        paths.push(Path::starttls(TLS_INSPECT, listeners.inspect, gate_pid));
+        paths.push(Path::starttls(TLS_EXEMPT, listeners.exempt, gate_pid));
+    }
     let mut haproxy = None;
     if args.baselines == Baselines::Auto {
         match procs::find_on_path("haproxy") {
             Some(binary) => {
                 let started = procs::start_haproxy(&binary, &args.out, sink_addr)?;
                 facts.haproxy_version = Some(procs::first_line_of(&binary, "-v"));
-                paths.push(Path {
-                    name: HAPROXY,
-                    target: started.listen,
-                    relay_pid: Some(started.process.pid()),
-                });
+                paths.push(Path::plain(
+                    HAPROXY,
+                    started.listen,
+                    Some(started.process.pid()),
+                ));
                 haproxy = Some(started);
             }
             None => eprintln!("compare: haproxy is not on PATH; no HAProxy row"),
         }
     }
     if args.baselines != Baselines::None {
-        paths.push(Path {
-            name: DIRECT,
-            target: sink_addr,
-            relay_pid: None,
-        });
+        paths.push(Path::plain(DIRECT, sink_addr, None));
     }
+    // With connections reused the handshake is paid once in many messages;
+    // this series pays it once per message. With --per-connection the main
+    // rows already do.
+    let per_connection_paths: Vec<Path> = if gate.tls.is_some() && !args.per_connection {
+        vec![
+            paths[0].per_connection(INSPECT_PER_CONNECTION),
+            paths[2].per_connection(TLS_INSPECT_PER_CONNECTION),
+            paths[3].per_connection(TLS_EXEMPT_PER_CONNECTION),
+        ]
+    } else {
+        Vec::new()
+    };
+    let per_connection_duration = (args.duration / 2).max(Duration::from_secs(1));
     let smtpgate_config = gate.config.clone();
+    let scratch = args.out.join("runs");
+    std::fs::create_dir_all(&scratch)?;
     let mut runner = Runner {
         args: &args,
         loadgen_cores,
         sink: &mut sink,
+        tls_sink: tls_sink.as_mut().map(|s| &mut s.process),
         gate: &mut gate.process,
+        tls_sent_digests: String::new(),
+        scratch,
     };
 
     // Warm-up (not counted): connections, caches, the sink's first accepts.
@@ -311,32 +420,53 @@ pub fn run(args: CompareArgs) -> io::Result<()> {
 
     let mut runs = Vec::new();
     let mut histograms: BTreeMap<&str, Latencies> = BTreeMap::new();
-    for round in 1..=args.rounds {
-        let mut order: Vec<&Path> = paths.iter().collect();
-        if round % 2 == 0 {
-            order.reverse();
+    let mut closed_loop_rounds = |paths: &[Path],
+                                  series: &str,
+                                  duration: Duration,
+                                  runner: &mut Runner,
+                                  runs: &mut Vec<RunResult>|
+     -> io::Result<()> {
+        for round in 1..=args.rounds {
+            let mut order: Vec<&Path> = paths.iter().collect();
+            if round % 2 == 0 {
+                order.reverse();
+            }
+            for path in order {
+                let (result, report) = runner.run(path, round, duration, None)?;
+                progress_line(&format!("{series} {round}/{}", args.rounds), &result);
+                let latencies = Latencies::from_report(&report).map_err(io::Error::other)?;
+                histograms.entry(path.name).or_default().merge(&latencies);
+                runs.push(result);
+            }
         }
-        for path in order {
-            let (result, report) = runner.run(path, round, args.duration, None)?;
-            progress_line(&format!("round {round}/{}", args.rounds), &result);
-            let latencies = Latencies::from_report(&report).map_err(io::Error::other)?;
-            histograms.entry(path.name).or_default().merge(&latencies);
-            runs.push(result);
-        }
-    }
+        Ok(())
+    };
+    closed_loop_rounds(&paths, "round", args.duration, &mut runner, &mut runs)?;
+    closed_loop_rounds(
+        &per_connection_paths,
+        "per connection",
+        per_connection_duration,
+        &mut runner,
+        &mut runs,
+    )?;
     let closed_loop: Vec<RunResult> = runs.clone();
-    let summaries: Vec<PathSummary> = paths
-        .iter()
-        .map(|p| {
-            let mine: Vec<&RunResult> = closed_loop.iter().filter(|r| r.path == p.name).collect();
-            PathSummary::of(
-                p.name,
-                p.relay_pid.is_some(),
-                &mine,
-                &histograms.remove(p.name).unwrap_or_default(),
-            )
-        })
-        .collect();
+    let mut summarise = |paths: &[Path]| -> Vec<PathSummary> {
+        paths
+            .iter()
+            .map(|p| {
+                let mine: Vec<&RunResult> =
+                    closed_loop.iter().filter(|r| r.path == p.name).collect();
+                PathSummary::of(
+                    p.name,
+                    p.relay_pid.is_some(),
+                    &mine,
+                    &histograms.remove(p.name).unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let summaries = summarise(&paths);
+    let per_connection_summaries = summarise(&per_connection_paths);
 
     let rates = match &args.rates {
         Rates::Off => Vec::new(),
@@ -369,6 +499,40 @@ pub fn run(args: CompareArgs) -> io::Result<()> {
         }
         Some(sweep_summary(&args, swept, &rates, &runs))
     };
+    let tls_sent_digests = std::mem::take(&mut runner.tls_sent_digests);
+    drop(runner);
+
+    let tls = match tls_sink.as_mut() {
+        None => None,
+        Some(tls_sink) => {
+            let sessions_established = procs::tls_established(gate.admin);
+            // Stopped, the sink has written every digest it holds.
+            tls_sink.process.stop();
+            let received = match &tls_sink.digest_log {
+                Some(log) => std::fs::read_to_string(log)?,
+                None => String::new(),
+            };
+            let (handshake_minuend, handshake_subtrahend) = if per_connection_paths.is_empty() {
+                (TLS_INSPECT, INSPECT)
+            } else {
+                (TLS_INSPECT_PER_CONNECTION, INSPECT_PER_CONNECTION)
+            };
+            Some(TlsCost {
+                inspected_over_exempt: CostOfInspection::of(&runs, TLS_INSPECT, TLS_EXEMPT),
+                tls_over_plaintext: CostOfInspection::of(&runs, TLS_INSPECT, INSPECT),
+                per_connection_duration_s: (!per_connection_paths.is_empty())
+                    .then_some(per_connection_duration.as_secs_f64()),
+                per_connection: per_connection_summaries,
+                handshake_cpu_us_per_connection: summary::cpu_per_message_difference(
+                    &runs,
+                    handshake_minuend,
+                    handshake_subtrahend,
+                ),
+                sessions_established,
+                delivery: Delivery::of(&tls_sent_digests, &received),
+            })
+        }
+    };
 
     let report = CompareReport {
         facts,
@@ -380,10 +544,12 @@ pub fn run(args: CompareArgs) -> io::Result<()> {
             recipients: args.recipients,
             pipelining: args.pipelining,
             per_connection: args.per_connection,
+            tls_rows: tls.is_some(),
         },
         smtpgate_config,
         haproxy_config: haproxy.as_ref().map(|h| h.config.clone()),
         cost_of_inspection: CostOfInspection::of(&runs, INSPECT, EXEMPT),
+        tls,
         paths: summaries,
         sweep,
         runs,
@@ -401,6 +567,15 @@ pub fn run(args: CompareArgs) -> io::Result<()> {
         args.out.display(),
         started.elapsed().as_secs_f64()
     );
+    if let Some(tls) = &report.tls {
+        if !tls.delivery.digests_match {
+            return Err(io::Error::other(format!(
+                "the TLS rows' mail did not arrive intact: {} messages accepted, {} received \
+                 by the STARTTLS sink, digests differ",
+                tls.delivery.messages_sent, tls.delivery.messages_received
+            )));
+        }
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 use crate::util;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,6 +22,24 @@ impl ChildGuard {
         self.child.id()
     }
 
+    /// SIGTERM, then SIGKILL after 3 s; returns once the process is gone.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: plain kill(2) on our own child's pid, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn check_alive(&mut self) -> io::Result<()> {
         match self.child.try_wait()? {
             Some(status) => Err(io::Error::other(format!(
@@ -34,17 +53,7 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -162,18 +171,44 @@ fn wait_for_listener(addr: SocketAddr, owner: &mut ChildGuard, limit: Duration) 
     }
 }
 
-pub fn start_sink(out: &Path) -> io::Result<(ChildGuard, SocketAddr)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["sink", "--listen", "127.0.0.1:0", "--report-interval", "0"])
+/// Which sink a path delivers into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkKind {
+    /// Plaintext only.
+    Plain,
+    /// Offers STARTTLS (a self-signed pair made in memory) and logs the digest
+    /// of every message it accepts, so the TLS rows' delivery can be checked.
+    StartTls,
+}
+
+pub struct StartedSink {
+    pub process: ChildGuard,
+    pub addr: SocketAddr,
+    /// The SHA-256 of every accepted message, one per line (`StartTls` only).
+    pub digest_log: Option<PathBuf>,
+}
+
+pub fn start_sink(out: &Path, kind: SinkKind) -> io::Result<StartedSink> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["sink", "--listen", "127.0.0.1:0", "--report-interval", "0"]);
+    let (name, log, digest_log) = match kind {
+        SinkKind::Plain => ("sink", "sink.log", None),
+        SinkKind::StartTls => (
+            "STARTTLS sink",
+            "sink-tls.log",
+            Some(out.join("sink-tls.sha256")),
+        ),
+    };
+    if let Some(digests) = &digest_log {
+        command.arg("--starttls").arg("--digest-log").arg(digests);
+    }
+    let mut child = command
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(out.join("sink.log"))?)
+        .stdout(std::fs::File::create(out.join(log))?)
         .stderr(Stdio::piped())
         .spawn()?;
     let stderr = child.stderr.take().expect("piped stderr");
-    let guard = ChildGuard {
-        name: "sink",
-        child,
-    };
+    let guard = ChildGuard { name, child };
     // The sink reports its port (it binds port 0) on its first stderr line.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -188,12 +223,28 @@ pub fn start_sink(out: &Path) -> io::Result<(ChildGuard, SocketAddr)> {
     });
     let line = rx
         .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| io::Error::other("the sink did not report readiness"))?;
+        .map_err(|_| io::Error::other(format!("the {name} did not report readiness")))?;
     let addr = line
         .strip_prefix("sink: listening on ")
         .and_then(|a| a.trim().parse().ok())
-        .ok_or_else(|| io::Error::other(format!("sink: {line}")))?;
-    Ok((guard, addr))
+        .ok_or_else(|| io::Error::other(format!("{name}: {line}")))?;
+    Ok(StartedSink {
+        process: guard,
+        addr,
+        digest_log,
+    })
+}
+
+/// smtpgate's `[tls]` pair: a self-signed ECDSA P-256 certificate for
+/// `localhost` and 127.0.0.1, written to `out` as PEM.
+pub fn write_self_signed_pair(out: &Path) -> io::Result<(PathBuf, PathBuf)> {
+    let pair =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(io::Error::other)?;
+    let (cert, key) = (out.join("tls-cert.pem"), out.join("tls-key.pem"));
+    std::fs::write(&cert, pair.cert.pem())?;
+    std::fs::write(&key, pair.signing_key.serialize_pem())?;
+    Ok((cert, key))
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -227,25 +278,79 @@ impl Placement {
     }
 }
 
+/// What smtpgate's TLS listeners need: its own pair and the STARTTLS sink.
+pub struct TlsSetup {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub sink: SocketAddr,
+}
+
+/// smtpgate's two TLS listeners, both in front of the STARTTLS sink.
+#[derive(Clone, Copy, Debug)]
+pub struct TlsListeners {
+    /// `starttls = "inspect"`: terminates the client's TLS, inspects, and
+    /// encrypts again towards the sink (`upstream_tls = "opportunistic"`).
+    pub inspect: SocketAddr,
+    /// `starttls = "passthrough"`: relays the client's STARTTLS to the sink,
+    /// blind after it.
+    pub exempt: SocketAddr,
+}
+
 pub struct Gate {
     pub process: ChildGuard,
     pub inspect: SocketAddr,
     pub exempt: SocketAddr,
+    pub tls: Option<TlsListeners>,
     pub admin: SocketAddr,
     /// The generated configuration, as written.
     pub config: String,
 }
 
-pub fn start_smtpgate(launch: &GateLaunch, out: &Path, sink: SocketAddr) -> io::Result<Gate> {
+pub fn start_smtpgate(
+    launch: &GateLaunch,
+    out: &Path,
+    sink: SocketAddr,
+    tls: Option<&TlsSetup>,
+) -> io::Result<Gate> {
     let inspect = loopback(util::free_loopback_port()?);
     let exempt = loopback(util::free_loopback_port()?);
     let admin = loopback(util::free_loopback_port()?);
-    let config = format!(
+    let mut config = format!(
         "# Written by smtpgate-loadgen compare.\n\
-         [admin]\nlisten = \"{admin}\"\n\n\
-         [[listener]]\nlisten = \"{inspect}\"\nupstream = \"{sink}\"\npolicy = \"default\"\n\n\
-         [[listener]]\nlisten = \"{exempt}\"\nupstream = \"{sink}\"\npolicy = \"none\"\n"
+         [admin]\nlisten = \"{admin}\"\n\n"
     );
+    let mut tls_listeners = None;
+    if let Some(setup) = tls {
+        tls_listeners = Some(TlsListeners {
+            inspect: loopback(util::free_loopback_port()?),
+            exempt: loopback(util::free_loopback_port()?),
+        });
+        config += &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
+            setup.cert.display(),
+            setup.key.display()
+        );
+    }
+    // With [tls] the default would be "inspect": the plaintext listeners
+    // keep the behaviour they have without it.
+    let plaintext = if tls.is_some() {
+        "starttls = \"passthrough\"\n"
+    } else {
+        ""
+    };
+    config += &format!(
+        "[[listener]]\nlisten = \"{inspect}\"\nupstream = \"{sink}\"\npolicy = \"default\"\n{plaintext}\n\
+         [[listener]]\nlisten = \"{exempt}\"\nupstream = \"{sink}\"\npolicy = \"none\"\n{plaintext}"
+    );
+    if let (Some(setup), Some(listeners)) = (tls, tls_listeners) {
+        config += &format!(
+            "\n[[listener]]\nlisten = \"{}\"\nupstream = \"{}\"\npolicy = \"default\"\n\
+             starttls = \"inspect\"\nupstream_tls = \"opportunistic\"\n\n\
+             [[listener]]\nlisten = \"{}\"\nupstream = \"{}\"\npolicy = \"default\"\n\
+             starttls = \"passthrough\"\n",
+            listeners.inspect, setup.sink, listeners.exempt, setup.sink
+        );
+    }
     let config_path = out.join("smtpgate.toml");
     std::fs::write(&config_path, &config)?;
     let mut command = Command::new(&launch.binary);
@@ -267,7 +372,8 @@ pub fn start_smtpgate(launch: &GateLaunch, out: &Path, sink: SocketAddr) -> io::
         name: "smtpgate",
         child,
     };
-    for addr in [inspect, exempt] {
+    let tls_addrs = tls_listeners.iter().flat_map(|l| [l.inspect, l.exempt]);
+    for addr in [inspect, exempt].into_iter().chain(tls_addrs) {
         wait_for_listener(addr, &mut process, Duration::from_secs(15)).map_err(|e| {
             let log = std::fs::read_to_string(out.join("smtpgate.err")).unwrap_or_default();
             io::Error::other(format!("{e}\nsmtpgate stderr:\n{log}"))
@@ -277,6 +383,7 @@ pub fn start_smtpgate(launch: &GateLaunch, out: &Path, sink: SocketAddr) -> io::
         process,
         inspect,
         exempt,
+        tls: tls_listeners,
         admin,
         config,
     })
@@ -427,9 +534,8 @@ pub fn first_line_of(binary: &Path, arg: &str) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// The commit label of `smtpgate_build_info` on the admin endpoint's
-/// /metrics, when this smtpgate exports one.
-fn build_info_commit(admin: SocketAddr) -> Option<String> {
+/// The admin endpoint's /metrics text.
+fn metrics(admin: SocketAddr) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     stream
@@ -437,12 +543,37 @@ fn build_info_commit(admin: SocketAddr) -> Option<String> {
         .ok()?;
     let mut body = String::new();
     let _ = stream.take(4 << 20).read_to_string(&mut body);
+    Some(body)
+}
+
+/// The commit label of `smtpgate_build_info` on the admin endpoint's
+/// /metrics, when this smtpgate exports one.
+fn build_info_commit(admin: SocketAddr) -> Option<String> {
+    let body = metrics(admin)?;
     let line = body
         .lines()
         .find(|l| l.starts_with("smtpgate_build_info{"))?;
     ["commit", "git_commit", "revision"]
         .iter()
         .find_map(|key| label(line, key))
+}
+
+/// TLS sessions smtpgate established so far, by side ("client", "upstream"),
+/// from `smtpgate_tls_established_total`; empty when it exports none.
+pub fn tls_established(admin: SocketAddr) -> BTreeMap<String, u64> {
+    let body = metrics(admin).unwrap_or_default();
+    tls_established_in(&body)
+}
+
+fn tls_established_in(metrics: &str) -> BTreeMap<String, u64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("smtpgate_tls_established_total{"))
+        .filter_map(|line| {
+            let count = line.rsplit_once(' ')?.1.trim().parse().ok()?;
+            Some((label(line, "side")?, count))
+        })
+        .collect()
 }
 
 /// The value of `key="..."` in a Prometheus sample line.
@@ -494,6 +625,18 @@ mod tests {
         assert_eq!(label(line, "commit").as_deref(), Some("fee1762"));
         assert_eq!(label(line, "version").as_deref(), Some("0.1.0"));
         assert_eq!(label(line, "revision"), None);
+    }
+
+    #[test]
+    fn tls_sessions_are_read_by_side_from_the_metrics() {
+        let text = "# TYPE smtpgate_tls_established_total counter\n\
+                    smtpgate_tls_established_total{side=\"client\"} 12\n\
+                    smtpgate_tls_established_total{side=\"upstream\"} 7\n\
+                    smtpgate_tls_handshake_failures_total{side=\"client\",reason=\"eof\"} 1\n";
+        let counts = tls_established_in(text);
+        assert_eq!(counts.get("client"), Some(&12));
+        assert_eq!(counts.get("upstream"), Some(&7));
+        assert_eq!(counts.len(), 2);
     }
 
     #[test]

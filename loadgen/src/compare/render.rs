@@ -3,11 +3,15 @@
 //! as its median with the min..max over rounds; charts draw that range as
 //! whiskers. Colours tell paths apart and carry no judgement.
 
-use super::summary::{Basis, CompareReport, PathSummary, Spread, SweepPoint, PERCENTILES};
+use super::summary::{
+    Basis, CompareReport, CostOfInspection, PathSummary, Spread, SweepPoint, TlsCost, PERCENTILES,
+};
 use std::fmt::Write as _;
 
 /// One neutral colour per path, in the order paths are measured.
-const PATH_COLOURS: [&str; 4] = ["#2f5d8a", "#8fa3b8", "#7b6c99", "#a3a3a3"];
+const PATH_COLOURS: [&str; 6] = [
+    "#2f5d8a", "#8fa3b8", "#4f7f6e", "#9cbfae", "#7b6c99", "#a3a3a3",
+];
 const INK: &str = "#222";
 const GRID: &str = "#e3e3e3";
 const FONT: &str = "font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\" font-size=\"12\"";
@@ -186,6 +190,9 @@ pub fn table(report: &CompareReport) -> String {
         "  CPU per message   x{}",
         opt_spread(&cost.cpu_per_message_ratio, |x| number(x, 3))
     );
+    if let Some(tls) = &report.tls {
+        tls_table(&mut out, tls);
+    }
     if let Some(sweep) = &report.sweep {
         let _ = writeln!(
             out,
@@ -218,6 +225,82 @@ pub fn table(report: &CompareReport) -> String {
         }
     }
     out
+}
+
+fn ratio_lines(out: &mut String, title: &str, cost: &CostOfInspection) {
+    let _ = writeln!(out, "\n{title}");
+    let _ = writeln!(
+        out,
+        "  throughput        x{}",
+        opt_spread(&cost.throughput_ratio, |x| number(x, 3))
+    );
+    let _ = writeln!(
+        out,
+        "  CPU per message   x{}",
+        opt_spread(&cost.cpu_per_message_ratio, |x| number(x, 3))
+    );
+}
+
+/// The TLS rows' ratios, the handshake's CPU and the delivery check.
+fn tls_table(out: &mut String, tls: &TlsCost) {
+    ratio_lines(
+        out,
+        "cost of inspecting TLS (TLS inspected / TLS exempt, per round):",
+        &tls.inspected_over_exempt,
+    );
+    ratio_lines(
+        out,
+        "TLS inspected / plaintext inspected, per round:",
+        &tls.tls_over_plaintext,
+    );
+    if let Some(seconds) = tls.per_connection_duration_s {
+        let _ = writeln!(
+            out,
+            "\none message per connection ({} rounds x {seconds}s): msgs/s, relay CPU µs per connection",
+            tls.per_connection.first().map_or(0, |p| p.rounds)
+        );
+    }
+    for p in &tls.per_connection {
+        let _ = writeln!(
+            out,
+            "  {:<42} {:>8}  {}{}",
+            p.path,
+            auto(p.msgs_per_s.median),
+            opt_spread(&p.relay_cpu_us_per_msg, auto),
+            if p.messages_failed > 0 {
+                format!("   FAILED {}", p.messages_failed)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "TLS CPU per connection, inspected (TLS minus plaintext, one message per connection): {} µs",
+        opt_spread(&tls.handshake_cpu_us_per_connection, auto)
+    );
+    let sessions: Vec<String> = tls
+        .sessions_established
+        .iter()
+        .map(|(side, n)| format!("{side} {n}"))
+        .collect();
+    let d = &tls.delivery;
+    let _ = writeln!(
+        out,
+        "TLS sessions smtpgate established: {}; delivery: {} accepted, {} received by the STARTTLS sink, {}",
+        if sessions.is_empty() {
+            "none reported".to_string()
+        } else {
+            sessions.join(", ")
+        },
+        d.messages_sent,
+        d.messages_received,
+        if d.digests_match {
+            "digests match"
+        } else {
+            "DIGESTS DIFFER"
+        }
+    );
 }
 
 fn basis_text(basis: Basis) -> &'static str {
@@ -590,6 +673,29 @@ fn headlines(report: &CompareReport) -> String {
             "relay CPU per message, inspected ÷ exempt",
         );
     }
+    if let Some(tls) = &report.tls {
+        if let Some(t) = &tls.inspected_over_exempt.throughput_ratio {
+            out += &headline(
+                &ratio(t.median),
+                &range(t, |x| number(x, 2)),
+                "throughput, TLS inspected ÷ TLS exempt",
+            );
+        }
+        if let Some(c) = &tls.inspected_over_exempt.cpu_per_message_ratio {
+            out += &headline(
+                &ratio(c.median),
+                &range(c, |x| number(x, 2)),
+                "relay CPU per message, TLS inspected ÷ TLS exempt",
+            );
+        }
+        if let Some(h) = &tls.handshake_cpu_us_per_connection {
+            out += &headline(
+                &format!("{} µs", auto(h.median)),
+                &range(h, auto),
+                "relay CPU a TLS connection adds to inspection (handshakes both sides)",
+            );
+        }
+    }
     if let Some(per_core) = report
         .paths
         .first()
@@ -762,6 +868,92 @@ fn sweep_section(report: &CompareReport) -> String {
     out
 }
 
+fn ratio_cells(cost: &CostOfInspection) -> String {
+    let f = |x: f64| format!("×{}", number(x, 3));
+    format!(
+        "<td>{}</td><td>{}</td>",
+        opt_cell(&cost.throughput_ratio, f),
+        opt_cell(&cost.cpu_per_message_ratio, f)
+    )
+}
+
+fn tls_section(report: &CompareReport) -> String {
+    let Some(tls) = &report.tls else {
+        return "<p>The TLS rows were not measured (<code>--tls off</code>).</p>".into();
+    };
+    let mut out = String::from(
+        "<p>The clients of the two TLS rows do STARTTLS right after EHLO, as MTAs do, into a \
+         second sink that offers it. <em>TLS inspected</em>: smtpgate answers STARTTLS itself, \
+         does the handshake, applies every rule to the decrypted dialogue and starts TLS \
+         again towards the sink (<code>starttls = \"inspect\"</code>, \
+         <code>upstream_tls = \"opportunistic\"</code>). <em>TLS exempt</em>: smtpgate relays \
+         the client's STARTTLS to the sink and is blind after it \
+         (<code>starttls = \"passthrough\"</code>). Ratios pair the runs of each round.</p>\
+         <table><tr><th class=\"name\">per round</th><th>throughput</th><th>relay CPU per message</th></tr>",
+    );
+    let _ = write!(
+        out,
+        "<tr><td class=\"name\">TLS inspected ÷ TLS exempt (the cost of inspecting encrypted mail)</td>{}</tr>\
+         <tr><td class=\"name\">TLS inspected ÷ plaintext inspected (what encryption adds)</td>{}</tr></table>",
+        ratio_cells(&tls.inspected_over_exempt),
+        ratio_cells(&tls.tls_over_plaintext)
+    );
+    if let Some(seconds) = tls.per_connection_duration_s {
+        let _ = write!(
+            out,
+            "<h3>One message per connection</h3><p>A handshake for every message: {} rounds × {seconds} s \
+             of each path, alternating. Relay CPU per message is here CPU per connection.</p>\
+             <table><tr><th class=\"name\">path</th><th>msgs/s</th><th>relay CPU µs per connection</th>\
+             <th>p99 message ms</th><th>failed</th></tr>",
+            tls.per_connection.first().map_or(0, |p| p.rounds)
+        );
+        for p in &tls.per_connection {
+            let _ = write!(
+                out,
+                "<tr><td class=\"name\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&p.path),
+                cell(&p.msgs_per_s, auto),
+                opt_cell(&p.relay_cpu_us_per_msg, auto),
+                p.message_latency
+                    .iter()
+                    .find(|q| q.label == "p99")
+                    .map_or("-".into(), |q| ms(q.all_rounds_us as f64)),
+                p.messages_failed
+            );
+        }
+        out.push_str("</table>");
+    }
+    let sessions: Vec<String> = tls
+        .sessions_established
+        .iter()
+        .map(|(side, n)| format!("{} {}", escape(side), number(*n as f64, 0)))
+        .collect();
+    let d = &tls.delivery;
+    let _ = write!(
+        out,
+        "<p><strong>TLS CPU per connection, inspected: {} µs</strong> — per round, TLS inspected's \
+         relay CPU per message minus plaintext inspected's, one message per connection: the \
+         handshakes with the client and with the sink, STARTTLS and the second EHLO, and one \
+         message's encryption.</p>\
+         <p>TLS sessions smtpgate established over the whole run: {}. Delivery on the TLS rows: \
+         {} messages accepted, {} received by the STARTTLS sink; {}.</p>",
+        opt_spread(&tls.handshake_cpu_us_per_connection, auto),
+        if sessions.is_empty() {
+            "none reported".to_string()
+        } else {
+            sessions.join(", ")
+        },
+        number(d.messages_sent as f64, 0),
+        number(d.messages_received as f64, 0),
+        if d.digests_match {
+            "their SHA-256 digests match"
+        } else {
+            "<strong>their digests differ</strong>"
+        }
+    );
+    out
+}
+
 fn runs_table(report: &CompareReport) -> String {
     let mut out = String::from(
         "<table><tr><th>series</th><th>round</th><th class=\"name\">path</th><th>msgs/s</th><th>MB/s</th>\
@@ -837,12 +1029,13 @@ svg.chart{{display:block;margin:1em 0}}</style></head><body>\
 <p class=\"sub\">{cpu}, {cpus} CPUs, kernel {kernel} · {version} (commit {commit}) · {started}</p>\
 {warning}{failures}{headlines}\
 <p>The same load through smtpgate inspecting (policy <code>default</code>) and exempt \
-(policy <code>none</code>){baseline}, alternating, into one sink. Every figure is the median \
+(policy <code>none</code>){tls_rows}{baseline}, alternating, into one sink{sinks}. Every figure is the median \
 over rounds with the lowest and highest round in brackets; whiskers on the charts span them.</p>\
 <h2>Throughput</h2>{throughput}\
 <h2>Relay CPU</h2>{cpu_chart}{per_core}\
 <h2>Latency</h2>{latency}\
 <h2>Summary</h2>{summary}\
+<h2>TLS</h2>{tls}\
 <h2>Cores against load</h2>{sweep}\
 <h2>Machine and build</h2>{facts}\
 <h2>Configuration</h2><h3>smtpgate.toml</h3><pre>{config}</pre>{haproxy}\
@@ -857,8 +1050,18 @@ around each run; cores busy = CPU seconds ÷ wall seconds.</p>\
         commit = escape(&f.smtpgate_commit),
         started = escape(&f.started_utc),
         headlines = headlines(report),
-        baseline = if report.paths.len() > 2 {
+        baseline = if report.haproxy_config.is_some() || report.paths.iter().any(|p| !p.has_relay) {
             ", with the baselines measured the same way"
+        } else {
+            ""
+        },
+        tls_rows = if report.tls.is_some() {
+            ", and under a STARTTLS load inspecting TLS and passing it through"
+        } else {
+            ""
+        },
+        sinks = if report.tls.is_some() {
+            " (the TLS rows into a second, offering STARTTLS)"
         } else {
             ""
         },
@@ -879,6 +1082,7 @@ around each run; cores busy = CPU seconds ÷ wall seconds.</p>\
         ),
         latency = latency_chart(&report.paths),
         summary = summary_table(report),
+        tls = tls_section(report),
         sweep = sweep_section(report),
         facts = facts_table(report),
         config = escape(&report.smtpgate_config),

@@ -188,19 +188,23 @@ pub struct CostOfInspection {
     pub cpu_per_message_ratio: Option<Spread>,
 }
 
+/// The closed-loop runs of `a` and `b` from the same round, paired.
+fn same_round<'r>(runs: &'r [RunResult], a: &str, b: &str) -> Vec<(&'r RunResult, &'r RunResult)> {
+    runs.iter()
+        .filter(|x| x.path == a && x.offered_msgs_per_s.is_none())
+        .filter_map(|x| {
+            let y = runs
+                .iter()
+                .find(|y| y.path == b && y.round == x.round && y.offered_msgs_per_s.is_none())?;
+            Some((x, y))
+        })
+        .collect()
+}
+
 impl CostOfInspection {
     /// Ratios of runs of the same round (closed loop), `inspect` over `exempt`.
     pub fn of(runs: &[RunResult], inspect: &str, exempt: &str) -> Self {
-        let pairs: Vec<(&RunResult, &RunResult)> = runs
-            .iter()
-            .filter(|a| a.path == inspect && a.offered_msgs_per_s.is_none())
-            .filter_map(|a| {
-                let b = runs.iter().find(|b| {
-                    b.path == exempt && b.round == a.round && b.offered_msgs_per_s.is_none()
-                })?;
-                Some((a, b))
-            })
-            .collect();
+        let pairs = same_round(runs, inspect, exempt);
         CostOfInspection {
             throughput_ratio: Spread::of(pairs.iter().map(|(a, b)| a.msgs_per_s / b.msgs_per_s)),
             cpu_per_message_ratio: Spread::of(
@@ -210,6 +214,68 @@ impl CostOfInspection {
             ),
         }
     }
+}
+
+/// Relay CPU per message of `a` minus that of `b`, per round (closed loop).
+pub fn cpu_per_message_difference(runs: &[RunResult], a: &str, b: &str) -> Option<Spread> {
+    Spread::of(
+        same_round(runs, a, b)
+            .iter()
+            .filter_map(|(x, y)| Some(x.relay_cpu_us_per_msg? - y.relay_cpu_us_per_msg?)),
+    )
+}
+
+/// What the STARTTLS sink received against what the TLS rows' senders
+/// counted as accepted, compared as multisets of SHA-256 digests.
+#[derive(Clone, Debug, Serialize)]
+pub struct Delivery {
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    /// Every accepted message arrived, unaltered, and nothing else did.
+    pub digests_match: bool,
+}
+
+impl Delivery {
+    /// `sent` and `received`: one hex digest per line, any order.
+    pub fn of(sent: &str, received: &str) -> Delivery {
+        fn sorted(text: &str) -> Vec<&str> {
+            let mut lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+            lines.sort_unstable();
+            lines
+        }
+        let (sent, received) = (sorted(sent), sorted(received));
+        Delivery {
+            messages_sent: sent.len() as u64,
+            messages_received: received.len() as u64,
+            digests_match: sent == received,
+        }
+    }
+}
+
+/// The TLS rows: smtpgate terminating STARTTLS and inspecting, against
+/// smtpgate relaying it blind, under the same STARTTLS client load.
+#[derive(Clone, Debug, Serialize)]
+pub struct TlsCost {
+    /// TLS inspected over TLS exempt, per round: the cost of inspecting
+    /// encrypted mail.
+    pub inspected_over_exempt: CostOfInspection,
+    /// TLS inspected over plaintext inspected, per round: what encryption
+    /// adds to inspection.
+    pub tls_over_plaintext: CostOfInspection,
+    /// Length of each one-message-per-connection run, when that series ran.
+    pub per_connection_duration_s: Option<f64>,
+    /// One message per connection (a handshake each): plaintext inspected,
+    /// TLS inspected, TLS exempt. Empty when the main load already is one
+    /// message per connection; the figures below then come from its rows.
+    pub per_connection: Vec<PathSummary>,
+    /// Per round, one message per connection: TLS inspected's relay CPU per
+    /// message minus plaintext inspected's. What TLS costs the relay per
+    /// connection: the handshakes with the client and with the upstream,
+    /// STARTTLS and the second EHLO, and one message's encryption.
+    pub handshake_cpu_us_per_connection: Option<Spread>,
+    /// TLS sessions smtpgate established during the whole run, by side.
+    pub sessions_established: BTreeMap<String, u64>,
+    pub delivery: Delivery,
 }
 
 /// One rate of the open-loop sweep for one path, over its rounds.
@@ -358,6 +424,8 @@ pub struct Load {
     pub recipients: u32,
     pub pipelining: bool,
     pub per_connection: bool,
+    /// The TLS rows' clients do STARTTLS right after EHLO, as MTAs do.
+    pub tls_rows: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -369,6 +437,8 @@ pub struct CompareReport {
     pub haproxy_config: Option<String>,
     pub paths: Vec<PathSummary>,
     pub cost_of_inspection: CostOfInspection,
+    /// `None` with `--tls off`.
+    pub tls: Option<TlsCost>,
     pub sweep: Option<Sweep>,
     pub runs: Vec<RunResult>,
 }
@@ -395,6 +465,61 @@ mod tests {
             message_p99_us: spread(1000.0),
             messages_failed: 0,
         }
+    }
+
+    fn run(path: &str, round: usize, msgs_per_s: f64, cpu_us_per_msg: f64) -> RunResult {
+        RunResult {
+            round,
+            path: path.into(),
+            offered_msgs_per_s: None,
+            elapsed_s: 1.0,
+            messages_ok: msgs_per_s as u64,
+            messages_failed: 0,
+            msgs_per_s,
+            mb_per_s: 1.0,
+            relay_cpu_s: Some(cpu_us_per_msg * msgs_per_s / 1e6),
+            relay_cores: Some(cpu_us_per_msg * msgs_per_s / 1e6),
+            relay_cpu_us_per_msg: Some(cpu_us_per_msg),
+            loadgen_cpu_s: 0.1,
+            sink_cpu_s: 0.1,
+            latency_us: BTreeMap::new(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn ratios_and_differences_pair_runs_of_the_same_round() {
+        let runs = [
+            run("tls", 1, 500.0, 300.0),
+            run("plain", 1, 1000.0, 100.0),
+            run("plain", 2, 800.0, 120.0),
+            run("tls", 2, 400.0, 400.0),
+            // An open-loop run is not paired with closed-loop ones.
+            RunResult {
+                offered_msgs_per_s: Some(100.0),
+                ..run("tls", 1, 100.0, 900.0)
+            },
+        ];
+        let cost = CostOfInspection::of(&runs, "tls", "plain");
+        let t = cost.throughput_ratio.unwrap();
+        assert_eq!((t.min, t.max), (0.5, 0.5));
+        let c = cost.cpu_per_message_ratio.unwrap();
+        assert!((c.min - 3.0).abs() < 1e-9 && (c.max - 400.0 / 120.0).abs() < 1e-9);
+        let d = cpu_per_message_difference(&runs, "tls", "plain").unwrap();
+        assert!(
+            (d.min - 200.0).abs() < 1e-9 && (d.max - 280.0).abs() < 1e-9,
+            "{d:?}"
+        );
+        assert!(cpu_per_message_difference(&runs, "tls", "none").is_none());
+    }
+
+    #[test]
+    fn delivery_compares_digests_as_multisets() {
+        let ok = Delivery::of("b\na\na\n", "a\nb\na\n");
+        assert!(ok.digests_match);
+        assert_eq!((ok.messages_sent, ok.messages_received), (3, 3));
+        assert!(!Delivery::of("a\na\n", "a\nb\n").digests_match);
+        assert!(!Delivery::of("a\n", "a\na\n").digests_match);
     }
 
     #[test]
