@@ -9,11 +9,14 @@
 //! - `gate`     — a running `smtpgate run` with its logs, killed on drop.
 //! - `sink`     — a running `smtpgate-loadgen sink` with its digest log.
 //! - `postfix`  — a running Postfix smtp-sink, a foreign server.
+//! - `postfix_instance` — a private, complete Postfix on loopback (smtpd, queue,
+//!   delivery to a Maildir or to a relayhost), its log and what it delivered.
 //! - `upstream` — a fake SMTP upstream that records every byte it receives.
 //! - `smtp`     — a raw SMTP client, reply codes, dot-stuffing, BDAT commands.
 
 pub mod gate;
 pub mod postfix;
+pub mod postfix_instance;
 pub mod process;
 pub mod ready;
 pub mod sink;
@@ -22,6 +25,7 @@ pub mod upstream;
 
 pub use gate::{config, config_text, http_get, smtpgate, Gate};
 pub use postfix::PostfixSink;
+pub use postfix_instance::{Delivery, PostfixInstance, PostfixSetup, SmtpdTls, MAILBOX_DOMAIN};
 pub use process::{
     binary, find_peer, free_port, local, peer, run_bounded, run_with_input, scratch_dir, signal,
     sorted_lines, wait_child, wait_for_listener, wait_until, MissingPeer, LIMIT,

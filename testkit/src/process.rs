@@ -40,7 +40,7 @@ impl std::fmt::Display for MissingPeer {
 /// The Debian package that provides `command`.
 fn package_of(command: &str) -> &'static str {
     match command {
-        "smtp-source" | "smtp-sink" | "postfix" => "postfix",
+        "smtp-source" | "smtp-sink" | "postfix" | "postqueue" => "postfix",
         "swaks" => "swaks",
         "haproxy" => "haproxy",
         "openssl" => "openssl",

@@ -1,0 +1,399 @@
+//! smtpgate between real MTAs: private Postfix instances on loopback (testkit's
+//! [`PostfixInstance`]), one sending through smtpgate (its `relayhost`), one receiving
+//! behind it into a Maildir. What is asserted is what the MTAs themselves logged,
+//! queued and delivered, and what a client heard.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{CertificateParams, KeyPair};
+use testkit::*;
+
+/// A UTF-8 local part: Postfix relays it only to a server that offers SMTPUTF8.
+const UTF8_RECIPIENT: &str = "δοκιμή@example.net";
+
+/// A message a DKIM signer would hash: 8-bit UTF-8 and non-UTF-8 bytes in the body,
+/// a leading dot, a long line. Any conversion (to quoted-printable, dot or line-end
+/// changes) shows in the delivered bytes.
+fn eight_bit_message() -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(
+        "DKIM-Signature: v=1; a=rsa-sha256; c=simple/simple; d=sender.test; s=sel;\r\n\
+         \tbh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=; h=From:To:Subject; b=AAAA\r\n\
+         From: <sender@sender.test>\r\n\
+         To: <δοκιμή@example.net>\r\n\
+         Subject: Grüße\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\
+         \r\n\
+         Grüße aus Köln, ünïcödé body.\r\n"
+            .as_bytes(),
+    );
+    m.extend_from_slice(b"Latin-1, not UTF-8: caf\xe9 \xe0 la cr\xe8me\r\n");
+    m.extend_from_slice(b".a line that starts with a dot\r\n");
+    m.extend_from_slice(&[b'8'; 900]);
+    m.extend_from_slice(b"\r\nlast line\r\n");
+    m
+}
+
+/// The body of a message with LF line ends (a Maildir file, or sent content passed
+/// through [`crlf_to_lf`]): what follows the first empty line.
+fn body_lf(message: &[u8]) -> Vec<u8> {
+    let start = message
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| i + 2)
+        .expect("a header/body separator");
+    message[start..].to_vec()
+}
+
+/// Postfix stores and delivers lines ending in LF; the wire has CRLF.
+fn crlf_to_lf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Reads one reply and checks its code; returns it as text.
+fn expect(client: &mut Client, code: u16) -> String {
+    let reply = client.reply();
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    assert_eq!(
+        reply_code(&reply),
+        Some(code),
+        "expected {code}, got {text:?}"
+    );
+    text
+}
+
+/// Hands `message` to the sending Postfix's smtpd as an SMTPUTF8, 8BITMIME
+/// submission for `recipient`.
+fn submit(sender: &PostfixInstance, recipient: &str, message: &[u8]) {
+    let mut client = Client::connect(sender.smtpd);
+    expect(&mut client, 220);
+    client.send(b"EHLO client.test\r\n");
+    let ehlo = expect(&mut client, 250);
+    assert!(ehlo.contains("SMTPUTF8"), "{ehlo}");
+    client.send(b"MAIL FROM:<sender@sender.test> SMTPUTF8 BODY=8BITMIME\r\n");
+    expect(&mut client, 250);
+    client.send(format!("RCPT TO:<{recipient}>\r\n").as_bytes());
+    expect(&mut client, 250);
+    client.send(b"DATA\r\n");
+    expect(&mut client, 354);
+    client.send(&dot_stuffed(message));
+    client.send(b".\r\n");
+    expect(&mut client, 250);
+    client.send(b"QUIT\r\n");
+    expect(&mut client, 221);
+}
+
+/// The delivered file's recipient line and body against what was submitted.
+fn assert_delivered_unchanged(delivered: &[u8], sent: &[u8]) {
+    let text = String::from_utf8_lossy(delivered);
+    assert!(
+        text.contains(&format!("Delivered-To: {UTF8_RECIPIENT}\n")),
+        "the SMTPUTF8 recipient got it:\n{text}"
+    );
+    assert!(
+        !text.contains("quoted-printable"),
+        "no 8-bit to 7-bit conversion:\n{text}"
+    );
+    // The signed header block arrives as it was sent (line ends aside: Maildir is LF).
+    let sent_lf = crlf_to_lf(sent);
+    let headers_end = sent_lf.windows(2).position(|w| w == b"\n\n").unwrap();
+    let sent_headers = &sent_lf[..headers_end + 1];
+    assert!(
+        delivered
+            .windows(sent_headers.len())
+            .any(|w| w == sent_headers),
+        "the header block (DKIM-Signature first) arrives unchanged:\n{text}"
+    );
+    assert_eq!(
+        body_lf(delivered),
+        body_lf(&sent_lf),
+        "the 8-bit body arrives byte for byte"
+    );
+}
+
+/// A self-signed certificate for `name` and 127.0.0.1 in `dir`.
+fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![name.into(), "127.0.0.1".into()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+/// The built-in `default` policy, nothing else configured: Postfix sending through it
+/// keeps ESMTP (the masked greeting does not look like a Cisco PIX), so STARTTLS
+/// (relayed end to end here), SMTPUTF8 and 8BITMIME all work.
+#[test]
+fn postfix_through_default_keeps_esmtp_tls_smtputf8_and_8bit() {
+    let receiver = PostfixInstance::start(
+        &PostfixSetup::new("receiver.test", Delivery::Mailbox).smtpd_tls(SmtpdTls::Offered),
+    );
+    let gate = Gate::start(&config_text(receiver.smtpd, "policy = \"default\"", ""));
+    let sender = PostfixInstance::start(&PostfixSetup::new(
+        "sender.test",
+        Delivery::RelayTo(gate.listen()),
+    ));
+    let message = eight_bit_message();
+    submit(&sender, UTF8_RECIPIENT, &message);
+
+    let delivered = receiver.wait_delivered(1);
+    let sender_log = sender.wait_log("status=sent");
+    assert!(
+        !sender_log.contains("PIX workarounds"),
+        "Postfix took smtpgate's greeting for a Cisco PIX:\n{sender_log}"
+    );
+    let hop = format!(
+        "TLS connection established to 127.0.0.1[127.0.0.1]:{}",
+        gate.listen().port()
+    );
+    assert!(
+        sender_log.contains(&hop),
+        "no TLS on the edge hop:\n{sender_log}"
+    );
+    // Passthrough: the sender's TLS peer is the receiver, through smtpgate.
+    assert!(
+        sender_log.contains("subject_CN=receiver.test"),
+        "{sender_log}"
+    );
+    let receiver_log = receiver.log();
+    assert!(
+        receiver_log.contains("TLS connection established from unknown[127.0.0.1]"),
+        "{receiver_log}"
+    );
+    assert_delivered_unchanged(&delivered[0], &message);
+    assert_eq!(delivered.len(), 1);
+}
+
+/// The control for the test above: the firewall's asterisk greeting (`asa-compat`) is
+/// what makes Postfix fall back to HELO, so the test above can tell the two apart.
+#[test]
+fn postfix_through_asa_compat_takes_the_asterisk_greeting_for_a_pix() {
+    let receiver = PostfixInstance::start(&PostfixSetup::new("receiver.test", Delivery::Mailbox));
+    let gate = Gate::start(&config_text(receiver.smtpd, "policy = \"asa-compat\"", ""));
+    let sender = PostfixInstance::start(&PostfixSetup::new(
+        "sender.test",
+        Delivery::RelayTo(gate.listen()),
+    ));
+    let mut client = Client::connect(sender.smtpd);
+    expect(&mut client, 220);
+    client.send(b"HELO client.test\r\nMAIL FROM:<sender@sender.test>\r\n");
+    expect(&mut client, 250);
+    expect(&mut client, 250);
+    client.send(b"RCPT TO:<user@example.net>\r\nDATA\r\n");
+    expect(&mut client, 250);
+    expect(&mut client, 354);
+    client.send(b"Subject: plain\r\n\r\nplain ASCII\r\n.\r\nQUIT\r\n");
+    expect(&mut client, 250);
+
+    let delivered = receiver.wait_delivered(1);
+    let log = sender.wait_log("status=sent");
+    assert!(
+        log.contains("enabling PIX workarounds: disable_esmtp"),
+        "{log}"
+    );
+    let text = String::from_utf8_lossy(&delivered[0]);
+    assert!(
+        text.contains("by receiver.test (Postfix) with SMTP id"),
+        "HELO, not EHLO:\n{text}"
+    );
+}
+
+/// The `disconnect from` lines of real sessions (not the readiness probe's), each with
+/// Postfix's per-command counts such as `ehlo=1 unknown=0/3 commands=1/4`.
+fn sessions(postfix: &PostfixInstance) -> Vec<String> {
+    postfix
+        .log()
+        .lines()
+        .filter(|l| l.contains(": disconnect from ") && !l.ends_with("commands=0/0"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits for session number `n` (from 1) to end at the upstream; returns its counts.
+fn session_counts(postfix: &PostfixInstance, n: usize) -> String {
+    wait_until(LIMIT, || sessions(postfix).get(n - 1).cloned())
+        .unwrap_or_else(|| panic!("session {n} did not end at Postfix:\n{}", postfix.log()))
+}
+
+/// Everything the client hears until smtpgate closes the session.
+fn rest(client: &mut Client) -> String {
+    String::from_utf8_lossy(&client.read_to_end()).into_owned()
+}
+
+/// A Postfix smtpd that does not offer CHUNKING (`smtpd_discard_ehlo_keywords`): the
+/// BDAT line is masked like any refused verb and the bytes behind it are judged as
+/// the commands Postfix will read them as: the piped MAIL FROM ends the session before
+/// Postfix sees it.
+#[test]
+fn bdat_to_postfix_without_chunking_is_masked_and_what_follows_is_judged() {
+    let receiver = PostfixInstance::start(
+        &PostfixSetup::new("receiver.test", Delivery::Mailbox)
+            .main_cf("smtpd_discard_ehlo_keywords = chunking"),
+    );
+    let gate = Gate::start(&config_text(receiver.smtpd, "policy = \"default\"", ""));
+    let mut client = Client::connect(gate.listen());
+    expect(&mut client, 220);
+    client.send(b"EHLO client.test\r\n");
+    let ehlo = expect(&mut client, 250);
+    assert!(!ehlo.contains("CHUNKING"), "{ehlo}");
+    client.send(b"BDAT 40 LAST\r\nWIZ\r\nKILL\r\nMAIL FROM:<a|b@example.com>\r\n");
+    let heard = rest(&mut client);
+    let replies: Vec<&str> = heard.lines().collect();
+    assert_eq!(replies.len(), 4, "{heard}");
+    assert!(
+        replies[..3].iter().all(|r| r.starts_with("500 5.5.2")),
+        "Postfix refused the masked BDAT line, WIZ and KILL as unknown commands:\n{heard}"
+    );
+    assert!(
+        replies[3].starts_with("421 "),
+        "the piped MAIL FROM ends the session:\n{heard}"
+    );
+
+    let counts = session_counts(&receiver, 1);
+    assert!(
+        counts.ends_with("ehlo=1 unknown=0/3 commands=1/4"),
+        "Postfix saw EHLO and three unknown commands, never BDAT or MAIL: {counts}"
+    );
+    gate.wait_log("address-pipe");
+    assert!(receiver.delivered().is_empty());
+    assert!(receiver.queue_listing().contains("Mail queue is empty"));
+}
+
+/// CHUNKING offered with `SIZE 10240000`: a BDAT count no server accepts (above the
+/// SIZE, above 2^53, above 2^63) is masked, and the next line is a command again.
+/// A BDAT within the SIZE is relayed as a chunk and delivered.
+#[test]
+fn bdat_counts_postfix_cannot_accept_are_masked_and_the_next_line_is_a_command() {
+    let receiver = PostfixInstance::start(&PostfixSetup::new("receiver.test", Delivery::Mailbox));
+    let gate = Gate::start(&config_text(receiver.smtpd, "policy = \"default\"", ""));
+    let counts = ["10240001", "9007199254740993", "9223372036854775808"];
+    for (n, count) in counts.iter().enumerate() {
+        let mut client = Client::connect(gate.listen());
+        expect(&mut client, 220);
+        client.send(b"EHLO client.test\r\n");
+        let ehlo = expect(&mut client, 250);
+        assert!(
+            ehlo.contains("CHUNKING") && ehlo.contains("SIZE 10240000"),
+            "{ehlo}"
+        );
+        client.send(
+            format!("BDAT {count} LAST\r\nNOOP\r\nMAIL FROM:<a|b@example.com>\r\n").as_bytes(),
+        );
+        let heard = rest(&mut client);
+        let replies: Vec<&str> = heard.lines().collect();
+        assert_eq!(replies.len(), 3, "BDAT {count}: {heard}");
+        assert!(
+            replies[0].starts_with("500 5.5.2"),
+            "BDAT {count} masked: {heard}"
+        );
+        assert!(
+            replies[1].starts_with("250 "),
+            "NOOP is a command again: {heard}"
+        );
+        assert!(
+            replies[2].starts_with("421 "),
+            "the piped MAIL FROM was judged: {heard}"
+        );
+        let at_postfix = session_counts(&receiver, n + 1);
+        assert!(
+            at_postfix.ends_with("ehlo=1 noop=1 unknown=0/1 commands=2/3"),
+            "BDAT {count}: {at_postfix}"
+        );
+    }
+
+    let message = b"Subject: chunked\r\n\r\nin one chunk\r\n";
+    let mut client = Client::connect(gate.listen());
+    expect(&mut client, 220);
+    client.send(b"EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<user@example.net>\r\n");
+    expect(&mut client, 250);
+    expect(&mut client, 250);
+    expect(&mut client, 250);
+    client.send(&bdat(message.len(), true));
+    client.send(message);
+    expect(&mut client, 250);
+    client.send(b"QUIT\r\n");
+    expect(&mut client, 221);
+    let delivered = receiver.wait_delivered(1);
+    assert_eq!(body_lf(&delivered[0]), b"in one chunk\n");
+    assert!(session_counts(&receiver, 4).contains(" bdat=1 "));
+}
+
+/// STARTTLS terminated by smtpgate (`[tls]`, so `starttls = "inspect"`) between two
+/// Postfix instances: the sender's TLS peer is smtpgate (its certificate), smtpgate
+/// verifies the receiver's certificate and re-encrypts towards it, and the receiver,
+/// which refuses mail without TLS, gets the message over TLS, unchanged.
+#[test]
+fn postfix_to_postfix_through_inspected_starttls_is_encrypted_on_both_hops() {
+    let dir = scratch_dir("postfix-inspect");
+    let receiver = PostfixInstance::start(
+        &PostfixSetup::new("receiver.test", Delivery::Mailbox).smtpd_tls(SmtpdTls::Required),
+    );
+    let (cert, key) = certificate(&dir, "gate.test");
+    let tls = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let listener = format!(
+        "policy = \"default\"\nstarttls = \"inspect\"\nupstream_tls = \"verify\"\nupstream_ca = \"{}\"",
+        receiver.certificate.as_ref().unwrap().display()
+    );
+    let gate = Gate::start(&config_text(receiver.smtpd, &listener, &tls));
+    let sender = PostfixInstance::start(&PostfixSetup::new(
+        "sender.test",
+        Delivery::RelayTo(gate.listen()),
+    ));
+    let message = eight_bit_message();
+    submit(&sender, UTF8_RECIPIENT, &message);
+
+    let delivered = receiver.wait_delivered(1);
+    let sender_log = sender.wait_log("status=sent");
+    assert!(!sender_log.contains("PIX workarounds"), "{sender_log}");
+    let hop = format!(
+        "TLS connection established to 127.0.0.1[127.0.0.1]:{}",
+        gate.listen().port()
+    );
+    assert!(sender_log.contains(&hop), "{sender_log}");
+    assert!(
+        sender_log.contains("subject_CN=gate.test"),
+        "the sender's TLS peer is smtpgate:\n{sender_log}"
+    );
+    let receiver_log = receiver.log();
+    assert!(
+        receiver_log.contains("TLS connection established from unknown[127.0.0.1]"),
+        "{receiver_log}"
+    );
+    let counts = session_counts(&receiver, 1);
+    assert!(
+        counts.contains(" starttls=1 ") && counts.contains(" data=1 "),
+        "{counts}"
+    );
+    let text = String::from_utf8_lossy(&delivered[0]);
+    assert!(
+        text.contains("by receiver.test (Postfix) with UTF8SMTPS id"),
+        "the receiver's Received: says SMTPUTF8 over TLS:\n{text}"
+    );
+    assert_delivered_unchanged(&delivered[0], &message);
+    let log = gate.wait_log("side=upstream");
+    assert!(log.contains("side=client"), "{log}");
+}
