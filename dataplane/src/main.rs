@@ -45,6 +45,7 @@ mod shared;
 mod sock;
 mod stats;
 mod tls;
+mod upstream_starttls;
 mod watch;
 
 use std::path::PathBuf;

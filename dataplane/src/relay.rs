@@ -56,6 +56,7 @@ use crate::limits::Ticket;
 use crate::panics;
 use crate::sock;
 use crate::tls::{Established, SessionTls, TlsFailure, TlsLayer};
+use crate::upstream_starttls::Prelude;
 
 /// After a goodbye reply or the upstream's close, how long the client gets to read
 /// what is left before the session is torn down.
@@ -171,6 +172,9 @@ pub struct Relay<'a> {
     pub connected_at: Instant,
     pub pool: &'a BufPool,
     pub tls: SessionTls,
+    /// Implicit TLS: the upstream leg as the STARTTLS prelude left it (its greeting,
+    /// already read, and TLS when it was started).
+    pub upstream_prelude: Option<Prelude>,
     /// The shard's scratch space for the inspector's output.
     pub scratch: &'a RefCell<Output>,
 }
@@ -211,6 +215,9 @@ struct Half {
     tls_close_sent: bool,
     /// A handshake result not yet reported to the event sink.
     tls_report: Option<Result<Established, TlsFailure>>,
+    /// Plaintext read before the relay started (the upstream's greeting, read by the
+    /// implicit-TLS prelude): the first read hands it out.
+    replay: Option<Bytes>,
 }
 
 impl Half {
@@ -226,6 +233,7 @@ impl Half {
             tls_closed: false,
             tls_close_sent: false,
             tls_report: None,
+            replay: None,
         }
     }
 
@@ -238,6 +246,10 @@ impl Half {
     ) -> Poll<io::Result<Option<Bytes>>> {
         if self.tls_closed {
             return Poll::Ready(Ok(None));
+        }
+        if let Some(replayed) = self.replay.take() {
+            self.bytes_read += replayed.len() as u64;
+            return Poll::Ready(Ok(Some(replayed)));
         }
         let mut buf = self.read_buf.take().unwrap_or_else(|| pool.take());
         refill(&mut buf);
@@ -635,6 +647,11 @@ impl Relay<'_> {
                 Some(config) => pump.half(Side::Client).start_tls(TlsLayer::server(config)),
                 None => unreachable!("implicit TLS is refused without [tls] by the config"),
             }
+        }
+        if let Some(prelude) = self.upstream_prelude.take() {
+            let upstream = pump.half(Side::Upstream);
+            upstream.tls = prelude.tls.map(|(layer, _)| layer);
+            upstream.replay = Some(prelude.greeting);
         }
         // The upstream's TLS handshake failed: the client is told 421 4.7.0.
         let mut upstream_tls_failed = false;

@@ -24,6 +24,7 @@ use crate::shard::Shard;
 use crate::shared::{Generation, Shared};
 use crate::stats::{ListenerStats, TlsCounters};
 use crate::tls::{Established, SessionTls, TlsFailure};
+use crate::upstream_starttls::{self, PreludeError};
 use crate::{proxy_header, proxy_v2, sock};
 
 pub const REPLY_TOO_MANY: &[u8] = b"421 4.7.0 smtpgate: too many connections, try again later\r\n";
@@ -195,6 +196,49 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
         envelope: Envelope::default(),
         end_of_data_since: None,
     };
+    let upstream_prelude = match (&tls.upstream, tls.implicit) {
+        (Some((config, address)), true) => {
+            let started = Box::pin(upstream_starttls::start(
+                &mut server,
+                listener.upstream_tls,
+                config,
+                *address,
+                &banner_name(&listener.banner_name),
+                timeouts.upstream_connect,
+            ))
+            .await;
+            match started {
+                Ok(prelude) => {
+                    if let Some((_, established)) = &prelude.tls {
+                        sink.tls_established(Side::Upstream, established);
+                    }
+                    Some(prelude)
+                }
+                Err(e) => {
+                    // The client is inside TLS that is not set up yet: no reply can
+                    // reach it, the connection is closed.
+                    match e {
+                        PreludeError::Tls(failure) => sink.tls_failed(Side::Upstream, &failure),
+                        PreludeError::NotOffered => log::diag_rate_limited(&format!(
+                            "upstream {}: no STARTTLS, and upstream_tls = verify; closing {client_addr}",
+                            listener.upstream
+                        )),
+                        PreludeError::Upstream(e) => {
+                            shared.stats.upstream_failures.inc();
+                            log::diag_rate_limited(&format!(
+                                "upstream {} before TLS: {e}; closing {client_addr}",
+                                listener.upstream
+                            ));
+                        }
+                    }
+                    sink.log
+                        .summary(&log::Summary::without_traffic("upstream-tls-failed"));
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
     let relay = Relay {
         client,
         server,
@@ -211,6 +255,7 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
         connected_at,
         pool: &shard.pool,
         tls,
+        upstream_prelude,
         scratch: &shard.scratch,
     };
     // Boxed so the session's task holds only the relay's own state while it runs,

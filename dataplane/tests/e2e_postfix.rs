@@ -397,3 +397,104 @@ fn postfix_to_postfix_through_inspected_starttls_is_encrypted_on_both_hops() {
     let log = gate.wait_log("side=upstream");
     assert!(log.contains("side=client"), "{log}");
 }
+
+/// Implicit TLS (port 465 style) with `upstream_tls` on: smtpgate starts STARTTLS
+/// towards Postfix before relaying the greeting, so the upstream leg is encrypted too.
+/// Postfix here refuses mail without TLS.
+#[test]
+fn implicit_tls_listener_encrypts_the_upstream_leg_with_starttls() {
+    let dir = scratch_dir("postfix-implicit");
+    let receiver = PostfixInstance::start(
+        &PostfixSetup::new("receiver.test", Delivery::Mailbox).smtpd_tls(SmtpdTls::Required),
+    );
+    let (cert, key) = certificate(&dir, "gate.test");
+    let tls = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let listener = format!(
+        "implicit_tls = true\nupstream_tls = \"verify\"\nupstream_ca = \"{}\"",
+        receiver.certificate.as_ref().unwrap().display()
+    );
+    let gate = Gate::start(&config_text(receiver.smtpd, &listener, &tls));
+    let script = r#"
+import smtplib, ssl, sys
+with smtplib.SMTP_SSL(sys.argv[1], int(sys.argv[2]), context=ssl._create_unverified_context(), timeout=20) as s:
+    print(s.ehlo("client.test")[0])
+    assert not s.has_extn("starttls"), "no STARTTLS offered inside implicit TLS"
+    assert not s.sendmail("a@client.test", ["user@example.net"], b"Subject: 465\r\n\r\nimplicit, then STARTTLS upstream\r\n")
+"#;
+    let addr = gate.listen();
+    let out = python(
+        script,
+        &[addr.ip().to_string(), addr.port().to_string()],
+        LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let delivered = receiver.wait_delivered(1);
+    assert_eq!(
+        body_lf(&delivered[0]),
+        b"implicit, then STARTTLS upstream\n"
+    );
+    let text = String::from_utf8_lossy(&delivered[0]);
+    assert!(text.contains("with ESMTPS id"), "{text}");
+    assert!(
+        receiver
+            .log()
+            .contains("TLS connection established from unknown[127.0.0.1]"),
+        "{}",
+        receiver.log()
+    );
+    let counts = session_counts(&receiver, 1);
+    assert!(counts.contains("ehlo=2 starttls=1 "), "{counts}");
+    let log = gate.wait_log("side=upstream");
+    assert!(log.contains("side=client"), "{log}");
+}
+
+/// The same listener in front of a Postfix without TLS: `verify` closes the session
+/// before anything is relayed.
+#[test]
+fn implicit_tls_with_verify_and_an_upstream_without_starttls_relays_nothing() {
+    let dir = scratch_dir("postfix-implicit-verify");
+    let receiver = PostfixInstance::start(&PostfixSetup::new("receiver.test", Delivery::Mailbox));
+    let (cert, key) = certificate(&dir, "gate.test");
+    let tls = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let listener = format!(
+        "implicit_tls = true\nupstream_tls = \"verify\"\nupstream_ca = \"{}\"",
+        cert.display()
+    );
+    let gate = Gate::start(&config_text(receiver.smtpd, &listener, &tls));
+    let script = r#"
+import smtplib, ssl, sys
+try:
+    with smtplib.SMTP_SSL(sys.argv[1], int(sys.argv[2]), context=ssl._create_unverified_context(), timeout=20) as s:
+        s.sendmail("a@client.test", ["user@example.net"], b"Subject: no\r\n\r\nno\r\n")
+    print("delivered")
+except (smtplib.SMTPServerDisconnected, ConnectionError, ssl.SSLError) as e:
+    print("closed")
+"#;
+    let addr = gate.listen();
+    let out = python(
+        script,
+        &[addr.ip().to_string(), addr.port().to_string()],
+        LIMIT,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "closed");
+    gate.wait_log("no STARTTLS, and upstream_tls = verify");
+    let counts = session_counts(&receiver, 1);
+    assert!(
+        counts.ends_with("ehlo=1 commands=1"),
+        "Postfix saw smtpgate's EHLO only: {counts}"
+    );
+    assert!(receiver.delivered().is_empty());
+}
