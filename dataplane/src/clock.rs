@@ -1,4 +1,6 @@
 //! Time on a shard: the housekeeping tick and the per-session coarse deadlines it sweeps.
+//! A session's [`Deadline`] is also where the shard finds it for anything else it must
+//! tell it: a drain nudge, or an eviction by the buffer budget ([`crate::budget`]).
 //!
 //! A glommio `Timer` polled on every wake-up would re-insert itself in the reactor's
 //! timer map each time, and a timer per read costs more than the read. Instead each
@@ -37,6 +39,11 @@ pub struct Deadline {
     expired: Cell<bool>,
     /// The shard began draining: the session looks once whether it may close now.
     nudged: Cell<bool>,
+    /// Bytes the session last reported holding (see [`crate::budget`]).
+    held: Cell<usize>,
+    /// The shard's buffer budget ran out and this session held the most: it is to
+    /// close with `421 4.3.2`.
+    evicted: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
 
@@ -54,6 +61,27 @@ impl Deadline {
 
     pub fn expired(&self) -> bool {
         self.expired.get()
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.get()
+    }
+
+    pub fn set_held(&self, bytes: usize) {
+        self.held.set(bytes);
+    }
+
+    /// Marks the session evicted and wakes it.
+    pub fn evict(&self) {
+        self.evicted.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Whether the session was evicted since it last looked.
+    pub fn take_eviction(&self) -> bool {
+        self.evicted.replace(false)
     }
 
     /// Remembers who to wake; cheap when the same task registers again.
@@ -78,6 +106,8 @@ impl Deadlines {
             at: Cell::new(at),
             expired: Cell::new(false),
             nudged: Cell::new(false),
+            held: Cell::new(0),
+            evicted: Cell::new(false),
             waker: RefCell::new(None),
         });
         self.all.borrow_mut().push(Rc::downgrade(&deadline));
@@ -94,6 +124,16 @@ impl Deadlines {
             }
         }
         to_wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// The live session holding the most bytes, if any holds some.
+    pub fn largest_holder(&self) -> Option<Rc<Deadline>> {
+        self.all
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|d| d.held.get() > 0)
+            .max_by_key(|d| d.held.get())
     }
 
     /// Marks and wakes every session whose deadline passed; forgets finished ones.

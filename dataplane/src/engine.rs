@@ -216,7 +216,7 @@ fn start(options: RunOptions) -> Result<ExitCode, StartError> {
             let tick = ticks.take();
             async move {
                 panics::on_shard(glommio::executor().id());
-                shard::run(shared, ready_tx, addresses, tick).await
+                shard::run(shared, ready_tx, addresses, cores, tick).await
             }
         })
         .map_err(|e| StartError::Executors(e.to_string()))?;

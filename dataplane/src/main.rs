@@ -16,6 +16,7 @@
 //! - [`clock`]: the shard tick and per-session coarse deadlines it sweeps, not per-read timers.
 //! - [`sock`]: the few libc socket calls glommio lacks (half-close, RST, gathered send).
 //! - [`bufpool`]: per-shard read buffers, lent to sessions only while they read.
+//! - [`budget`]: `buffer_budget`, the bound on bytes all sessions hold; evicts the largest.
 //! - [`stats`]: counters shared across cores and their JSON / Prometheus rendering.
 //! - [`admin`]: the tiny HTTP/1.1 endpoint serving `/status` and `/metrics`.
 //! - [`notify`]: systemd readiness, reload, stop and watchdog notifications.
@@ -27,6 +28,7 @@
 //! - [`tls`]: sans-IO TLS per side (rustls) and the certificates and configs it uses.
 
 mod admin;
+mod budget;
 mod bufpool;
 mod clock;
 mod config_file;

@@ -18,9 +18,16 @@
 //!
 //! Rules the loop keeps:
 //! - Backpressure: a side is read only when everything destined for the other side
-//!   has been written, so a stalled peer stops the reading of its counterpart; the only
-//!   other bytes queued are the inspector's own injected replies (bounded per read). A
-//!   side blocked that way gives its read buffer back to the shard.
+//!   has been written and less than [`MAX_QUEUED_BACK`] waits to be written back to it,
+//!   so a stalled peer stops the reading of its counterpart, and a peer that does not
+//!   read what it is sent (a pipelining client that never reads its replies) stops
+//!   being read itself: its own writes then block in TCP. The client is also not read
+//!   while [`MAX_OWED_REPLIES`] commands await their replies, so the inspector never
+//!   has to hold more than one read of a fast pipeliner. A side blocked that way gives
+//!   its read buffer back to the shard. Each session therefore holds at most about
+//!   one read per direction plus what its inspector keeps; the shard's
+//!   [`Budget`] bounds the sum over sessions (`[limits] buffer_budget`): a session it
+//!   evicts drops what it queued and gets `421 4.3.2`.
 //! - Order: bytes go out in the order the inspector produced them (`to_server`, then
 //!   `to_client`), appended behind anything still queued in that direction.
 //! - Half-close: a peer's EOF becomes `shutdown(SHUT_WR)` towards the other peer once
@@ -48,10 +55,13 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use smtpgate_policy::config::Timeouts;
 use smtpgate_policy::event::Event;
-use smtpgate_policy::inspector::{Inspector, Output, Phase, StartTls, TlsSides, Verdict};
+use smtpgate_policy::inspector::{
+    Inspector, Output, Phase, StartTls, TlsSides, Verdict, QUEUE_CAP,
+};
 
+use crate::budget::Budget;
 use crate::bufpool::{refill, BufPool};
-use crate::clock::{after, Deadline};
+use crate::clock::{after, Deadline, Deadlines};
 use crate::limits::Ticket;
 use crate::panics;
 use crate::sock;
@@ -63,6 +73,13 @@ use crate::upstream_starttls::Prelude;
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Reads in a row without yielding to the shard's other tasks.
 const READS_BEFORE_YIELD: u32 = 32;
+/// A side with more than this queued to it and not yet written (it does not read what
+/// it is sent) is not read either.
+const MAX_QUEUED_BACK: usize = 16 * 1024;
+/// Commands forwarded and awaiting replies past which the client is not read: half
+/// the inspector's queue, so one more read (at most a buffer of pipelined commands)
+/// still fits without holding bytes past its cap.
+const MAX_OWED_REPLIES: usize = QUEUE_CAP / 2;
 
 pub const REPLY_INTERNAL_ERROR: &[u8] =
     b"421 4.3.0 smtpgate: internal error, closing connection\r\n";
@@ -71,6 +88,8 @@ pub const REPLY_UPSTREAM_LOST: &[u8] =
 pub const REPLY_SHUTTING_DOWN: &[u8] = b"421 4.3.2 smtpgate: shutting down\r\n";
 pub const REPLY_UPSTREAM_TLS_FAILED: &[u8] =
     b"421 4.7.0 smtpgate: TLS to the upstream failed, closing connection\r\n";
+pub const REPLY_OVER_BUDGET: &[u8] =
+    b"421 4.3.2 smtpgate: buffer memory exhausted, closing connection\r\n";
 
 /// Which peer: indexes the two [`Half`]s, and says which side failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +158,8 @@ pub enum End {
     TimedOut(Expiry),
     /// The shard is shutting down and the session was idle between transactions.
     ShutDown,
+    /// The shard's share of `buffer_budget` ran out and this session held the most.
+    OverBudget,
 }
 
 /// Receives what the inspector and the TLS layers report, so the relay needs no
@@ -177,6 +198,10 @@ pub struct Relay<'a> {
     pub upstream_prelude: Option<Prelude>,
     /// The shard's scratch space for the inspector's output.
     pub scratch: &'a RefCell<Output>,
+    /// The shard's share of the buffer budget, and its sessions (to find the largest
+    /// holders when it runs out).
+    pub budget: &'a Budget,
+    pub sessions: &'a Deadlines,
 }
 
 /// Bytes read from each side, for the counters.
@@ -202,6 +227,8 @@ struct Half {
     read_buf: Option<BytesMut>,
     /// Bytes waiting to be written to this side, in order.
     outgoing: VecDeque<Bytes>,
+    /// Their total length.
+    queued: usize,
     /// The peer sent FIN: nothing more to read.
     read_closed: bool,
     /// We sent FIN (the other side ended and everything queued here was written).
@@ -226,6 +253,7 @@ impl Half {
             stream,
             read_buf: None,
             outgoing: VecDeque::new(),
+            queued: 0,
             read_closed: false,
             write_closed: false,
             bytes_read: 0,
@@ -300,6 +328,7 @@ impl Half {
             Err(failure) => {
                 // What rustls has to say (an alert) still goes out before the close.
                 if let Some(alert) = tls.take_ciphertext() {
+                    self.queued += alert.len();
                     self.outgoing.push_back(alert);
                 }
                 let error = io::Error::new(io::ErrorKind::InvalidData, failure.to_string());
@@ -326,6 +355,7 @@ impl Half {
     /// side, what the layer sealed since the last call joins the queue first.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if let Some(sealed) = self.tls.as_mut().and_then(TlsLayer::take_ciphertext) {
+            self.queued += sealed.len();
             self.outgoing.push_back(sealed);
         }
         while !self.outgoing.is_empty() {
@@ -352,8 +382,15 @@ impl Half {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             consume(&mut self.outgoing, written);
+            self.queued -= written;
         }
         Ok(())
+    }
+
+    /// Forgets what is queued for this side (it failed, or the session is evicted).
+    fn discard_outgoing(&mut self) {
+        self.outgoing.clear();
+        self.queued = 0;
     }
 
     fn queue(&mut self, bytes: Bytes) {
@@ -363,7 +400,10 @@ impl Half {
         match self.tls.as_mut() {
             // Sealed into records when the side is next flushed.
             Some(tls) => tls.send(&bytes),
-            None => self.outgoing.push_back(bytes),
+            None => {
+                self.queued += bytes.len();
+                self.outgoing.push_back(bytes);
+            }
         }
     }
 
@@ -380,6 +420,8 @@ enum Step {
     Expired,
     /// The shard began to drain.
     Nudged,
+    /// The buffer budget evicted this session.
+    Evicted,
     Drained,
     Finished,
 }
@@ -402,6 +444,12 @@ struct Pump<'p> {
     closing: Closing,
     /// Alternates which side is read first, so a busy side cannot starve the other.
     upstream_first: bool,
+    /// [`MAX_OWED_REPLIES`] commands await replies: the client is not read.
+    replies_owed: bool,
+    /// Bytes the inspector keeps between reads (as of its last call).
+    inspector_held: usize,
+    budget: &'p Budget,
+    sessions: &'p Deadlines,
 }
 
 impl Pump<'_> {
@@ -419,6 +467,9 @@ impl Pump<'_> {
         }
         if self.deadline.expired() {
             return Poll::Ready(Step::Expired);
+        }
+        if self.deadline.take_eviction() {
+            return Poll::Ready(Step::Evicted);
         }
         for side in [Side::Upstream, Side::Client] {
             if let Err(e) = self.half(side).poll_flush(cx) {
@@ -472,7 +523,15 @@ impl Pump<'_> {
             }
         }
         self.deadline.register(cx.waker());
+        // What was just written no longer counts against the budget.
+        self.report_held();
         Poll::Pending
+    }
+
+    /// Tells the shard's budget what this session holds now.
+    fn report_held(&self) {
+        let held = self.halves[0].queued + self.halves[1].queued + self.inspector_held;
+        self.budget.report(self.sessions, self.deadline, held);
     }
 
     fn poll_read_side(
@@ -480,7 +539,9 @@ impl Pump<'_> {
         side: Side,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Option<Bytes>>> {
-        let blocked = !self.halves[side.other() as usize].outgoing.is_empty();
+        let blocked = !self.halves[side.other() as usize].outgoing.is_empty()
+            || self.halves[side as usize].queued > MAX_QUEUED_BACK
+            || (side == Side::Client && self.replies_owed);
         let pool = self.pool;
         let half = self.half(side);
         if half.read_closed {
@@ -641,6 +702,10 @@ impl Relay<'_> {
             deadline: &self.deadline,
             closing: Closing::Open,
             upstream_first: false,
+            replies_owed: false,
+            inspector_held: 0,
+            budget: self.budget,
+            sessions: self.sessions,
         };
         if self.tls.implicit {
             match &self.tls.server {
@@ -737,7 +802,7 @@ impl Relay<'_> {
                     break End::ClientFailed
                 }
                 Step::Read(Side::Upstream, Err(e)) if upstream_tls_failed => {
-                    pump.half(Side::Upstream).outgoing.clear();
+                    pump.half(Side::Upstream).discard_outgoing();
                     pump.half(Side::Upstream).read_closed = true;
                     let end = End::UpstreamLost(Some(e));
                     pump.close_with(Some(REPLY_UPSTREAM_TLS_FAILED), end, now);
@@ -750,7 +815,7 @@ impl Relay<'_> {
                         }
                         Closing::Owed(reply) => pump.close_with(Some(reply), End::Dropped, now),
                         // Already saying goodbye: the upstream no longer matters.
-                        Closing::Flushing(_) => pump.half(Side::Upstream).outgoing.clear(),
+                        Closing::Flushing(_) => pump.half(Side::Upstream).discard_outgoing(),
                     }
                     continue;
                 }
@@ -777,6 +842,23 @@ impl Relay<'_> {
                     draining = true;
                     if idle_between_transactions(&pump, self.inspector.as_deref()) {
                         pump.close_with(Some(REPLY_SHUTTING_DOWN), End::ShutDown, now);
+                    }
+                    continue;
+                }
+                Step::Evicted => {
+                    if !matches!(pump.closing, Closing::Flushing(_)) {
+                        // What it queued is what the budget wants back; the client is
+                        // told why after at most the chunk being written to it (all
+                        // of it on a TLS side: records cannot be cut).
+                        pump.half(Side::Upstream).discard_outgoing();
+                        let client = pump.half(Side::Client);
+                        if client.tls.is_none() {
+                            client.outgoing.truncate(1);
+                            client.queued = client.outgoing.front().map_or(0, Bytes::len);
+                        }
+                        self.inspector = None;
+                        pump.inspector_held = 0;
+                        pump.close_with(Some(REPLY_OVER_BUDGET), End::OverBudget, now);
                     }
                     continue;
                 }
@@ -852,6 +934,11 @@ impl Relay<'_> {
                 }
             }
 
+            let inspector = self.inspector.as_deref();
+            pump.replies_owed = inspector.is_some_and(|i| i.owed_replies() >= MAX_OWED_REPLIES);
+            pump.inspector_held = inspector.map_or(0, Inspector::buffered_bytes);
+            pump.report_held();
+
             match verdict {
                 Verdict::Continue => {}
                 Verdict::Drop { reply } => {
@@ -895,6 +982,7 @@ impl Relay<'_> {
             }
         };
         pump.release_buffers();
+        pump.budget.report(pump.sessions, pump.deadline, 0);
         let traffic = Traffic {
             from_client: pump.halves[Side::Client as usize].bytes_read,
             from_server: pump.halves[Side::Upstream as usize].bytes_read,
@@ -947,7 +1035,7 @@ fn upstream_lost(
     error: Option<io::Error>,
     now: Instant,
 ) {
-    pump.half(Side::Upstream).outgoing.clear();
+    pump.half(Side::Upstream).discard_outgoing();
     pump.half(Side::Upstream).read_closed = true;
     let reply = inspector
         .is_some_and(|i| i.phase() != Phase::AwaitingEndOfData)

@@ -257,6 +257,8 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
         tls,
         upstream_prelude,
         scratch: &shard.scratch,
+        budget: &shard.budget,
+        sessions: &shard.deadlines,
     };
     // Boxed so the session's task holds only the relay's own state while it runs,
     // not the largest of every state this function passes through.
@@ -287,6 +289,7 @@ fn result_name(end: &End) -> &'static str {
         End::TimedOut(Expiry::Data) => "timeout-data",
         End::TimedOut(Expiry::DataTermination) => "timeout-data-termination",
         End::ShutDown => "shut-down",
+        End::OverBudget => "over-buffer-budget",
     }
 }
 
@@ -336,6 +339,14 @@ async fn finish(shared: &Shared, listener: &Listener, client_addr: SocketAddr, o
             lingering_close(client).await;
         }
         End::ShutDown => {
+            drop(server);
+            lingering_close(client).await;
+        }
+        End::OverBudget => {
+            shared.stats.over_budget.inc();
+            log::diag_rate_limited(&format!(
+                "buffer_budget exhausted: client {client_addr}, the largest holder, closed with 421 4.3.2"
+            ));
             drop(server);
             lingering_close(client).await;
         }

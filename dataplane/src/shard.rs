@@ -17,6 +17,7 @@ use glommio::{spawn_local, Task};
 
 use smtpgate_policy::inspector::Output;
 
+use crate::budget::Budget;
 use crate::bufpool::BufPool;
 use crate::clock::{Deadlines, Tick};
 use crate::engine::StartError;
@@ -28,6 +29,10 @@ pub struct Shard {
     pub shared: &'static Shared,
     pub deadlines: Deadlines,
     pub pool: BufPool,
+    /// This shard's share of `buffer_budget` and what its sessions hold.
+    pub budget: Budget,
+    /// How many shards share the budget.
+    shards: usize,
     /// Where the inspector writes its output for the one session being fed.
     pub scratch: RefCell<Output>,
     generation: RefCell<Arc<Generation>>,
@@ -39,7 +44,10 @@ impl Shard {
     /// atomic load per accept; the shared lock is taken only after a reload).
     pub fn generation(&self) -> Arc<Generation> {
         if self.generation.borrow().number != self.shared.generation_number() {
-            *self.generation.borrow_mut() = self.shared.current();
+            let current = self.shared.current();
+            self.budget
+                .set_limit(current.config.limits.buffer_budget, self.shards);
+            *self.generation.borrow_mut() = current;
         }
         self.generation.borrow().clone()
     }
@@ -64,6 +72,7 @@ pub async fn run(
     shared: &'static Shared,
     ready: Sender<Result<(), StartError>>,
     addresses: Vec<SocketAddr>,
+    shards: usize,
     mut tick: Tick,
 ) {
     static NEXT_SHARD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -89,10 +98,15 @@ pub async fn run(
         shared,
         deadlines: Deadlines::default(),
         pool: BufPool::default(),
+        budget: Budget::new(),
+        shards,
         scratch: RefCell::new(Output::default()),
         generation: RefCell::new(shared.current()),
         live_sessions: Cell::new(0),
     });
+    shard
+        .budget
+        .set_limit(shard.generation().config.limits.buffer_budget, shards);
     let faults = Faults::from_env();
     let accepting: Vec<Task<()>> = listeners
         .into_iter()
@@ -105,6 +119,7 @@ pub async fn run(
         tick.next().await;
         heartbeat.beat();
         shard.deadlines.sweep(Instant::now());
+        shared.stats.buffered.add(shard.budget.take_change());
     }
 
     // Stop accepting (dropping the tasks closes this shard's listening sockets), then

@@ -51,6 +51,19 @@ impl Counter {
     }
 }
 
+/// A figure that goes up and down, summed over shards (each adds its changes).
+#[derive(Default, Debug)]
+pub struct Gauge(std::sync::atomic::AtomicI64);
+
+impl Gauge {
+    pub fn add(&self, delta: i64) {
+        self.0.fetch_add(delta, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed).max(0) as u64
+    }
+}
+
 /// One rule's counters (the firewall's match / drop / reset / log / mask columns).
 #[derive(Default, Debug)]
 pub struct RuleCounters {
@@ -266,6 +279,11 @@ pub struct Stats {
     pub timeout_data: Counter,
     pub timeout_data_termination: Counter,
     pub dropped: Counter,
+    /// Sessions closed with 421 4.3.2 because `buffer_budget` ran out.
+    pub over_budget: Counter,
+    /// Bytes sessions hold (queued to a peer or kept by the inspector), as of each
+    /// shard's last tick.
+    pub buffered: Gauge,
     pub reset: Counter,
     pub client_bytes: Counter,
     pub server_bytes: Counter,
@@ -391,11 +409,13 @@ impl Stats {
                     "data_termination": self.timeout_data_termination.get(),
                 },
                 "dropped": self.dropped.get(),
+                "over_buffer_budget": self.over_budget.get(),
                 "reset": self.reset.get(),
             },
             "bytes": {
                 "from_clients": self.client_bytes.get(),
                 "from_upstreams": self.server_bytes.get(),
+                "buffered": self.buffered.get(),
             },
             "tls": self.tls.json(),
             "listeners": listeners,
@@ -495,6 +515,18 @@ impl Stats {
             "counter",
             "Sessions ended by drop-connection.",
             &one(self.dropped.get()),
+        );
+        metric(
+            "buffered_bytes",
+            "gauge",
+            "Bytes sessions hold, queued to a peer or kept by the inspector (as of the last tick; bounded by buffer_budget).",
+            &one(self.buffered.get()),
+        );
+        metric(
+            "sessions_over_buffer_budget_total",
+            "counter",
+            "Sessions closed with 421 4.3.2: they held the most when buffer_budget ran out.",
+            &one(self.over_budget.get()),
         );
         metric(
             "sessions_reset_total",

@@ -48,7 +48,7 @@ pub(super) enum Hold {
     /// A DATA / STARTTLS / AUTH (or XEXCH50) awaits its reply, which says what the
     /// bytes behind it are (RFC 2920 §3.1).
     UntilReply,
-    /// [`QUEUE_CAP`] commands await replies: bytes wait until one arrives.
+    /// [`QUEUE_CAP`] commands await replies: bytes wait until half of them arrived.
     UntilQueueRoom,
 }
 

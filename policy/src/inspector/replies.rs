@@ -509,9 +509,12 @@ impl Inspector {
         self.queue_room()
     }
 
-    /// A reply made room in the queue: bytes held for room can be judged.
+    /// A reply made room in the queue: bytes held for room can be judged once half the
+    /// queue is free. Releasing on every reply would copy the held bytes once per
+    /// reply, each copy kept alive by the command forwarded from it: one server read
+    /// of a thousand replies cost 64 MiB.
     fn queue_room(&mut self) -> Option<ReplyEffect> {
-        let room = self.replies.queued() < QUEUE_CAP;
+        let room = self.replies.queued() <= QUEUE_CAP / 2;
         (self.client.hold == Hold::UntilQueueRoom && room).then_some(ReplyEffect::ReleaseHeld)
     }
 

@@ -489,3 +489,23 @@ fn pipelined_commands_after_auth_wait_for_its_reply() {
         "AUTH PLAIN AGEAYg==\r\nMAIL FROM:<a@x>\r\n"
     );
 }
+
+#[test]
+fn commands_held_for_queue_room_are_released_in_a_few_slices_not_one_copy_per_reply() {
+    let mut s = Driver::builtin("default");
+    s.server(b"220 x\r\n");
+    // More pipelined commands than the queue takes: the rest is held.
+    let commands = 3 * QUEUE_CAP;
+    s.client(&b"NOOP\r\n".repeat(commands));
+    assert_eq!(s.inspector.replies.queued(), QUEUE_CAP);
+    s.forget();
+    // One server read answers the whole queue. Each release forwards slices of one
+    // copy of the held bytes; a release per reply would make a thousand copies.
+    let replies = Bytes::from(b"250 ok\r\n".repeat(QUEUE_CAP));
+    let out = s.feed_raw(Peer::Server, replies);
+    let forwarded: usize = out.to_server.iter().map(Bytes::len).sum();
+    let slices = out.to_server.len();
+    assert!(slices <= 4, "{slices} slices forwarded for one server read");
+    assert_eq!(forwarded, 6 * QUEUE_CAP, "a queue's worth went out");
+    assert_eq!(s.inspector.replies.queued(), QUEUE_CAP);
+}
