@@ -4,6 +4,7 @@
 //! queued and delivered, and what a client heard.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rcgen::{CertificateParams, KeyPair};
 use testkit::*;
@@ -497,4 +498,93 @@ except (smtplib.SMTPServerDisconnected, ConnectionError, ssl.SSLError) as e:
         "Postfix saw smtpgate's EHLO only: {counts}"
     );
     assert!(receiver.delivered().is_empty());
+}
+
+/// A drop right behind an end of data (an overlong MAIL FROM pipelined after the dot):
+/// the 250 of the message Postfix already queued reaches the client before the 421,
+/// so a sending MTA never delivers that message twice.
+#[test]
+fn a_drop_behind_an_end_of_data_still_relays_postfixs_250_for_that_message() {
+    let receiver = PostfixInstance::start(&PostfixSetup::new("receiver.test", Delivery::Mailbox));
+    let gate = Gate::start(&config_text(receiver.smtpd, "policy = \"default\"", ""));
+    let mut client = Client::connect(gate.listen());
+    expect(&mut client, 220);
+    client.send(b"EHLO client.test\r\n");
+    expect(&mut client, 250);
+    client.send(b"MAIL FROM:<a@client.test>\r\n");
+    expect(&mut client, 250);
+    client.send(b"RCPT TO:<user@example.net>\r\n");
+    expect(&mut client, 250);
+    client.send(b"DATA\r\n");
+    expect(&mut client, 354);
+    let mut write =
+        b"Subject: one\r\n\r\nqueued before the drop\r\n.\r\nMAIL FROM:<a@client.test> ".to_vec();
+    write.extend_from_slice(&[b'x'; 600]);
+    write.extend_from_slice(b"\r\n");
+    client.send(&write);
+    let heard = rest(&mut client);
+    let replies: Vec<&str> = heard.lines().collect();
+    assert_eq!(replies.len(), 2, "{heard}");
+    let queued = replies[0]
+        .strip_prefix("250 2.0.0 Ok: queued as ")
+        .unwrap_or_else(|| panic!("Postfix's 250 first: {heard}"));
+    assert!(replies[1].starts_with("421 4.7.0"), "{heard}");
+
+    let delivered = receiver.wait_delivered(1);
+    assert_eq!(body_lf(&delivered[0]), b"queued before the drop\n");
+    let log = receiver.wait_log("status=sent");
+    assert!(
+        log.contains(&format!("{queued}: to=<user@example.net>")),
+        "the queue id the client heard is the message Postfix delivered:\n{log}"
+    );
+    let counts = session_counts(&receiver, 1);
+    assert!(
+        counts.contains(" mail=1 ") && counts.contains(" data=1 "),
+        "the overlong MAIL FROM never reached Postfix: {counts}"
+    );
+}
+
+/// `default` answers a 101st recipient `452 4.5.3 Too many recipients` itself and the
+/// session goes on: a real sending Postfix delivers the first 100 and sends the rest
+/// in a later transaction, so all 150 arrive (none bounced, none lost).
+#[test]
+fn postfix_delivers_all_150_recipients_past_the_452_for_the_101st() {
+    let receiver = PostfixInstance::start(&PostfixSetup::new("receiver.test", Delivery::Mailbox));
+    let gate = Gate::start(&config_text(receiver.smtpd, "policy = \"default\"", ""));
+    // One transaction for all recipients (Postfix's default splits at 50).
+    let sender = PostfixInstance::start(
+        &PostfixSetup::new("sender.test", Delivery::RelayTo(gate.listen()))
+            .main_cf("smtp_destination_recipient_limit = 1000"),
+    );
+    let mut client = Client::connect(sender.smtpd);
+    expect(&mut client, 220);
+    client.send(b"EHLO client.test\r\n");
+    expect(&mut client, 250);
+    client.send(b"MAIL FROM:<sender@sender.test>\r\n");
+    expect(&mut client, 250);
+    for i in 0..150 {
+        client.send(format!("RCPT TO:<r{i}@example.net>\r\n").as_bytes());
+        expect(&mut client, 250);
+    }
+    client.send(b"DATA\r\n");
+    expect(&mut client, 354);
+    client.send(b"Subject: many\r\n\r\nto 150\r\n.\r\nQUIT\r\n");
+    expect(&mut client, 250);
+
+    let delivered = wait_until(Duration::from_secs(60), || {
+        let delivered = receiver.delivered();
+        (delivered.len() >= 150).then_some(delivered)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not all 150 delivered; sender:\n{}\nreceiver queue:\n{}",
+            sender.log(),
+            receiver.queue_listing()
+        )
+    });
+    assert_eq!(delivered.len(), 150);
+    let log = sender.log();
+    assert!(log.contains("452 4.5.3"), "{log}");
+    assert_eq!(log.matches("status=sent").count(), 150, "{log}");
+    assert!(!log.contains("status=bounced"), "{log}");
 }
