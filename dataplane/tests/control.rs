@@ -4,25 +4,18 @@
 mod common;
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn admin_addr(conf: &str) -> SocketAddr {
-    let line = conf.lines().nth(1).unwrap(); // `listen = "..."` under [admin]
-    line.trim_start_matches("listen = \"")
-        .trim_end_matches('"')
-        .parse()
-        .unwrap()
-}
+use testkit::{binary, run_bounded};
 
 #[test]
 fn check_accepts_a_good_config_and_lists_every_error_of_a_bad_one() {
     let dir = scratch_dir("check");
     let good = dir.join("good.toml");
-    let (conf, _) = config(local(2526), "policy = \"default\"", "");
-    std::fs::write(&good, conf).unwrap();
+    std::fs::write(&good, config_text(local(2526), "policy = \"default\"", "")).unwrap();
     let (code, stdout, _) = smtpgate(&["check", "-c", good.to_str().unwrap()]);
     assert_eq!(code, Some(0));
     assert!(stdout.starts_with("ok"), "{stdout}");
@@ -53,10 +46,9 @@ fn check_accepts_a_good_config_and_lists_every_error_of_a_bad_one() {
 #[test]
 fn status_and_metrics_count_connections_and_rule_hits() {
     let up = Upstream::start(&[]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&conf);
+    let gate = Gate::start(&config_text(up.addr, "policy = \"default\"", ""));
 
-    let mut c = Client::connect(listen);
+    let mut c = Client::connect(gate.listen());
     c.reply();
     let mut long = b"HELO ".to_vec();
     long.extend(std::iter::repeat_n(b'h', 600));
@@ -65,19 +57,9 @@ fn status_and_metrics_count_connections_and_rule_hits() {
     assert!(c.reply().starts_with(b"421 4.7.0"));
     assert_eq!(c.read_to_end(), b"");
 
-    let admin = admin_addr(&conf);
-    let deadline = Instant::now() + LIMIT;
-    let status: serde_json::Value = loop {
-        let response = http_get(admin, "/status");
-        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-        let body = response.split("\r\n\r\n").nth(1).unwrap();
-        let status: serde_json::Value = serde_json::from_str(body).unwrap();
-        if status["connections"]["dropped"] == 1 && status["connections"]["active"] == 0 {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let admin = gate.admin();
+    let status =
+        gate.wait_status(|s| s["connections"]["dropped"] == 1 && s["connections"]["active"] == 0);
     assert_eq!(status["connections"]["accepted"], 1);
     let rules = status["listeners"][0]["rules"].as_array().unwrap();
     let long_line = rules
@@ -107,8 +89,9 @@ fn status_and_metrics_count_connections_and_rule_hits() {
 #[test]
 fn sighup_reload_applies_to_new_sessions_and_a_bad_file_keeps_the_old_config() {
     let up = Upstream::start(&[]);
-    let (conf, listen) = config(up.addr, "policy = \"none\"", "");
+    let conf = config_text(up.addr, "policy = \"none\"", "");
     let gate = Gate::start(&conf);
+    let listen = gate.listen();
 
     let mut old = Client::connect(listen);
     assert_eq!(old.reply(), UPSTREAM_BANNER);
@@ -121,12 +104,7 @@ fn sighup_reload_applies_to_new_sessions_and_a_bad_file_keeps_the_old_config() {
     gate.signal(libc::SIGHUP);
     gate.wait_log("reloaded");
     let mut new = Client::connect(listen);
-    let banner = new.reply();
-    assert!(
-        banner.starts_with(b"220 ***"),
-        "{}",
-        String::from_utf8_lossy(&banner)
-    );
+    new.reply_starting(b"220 ***");
     // The live session keeps its policy: unknown verbs still pass verbatim.
     old.send(b"XYZZY\r\n");
     assert_eq!(old.reply(), b"500 5.5.1 Command unrecognized\r\n");
@@ -145,12 +123,12 @@ fn sighup_reload_applies_to_new_sessions_and_a_bad_file_keeps_the_old_config() {
 #[test]
 fn sigterm_stops_accepting_drains_live_sessions_and_exits_zero() {
     let up = Upstream::start(&[]);
-    let (conf, listen) = config(
+    let mut gate = Gate::start(&config_text(
         up.addr,
         "policy = \"none\"",
         "[timeouts]\nshutdown_drain = \"10s\"",
-    );
-    let mut gate = Gate::start(&conf);
+    ));
+    let listen = gate.listen();
 
     let mut live = Client::connect(listen);
     assert_eq!(live.reply(), UPSTREAM_BANNER);
@@ -178,12 +156,12 @@ fn sigterm_stops_accepting_drains_live_sessions_and_exits_zero() {
 #[test]
 fn proxy_protocol_v2_header_goes_first_to_the_upstream() {
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (conf, listen) = config(
+    let gate = Gate::start(&config_text(
         upstream.local_addr().unwrap(),
         "policy = \"none\"\nproxy_protocol = true",
         "",
-    );
-    let _gate = Gate::start(&conf);
+    ));
+    let listen = gate.listen();
 
     let client = std::net::TcpStream::connect(listen).unwrap();
     let client_addr = client.local_addr().unwrap();
@@ -239,48 +217,38 @@ fn import_asa_prints_toml_that_check_accepts() {
 #[test]
 fn executor_start_up_failure_is_reported_and_exits_one() {
     let up = Upstream::start(&[]);
-    let (conf, _) = config(up.addr, "policy = \"none\"", "");
     let dir = scratch_dir("memlock");
     let path = dir.join("smtpgate.toml");
-    std::fs::write(&path, conf).unwrap();
+    std::fs::write(&path, config_text(up.addr, "policy = \"none\"", "")).unwrap();
     // glommio refuses to start below 512 KiB of RLIMIT_MEMLOCK; that error only
     // surfaces when the executor threads are joined.
     let script = format!(
         "ulimit -l 16 && exec {} run -c {}",
-        env!("CARGO_BIN_EXE_smtpgate"),
+        binary("smtpgate").display(),
         path.display()
     );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let out = run_bounded(Command::new("sh").args(["-c", &script]), LIMIT);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("executors failed to start"), "{stderr}");
     assert!(stderr.contains("RLIMIT_MEMLOCK"), "{stderr}");
 }
 
-fn status(admin: SocketAddr) -> serde_json::Value {
-    let response = http_get(admin, "/status");
-    serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap()
-}
-
 #[test]
 fn status_counts_limit_rejections_upstream_failures_and_exempt_sessions() {
     let up = Upstream::start(&[]);
     let dead = local(free_port());
-    let (conf, listen) = config(
+    let conf = config_text(
         up.addr,
         "policy = \"default\"\nexempt = [\"127.0.0.7/32\"]",
         "[limits]\nmax_connections = 1\nmax_embryonic = 1",
     );
     // A second listener whose upstream is down.
-    let down_listen = local(free_port());
     let conf = format!(
-        "{conf}\n[[listener]]\nlisten = \"{down_listen}\"\nupstream = \"{dead}\"\npolicy = \"none\"\n"
+        "{conf}\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{dead}\"\npolicy = \"none\"\n"
     );
-    let _gate = Gate::start(&conf);
-    let admin = admin_addr(&conf);
+    let gate = Gate::start(&conf);
+    let (listen, down_listen, admin) = (gate.listen(), gate.listener(1), gate.admin());
 
     let mut exempt = Client::connect_from("127.0.0.7", listen);
     assert_eq!(exempt.reply(), UPSTREAM_BANNER);
@@ -290,16 +258,12 @@ fn status_counts_limit_rejections_upstream_failures_and_exempt_sessions() {
     exempt.reply();
     assert_eq!(exempt.read_to_end(), b"");
     drop(exempt);
-    let deadline = Instant::now() + LIMIT;
-    while status(admin)["connections"]["active"] != 0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    gate.wait_status(|s| s["connections"]["active"] == 0);
     let mut no_upstream = Client::connect(down_listen);
     assert!(no_upstream.reply().starts_with(b"421 4.4.1"));
     assert_eq!(no_upstream.read_to_end(), b"");
 
-    let s = status(admin);
+    let s = gate.status();
     let c = &s["connections"];
     assert_eq!(c["accepted"], 3, "{s}");
     assert_eq!(c["rejected"]["max_connections"], 1, "{s}");
@@ -321,22 +285,15 @@ fn status_counts_limit_rejections_upstream_failures_and_exempt_sessions() {
 #[test]
 fn a_client_that_never_closes_after_the_server_did_is_finished_not_timed_out() {
     let up = Upstream::start(&[]);
-    let (conf, listen) = config(up.addr, "policy = \"none\"", "");
-    let _gate = Gate::start(&conf);
-    let admin = admin_addr(&conf);
+    let gate = Gate::start(&config_text(up.addr, "policy = \"none\"", ""));
 
-    let mut c = Client::connect(listen);
+    let mut c = Client::connect(gate.listen());
     c.reply();
     c.send(b"QUIT\r\n");
     assert_eq!(c.reply(), b"221 2.0.0 Bye\r\n");
     assert_eq!(c.read_to_end(), b"", "the server's close is passed on");
     // Keep our side open: smtpgate ends the session after its close grace.
-    let deadline = Instant::now() + LIMIT;
-    while status(admin)["connections"]["active"] != 0 {
-        assert!(Instant::now() < deadline, "session never ended");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let s = status(admin);
+    let s = gate.wait_status(|s| s["connections"]["active"] == 0);
     assert_eq!(s["connections"]["timeouts"]["idle"], 0, "{s}");
     drop(c);
 }

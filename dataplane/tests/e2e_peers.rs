@@ -4,11 +4,13 @@
 mod common;
 mod e2e_support;
 
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use e2e_support::*;
+use testkit::self_signed;
 
 /// Waits (bounded) for the upstream to complete `n` messages.
 fn wait_messages(upstream: &Upstream, n: usize) -> Vec<Vec<u8>> {
@@ -18,7 +20,9 @@ fn wait_messages(upstream: &Upstream, n: usize) -> Vec<Vec<u8>> {
 
 /// A DKIM-signed message with the features that break classic inspection: a folded
 /// DKIM-Signature header, lines starting with '.', a 990-octet line, a MIME attachment.
-fn dkim_signed_message() -> Vec<u8> {
+/// `dots` is what stands before the two dotted lines: "" for the message itself, "."
+/// for it as a DATA client must send it (a line's leading dot doubled).
+fn dkim_signed_message(dots: &str) -> Vec<u8> {
     let mut m = String::new();
     m.push_str("DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org;\r\n");
     m.push_str(" s=sel1; h=from:to:subject:date:message-id:mime-version;\r\n");
@@ -29,7 +33,9 @@ fn dkim_signed_message() -> Vec<u8> {
     m.push_str("MIME-Version: 1.0\r\n");
     m.push_str("Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n");
     m.push_str("--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n");
-    m.push_str(".a line that starts with a dot\r\n..and one with two\r\n");
+    m.push_str(&format!(
+        "{dots}.a line that starts with a dot\r\n{dots}..and one with two\r\n"
+    ));
     m.push_str(&"x".repeat(990));
     m.push_str("\r\n--b1\r\nContent-Type: application/pdf\r\n");
     m.push_str("Content-Transfer-Encoding: base64\r\n");
@@ -65,20 +71,19 @@ fn smtplib_dkim_signed_mail_arrives_unchanged_with_banner_and_keywords_masked() 
         "X-EXPS GSSAPI",
         "CHUNKING",
     ]);
-    let (config, listen) = config(
+    let gate = Gate::start(&config_text(
         upstream.addr,
         "policy = \"default\"\nbanner_name = \"mx.edge.test\"",
         "",
-    );
-    let _gate = Gate::start(&config);
+    ));
 
     let dir = scratch_dir("smtplib");
-    let msg = dkim_signed_message();
+    let msg = dkim_signed_message("");
     std::fs::write(dir.join("msg.eml"), &msg).unwrap();
     let out = python(
         SMTPLIB_SEND,
         &[
-            listen.port().to_string(),
+            gate.listen().port().to_string(),
             dir.join("msg.eml").display().to_string(),
         ],
         LIMIT,
@@ -127,36 +132,37 @@ fn smtplib_dkim_signed_mail_arrives_unchanged_with_banner_and_keywords_masked() 
     assert_eq!(command_lines(&wire, "RCPT"), ["rcpt TO:<bob@example.net>"]);
     assert_eq!(
         String::from_utf8_lossy(&got[0]),
-        String::from_utf8_lossy(&dot_stuffed(&msg))
+        String::from_utf8_lossy(&dkim_signed_message("."))
     );
 }
 
-fn swaks() -> std::path::PathBuf {
-    peer("swaks")
+/// swaks from alice@example.org to `to` (comma-separated) through `server`, with
+/// `options`; bounded.
+fn swaks(server: SocketAddr, to: &str, options: &[&str]) -> std::process::Output {
+    let server = server.to_string();
+    run_bounded(
+        Command::new(peer("swaks"))
+            .args([
+                "--server",
+                &server,
+                "--from",
+                "alice@example.org",
+                "--to",
+                to,
+            ])
+            .args(options)
+            .args(["--timeout", "10"]),
+        LIMIT,
+    )
 }
 
 #[test]
 fn swaks_pipelined_transaction_is_delivered() {
-    let swaks = swaks();
-    let upstream = Upstream::start(&["PIPELINING", "8BITMIME"]);
-    let (config, listen) = config(upstream.addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&config);
-
-    let out = run_bounded(
-        Command::new(swaks).args([
-            "--server",
-            &listen.to_string(),
-            "--from",
-            "alice@example.org",
-            "--to",
-            "bob@example.net,carol@example.net",
-            "--pipeline",
-            "--body",
-            "pipelined hello",
-            "--timeout",
-            "10",
-        ]),
-        LIMIT,
+    let (upstream, gate) = gated_upstream(&["PIPELINING", "8BITMIME"], "policy = \"default\"", "");
+    let out = swaks(
+        gate.listen(),
+        "bob@example.net,carol@example.net",
+        &["--pipeline", "--body", "pipelined hello"],
     );
     let transcript = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "swaks failed:\n{transcript}");
@@ -168,25 +174,9 @@ fn swaks_pipelined_transaction_is_delivered() {
 
 #[test]
 fn swaks_over_100_recipients_is_dropped_before_any_data_under_asa_compat() {
-    let swaks = swaks();
-    let upstream = Upstream::start(&["PIPELINING"]);
-    let (config, listen) = config(upstream.addr, "policy = \"asa-compat\"", "");
-    let gate = Gate::start(&config);
-
+    let (upstream, gate) = gated_upstream(&["PIPELINING"], "policy = \"asa-compat\"", "");
     let rcpts: Vec<String> = (0..101).map(|i| format!("user{i}@example.net")).collect();
-    let out = run_bounded(
-        Command::new(swaks).args([
-            "--server",
-            &listen.to_string(),
-            "--from",
-            "alice@example.org",
-            "--to",
-            &rcpts.join(","),
-            "--timeout",
-            "10",
-        ]),
-        LIMIT,
-    );
+    let out = swaks(gate.listen(), &rcpts.join(","), &[]);
     let transcript = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "swaks should fail:\n{transcript}");
     assert!(
@@ -275,14 +265,7 @@ fn readme_config_sample_passes_check() {
     // The sample names the edge's certificate under /etc/smtpgate, and `check` reads
     // and validates it: put a real pair there in a scratch copy.
     let dir = scratch_dir("readme");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["mx.example.test".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cert_path, key_path) = (dir.join("mx.pem"), dir.join("mx.key"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let (cert_path, key_path) = self_signed(&dir, "mx", &["mx.example.test"]);
     assert!(
         sample.contains("\"/etc/smtpgate/mx.pem\"") && sample.contains("\"/etc/smtpgate/mx.key\""),
         "the README sample no longer names /etc/smtpgate/mx.pem and mx.key"

@@ -5,36 +5,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-fn admin_addr(conf: &str) -> SocketAddr {
-    let line = conf.lines().nth(1).unwrap(); // `listen = "..."` under [admin]
-    line.trim_start_matches("listen = \"")
-        .trim_end_matches('"')
-        .parse()
-        .unwrap()
-}
-
-/// One request with optional extra header lines; the whole response.
-fn request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> String {
-    let mut s = TcpStream::connect_timeout(&addr, LIMIT).unwrap();
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[test]
 fn three_idle_admin_connections_do_not_delay_status_past_one_second() {
     let up = Upstream::start(&[]);
-    let (conf, _) = config(up.addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&conf);
-    let admin = admin_addr(&conf);
+    let gate = Gate::start(&config_text(up.addr, "policy = \"default\"", ""));
+    let admin = gate.admin();
     // Connected, never sending a byte (and one with half a request line).
     let idle: Vec<TcpStream> = (0..3)
         .map(|i| {
@@ -62,24 +43,23 @@ fn three_idle_admin_connections_do_not_delay_status_past_one_second() {
 #[test]
 fn probes_answer_get_and_head_and_readyz_fails_while_draining() {
     let up = Upstream::start(&[]);
-    let (conf, listen) = config(
+    let mut gate = Gate::start(&config_text(
         up.addr,
         "policy = \"default\"",
         "[timeouts]\nshutdown_drain = \"20s\"",
-    );
-    let mut gate = Gate::start(&conf);
-    let admin = admin_addr(&conf);
+    ));
+    let (listen, admin) = (gate.listen(), gate.admin());
 
-    let health = request(admin, "GET", "/healthz", "");
+    let health = http_request(admin, "GET", "/healthz", "");
     assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
     assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
-    let head = request(admin, "HEAD", "/healthz", "");
+    let head = http_request(admin, "HEAD", "/healthz", "");
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
     assert!(head.contains("Content-Length: 3\r\n"), "{head}");
-    let ready = request(admin, "GET", "/readyz", "");
+    let ready = http_request(admin, "GET", "/readyz", "");
     assert!(ready.starts_with("HTTP/1.1 200 OK"), "{ready}");
-    let post = request(admin, "POST", "/healthz", "Content-Length: 0\r\n");
+    let post = http_request(admin, "POST", "/healthz", "Content-Length: 0\r\n");
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
 
     // A live session keeps the process draining after SIGTERM.
@@ -88,7 +68,7 @@ fn probes_answer_get_and_head_and_readyz_fails_while_draining() {
     gate.signal(15);
     let deadline = Instant::now() + LIMIT;
     loop {
-        let ready = request(admin, "GET", "/readyz", "");
+        let ready = http_request(admin, "GET", "/readyz", "");
         if ready.starts_with("HTTP/1.1 503") {
             assert!(ready.ends_with("draining\n"), "{ready}");
             break;
@@ -96,7 +76,7 @@ fn probes_answer_get_and_head_and_readyz_fails_while_draining() {
         assert!(Instant::now() < deadline, "{ready}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let health = request(admin, "GET", "/healthz", "");
+    let health = http_request(admin, "GET", "/healthz", "");
     assert!(
         health.starts_with("HTTP/1.1 200 OK"),
         "draining shards are alive: {health}"
@@ -113,33 +93,25 @@ fn a_bearer_token_guards_status_and_metrics_but_not_the_probes() {
     let dir = scratch_dir("token");
     let token_file = dir.join("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
-    let (conf, _) = config(up.addr, "policy = \"default\"", "");
-    let conf = conf.replacen(
+    let conf = config_text(up.addr, "policy = \"default\"", "").replacen(
         "[admin]\n",
         &format!("[admin]\ntoken_file = \"{}\"\n", token_file.display()),
         1,
     );
-    // `listen` moved to line 3; find the admin address by key.
-    let admin: SocketAddr = conf
-        .lines()
-        .find_map(|l| l.strip_prefix("listen = \""))
-        .unwrap()
-        .trim_end_matches('"')
-        .parse()
-        .unwrap();
-    let _gate = Gate::start(&conf);
+    let gate = Gate::start(&conf);
+    let admin = gate.admin();
 
     for path in ["/status", "/metrics"] {
-        let refused = request(admin, "GET", path, "");
+        let refused = http_request(admin, "GET", path, "");
         assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
         assert!(refused.contains("WWW-Authenticate: Bearer"), "{refused}");
-        let wrong = request(admin, "GET", path, "Authorization: Bearer s3cret-tokeN\r\n");
+        let wrong = http_request(admin, "GET", path, "Authorization: Bearer s3cret-tokeN\r\n");
         assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
-        let allowed = request(admin, "GET", path, "Authorization: Bearer s3cret-token\r\n");
+        let allowed = http_request(admin, "GET", path, "Authorization: Bearer s3cret-token\r\n");
         assert!(allowed.starts_with("HTTP/1.1 200 OK"), "{allowed}");
     }
     for path in ["/healthz", "/readyz"] {
-        let open = request(admin, "GET", path, "");
+        let open = http_request(admin, "GET", path, "");
         assert!(open.starts_with("HTTP/1.1 200 OK"), "{open}");
     }
 }

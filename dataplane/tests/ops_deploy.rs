@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
-
 use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::*;
+use testkit::Datagrams;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -22,108 +21,53 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap()
 }
 
-/// Collects datagrams until one contains `wanted` (bounded); returns all seen.
-fn wait_notify(socket: &UnixDatagram, seen: &mut Vec<String>, wanted: &str) {
-    let deadline = Instant::now() + LIMIT;
-    let mut buf = [0u8; 4096];
-    while !seen.iter().any(|m| m.contains(wanted)) {
-        assert!(Instant::now() < deadline, "no {wanted:?} in {seen:?}");
-        if let Ok(n) = socket.recv(&mut buf) {
-            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-    }
-}
-
 #[test]
 fn systemd_hears_ready_reloading_watchdog_and_stopping() {
     let up = Upstream::start(&[]);
-    let (conf, _) = config(up.addr, "policy = \"default\"", "");
-    let dir = scratch_dir("notify");
-    let socket_path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let conf = config_text(up.addr, "policy = \"default\"", "");
+    let mut notify = Datagrams::bind("notify");
     // Only this child gets the variables (setting them on the test process would leak
     // them into the other tests' children).
-    let config_path = dir.join("smtpgate.toml");
-    std::fs::write(&config_path, &conf).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_smtpgate"))
-        .args(["run", "--cores", "2", "-c"])
-        .arg(&config_path)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "400000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut gate = Child(child);
-    let mut seen = Vec::new();
-    wait_notify(&socket, &mut seen, "READY=1");
+    let mut gate = Gate::spawn_command(&conf, &[], |command, _| {
+        command
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env("WATCHDOG_USEC", "400000");
+    });
+    notify.wait("READY=1");
     assert!(
-        seen[0].contains("STATUS=serving 1 listener(s) on 2 shard(s)"),
-        "{seen:?}"
+        notify.seen[0].contains("STATUS=serving 1 listener(s) on 2 shard(s)"),
+        "{:?}",
+        notify.seen
     );
-    wait_notify(&socket, &mut seen, "WATCHDOG=1");
-    gate.signal("-HUP");
-    wait_notify(&socket, &mut seen, "RELOADING=1");
-    let reloading = seen.iter().position(|m| m.contains("RELOADING=1")).unwrap();
-    assert!(seen[reloading].contains("MONOTONIC_USEC="), "{seen:?}");
-    let deadline = Instant::now() + LIMIT;
-    while !seen[reloading + 1..].iter().any(|m| m.contains("READY=1")) {
-        assert!(Instant::now() < deadline, "no READY after reload: {seen:?}");
-        let mut buf = [0u8; 4096];
-        if let Ok(n) = socket.recv(&mut buf) {
-            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-    }
-    gate.signal("-TERM");
-    wait_notify(&socket, &mut seen, "STOPPING=1");
-    assert_eq!(gate.wait_exit(), Some(0));
-}
-
-/// A child smtpgate, killed on drop.
-struct Child(std::process::Child);
-
-impl Child {
-    /// `kill -NAME`.
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(self.0.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "smtpgate did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    notify.wait("WATCHDOG=1");
+    gate.signal(libc::SIGHUP);
+    let reloading = notify.wait_from(0, "RELOADING=1");
+    assert!(
+        notify.seen[reloading].contains("MONOTONIC_USEC="),
+        "{:?}",
+        notify.seen
+    );
+    notify.wait_from(reloading + 1, "READY=1");
+    gate.signal(libc::SIGTERM);
+    notify.wait("STOPPING=1");
+    assert_eq!(gate.wait_exit(LIMIT), Some(0), "smtpgate did not exit");
 }
 
 #[test]
 fn a_changed_config_file_is_reloaded_with_watch_config_and_admin_listen_overrides() {
     let up = Upstream::start(&[]);
-    let (conf, _) = config(up.addr, "policy = \"default\"", "");
-    let admin = local(free_port());
-    let admin_arg = admin.to_string();
+    // The config's admin address is 127.0.0.1:0; the override is on 127.0.0.2, so the
+    // readiness line's admin address shows which one was bound.
+    let conf = config_text(up.addr, "policy = \"default\"", "");
     let gate = Gate::start_with(
         &conf,
-        &["--watch-config", "200ms", "--admin-listen", &admin_arg],
+        &["--watch-config", "200ms", "--admin-listen", "127.0.0.2:0"],
+    );
+    let admin = gate.admin();
+    assert_eq!(
+        admin.ip(),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+        "--admin-listen overrides the config"
     );
     let ready = http_get(admin, "/readyz");
     assert!(ready.starts_with("HTTP/1.1 200 OK"), "{ready}");
@@ -131,15 +75,14 @@ fn a_changed_config_file_is_reloaded_with_watch_config_and_admin_listen_override
     gate.wait_log("changed: reloading");
     gate.wait_log("SIGHUP: reloaded");
     // The counter moves just after the log line: poll (bounded).
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let metrics = http_get(admin, "/metrics");
-        if metrics.contains("smtpgate_config_reloads_total{result=\"success\"} 1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{metrics}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let metrics = gate.wait_metric("smtpgate_config_reloads_total{result=\"success\"}", 1.0);
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "smtpgate_config_reloads_total{result=\"success\"}"
+        ),
+        1.0
+    );
 }
 
 #[test]

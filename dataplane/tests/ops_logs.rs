@@ -6,18 +6,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn admin_addr(conf: &str) -> SocketAddr {
-    let line = conf.lines().nth(1).unwrap(); // `listen = "..."` under [admin]
-    line.trim_start_matches("listen = \"")
-        .trim_end_matches('"')
-        .parse()
-        .unwrap()
-}
+use testkit::{wait_until, Datagrams};
 
 /// A policy that logs every NOOP: one event line per command, traffic goes on.
 const LOUD: &str = "[policy.loud]\nextends = \"default\"\nrules = [\"match cmd verb NOOP log\"]";
@@ -45,29 +38,13 @@ fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
 #[test]
 fn a_stalled_stdout_reader_does_not_stall_new_sessions_and_healthz_stays_honest() {
     let up = Upstream::start(&[]);
-    let (conf, listen) = config(up.addr, "policy = \"loud\"", LOUD);
-    let admin = admin_addr(&conf);
-    let dir = scratch_dir("stalled-log");
-    let path = dir.join("smtpgate.toml");
-    std::fs::write(&path, &conf).unwrap();
+    let conf = config_text(up.addr, "policy = \"loud\"", LOUD);
     // stdout is a pipe this test holds open and never reads: it fills at 64 KiB.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtpgate"))
-        .args(["run", "--cores", "2", "-c"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
-        .spawn()
-        .unwrap();
-    let _unread_stdout = child.stdout.take();
-    let guard = KillOnDrop(child);
-    let deadline = Instant::now() + LIMIT;
-    while !std::fs::read_to_string(dir.join("stderr"))
-        .unwrap_or_default()
-        .contains("listening on")
-    {
-        assert!(Instant::now() < deadline, "smtpgate did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut gate = Gate::start_command(&conf, &[], |command, _| {
+        command.stdout(Stdio::piped());
+    });
+    let _unread_stdout = gate.child.stdout.take();
+    let (listen, admin) = (gate.listen(), gate.admin());
 
     // 16 event lines and a summary per session, ~250 bytes each: ~1.2 MB, far past
     // the pipe's 64 KiB and the writer's 4096 queued lines.
@@ -100,23 +77,16 @@ fn a_stalled_stdout_reader_does_not_stall_new_sessions_and_healthz_stays_honest(
         .parse()
         .unwrap();
     assert!(dropped > 0, "lines past the queue are dropped and counted");
-    drop(guard);
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
 fn json_lines_carry_level_session_peers_and_a_summary_per_session() {
     let up = Upstream::start(&[]);
-    let (conf, listen) = config(up.addr, "policy = \"loud\"", LOUD);
-    let gate = Gate::start_with(&conf, &["--log-format", "json"]);
+    let gate = Gate::start_with(
+        &config_text(up.addr, "policy = \"loud\"", LOUD),
+        &["--log-format", "json"],
+    );
+    let listen = gate.listen();
 
     let mut c = Client::connect(listen);
     c.reply();
@@ -171,9 +141,8 @@ fn json_lines_carry_level_session_peers_and_a_summary_per_session() {
 #[test]
 fn a_session_logs_at_most_sixteen_events_and_its_summary_counts_the_rest() {
     let up = Upstream::start(&[]);
-    let (conf, listen) = config(up.addr, "policy = \"loud\"", LOUD);
-    let gate = Gate::start(&conf);
-    noisy_session(listen, 40);
+    let gate = Gate::start(&config_text(up.addr, "policy = \"loud\"", LOUD));
+    noisy_session(gate.listen(), 40);
     let all = gate.wait_log("302014");
     let events = all.matches("%SMTPGATE-4-108005").count();
     assert_eq!(events, 16, "{all}");
@@ -184,12 +153,12 @@ fn a_session_logs_at_most_sixteen_events_and_its_summary_counts_the_rest() {
 #[test]
 fn a_client_refused_by_a_connection_limit_is_logged() {
     let up = Upstream::start(&[]);
-    let (conf, listen) = config(
+    let gate = Gate::start(&config_text(
         up.addr,
         "policy = \"default\"",
         "[limits]\nmax_connections = 1",
-    );
-    let gate = Gate::start(&conf);
+    ));
+    let listen = gate.listen();
     let mut first = Client::connect(listen);
     first.reply();
     let mut refused = Client::connect(listen);
@@ -204,92 +173,52 @@ fn a_client_refused_by_a_connection_limit_is_logged() {
     );
 }
 
-/// Waits (bounded) for a datagram containing `wanted`; returns every one seen.
-fn wait_datagram(socket: &std::os::unix::net::UnixDatagram, seen: &mut Vec<String>, wanted: &str) {
-    let deadline = Instant::now() + LIMIT;
-    let mut buf = [0u8; 8192];
-    while !seen.iter().any(|m| m.contains(wanted)) {
-        assert!(Instant::now() < deadline, "no {wanted:?} in {seen:?}");
-        if let Ok(n) = socket.recv(&mut buf) {
-            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-    }
-}
-
 #[test]
 fn syslog_target_sends_rfc5424_with_mail_facility_and_severity() {
     let up = Upstream::start(&[]);
-    let (conf, listen) = config(up.addr, "policy = \"loud\"", LOUD);
-    let dir = scratch_dir("syslog");
-    let socket_path = dir.join("log.sock");
-    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let path = socket_path.to_str().unwrap();
-    let gate = Gate::spawn(&conf, &["--log-target", "syslog", "--syslog-socket", path]);
-    let mut seen = Vec::new();
-    wait_datagram(&socket, &mut seen, "listening on");
-    noisy_session(listen, 1);
-    wait_datagram(&socket, &mut seen, "302014");
+    let conf = config_text(up.addr, "policy = \"loud\"", LOUD);
+    let mut syslog = Datagrams::bind("syslog");
+    let path = syslog.path.to_str().unwrap().to_string();
+    let gate = Gate::spawn(&conf, &["--log-target", "syslog", "--syslog-socket", &path]);
     let pid = gate.child.id();
     // <PRI>1 TIMESTAMP HOST smtpgate PID - - MSG; PRI = mail (2) * 8 + severity.
-    let ready = seen.iter().find(|m| m.contains("listening on")).unwrap();
+    let ready = syslog.wait("listening on").to_string();
     assert!(ready.starts_with("<21>1 "), "notice: {ready}");
-    assert!(
-        ready.contains(&format!(" smtpgate {pid} - - smtpgate: listening on")),
-        "{ready}"
-    );
-    let event = seen.iter().find(|m| m.contains("108005")).unwrap();
+    let header = format!(" smtpgate {pid} - - ");
+    let (_, message) = ready
+        .split_once(&header)
+        .unwrap_or_else(|| panic!("no {header:?} in {ready}"));
+    let listen = smtpgate_ready(&format!("{message}\n"))
+        .unwrap_or_else(|| panic!("not a readiness line: {message}"))
+        .listeners[0];
+    noisy_session(listen, 1);
+    syslog.wait("302014");
+    let event = syslog.wait("108005");
     assert!(event.starts_with("<20>1 "), "warning: {event}");
-    let summary = seen.iter().find(|m| m.contains("302014")).unwrap();
+    let summary = syslog.wait("302014");
     assert!(summary.starts_with("<22>1 "), "info: {summary}");
 }
 
 #[test]
 fn under_journald_each_line_carries_its_priority_prefix() {
     let up = Upstream::start(&[]);
-    let (conf, listen) = config(up.addr, "policy = \"loud\"", LOUD);
-    let dir = scratch_dir("journal");
-    let path = dir.join("smtpgate.toml");
-    std::fs::write(&path, &conf).unwrap();
-    let stdout_path = dir.join("stdout");
-    let stdout = std::fs::File::create(&stdout_path).unwrap();
+    let conf = config_text(up.addr, "policy = \"loud\"", LOUD);
     // systemd names the journal stream it connected as dev:inode in JOURNAL_STREAM.
-    use std::os::unix::fs::MetadataExt;
-    let meta = stdout.metadata().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_smtpgate"))
-        .args(["run", "--cores", "1", "-c"])
-        .arg(&path)
-        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
-        .stdout(stdout)
-        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
-        .spawn()
-        .unwrap();
-    let _guard = KillOnDrop(child);
-    let deadline = Instant::now() + LIMIT;
-    while !std::fs::read_to_string(dir.join("stderr"))
-        .unwrap_or_default()
-        .contains("listening on")
-    {
-        assert!(Instant::now() < deadline, "smtpgate did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    noisy_session(listen, 1);
-    let deadline = Instant::now() + LIMIT;
-    let out = loop {
-        let out = std::fs::read_to_string(&stdout_path).unwrap();
-        if out.contains("302014") {
-            break out;
-        }
-        assert!(Instant::now() < deadline, "{out}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let gate = Gate::start_command(&conf, &[], |command, dir| {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir.join("stdout")).unwrap();
+        command.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    });
+    noisy_session(gate.listen(), 1);
+    let out = wait_until(LIMIT, || {
+        Some(gate.stdout()).filter(|out| out.contains("302014"))
+    })
+    .unwrap_or_else(|| panic!("no session summary on stdout:\n{}", gate.stdout()));
     let event = out.lines().find(|l| l.contains("108005")).unwrap();
     assert!(event.starts_with("<4>"), "{event}");
     let summary = out.lines().find(|l| l.contains("302014")).unwrap();
     assert!(summary.starts_with("<6>"), "{summary}");
     // stderr is not the journal stream here: no prefixes there.
-    let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    let stderr = gate.stderr();
     assert!(stderr.starts_with("smtpgate: "), "{stderr}");
 }

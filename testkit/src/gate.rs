@@ -1,15 +1,17 @@
 //! The real `smtpgate` binary under test: a running `smtpgate run` (killed on drop)
-//! whose bound addresses come from its readiness line, and one-shot subcommands.
+//! whose bound addresses come from its readiness line, its admin endpoint (`/status`,
+//! `/metrics`, bounded waits on both), and one-shot subcommands.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::process::{binary, free_port, local, run_bounded, scratch_dir, signal, LIMIT};
 use crate::ready::{smtpgate_ready, Ready};
+use crate::upstream::Upstream;
 
 /// A config with one listener and the admin endpoint, both on port 0 (the bound
 /// ports are on [`Gate::listen`] and [`Gate::admin`]); `extra` is inserted before the
@@ -32,6 +34,15 @@ pub fn config(upstream: SocketAddr, listener_lines: &str, extra: &str) -> (Strin
     (text, listen)
 }
 
+/// A recording [`Upstream`] offering `keywords` and smtpgate in front of it, one
+/// listener with `listener_lines` (its policy, options) and `extra` config sections:
+/// the set-up of most inspection tests.
+pub fn gated_upstream(keywords: &[&str], listener_lines: &str, extra: &str) -> (Upstream, Gate) {
+    let upstream = Upstream::start(keywords);
+    let gate = Gate::start(&config_text(upstream.addr, listener_lines, extra));
+    (upstream, gate)
+}
+
 /// A running `smtpgate run`, killed on drop. Its stdout and stderr are files in `dir`.
 pub struct Gate {
     pub child: Child,
@@ -48,7 +59,19 @@ impl Gate {
 
     /// Like [`Gate::start`] with extra command-line arguments.
     pub fn start_with(config: &str, args: &[&str]) -> Gate {
-        let mut gate = Gate::spawn(config, args);
+        Gate::start_command(config, args, |_, _| {})
+    }
+
+    /// Like [`Gate::start_with`], with `customise` given the command before it is
+    /// spawned and the scratch directory (its `stdout` file already made): for an
+    /// environment variable or a stdout other than that file. Stderr stays the file
+    /// the readiness line is read from.
+    pub fn start_command(
+        config: &str,
+        args: &[&str],
+        customise: impl FnOnce(&mut Command, &Path),
+    ) -> Gate {
+        let mut gate = Gate::spawn_command(config, args, customise);
         let deadline = Instant::now() + LIMIT;
         loop {
             let err = gate.stderr();
@@ -72,19 +95,29 @@ impl Gate {
 
     /// Spawns without waiting for readiness (for start-up failure tests).
     pub fn spawn(config: &str, args: &[&str]) -> Gate {
+        Gate::spawn_command(config, args, |_, _| {})
+    }
+
+    /// [`Gate::spawn`] with `customise` as in [`Gate::start_command`].
+    pub fn spawn_command(
+        config: &str,
+        args: &[&str],
+        customise: impl FnOnce(&mut Command, &Path),
+    ) -> Gate {
         let dir = scratch_dir("gate");
         let config_path = dir.join("smtpgate.toml");
         std::fs::write(&config_path, config).unwrap();
-        let child = Command::new(binary("smtpgate"))
+        let mut command = Command::new(binary("smtpgate"));
+        command
             .arg("run")
             .arg("-c")
             .arg(&config_path)
             .args(["--cores", "2"])
             .args(args)
             .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
-            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
-            .spawn()
-            .expect("spawn smtpgate");
+            .stderr(std::fs::File::create(dir.join("stderr")).unwrap());
+        customise(&mut command, &dir);
+        let child = command.spawn().expect("spawn smtpgate");
         Gate {
             child,
             dir,
@@ -135,6 +168,47 @@ impl Gate {
         }
     }
 
+    /// `/status` as JSON (the answer must be 200).
+    pub fn status(&self) -> serde_json::Value {
+        let response = http_get(self.admin(), "/status");
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        serde_json::from_str(http_body(&response)).unwrap()
+    }
+
+    /// Waits (bounded) until `/status` satisfies `done`; returns it.
+    pub fn wait_status(&self, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{status}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The `/metrics` text (the answer must be 200).
+    pub fn metrics(&self) -> String {
+        let response = http_get(self.admin(), "/metrics");
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        http_body(&response).to_string()
+    }
+
+    /// Waits (bounded) until the sample `series` reaches `at_least`; returns the
+    /// metrics text it did in.
+    pub fn wait_metric(&self, series: &str, at_least: f64) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let text = self.metrics();
+            if metric_value(&text, series) >= at_least {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "{series} < {at_least}:\n{text}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn signal(&self, number: i32) {
         signal(self.child.id(), number);
     }
@@ -171,12 +245,52 @@ pub fn smtpgate(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-/// A tiny HTTP GET (the admin endpoint), bounded.
+/// A tiny HTTP GET (the admin endpoint), bounded; the whole response.
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    http_request(addr, "GET", path, "")
+}
+
+/// One HTTP/1.1 request with extra `headers` (each line ending in CRLF), bounded; the
+/// whole response (the admin endpoint closes after answering).
+pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> String {
     let mut s = TcpStream::connect_timeout(&addr, LIMIT).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+/// The body of an HTTP response: what follows the blank line.
+pub fn http_body(response: &str) -> &str {
+    response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers in {response:?}"))
+        .1
+}
+
+/// The value of the Prometheus sample whose name and labels are exactly `series`.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_is_found_by_its_exact_name_and_labels() {
+        let text = "a_total 3\na_total{x=\"1\"} 4.5\na_total_more 9\n";
+        assert_eq!(metric_value(text, "a_total"), 3.0);
+        assert_eq!(metric_value(text, "a_total{x=\"1\"}"), 4.5);
+    }
+
+    #[test]
+    fn the_body_follows_the_blank_line() {
+        assert_eq!(http_body("HTTP/1.1 200 OK\r\nA: b\r\n\r\nok\n"), "ok\n");
+    }
 }

@@ -6,14 +6,19 @@
 //!   packages, named in the failure when missing) and sibling binaries.
 //! - `ready`    — readiness lines: the addresses a server bound (port 0 in its
 //!   config), so tests never pick a "free" port and race for it.
-//! - `gate`     — a running `smtpgate run` with its logs, killed on drop.
+//! - `datagram` — a Unix datagram socket for syslog and systemd notify messages.
+//! - `gate`     — a running `smtpgate run` with its logs and admin endpoint, killed
+//!   on drop.
 //! - `sink`     — a running `smtpgate-loadgen sink` with its digest log.
 //! - `postfix`  — a running Postfix smtp-sink, a foreign server.
 //! - `postfix_instance` — a private, complete Postfix on loopback (smtpd, queue,
 //!   delivery to a Maildir or to a relayhost), its log and what it delivered.
 //! - `upstream` — a fake SMTP upstream that records every byte it receives.
-//! - `smtp`     — a raw SMTP client, reply codes, dot-stuffing, BDAT commands.
+//! - `tls`      — self-signed certificate files, the `[tls]` section, the certificate
+//!   a STARTTLS server presents.
+//! - `smtp`     — a raw SMTP client, reply codes, BDAT commands, Python's smtplib.
 
+pub mod datagram;
 pub mod gate;
 pub mod postfix;
 pub mod postfix_instance;
@@ -21,9 +26,14 @@ pub mod process;
 pub mod ready;
 pub mod sink;
 pub mod smtp;
+pub mod tls;
 pub mod upstream;
 
-pub use gate::{config, config_text, http_get, smtpgate, Gate};
+pub use datagram::Datagrams;
+pub use gate::{
+    config, config_text, gated_upstream, http_body, http_get, http_request, metric_value, smtpgate,
+    Gate,
+};
 pub use postfix::PostfixSink;
 pub use postfix_instance::{Delivery, PostfixInstance, PostfixSetup, SmtpdTls, MAILBOX_DOMAIN};
 pub use process::{
@@ -33,6 +43,8 @@ pub use process::{
 pub use ready::{sink_ready, smtpgate_ready, Ready};
 pub use sink::Sink;
 pub use smtp::{
-    bdat, command_lines, dot_stuffed, python, reply_code, socket_from, BoundSocket, Client,
+    bdat, command_lines, host_port, python, python_stdout, reply_code, socket_from, text,
+    BoundSocket, Client,
 };
+pub use tls::{pem_body, presented_certificate, self_signed, tls_section, write_pair};
 pub use upstream::{Seen, Upstream, UPSTREAM_BANNER};

@@ -1,6 +1,6 @@
 //! Client-side SMTP for tests: a raw client over a std socket (every read bounded),
 //! optionally from a chosen loopback source address, and the small pieces of the
-//! protocol tests assert on: reply codes, dot-stuffing, BDAT commands, command lines.
+//! protocol tests assert on: reply codes, BDAT commands, command lines.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -18,6 +18,22 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         Client::from_stream(TcpStream::connect_timeout(&addr, LIMIT).expect("connect"))
+    }
+
+    /// Connects and reads the greeting, whatever it is.
+    pub fn after_greeting(addr: SocketAddr) -> Client {
+        let mut client = Client::connect(addr);
+        client.reply();
+        client
+    }
+
+    /// Connects, reads the greeting, says `hello` (e.g. `EHLO client.test`) and reads
+    /// its reply, whatever they are: for tests about what comes after.
+    pub fn greeted(addr: SocketAddr, hello: &str) -> Client {
+        let mut client = Client::after_greeting(addr);
+        client.send(format!("{hello}\r\n").as_bytes());
+        client.reply();
+        client
     }
 
     /// Connects from a chosen local address (e.g. 127.0.0.2 for an exempt client).
@@ -47,6 +63,24 @@ impl Client {
                 return all;
             }
         }
+    }
+
+    /// One whole reply, which must start with `prefix` (e.g. `b"421 4.7.0 "`); the
+    /// failure shows the reply.
+    pub fn reply_starting(&mut self, prefix: &[u8]) -> Vec<u8> {
+        let reply = self.reply();
+        assert!(
+            reply.starts_with(prefix),
+            "expected a reply starting {:?}, got {:?}",
+            text(prefix),
+            text(&reply)
+        );
+        reply
+    }
+
+    /// The next `count` replies, each whole.
+    pub fn replies(&mut self, count: usize) -> Vec<Vec<u8>> {
+        (0..count).map(|_| self.reply()).collect()
     }
 
     /// Everything until the peer closes (bounded by the read timeout).
@@ -120,6 +154,11 @@ impl BoundSocket {
     }
 }
 
+/// Bytes as text for assertion messages (invalid UTF-8 shown as U+FFFD).
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// The three-digit code of a reply (its first line), or `None` when it has none.
 pub fn reply_code(reply: &[u8]) -> Option<u16> {
     let digits = reply.get(..3)?;
@@ -127,21 +166,6 @@ pub fn reply_code(reply: &[u8]) -> Option<u16> {
         return None;
     }
     std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-/// Content as a DATA client puts it on the wire: every line's leading dot doubled
-/// (RFC 5321 4.5.2), without the terminating `.` line.
-pub fn dot_stuffed(content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + 16);
-    let mut at_line_start = true;
-    for &b in content {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    out
 }
 
 /// A BDAT command line for a chunk of `size` octets (RFC 3030).
@@ -170,6 +194,23 @@ pub fn python(script: &str, args: &[String], limit: Duration) -> Output {
     )
 }
 
+/// [`python`] for a script that must exit 0; its stdout.
+pub fn python_stdout(script: &str, args: &[String], limit: Duration) -> String {
+    let out = python(script, args, limit);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A server address as the two arguments `HOST PORT` of the scripts above.
+pub fn host_port(addr: SocketAddr) -> Vec<String> {
+    vec![addr.ip().to_string(), addr.port().to_string()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,14 +221,6 @@ mod tests {
         assert_eq!(reply_code(b"421"), Some(421));
         assert_eq!(reply_code(b"2x0 no\r\n"), None);
         assert_eq!(reply_code(b"25"), None);
-    }
-
-    #[test]
-    fn dot_stuffing_doubles_only_leading_dots() {
-        assert_eq!(
-            dot_stuffed(b".a\r\nb.c\r\n..\r\n"),
-            b"..a\r\nb.c\r\n...\r\n"
-        );
     }
 
     #[test]
