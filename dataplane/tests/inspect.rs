@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::Read;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -17,14 +16,13 @@ fn masked_banner() -> Vec<u8> {
 #[test]
 fn default_policy_masks_banner_and_keywords_and_xes_unknown_verbs_in_order() {
     let up = Upstream::start(&["PIPELINING", "X-SECRET"]);
-    let (conf, listen) = config(
+    let gate = Gate::start(&config_text(
         up.addr,
         "policy = \"default\"\nbanner_name = \"mx.edge.test\"",
         "",
-    );
-    let _gate = Gate::start(&conf);
+    ));
 
-    let mut c = Client::connect(listen);
+    let mut c = Client::connect(gate.listen());
     assert_eq!(c.reply(), masked_banner());
     c.send(b"EHLO client.test\r\n");
     assert_eq!(
@@ -52,24 +50,16 @@ fn default_policy_masks_banner_and_keywords_and_xes_unknown_verbs_in_order() {
 
 #[test]
 fn overlong_command_drops_the_session_and_logs() {
-    let up = Upstream::start(&[]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let gate = Gate::start(&conf);
+    let (up, gate) = gated_upstream(&[], "policy = \"default\"", "");
 
-    let mut c = Client::connect(listen);
-    c.reply();
+    let mut c = Client::after_greeting(gate.listen());
     c.send(b"HELO me\r\n");
     assert_eq!(c.reply(), b"250 mx.upstream.test\r\n");
     let mut long = b"MAIL FROM:<".to_vec();
     long.extend(std::iter::repeat_n(b'a', 600));
     long.extend_from_slice(b"@example.org>\r\n");
     c.send(&long);
-    let reply = c.reply();
-    assert!(
-        reply.starts_with(b"421 4.7.0 "),
-        "{}",
-        String::from_utf8_lossy(&reply)
-    );
+    c.reply_starting(b"421 4.7.0 ");
     assert_eq!(c.read_to_end(), b"", "session closed after the 421");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -87,12 +77,9 @@ fn overlong_command_drops_the_session_and_logs() {
 
 #[test]
 fn drop_mid_data_never_delivers_a_partial_message() {
-    let up = Upstream::start(&[]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&conf);
+    let (up, gate) = gated_upstream(&[], "policy = \"default\"", "");
 
-    let mut c = Client::connect(listen);
-    c.reply();
+    let mut c = Client::after_greeting(gate.listen());
     c.send(b"EHLO me\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n");
     for _ in 0..4 {
         c.reply();
@@ -102,12 +89,7 @@ fn drop_mid_data_never_delivers_a_partial_message() {
     c.send(b"From: a@example.org\r\n");
     c.send(&header);
     c.send(b"\r\n\r\nbody\r\n.\r\n");
-    let reply = c.reply();
-    assert!(
-        reply.starts_with(b"421 4.7.0 "),
-        "{}",
-        String::from_utf8_lossy(&reply)
-    );
+    c.reply_starting(b"421 4.7.0 ");
     std::thread::sleep(Duration::from_millis(300));
     assert!(up.messages().is_empty(), "no message may be delivered");
     let wire = up.wire(0);
@@ -119,18 +101,13 @@ fn drop_mid_data_never_delivers_a_partial_message() {
 
 #[test]
 fn reset_action_resets_both_sides() {
-    let up = Upstream::start(&[]);
-    let (conf, listen) = config(
-        up.addr,
+    let (_up, gate) = gated_upstream(
+        &[],
         "policy = \"strict\"",
         "[policy.strict]\nextends = \"default\"\nrules = [\"match cmd verb VRFY reset log\"]",
     );
-    let gate = Gate::start(&conf);
 
-    let mut c = Client::connect(listen);
-    c.reply();
-    c.send(b"HELO me\r\n");
-    c.reply();
+    let mut c = Client::greeted(gate.listen(), "HELO me");
     c.send(b"VRFY root\r\n");
     let mut rest = Vec::new();
     let err = c
@@ -144,11 +121,12 @@ fn reset_action_resets_both_sides() {
 #[test]
 fn json_log_format_prints_one_object_per_event() {
     let up = Upstream::start(&[]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let gate = Gate::start_with(&conf, &["--log-format", "json"]);
+    let gate = Gate::start_with(
+        &config_text(up.addr, "policy = \"default\"", ""),
+        &["--log-format", "json"],
+    );
 
-    let mut c = Client::connect(listen);
-    c.reply();
+    let mut c = Client::after_greeting(gate.listen());
     let mut long = b"HELO ".to_vec();
     long.extend(std::iter::repeat_n(b'h', 700));
     long.extend_from_slice(b"\r\n");
@@ -184,14 +162,13 @@ print("SENT")
 
 #[test]
 fn smtplib_delivers_two_messages_unchanged_through_the_default_policy() {
-    let up = Upstream::start(&["PIPELINING", "8BITMIME", "SIZE 10240000"]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&conf);
+    let (up, gate) = gated_upstream(
+        &["PIPELINING", "8BITMIME", "SIZE 10240000"],
+        "policy = \"default\"",
+        "",
+    );
 
-    let out = Command::new(testkit::peer("python3"))
-        .args(["-c", SMTPLIB_SCRIPT, &listen.port().to_string()])
-        .output()
-        .expect("python3");
+    let out = testkit::python(SMTPLIB_SCRIPT, &[gate.listen().port().to_string()], LIMIT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("SENT"),
@@ -208,11 +185,8 @@ fn smtplib_delivers_two_messages_unchanged_through_the_default_policy() {
 
 /// The EHLO reply lines a policy lets through, for an upstream advertising `keywords`.
 fn ehlo_reply_under(policy: &str, keywords: &[&str]) -> Vec<u8> {
-    let up = Upstream::start(keywords);
-    let (conf, listen) = config(up.addr, &format!("policy = \"{policy}\""), "");
-    let _gate = Gate::start(&conf);
-    let mut c = Client::connect(listen);
-    c.reply();
+    let (_up, gate) = gated_upstream(keywords, &format!("policy = \"{policy}\""), "");
+    let mut c = Client::after_greeting(gate.listen());
     c.send(b"EHLO client.test\r\n");
     c.reply()
 }
@@ -239,14 +213,9 @@ fn ehlo_keywords_are_masked_per_policy() {
 
 #[test]
 fn starttls_then_both_directions_are_opaque() {
-    let up = Upstream::start(&["STARTTLS"]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let gate = Gate::start(&conf);
+    let (up, gate) = gated_upstream(&["STARTTLS"], "policy = \"default\"", "");
 
-    let mut c = Client::connect(listen);
-    c.reply();
-    c.send(b"EHLO client.test\r\n");
-    c.reply();
+    let mut c = Client::greeted(gate.listen(), "EHLO client.test");
     c.send(b"STARTTLS\r\n");
     assert_eq!(c.reply(), b"220 2.0.0 Ready to start TLS\r\n");
     // Not SMTP any more: bytes that would be X-ed or dropped if inspected.
@@ -268,14 +237,9 @@ fn starttls_then_both_directions_are_opaque() {
 
 #[test]
 fn bdat_chunks_reach_the_server_unchanged() {
-    let up = Upstream::start(&["CHUNKING"]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&conf);
+    let (up, gate) = gated_upstream(&["CHUNKING"], "policy = \"default\"", "");
 
-    let mut c = Client::connect(listen);
-    c.reply();
-    c.send(b"EHLO client.test\r\n");
-    c.reply();
+    let mut c = Client::greeted(gate.listen(), "EHLO client.test");
     c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n");
     c.reply();
     c.reply();
@@ -300,14 +264,9 @@ fn bdat_chunks_reach_the_server_unchanged() {
 
 #[test]
 fn pipelined_transactions_are_delivered_with_replies_in_order() {
-    let up = Upstream::start(&["PIPELINING"]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&conf);
+    let (up, gate) = gated_upstream(&["PIPELINING"], "policy = \"default\"", "");
 
-    let mut c = Client::connect(listen);
-    c.reply();
-    c.send(b"EHLO client.test\r\n");
-    c.reply();
+    let mut c = Client::greeted(gate.listen(), "EHLO client.test");
     c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n");
     let replies: Vec<Vec<u8>> = (0..3).map(|_| c.reply()).collect();
     assert_eq!(
@@ -336,12 +295,9 @@ fn pipelined_transactions_are_delivered_with_replies_in_order() {
 
 #[test]
 fn more_than_100_recipients_drops_before_data_under_asa_compat() {
-    let up = Upstream::start(&["PIPELINING"]);
-    let (conf, listen) = config(up.addr, "policy = \"asa-compat\"", "");
-    let _gate = Gate::start(&conf);
+    let (up, gate) = gated_upstream(&["PIPELINING"], "policy = \"asa-compat\"", "");
 
-    let mut c = Client::connect(listen);
-    c.reply();
+    let mut c = Client::after_greeting(gate.listen());
     c.send(b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\n");
     c.reply();
     c.reply();
@@ -371,24 +327,16 @@ fn more_than_100_recipients_drops_before_data_under_asa_compat() {
 
 #[test]
 fn bare_lf_end_of_data_is_never_passed_on_as_an_end_of_message() {
-    let up = Upstream::start(&[]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&conf);
+    let (up, gate) = gated_upstream(&[], "policy = \"default\"", "");
 
-    let mut c = Client::connect(listen);
-    c.reply();
+    let mut c = Client::after_greeting(gate.listen());
     c.send(b"HELO me\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n");
     for _ in 0..4 {
         c.reply();
     }
     // SMTP smuggling: a bare-LF end of data followed by a second, forged transaction.
     c.send(b"Subject: x\r\n\r\nhello\n.\nMAIL FROM:<ceo@bank.example>\r\nRCPT TO:<v@example.net>\r\nDATA\r\nforged\r\n.\r\n");
-    let reply = c.reply();
-    assert!(
-        reply.starts_with(b"421 4.7.0 "),
-        "{}",
-        String::from_utf8_lossy(&reply)
-    );
+    c.reply_starting(b"421 4.7.0 ");
     std::thread::sleep(Duration::from_millis(200));
     assert!(up.messages().is_empty(), "nothing delivered");
     assert!(!String::from_utf8_lossy(&up.wire(0)).contains("ceo@bank"));

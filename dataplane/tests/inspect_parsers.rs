@@ -14,21 +14,13 @@ use common::*;
 
 /// A listener with `policy`, optionally a user policy defined in `extra`.
 fn gate_with(up: &Upstream, policy: &str, extra: &str) -> (Gate, std::net::SocketAddr) {
-    let (conf, listen) = config(up.addr, &format!("policy = \"{policy}\""), extra);
-    (Gate::start(&conf), listen)
-}
-
-/// Connects, reads the greeting, says EHLO and reads its reply.
-fn greeted(listen: std::net::SocketAddr) -> Client {
-    let mut c = Client::connect(listen);
-    c.reply();
-    c.send(b"EHLO client.test\r\n");
-    c.reply();
-    c
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    let gate = Gate::start(&config_text(
+        up.addr,
+        &format!("policy = \"{policy}\""),
+        extra,
+    ));
+    let listen = gate.listen();
+    (gate, listen)
 }
 
 /// The client hears `421 4.7.0 <reason>` and then the close; the upstream never saw
@@ -65,15 +57,12 @@ fn a_pipe_in_mail_from_or_rcpt_to_closes_the_session_with_108003_in_every_inspec
     ];
     for (session, (policy, before, bad)) in cases.into_iter().enumerate() {
         let (gate, listen) = gate_with(&up, policy, "");
-        let mut c = if policy == "mailguard" {
-            let mut c = Client::connect(listen);
-            c.reply();
-            c.send(b"HELO client.test\r\n");
-            c.reply();
-            c
+        let hello = if policy == "mailguard" {
+            "HELO"
         } else {
-            greeted(listen)
+            "EHLO"
         };
+        let mut c = Client::greeted(listen, &format!("{hello} client.test"));
         if !before.is_empty() {
             c.send(before);
             assert_eq!(c.reply(), b"250 2.0.0 Ok\r\n");
@@ -98,12 +87,12 @@ fn quoted_local_parts_and_upper_case_domains_do_not_evade_the_sender_regex() {
         b"MAIL FROM:<x@spam.example.> SIZE=100\r\n",
     ];
     for (session, line) in tricks.into_iter().enumerate() {
-        let mut c = greeted(listen);
+        let mut c = Client::greeted(listen, "EHLO client.test");
         c.send(line);
         assert_dropped(&mut c, &up, session, "Sender address not allowed", line);
     }
     // A near miss still passes, byte for byte.
-    let mut c = greeted(listen);
+    let mut c = Client::greeted(listen, "EHLO client.test");
     c.send(b"MAIL FROM:<\"a>b\"@spam.example.org>\r\nQUIT\r\n");
     assert_eq!(c.reply(), b"250 2.0.0 Ok\r\n");
     let wire = up.wait_wire(3, |w| w.ends_with(b"QUIT\r\n"));
@@ -114,7 +103,7 @@ fn quoted_local_parts_and_upper_case_domains_do_not_evade_the_sender_regex() {
 fn an_unparseable_path_is_masked_and_answered_by_the_server_in_order() {
     let up = Upstream::start(&["PIPELINING"]);
     let (gate, listen) = gate_with(&up, "default", "");
-    let mut c = greeted(listen);
+    let mut c = Client::greeted(listen, "EHLO client.test");
     c.send(b"MAIL FROM:<a@b\r\nMAIL FROM:<a@b>\r\nRCPT TO:<a b@c>\r\nRCPT TO:<c@d>\r\nQUIT\r\n");
     assert_eq!(c.reply(), b"500 5.5.1 Command unrecognized\r\n");
     assert_eq!(c.reply(), b"250 2.0.0 Ok\r\n");
@@ -131,7 +120,7 @@ fn an_unparseable_path_is_masked_and_answered_by_the_server_in_order() {
 
 /// Opens a transaction and DATA; returns once the 354 has arrived.
 fn in_data(listen: std::net::SocketAddr) -> Client {
-    let mut c = greeted(listen);
+    let mut c = Client::greeted(listen, "EHLO client.test");
     c.send(b"MAIL FROM:<a@example.org>\r\n");
     assert_eq!(c.reply(), b"250 2.0.0 Ok\r\n");
     c.send(b"RCPT TO:<b@example.net>\r\n");

@@ -12,18 +12,11 @@ use std::time::Duration;
 
 use common::*;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 #[test]
 fn a_drop_behind_a_queued_message_sends_its_250_before_the_421() {
-    let up = Upstream::start(&["PIPELINING"]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&conf);
+    let (up, gate) = gated_upstream(&["PIPELINING"], "policy = \"default\"", "");
 
-    let mut c = Client::connect(listen);
-    c.reply();
+    let mut c = Client::after_greeting(gate.listen());
     c.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n");
     for _ in 0..3 {
         assert!(c.reply().starts_with(b"250"));
@@ -36,24 +29,16 @@ fn a_drop_behind_a_queued_message_sends_its_250_before_the_421() {
     c.send(&write);
     let first = c.reply();
     assert_eq!(first, b"250 2.0.0 Ok: queued\r\n", "{}", text(&first));
-    let second = c.reply();
-    assert!(
-        second.starts_with(b"421 4.7.0 Command line too long"),
-        "{}",
-        text(&second)
-    );
+    c.reply_starting(b"421 4.7.0 Command line too long");
     assert_eq!(c.read_to_end(), b"");
     assert_eq!(up.messages().len(), 1, "the message was delivered once");
 }
 
 #[test]
 fn the_101st_recipient_is_answered_452_and_the_message_still_goes() {
-    let up = Upstream::start(&["PIPELINING"]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&conf);
+    let (up, gate) = gated_upstream(&["PIPELINING"], "policy = \"default\"", "");
 
-    let mut c = Client::connect(listen);
-    c.reply();
+    let mut c = Client::after_greeting(gate.listen());
     c.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\n");
     c.reply();
     c.reply();
@@ -79,40 +64,25 @@ fn the_101st_recipient_is_answered_452_and_the_message_still_goes() {
 
 #[test]
 fn bdat_to_a_server_without_chunking_is_masked_and_what_follows_judged_as_commands() {
-    let up = Upstream::start(&["PIPELINING"]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&conf);
+    let (up, gate) = gated_upstream(&["PIPELINING"], "policy = \"default\"", "");
 
-    let mut c = Client::connect(listen);
-    c.reply();
-    c.send(b"EHLO c\r\n");
-    c.reply();
+    let mut c = Client::greeted(gate.listen(), "EHLO c");
     c.send(b"BDAT 40 LAST\r\nWIZ\r\nKILL\r\nMAIL FROM:<a|b@example.com>\r\n");
     // The server answers the three masked lines, in order, then the pipe drops.
     for _ in 0..3 {
         let r = c.reply();
         assert!(r.starts_with(b"500"), "{}", text(&r));
     }
-    let drop = c.reply();
-    assert!(
-        drop.starts_with(b"421 4.7.0 Pipe in address"),
-        "{}",
-        text(&drop)
-    );
+    c.reply_starting(b"421 4.7.0 Pipe in address");
     let wire = up.wait_wire(0, |w| w.ends_with(b"XXXX\r\n"));
     assert_eq!(text(&wire), "EHLO c\r\nXXXXXXXXXXXX\r\nXXX\r\nXXXX\r\n");
 }
 
 #[test]
 fn a_bdat_count_above_2_to_the_53_is_masked_and_the_next_line_is_a_command() {
-    let up = Upstream::start(&["PIPELINING", "CHUNKING"]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&conf);
+    let (up, gate) = gated_upstream(&["PIPELINING", "CHUNKING"], "policy = \"default\"", "");
 
-    let mut c = Client::connect(listen);
-    c.reply();
-    c.send(b"EHLO c\r\n");
-    c.reply();
+    let mut c = Client::greeted(gate.listen(), "EHLO c");
     c.send(b"BDAT 9223372036854775808\r\nNOOP\r\n");
     assert!(c.reply().starts_with(b"500"));
     assert_eq!(
@@ -129,25 +99,15 @@ fn a_bdat_count_above_2_to_the_53_is_masked_and_the_next_line_is_a_command() {
 
 #[test]
 fn plaintext_pipelined_behind_starttls_never_reaches_the_server() {
-    let up = Upstream::start(&["STARTTLS"]);
-    let (conf, listen) = config(
-        up.addr,
+    let (up, gate) = gated_upstream(
+        &["STARTTLS"],
         "policy = \"default\"\nstarttls = \"passthrough\"",
         "",
     );
-    let gate = Gate::start(&conf);
 
-    let mut c = Client::connect(listen);
-    c.reply();
-    c.send(b"EHLO c\r\n");
-    c.reply();
+    let mut c = Client::greeted(gate.listen(), "EHLO c");
     c.send(b"STARTTLS\r\nNOOP injected\r\n");
-    let r = c.reply();
-    assert!(
-        r.starts_with(b"421 4.7.0 Data sent before TLS started"),
-        "{}",
-        text(&r)
-    );
+    c.reply_starting(b"421 4.7.0 Data sent before TLS started");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(text(&up.wire(0)), "EHLO c\r\nSTARTTLS\r\n");
     gate.wait_log("starttls-injection");
@@ -165,26 +125,18 @@ fn a_client_talking_before_the_greeting_is_dropped() {
             std::thread::sleep(Duration::from_millis(500));
         }
     });
-    let (conf, listen) = config(upstream, "policy = \"default\"", "");
-    let gate = Gate::start(&conf);
+    let gate = Gate::start(&config_text(upstream, "policy = \"default\"", ""));
 
-    let mut c = Client::connect(listen);
+    let mut c = Client::connect(gate.listen());
     c.send(b"EHLO early\r\n");
-    let r = c.reply();
-    assert!(
-        r.starts_with(b"421 4.7.0 Talking before the greeting"),
-        "{}",
-        text(&r)
-    );
+    c.reply_starting(b"421 4.7.0 Talking before the greeting");
     gate.wait_log("early-talker");
 }
 
 #[test]
 fn default_greets_with_the_edges_name_and_not_like_a_pix() {
-    let up = Upstream::start(&[]);
-    let (conf, listen) = config(up.addr, "policy = \"default\"", "");
-    let _gate = Gate::start(&conf);
-    let mut c = Client::connect(listen);
+    let (_up, gate) = gated_upstream(&[], "policy = \"default\"", "");
+    let mut c = Client::connect(gate.listen());
     let greeting = c.reply();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(
