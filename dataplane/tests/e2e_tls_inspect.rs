@@ -4,59 +4,22 @@
 //! delivery through both TLS legs is checked byte for byte). Rules are checked inside
 //! TLS against the recording upstream, which sees the decrypted dialogue.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use rcgen::{CertificateParams, KeyPair};
 use testkit::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// A self-signed certificate for `mx.example.test` and 127.0.0.1, written to `dir`.
 fn certificate(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["mx.example.test".into(), "127.0.0.1".into()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let (cert_path, key_path) = (
-        dir.join(format!("{stem}.pem")),
-        dir.join(format!("{stem}.key")),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path)
-}
-
-fn tls_section(cert: &Path, key: &Path) -> String {
-    format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    )
+    self_signed(dir, stem, &["mx.example.test", "127.0.0.1"])
 }
 
 /// Runs a Python script with `args`; returns its stdout (it must exit 0).
 fn python(script: &str, args: &[String]) -> String {
-    let out = run_bounded(
-        Command::new(peer("python3"))
-            .arg("-c")
-            .arg(script)
-            .args(args),
-        LIMIT,
-    );
-    assert!(
-        out.status.success(),
-        "python: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn host_port(addr: SocketAddr) -> Vec<String> {
-    vec![addr.ip().to_string(), addr.port().to_string()]
+    python_stdout(script, args, LIMIT)
 }
 
 /// smtplib: STARTTLS, EHLO again, three messages; prints their SHA-256 and whether
@@ -131,31 +94,6 @@ fn openssl_s_client_sees_smtpgates_certificate_and_swaks_delivers() {
     );
     let (counters, _) = sink.stop();
     assert_eq!(counters["messages"], 1);
-}
-
-/// The body of the first certificate openssl s_client prints after STARTTLS.
-fn presented_certificate(addr: SocketAddr) -> String {
-    let out = run_with_input(
-        Command::new(peer("openssl"))
-            .args(["s_client", "-starttls", "smtp", "-connect"])
-            .arg(addr.to_string()),
-        b"QUIT\n",
-        LIMIT,
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split("-----BEGIN CERTIFICATE-----")
-        .nth(1)
-        .and_then(|rest| rest.split("-----END CERTIFICATE-----").next())
-        .map(|body| body.split_whitespace().collect())
-        .unwrap_or_else(|| panic!("no certificate in openssl's output:\n{text}"))
-}
-
-fn pem_body(path: &Path) -> String {
-    let pem = std::fs::read_to_string(path).unwrap();
-    pem.lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<Vec<_>>()
-        .concat()
 }
 
 /// Inside TLS: an unknown verb reaches the upstream as X's, a 101st RCPT is refused by

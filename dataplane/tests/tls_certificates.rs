@@ -4,36 +4,25 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-use rcgen::{CertificateParams, KeyPair};
-
-fn write_pair(dir: &Path, stem: &str, params: CertificateParams) -> (PathBuf, PathBuf) {
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let (cert_path, key_path) = (
-        dir.join(format!("{stem}.pem")),
-        dir.join(format!("{stem}.key")),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path)
-}
+use rcgen::CertificateParams;
+use testkit::{tls_section, write_pair};
 
 fn params(name: &str) -> CertificateParams {
     CertificateParams::new(vec![name.to_string()]).unwrap()
 }
 
+/// A config with `[tls]` naming this pair, its upstream an address nothing listens on
+/// (neither `check` nor a refused `run` connects to it).
+fn tls_config(cert: &Path, key: &Path) -> String {
+    config_text(local(free_port()), "", &tls_section(cert, key))
+}
+
 fn check_with(dir: &Path, cert: &Path, key: &Path) -> (Option<i32>, String, String) {
-    let tls = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
-    let (text, _) = config(local(free_port()), "", &tls);
     let path = dir.join("smtpgate.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, tls_config(cert, key)).unwrap();
     smtpgate(&["check", "-c", path.to_str().unwrap()])
 }
 
@@ -75,13 +64,7 @@ fn check_and_run_refuse_an_expired_certificate_naming_the_file() {
     let expected = format!("{}: the certificate expired on 2021-03-31", cert.display());
     assert!(err.contains(&expected), "{err}");
 
-    let tls = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
-    let (text, _) = config(local(free_port()), "", &tls);
-    let mut gate = Gate::spawn(&text, &[]);
+    let mut gate = Gate::spawn(&tls_config(&cert, &key), &[]);
     assert_eq!(
         gate.wait_exit(LIMIT),
         Some(1),
@@ -105,7 +88,7 @@ fn check_refuses_a_missing_file_and_a_wrong_upstream_ca_naming_them() {
         "{err}"
     );
 
-    let (text, _) = config(
+    let text = config_text(
         local(free_port()),
         &format!(
             "upstream_tls = \"verify\"\nupstream_ca = \"{}\"",

@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testkit::{
-    config_text, free_port, http_get, local, peer, run_bounded, scratch_dir, sorted_lines, Gate,
-    Sink, LIMIT,
+    config_text, free_port, http_get, local, peer, run_bounded, scratch_dir, sorted_lines,
+    wait_for_listener, Gate, Sink, LIMIT,
 };
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_smtpgate-loadgen");
@@ -57,15 +57,9 @@ impl Balancer {
             .stderr(std::fs::File::create(dir.join("haproxy.err")).unwrap())
             .spawn()
             .expect("start haproxy");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(listen).is_err() {
-            assert!(
-                started.elapsed() < LIMIT,
-                "haproxy did not listen on {listen}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        Balancer { child, listen }
+        let balancer = Balancer { child, listen };
+        wait_for_listener(listen, LIMIT);
+        balancer
     }
 }
 

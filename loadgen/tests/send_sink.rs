@@ -4,10 +4,13 @@
 
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use testkit::{peer, run_bounded, run_with_input, scratch_dir, sorted_lines, PostfixSink, Sink};
+use testkit::{
+    host_port, peer, pem_body, presented_certificate, python_stdout, run_bounded, scratch_dir,
+    self_signed, sorted_lines, PostfixSink, Sink,
+};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_smtpgate-loadgen");
 
@@ -300,11 +303,12 @@ fn postfix_smtp_source_delivers_to_the_sink() {
     let smtp_source = peer("smtp-source");
     let dir = scratch_dir("smtp-source");
     let sink = Sink::start(&dir, &[]);
-    let out = Command::new(smtp_source)
-        .args(["-s", "4", "-l", "2000", "-m", "100", "-r", "2", "-d"])
-        .arg(sink.addr.to_string())
-        .output()
-        .unwrap();
+    let out = run_bounded(
+        Command::new(smtp_source)
+            .args(["-s", "4", "-l", "2000", "-m", "100", "-r", "2", "-d"])
+            .arg(sink.addr.to_string()),
+        Duration::from_secs(60),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -368,39 +372,18 @@ with smtplib.SMTP(host, port) as s:
     code, _ = s.docmd("XFOO")
     assert 500 <= code < 600
 "#;
-    let out = run_bounded(
-        Command::new(peer("python3"))
-            .arg("-c")
-            .arg(script)
-            .arg(sink.addr.ip().to_string())
-            .arg(sink.addr.port().to_string()),
-        Duration::from_secs(20),
-    );
-    assert!(
-        out.status.success(),
-        "smtplib: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut expected: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let out = python_stdout(script, &host_port(sink.addr), Duration::from_secs(20));
+    let mut expected: Vec<String> = out.lines().map(str::to_owned).collect();
     expected.sort();
     let (counters, received) = sink.stop();
     assert_eq!(counters["messages"], 3);
     assert_eq!(received, expected);
 }
 
-/// A self-signed certificate and key for `name`, written to `dir`.
-fn write_certificate(dir: &Path, stem: &str, name: &str) -> (PathBuf, PathBuf) {
-    let pair = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-    let (cert, key) = (
-        dir.join(format!("{stem}.pem")),
-        dir.join(format!("{stem}.key")),
-    );
-    std::fs::write(&cert, pair.cert.pem()).unwrap();
-    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
-    (cert, key)
+/// A sink offering STARTTLS with this certificate and key.
+fn tls_sink(dir: &Path, cert: &Path, key: &Path) -> Sink {
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    Sink::start(dir, &["--tls-cert", cert, "--tls-key", key])
 }
 
 /// STARTTLS between the two halves of the load generator: with the sink's
@@ -430,17 +413,9 @@ fn send_starttls_delivers_unaltered_and_verifies_when_told() {
     assert_eq!(counters["connections"], 2);
 
     let dir = scratch_dir("starttls-verify");
-    let (cert, key) = write_certificate(&dir, "sink", "127.0.0.1");
-    let (stranger, _) = write_certificate(&dir, "stranger", "127.0.0.1");
-    let sink = Sink::start(
-        &dir,
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let (cert, key) = self_signed(&dir, "sink", &["127.0.0.1"]);
+    let (stranger, _) = self_signed(&dir, "stranger", &["127.0.0.1"]);
+    let sink = tls_sink(&dir, &cert, &key);
     let ca = ["--tls-ca", cert.to_str().unwrap()];
     let sent = send(
         &dir,
@@ -468,32 +443,11 @@ fn send_starttls_delivers_unaltered_and_verifies_when_told() {
 #[test]
 fn openssl_and_smtplib_use_the_sinks_starttls() {
     let dir = scratch_dir("starttls-peers");
-    let (cert, key) = write_certificate(&dir, "sink", "sink.example.test");
-    let sink = Sink::start(
-        &dir,
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
-    let out = run_with_input(
-        Command::new(peer("openssl"))
-            .args(["s_client", "-starttls", "smtp", "-connect"])
-            .arg(sink.addr.to_string()),
-        b"QUIT\n",
-        Duration::from_secs(20),
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let presented = text
-        .split("-----BEGIN CERTIFICATE-----")
-        .nth(1)
-        .and_then(|rest| rest.split("-----END CERTIFICATE-----").next())
-        .unwrap_or_else(|| panic!("no certificate in openssl's output:\n{text}"));
-    let ours = std::fs::read_to_string(&cert).unwrap();
-    assert!(
-        ours.contains(presented.trim()),
+    let (cert, key) = self_signed(&dir, "sink", &["sink.example.test"]);
+    let sink = tls_sink(&dir, &cert, &key);
+    assert_eq!(
+        presented_certificate(sink.addr),
+        pem_body(&cert),
         "openssl saw another certificate"
     );
 
@@ -509,23 +463,8 @@ with smtplib.SMTP(sys.argv[1], int(sys.argv[2])) as s:
     assert not s.sendmail("a@python.test", ["b@sink.test"], m)
     print(hashlib.sha256(m).hexdigest())
 "#;
-    let out = run_bounded(
-        Command::new(peer("python3"))
-            .arg("-c")
-            .arg(script)
-            .arg(sink.addr.ip().to_string())
-            .arg(sink.addr.port().to_string()),
-        Duration::from_secs(20),
-    );
-    assert!(
-        out.status.success(),
-        "smtplib: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = python_stdout(script, &host_port(sink.addr), Duration::from_secs(20));
     let (counters, received) = sink.stop();
     assert_eq!(counters["messages"], 1);
-    assert_eq!(
-        received,
-        [String::from_utf8_lossy(&out.stdout).trim().to_string()]
-    );
+    assert_eq!(received, [out.trim().to_string()]);
 }
