@@ -27,21 +27,12 @@ while getopts "r:m:s:p:" opt; do
 done
 shift $((OPTIND - 1))
 [ $# -ge 1 ] || { echo "name at least one variant, e.g. base fast:GLOMMIO_FAST_PARK=1" >&2; exit 2; }
-export PATH="$PATH:/usr/sbin"
-for t in smtp-source smtp-sink haproxy python3; do
-  command -v "$t" >/dev/null || { echo "missing $t (apt-get install postfix haproxy python3)" >&2; exit 1; }
-done
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+bench_need "apt-get install postfix haproxy python3" smtp-source smtp-sink haproxy python3
 cargo build --release -q -p smtpgate
 gate=${CARGO_TARGET_DIR:-target}/release/smtpgate
 
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # The reactor counters as "name=value" words, e.g. enters=123 sqes_poll_add=45.
 counters() {
   python3 - "$1" <<'PY'
@@ -58,10 +49,7 @@ print(" ".join(out))
 PY
 }
 
-sink_port=$(free_port)
-sink_user=(); [ "$(id -u)" = 0 ] && sink_user=(-u nobody)
-smtp-sink "${sink_user[@]}" "127.0.0.1:$sink_port" 1024 >/dev/null 2>&1 & pids+=($!)
-wait_port "$sink_port"
+start_smtp_sink
 
 declare -A port=() relay=() admin=()
 names=()
@@ -80,22 +68,7 @@ TOML
   # shellcheck disable=SC2086
   env ${envs//,/ } "$gate" run -c "$work/$name.toml" >"$work/$name.log" 2>&1 & relay[$name]=$!; pids+=($!)
 done
-haproxy_port=$(free_port)
-cat >"$work/haproxy.cfg" <<CFG
-global
-  maxconn 4000
-defaults
-  mode tcp
-  timeout connect 10s
-  timeout client 5m
-  timeout server 5m
-frontend smtp
-  bind 127.0.0.1:$haproxy_port
-  default_backend sink
-backend sink
-  server sink 127.0.0.1:$sink_port
-CFG
-haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 & relay[haproxy]=$!; pids+=($!)
+start_haproxy "$sink_port"; relay[haproxy]=$haproxy_pid
 port[haproxy]=$haproxy_port
 for name in "${names[@]}" haproxy; do wait_port "${port[$name]}"; done
 

@@ -14,28 +14,15 @@ cd "$(dirname "$0")/.."
 
 rounds=${1:-3}
 messages=${2:-20000}
-export PATH="$PATH:/usr/sbin"
-for t in smtp-source smtp-sink haproxy; do
-  command -v "$t" >/dev/null || { echo "missing $t (apt-get install postfix haproxy)" >&2; exit 1; }
-done
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+bench_need "apt-get install postfix haproxy python3" smtp-source smtp-sink haproxy python3
 cargo build --release -q -p smtpgate
 gate=${CARGO_TARGET_DIR:-target}/release/smtpgate
 
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+start_smtp_sink
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-sink_port=$(free_port)
-sink_user=(); [ "$(id -u)" = 0 ] && sink_user=(-u nobody)
-smtp-sink "${sink_user[@]}" "127.0.0.1:$sink_port" 1024 >/dev/null 2>&1 & pids+=($!)
-wait_port "$sink_port"
-
-inspect_port=$(free_port); exempt_port=$(free_port); haproxy_port=$(free_port)
+inspect_port=$(free_port); exempt_port=$(free_port)
 cat >"$work/smtpgate.toml" <<EOF
 [admin]
 listen = "127.0.0.1:$(free_port)"
@@ -49,21 +36,7 @@ upstream = "127.0.0.1:$sink_port"
 policy = "none"
 EOF
 "$gate" run -c "$work/smtpgate.toml" >"$work/smtpgate.log" 2>&1 & gate_pid=$!; pids+=($gate_pid)
-cat >"$work/haproxy.cfg" <<EOF
-global
-  maxconn 4000   # haproxy needs 2 fds per connection under the default 20000 fd limit
-defaults
-  mode tcp
-  timeout connect 10s
-  timeout client 5m
-  timeout server 5m
-frontend smtp
-  bind 127.0.0.1:$haproxy_port
-  default_backend sink
-backend sink
-  server sink 127.0.0.1:$sink_port
-EOF
-haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($haproxy_pid)
+start_haproxy "$sink_port"
 wait_port "$inspect_port"; wait_port "$exempt_port"; wait_port "$haproxy_port"
 
 hz=$(getconf CLK_TCK)

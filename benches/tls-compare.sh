@@ -22,20 +22,13 @@ cd "$(dirname "$0")/.."
 
 rounds=${1:-3}
 seconds=${2:-8}
-command -v nginx >/dev/null || { echo "missing nginx (apt-get install nginx libnginx-mod-mail)" >&2; exit 1; }
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+bench_need "apt-get install nginx libnginx-mod-mail openssl python3" nginx openssl python3
 mail_module=/usr/lib/nginx/modules/ngx_mail_module.so
 [ -f "$mail_module" ] || { echo "missing $mail_module (apt-get install libnginx-mod-mail)" >&2; exit 1; }
 cargo build --release -q -p smtpgate -p smtpgate-loadgen
 bin=${CARGO_TARGET_DIR:-target}/release
-
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
-cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
   -keyout "$work/mx.key" -out "$work/mx.pem" -subj /CN=mx.bench.test 2>/dev/null

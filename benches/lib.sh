@@ -1,0 +1,60 @@
+# Shared by the benchmark scripts (sourced, not run): a scratch directory and the
+# processes to stop on exit, tool checks, loopback ports, relay CPU, and the two
+# reference peers (Postfix's smtp-sink, HAProxy in TCP mode).
+# shellcheck shell=bash
+
+# Every command in TOOLS on PATH (plus /usr/sbin, where Postfix puts its tools), or
+# exit naming HINT (the apt-get line that installs them).
+bench_need() {
+  local hint=$1; shift
+  export PATH="$PATH:/usr/sbin"
+  local t
+  for t in "$@"; do
+    command -v "$t" >/dev/null || { echo "missing $t ($hint)" >&2; exit 1; }
+  done
+}
+
+# $work: a scratch directory; pids+=(PID) for every process started, all stopped
+# and the directory removed on exit.
+work=$(mktemp -d)
+pids=()
+bench_cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
+trap bench_cleanup EXIT
+
+# A loopback port free a moment ago (the peers here cannot report a port they bound).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits up to 10 s for something to accept on 127.0.0.1:PORT.
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+# User plus system CPU ticks of the processes PID..., summed.
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+
+# Starts Postfix's smtp-sink (backlog 1024) on a free port; sets $sink_port.
+start_smtp_sink() {
+  sink_port=$(free_port)
+  local user=(); [ "$(id -u)" = 0 ] && user=(-u nobody)
+  smtp-sink "${user[@]}" "127.0.0.1:$sink_port" 1024 >/dev/null 2>&1 & pids+=($!)
+  wait_port "$sink_port"
+}
+
+# Starts HAProxy in TCP mode from a free port to 127.0.0.1:BACKEND; sets
+# $haproxy_port and $haproxy_pid.
+start_haproxy() {
+  haproxy_port=$(free_port)
+  cat >"$work/haproxy.cfg" <<CFG
+global
+  maxconn 4000   # haproxy needs 2 fds per connection under the default 20000 fd limit
+defaults
+  mode tcp
+  timeout connect 10s
+  timeout client 5m
+  timeout server 5m
+frontend smtp
+  bind 127.0.0.1:$haproxy_port
+  default_backend sink
+backend sink
+  server sink 127.0.0.1:$1
+CFG
+  haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($haproxy_pid)
+}
