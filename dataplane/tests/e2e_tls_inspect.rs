@@ -293,47 +293,12 @@ fn sighup_serves_a_new_certificate_and_keeps_it_when_the_next_pair_is_bad() {
     assert_eq!(presented_certificate(gate.listen()), second);
 }
 
-/// A self-signed certificate for `name` only, written to `dir`.
-fn certificate_for(dir: &Path, stem: &str, name: &str) -> (PathBuf, PathBuf) {
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![name.into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cert_path, key_path) = (
-        dir.join(format!("{stem}.pem")),
-        dir.join(format!("{stem}.key")),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path)
-}
-
-/// Like [`presented_certificate`], asking for `server_name` (SNI), or for none.
-fn presented_certificate_for(addr: SocketAddr, server_name: Option<&str>) -> String {
-    let mut command = Command::new(peer("openssl"));
-    command
-        .args(["s_client", "-starttls", "smtp", "-connect"])
-        .arg(addr.to_string());
-    match server_name {
-        Some(name) => command.args(["-servername", name]),
-        None => command.arg("-noservername"),
-    };
-    let out = run_with_input(&mut command, b"QUIT\n", LIMIT);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split("-----BEGIN CERTIFICATE-----")
-        .nth(1)
-        .and_then(|rest| rest.split("-----END CERTIFICATE-----").next())
-        .map(|body| body.split_whitespace().collect())
-        .unwrap_or_else(|| panic!("no certificate in openssl's output:\n{text}"))
-}
-
 #[test]
 fn sni_serves_the_certificate_for_the_name_the_client_asks_for() {
     let dir = scratch_dir("tls-sni");
     let (cert, key) = certificate(&dir, "mx");
-    let (mx2_cert, mx2_key) = certificate_for(&dir, "mx2", "mx2.example.test");
-    let (mx3_cert, mx3_key) = certificate_for(&dir, "mx3", "mx3.example.test");
+    let (mx2_cert, mx2_key) = self_signed(&dir, "mx2", &["mx2.example.test"]);
+    let (mx3_cert, mx3_key) = self_signed(&dir, "mx3", &["mx3.example.test"]);
     let sni = format!(
         "{}\n[[tls.sni]]\nnames = [\"mx2.example.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\n\
          [[tls.sni]]\nnames = [\"MX3.Example.Test\"]\ncert = \"{}\"\nkey = \"{}\"\n",

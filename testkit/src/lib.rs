@@ -16,7 +16,8 @@
 //! - `upstream` — a fake SMTP upstream that records every byte it receives.
 //! - `tls`      — self-signed certificate files, the `[tls]` section, the certificate
 //!   a STARTTLS server presents.
-//! - `smtp`     — a raw SMTP client, reply codes, BDAT commands, Python's smtplib.
+//! - `smtp`     — a raw SMTP client, reply codes, dot-stuffing, BDAT commands,
+//!   Python's smtplib.
 
 pub mod datagram;
 pub mod gate;
@@ -43,8 +44,11 @@ pub use process::{
 pub use ready::{sink_ready, smtpgate_ready, Ready};
 pub use sink::Sink;
 pub use smtp::{
-    bdat, command_lines, host_port, python, python_stdout, reply_code, socket_from, text,
-    BoundSocket, Client,
+    bdat, command_lines, dot_stuffed, host_port, python, python_stdout, reply_code, socket_from,
+    text, BoundSocket, Client,
 };
-pub use tls::{pem_body, presented_certificate, self_signed, tls_section, write_pair};
+pub use tls::{
+    pem_body, presented_certificate, presented_certificate_for, self_signed, tls_section,
+    write_pair,
+};
 pub use upstream::{Seen, Upstream, UPSTREAM_BANNER};

@@ -1,6 +1,6 @@
 //! Client-side SMTP for tests: a raw client over a std socket (every read bounded),
 //! optionally from a chosen loopback source address, and the small pieces of the
-//! protocol tests assert on: reply codes, BDAT commands, command lines.
+//! protocol tests assert on: reply codes, dot-stuffing, BDAT commands, command lines.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -168,6 +168,21 @@ pub fn reply_code(reply: &[u8]) -> Option<u16> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
+/// Content as a DATA client puts it on the wire: every line's leading dot doubled
+/// (RFC 5321 4.5.2), without the terminating `.` line.
+pub fn dot_stuffed(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 16);
+    let mut at_line_start = true;
+    for &b in content {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    out
+}
+
 /// A BDAT command line for a chunk of `size` octets (RFC 3030).
 pub fn bdat(size: usize, last: bool) -> Vec<u8> {
     let last = if last { " LAST" } else { "" };
@@ -221,6 +236,14 @@ mod tests {
         assert_eq!(reply_code(b"421"), Some(421));
         assert_eq!(reply_code(b"2x0 no\r\n"), None);
         assert_eq!(reply_code(b"25"), None);
+    }
+
+    #[test]
+    fn dot_stuffing_doubles_only_leading_dots() {
+        assert_eq!(
+            dot_stuffed(b".a\r\nb.c\r\n..\r\n"),
+            b"..a\r\nb.c\r\n...\r\n"
+        );
     }
 
     #[test]

@@ -49,12 +49,27 @@ pub fn pem_body(path: &Path) -> String {
 }
 
 /// The body (as [`pem_body`]) of the first certificate openssl s_client is shown by
-/// the SMTP server at `addr` after STARTTLS.
+/// the SMTP server at `addr` after STARTTLS (no server name asked for: `addr` is an
+/// IP address).
 pub fn presented_certificate(addr: SocketAddr) -> String {
+    s_client_certificate(addr, &[])
+}
+
+/// Like [`presented_certificate`], asking for `server_name` (SNI), or saying
+/// explicitly that it asks for none.
+pub fn presented_certificate_for(addr: SocketAddr, server_name: Option<&str>) -> String {
+    match server_name {
+        Some(name) => s_client_certificate(addr, &["-servername", name]),
+        None => s_client_certificate(addr, &["-noservername"]),
+    }
+}
+
+fn s_client_certificate(addr: SocketAddr, options: &[&str]) -> String {
     let out = run_with_input(
         Command::new(peer("openssl"))
             .args(["s_client", "-starttls", "smtp", "-connect"])
-            .arg(addr.to_string()),
+            .arg(addr.to_string())
+            .args(options),
         b"QUIT\n",
         LIMIT,
     );

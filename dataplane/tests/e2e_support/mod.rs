@@ -6,8 +6,9 @@
 #![allow(dead_code, unused_imports)]
 
 pub use testkit::{
-    bdat, binary, command_lines, find_peer, peer, python, run_bounded, run_with_input, signal,
-    sorted_lines, wait_child, wait_for_listener, wait_until, MissingPeer, PostfixSink, Sink,
+    bdat, binary, command_lines, dot_stuffed, find_peer, peer, python, run_bounded, run_with_input,
+    signal, sorted_lines, wait_child, wait_for_listener, wait_until, MissingPeer, PostfixSink,
+    Sink,
 };
 
 /// A peer's path, or `None`. Tests call [`peer`], which fails when it is missing;
