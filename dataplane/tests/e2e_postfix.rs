@@ -588,3 +588,65 @@ fn postfix_delivers_all_150_recipients_past_the_452_for_the_101st() {
     assert_eq!(log.matches("status=sent").count(), 150, "{log}");
     assert!(!log.contains("status=bounced"), "{log}");
 }
+
+/// SMTP smuggling into a Postfix that takes a bare LF as a line end (3.7's default,
+/// `smtpd_forbid_bare_newline = no`): sent straight to Postfix, `\n.\n` ends the
+/// message and the rest is a second, smuggled message. Through `default` the bare LF
+/// ends the session; through a policy whose `bare_newline` only logs, the dot beside
+/// bare LFs still does. Postfix queues nothing either way.
+#[test]
+fn smuggling_with_bare_newlines_reaches_postfix_alone_but_not_through_smtpgate() {
+    let receiver = PostfixInstance::start(
+        &PostfixSetup::new("receiver.test", Delivery::Mailbox)
+            .main_cf("smtpd_forbid_bare_newline = no"),
+    );
+    let smuggle = |to: std::net::SocketAddr| -> String {
+        let mut client = Client::connect(to);
+        expect(&mut client, 220);
+        client.send(b"EHLO client.test\r\n");
+        expect(&mut client, 250);
+        client.send(b"MAIL FROM:<a@client.test>\r\n");
+        expect(&mut client, 250);
+        client.send(b"RCPT TO:<user@example.net>\r\n");
+        expect(&mut client, 250);
+        client.send(b"DATA\r\n");
+        expect(&mut client, 354);
+        client.send(
+            b"Subject: outer\r\n\r\nhello\n.\nMAIL FROM:<evil@client.test>\n\
+              RCPT TO:<victim@example.net>\nDATA\nSubject: smuggled\n\nsmuggled\n.\n\r\n.\r\nQUIT\r\n",
+        );
+        rest(&mut client)
+    };
+
+    // Control: Postfix alone acts on the smuggled commands.
+    let heard = smuggle(receiver.smtpd);
+    let delivered = receiver.wait_delivered(2);
+    assert!(
+        delivered
+            .iter()
+            .any(|m| String::from_utf8_lossy(m).contains("Delivered-To: victim@example.net")),
+        "Postfix alone delivers the smuggled message: {heard}"
+    );
+    session_counts(&receiver, 1);
+
+    let lenient = "[policy.lenient]\nextends = \"default\"\nbare_newline = \"log\"\n";
+    let policies = [
+        ("default", "", "bare-newline"),
+        ("lenient", lenient, "smuggled-end-of-data"),
+    ];
+    for (n, (policy, extra, rule)) in policies.into_iter().enumerate() {
+        let listener = format!("policy = \"{policy}\"");
+        let gate = Gate::start(&config_text(receiver.smtpd, &listener, extra));
+        let heard = smuggle(gate.listen());
+        assert!(heard.starts_with("421 "), "{policy}: {heard}");
+        gate.wait_log(rule);
+        let counts = session_counts(&receiver, n + 2);
+        assert!(
+            counts.contains(" data=0/1"),
+            "{policy}: Postfix never saw the end of that message: {counts}"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(receiver.delivered().len(), 2, "nothing more was delivered");
+    assert_eq!(receiver.log().matches("status=sent").count(), 2);
+}
