@@ -195,7 +195,7 @@ pub struct Relay<'a> {
     pub tls: SessionTls,
     /// Implicit TLS: the upstream leg as the STARTTLS prelude left it (its greeting,
     /// already read, and TLS when it was started).
-    pub upstream_prelude: Option<Prelude>,
+    pub upstream_prelude: Option<Box<Prelude>>,
     /// The shard's scratch space for the inspector's output.
     pub scratch: &'a RefCell<Output>,
     /// The shard's share of the buffer budget, and its sessions (to find the largest
@@ -235,7 +235,8 @@ struct Half {
     write_closed: bool,
     bytes_read: u64,
     /// TLS on this side: bytes read are ciphertext, bytes queued are sealed by it.
-    tls: Option<TlsLayer>,
+    /// Boxed: a TLS layer is over 1 KiB, and most sessions never start one.
+    tls: Option<Box<TlsLayer>>,
     /// The peer's close_notify arrived: the next read is the end of stream.
     tls_closed: bool,
     /// close_notify was queued before our FIN.
@@ -284,7 +285,7 @@ impl Half {
         match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
             Poll::Ready(Ok(0)) => {
                 pool.give(buf);
-                if let Some(Err(failure)) = self.tls.as_ref().map(TlsLayer::eof) {
+                if let Some(Err(failure)) = self.tls.as_deref().map(TlsLayer::eof) {
                     self.tls_report = Some(Err(failure));
                     return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
                 }
@@ -340,13 +341,13 @@ impl Half {
 
     /// Starts TLS on this side: what is queued goes out in the clear first.
     fn start_tls(&mut self, layer: TlsLayer) {
-        self.tls = Some(layer);
+        self.tls = Some(Box::new(layer));
     }
 
     /// Nothing waits to be written to this side (counting plaintext a TLS handshake
     /// still holds back).
     fn nothing_to_write(&self) -> bool {
-        self.outgoing.is_empty() && !self.tls.as_ref().is_some_and(TlsLayer::is_handshaking)
+        self.outgoing.is_empty() && !self.tls.as_deref().is_some_and(TlsLayer::is_handshaking)
     }
 
     /// The one place bytes leave the session: writes what is queued until done or the
@@ -354,7 +355,7 @@ impl Half {
     /// go out in one gathered `sendmsg`, so a masked reply costs one syscall. On a TLS
     /// side, what the layer sealed since the last call joins the queue first.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if let Some(sealed) = self.tls.as_mut().and_then(TlsLayer::take_ciphertext) {
+        if let Some(sealed) = self.tls.as_deref_mut().and_then(TlsLayer::take_ciphertext) {
             self.queued += sealed.len();
             self.outgoing.push_back(sealed);
         }
@@ -715,7 +716,7 @@ impl Relay<'_> {
         }
         if let Some(prelude) = self.upstream_prelude.take() {
             let upstream = pump.half(Side::Upstream);
-            upstream.tls = prelude.tls.map(|(layer, _)| layer);
+            upstream.tls = prelude.tls.map(|(layer, _)| Box::new(layer));
             upstream.replay = Some(prelude.greeting);
         }
         // The upstream's TLS handshake failed: the client is told 421 4.7.0.

@@ -212,7 +212,7 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
                     if let Some((_, established)) = &prelude.tls {
                         sink.tls_established(Side::Upstream, established);
                     }
-                    Some(prelude)
+                    Some(Box::new(prelude))
                 }
                 Err(e) => {
                     // The client is inside TLS that is not set up yet: no reply can
