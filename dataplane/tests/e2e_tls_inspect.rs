@@ -22,34 +22,25 @@ fn python(script: &str, args: &[String]) -> String {
     python_stdout(script, args, LIMIT)
 }
 
-/// smtplib: STARTTLS, EHLO again, three messages; prints their SHA-256 and whether
-/// STARTTLS was offered again inside TLS.
-const SMTPLIB_STARTTLS: &str = r#"
-import hashlib, smtplib, ssl, sys
-messages = [
-    b"Subject: one\r\n\r\nhello over TLS\r\n",
-    b"Subject: dots\r\n\r\n.leading dot\r\n..two\r\n.\r\nlast\r\n",
-    b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n" * 1 + (b"0123456789" * 7 + b"\r\n") * 3000,
-]
-with smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=20) as s:
-    s.ehlo("python.test")
-    assert s.has_extn("starttls"), "smtpgate offers STARTTLS"
-    s.starttls(context=ssl._create_unverified_context())
-    s.ehlo("python.test")
-    assert not s.has_extn("starttls"), "STARTTLS offered again inside TLS"
-    for m in messages:
-        assert not s.sendmail("a@python.test", ["b@example.test"], m)
-        print(hashlib.sha256(m).hexdigest())
-"#;
-
 #[test]
 fn smtplib_starttls_delivers_byte_exact_through_both_tls_legs() {
     let dir = scratch_dir("tls-inspect-smtplib");
     let (cert, key) = certificate(&dir, "mx");
     let sink = Sink::start(&dir, &["--starttls"]);
     let gate = Gate::start(&config_text(sink.addr, "", &tls_section(&cert, &key)));
-    let out = python(SMTPLIB_STARTTLS, &host_port(gate.listen()));
-    let mut sent: Vec<String> = out.lines().map(str::to_string).collect();
+    // A 70-octet line, then 3,000 lines of 70 digits: about 210 kB.
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    big.extend([b'x'; 70]);
+    big.extend(b"\r\n");
+    let digits = [b"0123456789".repeat(7), b"\r\n".to_vec()].concat();
+    big.extend(digits.repeat(3000));
+    let messages: [&[u8]; 3] = [
+        b"Subject: one\r\n\r\nhello over TLS\r\n",
+        b"Subject: dots\r\n\r\n.leading dot\r\n..two\r\n.\r\nlast\r\n",
+        &big,
+    ];
+    let mut sent = smtplib_over_tls(gate.listen(), SmtplibTls::Starttls, &messages);
+    assert_eq!(sent.len(), 3);
     sent.sort();
     let log = gate.wait_log("side=client");
     assert!(log.contains("TLS established"), "{log}");
@@ -199,19 +190,14 @@ fn implicit_tls_is_tls_from_the_first_byte() {
         "implicit_tls = true",
         &tls_section(&cert, &key),
     ));
-    let script = r#"
-import hashlib, smtplib, ssl, sys
-with smtplib.SMTP_SSL(sys.argv[1], int(sys.argv[2]), context=ssl._create_unverified_context(), timeout=20) as s:
-    s.ehlo("python.test")
-    assert not s.has_extn("starttls"), "no STARTTLS inside implicit TLS"
-    m = b"Subject: implicit\r\n\r\nsubmissions over TLS\r\n"
-    assert not s.sendmail("a@python.test", ["b@example.test"], m)
-    print(hashlib.sha256(m).hexdigest())
-"#;
-    let out = python(script, &host_port(gate.listen()));
+    let sent = smtplib_over_tls(
+        gate.listen(),
+        SmtplibTls::Implicit,
+        &[b"Subject: implicit\r\n\r\nsubmissions over TLS\r\n"],
+    );
     let (counters, received) = sink.stop();
     assert_eq!(counters["messages"], 1);
-    assert_eq!(received, [out.trim().to_string()]);
+    assert_eq!(received, sent);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 use testkit::{
     host_port, peer, pem_body, presented_certificate, python_stdout, run_bounded, scratch_dir,
-    self_signed, sorted_lines, PostfixSink, Sink,
+    self_signed, smtplib_over_tls, sorted_lines, PostfixSink, Sink, SmtplibTls,
 };
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_smtpgate-loadgen");
@@ -451,20 +451,12 @@ fn openssl_and_smtplib_use_the_sinks_starttls() {
         "openssl saw another certificate"
     );
 
-    let script = r#"
-import hashlib, smtplib, ssl, sys
-with smtplib.SMTP(sys.argv[1], int(sys.argv[2])) as s:
-    s.ehlo("python.test")
-    assert s.has_extn("starttls")
-    s.starttls(context=ssl._create_unverified_context())
-    s.ehlo("python.test")
-    assert not s.has_extn("starttls"), "STARTTLS offered again inside TLS"
-    m = b"Subject: tls\r\n\r\nover TLS\r\n"
-    assert not s.sendmail("a@python.test", ["b@sink.test"], m)
-    print(hashlib.sha256(m).hexdigest())
-"#;
-    let out = python_stdout(script, &host_port(sink.addr), Duration::from_secs(20));
+    let sent = smtplib_over_tls(
+        sink.addr,
+        SmtplibTls::Starttls,
+        &[b"Subject: tls\r\n\r\nover TLS\r\n"],
+    );
     let (counters, received) = sink.stop();
     assert_eq!(counters["messages"], 1);
-    assert_eq!(received, [out.trim().to_string()]);
+    assert_eq!(received, sent);
 }

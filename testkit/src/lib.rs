@@ -44,8 +44,8 @@ pub use process::{
 pub use ready::{sink_ready, smtpgate_ready, Ready};
 pub use sink::Sink;
 pub use smtp::{
-    bdat, command_lines, dot_stuffed, host_port, python, python_stdout, reply_code, socket_from,
-    text, BoundSocket, Client,
+    bdat, command_lines, dot_stuffed, host_port, python, python_stdout, reply_code,
+    smtplib_over_tls, socket_from, text, BoundSocket, Client, SmtplibTls,
 };
 pub use tls::{
     pem_body, presented_certificate, presented_certificate_for, self_signed, tls_section,

@@ -221,6 +221,58 @@ pub fn python_stdout(script: &str, args: &[String], limit: Duration) -> String {
     stdout
 }
 
+/// How Python's smtplib gets to TLS in [`smtplib_over_tls`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtplibTls {
+    /// Plaintext, STARTTLS (which must be offered), EHLO again (STARTTLS must not be
+    /// offered again inside TLS).
+    Starttls,
+    /// TLS from the first byte (`SMTP_SSL`; STARTTLS must not be offered).
+    Implicit,
+}
+
+const SMTPLIB_OVER_TLS: &str = r#"
+import hashlib, smtplib, ssl, sys
+host, port, mode, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+context = ssl._create_unverified_context()
+if mode == "implicit":
+    s = smtplib.SMTP_SSL(host, port, context=context, timeout=20)
+    s.ehlo("python.test")
+    assert not s.has_extn("starttls"), "no STARTTLS inside implicit TLS"
+else:
+    s = smtplib.SMTP(host, port, timeout=20)
+    s.ehlo("python.test")
+    assert s.has_extn("starttls"), "STARTTLS offered"
+    s.starttls(context=context)
+    s.ehlo("python.test")
+    assert not s.has_extn("starttls"), "STARTTLS offered again inside TLS"
+with s:
+    for path in paths:
+        m = open(path, "rb").read()
+        assert not s.sendmail("a@python.test", ["b@example.test"], m)
+        print(hashlib.sha256(m).hexdigest())
+"#;
+
+/// Python's smtplib (a foreign TLS client, certificate not verified) sends each of
+/// `messages` to the server at `addr` over TLS, every recipient accepted; returns the
+/// SHA-256 of each (hex, in sending order), as the load generator's sink logs them.
+pub fn smtplib_over_tls(addr: SocketAddr, tls: SmtplibTls, messages: &[&[u8]]) -> Vec<String> {
+    // Files, not arguments: a message may be larger than one argument may be.
+    let dir = crate::process::scratch_dir("smtplib-tls");
+    let mut args = host_port(addr);
+    args.push(match tls {
+        SmtplibTls::Starttls => "starttls".to_string(),
+        SmtplibTls::Implicit => "implicit".to_string(),
+    });
+    for (i, message) in messages.iter().enumerate() {
+        let path = dir.join(format!("message-{i}.eml"));
+        std::fs::write(&path, message).unwrap();
+        args.push(path.display().to_string());
+    }
+    let out = python_stdout(SMTPLIB_OVER_TLS, &args, Duration::from_secs(60));
+    out.lines().map(str::to_owned).collect()
+}
+
 /// A server address as the two arguments `HOST PORT` of the scripts above.
 pub fn host_port(addr: SocketAddr) -> Vec<String> {
     vec![addr.ip().to_string(), addr.port().to_string()]
