@@ -42,31 +42,34 @@ pub(super) struct Content {
     /// BDAT content framing: length of the current line so far, last byte CR.
     bdat_line_len: u64,
     bdat_last_cr: bool,
-    msg: MessageScanner,
+    /// Made at the session's first message: an idle session does not pay for it
+    /// (it is most of an inspector's size).
+    msg: Option<Box<MessageScanner>>,
+    /// The header and body lengths past which a rule ends the session, for the scanner.
+    drop_lengths: (u64, u64),
     /// The policy has a `nul_in_content` rule: each DATA message watches for a NUL.
     nul_rule: bool,
 }
 
 impl Content {
     pub(super) fn new(policy: &Policy) -> Content {
-        let mut msg = MessageScanner::new();
-        msg.watch_lengths(
-            policy.index.header_len_drop.unwrap_or(u64::MAX),
-            policy.index.body_len_drop.unwrap_or(u64::MAX),
-        );
         Content {
             scanner: ContentScanner::new(),
             carry: Vec::new(),
             bdat_line_len: 0,
             bdat_last_cr: false,
-            msg,
+            msg: None,
+            drop_lengths: (
+                policy.index.header_len_drop.unwrap_or(u64::MAX),
+                policy.index.body_len_drop.unwrap_or(u64::MAX),
+            ),
             nul_rule: !policy.index.of(CriterionKind::NulInContent).is_empty(),
         }
     }
 
     /// A new message starts (after `354`, or at its first BDAT chunk).
     pub(super) fn start_message(&mut self) {
-        self.msg.reset();
+        scanner(&mut self.msg, self.drop_lengths).reset();
         self.scanner.reset();
         self.scanner.watch_nul(self.nul_rule);
         self.carry.clear();
@@ -75,7 +78,7 @@ impl Content {
     }
 
     pub(super) fn buffered_bytes(&self) -> usize {
-        self.carry.len() + self.msg.buffered_bytes()
+        self.carry.len() + self.msg.as_ref().map_or(0, |m| m.buffered_bytes())
     }
 
     /// A content line growing past the lowest length threshold of a rule that ends the
@@ -92,7 +95,7 @@ impl Content {
         out: &mut Output,
     ) -> Option<u64> {
         let index = &judge.policy().index;
-        let (kind, floor) = if self.msg.in_header() {
+        let (kind, floor) = if scanner(&mut self.msg, self.drop_lengths).in_header() {
             (CriterionKind::HeaderLineLength, index.header_line_drop)
         } else {
             (CriterionKind::BodyLineLength, index.body_line_drop)
@@ -142,7 +145,8 @@ impl Content {
                 && line.get(i + 1) == Some(&b'\n')
                 && i as u64 <= floor
                 && line[0] != b'.'
-                && self.msg.plain_body_line(&line[..i], i as u64 + 2);
+                && scanner(&mut self.msg, self.drop_lengths)
+                    .plain_body_line(&line[..i], i as u64 + 2);
             if !plain {
                 break;
             }
@@ -154,14 +158,14 @@ impl Content {
     /// More bytes of the current content line for the MIME parser, which sees every
     /// byte (the carried head is for the dot checks here only).
     fn feed_message(&mut self, bytes: &[u8]) {
-        self.msg.line_bytes(bytes);
+        scanner(&mut self.msg, self.drop_lengths).line_bytes(bytes);
     }
 
     /// The first bytes of a DATA line: a leading dot was doubled by the client (RFC
     /// 5321 §4.5.2) and is not content.
     fn feed_line_start(&mut self, bytes: &[u8]) {
         let content = bytes.strip_prefix(b".").unwrap_or(bytes);
-        self.msg.line_bytes(content);
+        scanner(&mut self.msg, self.drop_lengths).line_bytes(content);
     }
 
     /// DATA content: strict CRLF lines, dot-stuffing, end of data, smuggling defence.
@@ -258,7 +262,7 @@ impl Content {
                     if len == 1 && head == b"." {
                         // RFC 5321 §4.1.1.4: CRLF.CRLF ends the message.
                         let mut judge = judge.message(&mut *out);
-                        if !self.msg.on_end(&mut judge) {
+                        if !scanner(&mut self.msg, self.drop_lengths).on_end(&mut judge) {
                             // Stop before the line end: the dot never ends the message.
                             fwd.pass(input, line_start, content_end, &mut out.to_server);
                             return Step::Read(content_end);
@@ -278,7 +282,8 @@ impl Content {
                         self.feed_message(piece);
                     }
                     let mut judge = judge.message(out);
-                    if !self.msg.line_end(len, len + 2, &mut judge) {
+                    if !scanner(&mut self.msg, self.drop_lengths).line_end(len, len + 2, &mut judge)
+                    {
                         // The cut is the line end, wherever the reads split the line.
                         fwd.pass(input, line_start, content_end, &mut out.to_server);
                         return Step::Read(content_end);
@@ -403,7 +408,9 @@ impl Content {
                     }
                     self.feed_message(&buf[pos..content_end]);
                     let mut judge = judge.message(out);
-                    if !self.msg.line_end(len, wire_len, &mut judge) {
+                    if !scanner(&mut self.msg, self.drop_lengths)
+                        .line_end(len, wire_len, &mut judge)
+                    {
                         // Cut before the LF, wherever the reads split the line.
                         fwd.pass(input, pos, lf, &mut out.to_server);
                         return (lf, Chunk::Ended);
@@ -436,13 +443,15 @@ impl Content {
             let mut judge = judge.message(&mut *out);
             // A last line without CRLF is still a line of the message.
             if self.bdat_last_cr {
-                self.msg.line_bytes(b"\r");
+                scanner(&mut self.msg, self.drop_lengths).line_bytes(b"\r");
             }
             let ok = (self.bdat_line_len == 0
-                || self
-                    .msg
-                    .line_end(self.bdat_line_len, self.bdat_line_len, &mut judge))
-                && self.msg.on_end(&mut judge);
+                || scanner(&mut self.msg, self.drop_lengths).line_end(
+                    self.bdat_line_len,
+                    self.bdat_line_len,
+                    &mut judge,
+                ))
+                && scanner(&mut self.msg, self.drop_lengths).on_end(&mut judge);
             if !ok {
                 // The LAST chunk must never be complete at the server.
                 fwd.retract_last(&mut out.to_server);
@@ -461,4 +470,13 @@ impl Content {
 fn smuggled_end_of_data(judge: &mut Judge, out: &mut Output) -> bool {
     let d = Direction::ClientToServer;
     judge.check_flag(CriterionKind::SmuggledEndOfData, d, b'.' as u64, out) == Outcome::Stop
+}
+
+/// The message scanner, made on first use with the policy's length limits.
+fn scanner(slot: &mut Option<Box<MessageScanner>>, lengths: (u64, u64)) -> &mut MessageScanner {
+    slot.get_or_insert_with(|| {
+        let mut msg = Box::new(MessageScanner::new());
+        msg.watch_lengths(lengths.0, lengths.1);
+        msg
+    })
 }
