@@ -22,6 +22,20 @@ use smtpgate_policy::inspector::{CMD_LINE_CAP, HOLD_CAP, REPLY_LINE_CAP};
 use smtpgate_policy::mime::LINE_HEAD_CAP;
 use smtpgate_policy::policy::Policy;
 
+/// 100 bytes of a MIME parameter value (eleven make one longer than the parse window).
+macro_rules! x100 {
+    () => {
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+    };
+}
+
+/// A 71-character MIME boundary, one over RFC 2046's 70.
+macro_rules! b71 {
+    () => {
+        "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+    };
+}
+
 const CLIENT_ATOMS: &[&[u8]] = &[
     b"EHLO c\r\n",
     b"HELO c\r\n",
@@ -46,6 +60,46 @@ const CLIENT_ATOMS: &[&[u8]] = &[
     b"..x\r\n",
     b"\n.\n",
     b"\r.\r",
+    // Appended after the atoms above so existing seeds keep their meaning.
+    // BDAT counts a server refuses or that cross SIZE / 2^53 / 2^63 / 2^64.
+    b"BDAT 9223372036854775808\r\n",
+    b"BDAT 18446744073709551616 LAST\r\n",
+    b"BDAT 9007199254740992\r\n",
+    b"BDAT 9007199254740993 LAST\r\n",
+    b"BDAT 0 LAST\r\n",
+    b"BDAT 101\r\n",
+    b"bdat 4 last\r\n",
+    // RFC 5321 paths: quoted local parts, quoted pairs, source routes, the null path,
+    // upper-case domains with a trailing dot, pipes, an unterminated path.
+    b"MAIL FROM:<\"a>b\"@SPAM.Example.>\r\n",
+    b"MAIL FROM:<>\r\n",
+    b"MAIL FROM:<a@b|c.example> BODY=8BITMIME\r\n",
+    b"RCPT TO:<@r1.example,@r2.example:c@d.example>\r\n",
+    b"RCPT TO:<\"q\\\"x|y\"@example.net>\r\n",
+    b"RCPT TO:<a|b@example.net>\r\n",
+    b"RCPT TO:<unterminated@x\r\n",
+    // Dot lines beside a bare CR / LF or a NUL, and a smuggled transaction.
+    b"\r\n.\n",
+    b"\n.\r\n",
+    b"\r\n\0.\r\n",
+    b"x\0\r\n",
+    b"hello\n.\nMAIL FROM:<a@b.example>\r\n",
+    // MIME: RFC 2231 continuations, a parameter longer than the parse window before
+    // the filename, a boundary over 70 characters.
+    b"Content-Disposition: attachment; filename*0*=utf-8''a%20b; filename*1=\"c.exe\"\r\n\r\n",
+    concat!(
+        "Content-Disposition: attachment; x=\"",
+        x100!(), x100!(), x100!(), x100!(), x100!(), x100!(),
+        x100!(), x100!(), x100!(), x100!(), x100!(),
+        "\"; filename=\"f.exe\"\r\n\r\n"
+    )
+    .as_bytes(),
+    concat!(
+        "Content-Type: multipart/mixed; boundary=\"", b71!(), "\"\r\n\r\n--", b71!(),
+        "\r\nContent-Type: text/plain; name*=us-ascii'en'a.pdf\r\n\r\nx\r\n--", b71!(),
+        "--\r\n"
+    )
+    .as_bytes(),
 ];
 
 const SERVER_ATOMS: &[&[u8]] = &[
@@ -60,6 +114,11 @@ const SERVER_ATOMS: &[&[u8]] = &[
     b"550 no\r\n",
     b"502 what\r\n",
     b"221 bye\r\n",
+    // Appended: an EHLO reply with SIZE, one without CHUNKING, and refusals.
+    b"250-mx\r\n250-SIZE 100\r\n250 CHUNKING\r\n",
+    b"250-mx\r\n250 PIPELINING\r\n",
+    b"452 4.5.3 Too many recipients\r\n",
+    b"554 5.5.1 no\r\n",
 ];
 
 const ALPHABET: &[u8] = b"\r\n.:<>@- ABDEHLMOPRSTXZ0123456789abcdez\t\0|`";
@@ -81,7 +140,11 @@ fn decode(data: &[u8]) -> (Transcript, &[u8]) {
     while i + 1 < data.len() && ops.len() < MAX_OPS && total < TRANSCRIPT_BUDGET {
         let (op, arg) = (data[i], data[i + 1]);
         i += 2;
-        let peer = if op & 1 == 0 { Peer::Client } else { Peer::Server };
+        let peer = if op & 1 == 0 {
+            Peer::Client
+        } else {
+            Peer::Server
+        };
         let bytes = match op >> 6 {
             0 | 1 => {
                 let atoms = match peer {
