@@ -74,6 +74,21 @@ impl Excerpt {
         excerpt
     }
 
+    /// Becomes [`Excerpt::of`]`(line)` in place: only the bytes that change are written,
+    /// which on a hot path (every command and reply line) costs less than building a
+    /// new excerpt and moving it. Bytes past `len` stay zero, as in `of`.
+    pub fn set(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let kept = line.len().min(Excerpt::CAP);
+        let old = self.len as usize;
+        self.bytes[..kept].copy_from_slice(&line[..kept]);
+        if kept < old {
+            self.bytes[kept..old].fill(0);
+        }
+        self.len = kept as u8;
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
     }
@@ -88,6 +103,15 @@ impl std::fmt::Debug for Excerpt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_excerpt_set_in_place_equals_a_new_one() {
+        let mut excerpt = Excerpt::of(&[b'a'; 80]);
+        for line in [&b"VRFY root\r\n"[..], b"", &[b'b'; 70], b"NOOP"] {
+            excerpt.set(line);
+            assert_eq!(excerpt, Excerpt::of(line));
+        }
+    }
 
     #[test]
     fn an_excerpt_drops_the_line_ending_and_keeps_at_most_64_bytes() {

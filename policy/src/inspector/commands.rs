@@ -12,7 +12,7 @@ use super::judge::{LenCheck, Outcome};
 use super::replies::Pending;
 use super::tls::StarttlsCommand;
 use super::{Inspector, Output, Verdict, CMD_LINE_CAP, HOLD_CAP, QUEUE_CAP};
-use crate::event::{Direction, Excerpt};
+use crate::event::Direction;
 use crate::path::{self, Address, PathKind};
 use crate::rules::{Criterion, CriterionKind};
 use crate::scanner;
@@ -254,7 +254,7 @@ impl Inspector {
     ) -> Outcome {
         use CriterionKind as K;
         let d = Direction::ClientToServer;
-        self.judge.judging(Excerpt::of(content));
+        self.judge.judging(content);
         // An overlong line is judged when it crosses the cap, on `gt` rules (its final
         // length can only be larger); the others wait for its end.
         let when = if complete {

@@ -14,7 +14,7 @@ use crate::event::Direction;
 use crate::mime::{MessageScanner, LINE_HEAD_CAP};
 use crate::policy::Policy;
 use crate::rules::CriterionKind;
-use crate::scanner::{ContentScanner, Scan};
+use crate::scanner::{ContentScanner, Scan, CONTENT_FINDERS};
 
 /// Where DATA content reading stopped.
 pub(super) enum Step {
@@ -138,7 +138,8 @@ impl Content {
         };
         // Lines found in here end before the NUL, so `pos` never passes its end.
         let haystack = &buf[..nul_at.max(pos)];
-        while let Some(i) = memchr::memchr2(b'\r', b'\n', &haystack[pos..]) {
+        let line_ends = &CONTENT_FINDERS.cr_lf;
+        while let Some(i) = line_ends.find(&haystack[pos..]) {
             let line = &buf[pos..];
             // A line led by a dot may be the end of data, or a smuggled one.
             let plain = line[i] == b'\r'
@@ -186,8 +187,8 @@ impl Content {
         // Raw bytes of the current line that came in earlier reads.
         let mut prior = self.scanner.line_len();
         // The next NUL, found once per read and again past each (see plain_body_lines).
-        let next_nul =
-            |from: usize| memchr::memchr(0, &buf[from..]).map_or(buf.len(), |i| from + i);
+        let nul = &CONTENT_FINDERS.nul;
+        let next_nul = |from: usize| nul.find(&buf[from..]).map_or(buf.len(), |i| from + i);
         let mut nul_at = next_nul(start);
         loop {
             // Only at the start of a line with nothing of it seen yet.

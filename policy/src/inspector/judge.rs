@@ -65,9 +65,11 @@ struct Actor {
 }
 
 impl Judge {
-    /// The line the next checks judge (its start goes into their events).
-    pub(super) fn judging(&mut self, excerpt: Excerpt) {
-        self.actor.excerpt = excerpt;
+    /// The line the next checks judge (its start goes into their events); empty for
+    /// message content.
+    #[inline]
+    pub(super) fn judging(&mut self, line: &[u8]) {
+        self.actor.excerpt.set(line);
     }
 
     pub(super) fn new(policy: Arc<Policy>) -> Judge {

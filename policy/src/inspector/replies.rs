@@ -12,7 +12,7 @@ use super::forward::Fwd;
 use super::framer::{LineDecision, LineFramer, LineSide};
 use super::judge::Outcome;
 use super::{Inspector, Output, ReplyEffect, QUEUE_CAP, REPLY_LINE_CAP};
-use crate::event::{Direction, Excerpt};
+use crate::event::Direction;
 use crate::policy::BannerStyle;
 use crate::rules::{Criterion, CriterionKind};
 use crate::scanner;
@@ -173,6 +173,11 @@ impl ReplyTracker {
         self.chunking && size <= limit
     }
 
+    /// The inspector's own reply is next in line (see [`ReplyTracker::answer_injected`]).
+    fn injected_next(&self) -> bool {
+        matches!(self.pending.front(), Some(Pending::Injected(_)))
+    }
+
     /// The inspector's own replies now at the front of the queue go to the client.
     fn answer_injected(&mut self, out: &mut Output) {
         while let Some(&Pending::Injected(reply)) = self.pending.front() {
@@ -255,8 +260,13 @@ impl Inspector {
             if framer.mid_line() {
                 continue;
             }
-            fwd.flush(&input, &mut out.to_client);
-            match self.replies.effect.take() {
+            // What follows may push replies of its own: the reply line goes first. With
+            // nothing to push, the next lines' bytes join this slice of the read.
+            let effect = self.replies.effect.take();
+            if effect.is_some() || self.replies.injected_next() {
+                fwd.flush(&input, &mut out.to_client);
+            }
+            match effect {
                 Some(ReplyEffect::ReleaseHeld) => self.release_held(out),
                 Some(ReplyEffect::BdatRefused) => {
                     // A 5xx to a chunk relayed as content: client and server disagree
@@ -309,10 +319,11 @@ impl Inspector {
     }
 
     /// Judges one reply line from its content (CRLF excluded; for an overlong line its
-    /// first [`REPLY_LINE_CAP`] bytes).
-    fn on_reply(&mut self, line: &[u8], out: &mut Output) -> (LineDecision, Option<ReplyEffect>) {
+    /// first [`REPLY_LINE_CAP`] bytes). The effect of a complete reply on the client
+    /// side is kept in `replies.effect` for [`Inspector::server_input`] to apply.
+    fn on_reply(&mut self, line: &[u8], out: &mut Output) -> LineDecision {
         let d = Direction::ServerToClient;
-        self.judge.judging(Excerpt::of(line));
+        self.judge.judging(line);
         let code = reply_code(line);
         let last = line.get(3) != Some(&b'-');
         let line_no = self.replies.line_no;
@@ -325,7 +336,7 @@ impl Inspector {
                 mask = false;
                 if self.judge.has(CriterionKind::Banner) {
                     match self.judge.check_flag(CriterionKind::Banner, d, 0, out) {
-                        Outcome::Stop => return (LineDecision::Stop, None),
+                        Outcome::Stop => return LineDecision::Stop,
                         outcome => mask = outcome == Outcome::Mask,
                     }
                 }
@@ -337,21 +348,21 @@ impl Inspector {
                 ServerSide::Greeting { masked: mask }
             };
             if mask {
-                return (self.masked_greeting(line, line_no), None);
+                return self.masked_greeting(line, line_no);
             }
-            return (LineDecision::Pass, None);
+            return LineDecision::Pass;
         }
 
         let Some(&head) = self.replies.pending.front() else {
             // Unsolicited (e.g. a 421 before closing): forwarded as is.
-            return (LineDecision::Pass, None);
+            return LineDecision::Pass;
         };
         if let Pending::StarttlsInspected { to_upstream } = head {
             if last {
                 self.progress += 1;
                 self.replies.pop();
             }
-            return (self.starttls_reply(code, last, to_upstream, out), None);
+            return self.starttls_reply(code, last, to_upstream, out);
         }
         let mut action = LineDecision::Pass;
         if head == Pending::Ehlo && line_no == 0 {
@@ -367,7 +378,7 @@ impl Inspector {
             let masked_for_tls = self.tls_ehlo_keyword(ehlo_word(line));
             self.replies.note_extension(line);
             match self.ehlo_keyword(line, out) {
-                Outcome::Stop => return (LineDecision::Stop, None),
+                Outcome::Stop => return LineDecision::Stop,
                 Outcome::Mask => {
                     action = LineDecision::Rewrite(Bytes::from(mask_keyword(line)), None)
                 }
@@ -378,7 +389,7 @@ impl Inspector {
             }
         }
         if !last {
-            return (action, None);
+            return action;
         }
         if ehlo_ok {
             let effective = match &action {
@@ -437,7 +448,7 @@ impl Inspector {
                     let n = self.replies.invalid_rcpts;
                     let kind = CriterionKind::InvalidRecipientsCount;
                     if self.judge.check_cmp(kind, d, n, out) == Outcome::Stop {
-                        return (LineDecision::Stop, None);
+                        return LineDecision::Stop;
                     }
                 }
                 None
@@ -445,7 +456,7 @@ impl Inspector {
             Pending::Data => {
                 if code == 354 {
                     // Content lines are not excerpted: events in them carry none.
-                    self.judge.judging(Excerpt::EMPTY);
+                    self.judge.judging(b"");
                     self.content.start_message();
                     self.client.mode = ClientMode::Data;
                 }
@@ -459,14 +470,14 @@ impl Inspector {
                     let d = Direction::ClientToServer;
                     self.judge.check_flag(kind, d, 0, out);
                     if self.judge.stopped() {
-                        return (LineDecision::Stop, None);
+                        return LineDecision::Stop;
                     }
                 }
                 if code == 220 {
                     // RFC 3207 §4: TLS starts after this reply; nothing after it can be read.
                     let kind = CriterionKind::TlsStarted;
                     if self.judge.check_flag(kind, d, 0, out) == Outcome::Stop {
-                        return (LineDecision::Stop, None);
+                        return LineDecision::Stop;
                     }
                     self.replies.embryonic = false;
                     self.client.mode = ClientMode::Opaque;
@@ -497,7 +508,10 @@ impl Inspector {
             // replies before it were forwarded.
             Pending::Injected(_) => None,
         };
-        (action, effect)
+        if effect.is_some() {
+            self.replies.effect = effect;
+        }
+        action
     }
 
     /// The reply to a DATA / STARTTLS / AUTH / XEXCH50 arrived: the bytes held behind it
@@ -603,11 +617,7 @@ impl LineSide for ReplySide<'_> {
         _complete: bool,
         out: &mut Output,
     ) -> LineDecision {
-        let (decision, effect) = self.0.on_reply(content, out);
-        if effect.is_some() {
-            self.0.replies.effect = effect;
-        }
-        decision
+        self.0.on_reply(content, out)
     }
 
     fn overlong_end(&mut self, _len: u64, _out: &mut Output) -> bool {
