@@ -116,21 +116,45 @@ fn load(path: &Option<PathBuf>) -> Result<Config, StartError> {
     }
 }
 
-/// Binds each address once without SO_REUSEPORT; returns the addresses with any
-/// port 0 replaced by the port the kernel chose.
-fn probe_listen_addresses(config: &mut Config) -> Result<(), StartError> {
+/// Refuses a listen address another process holds (bound without SO_REUSEPORT, so a
+/// live listener conflicts even when it shares the option) and resolves port 0 to the
+/// port the shards will bind. A port-0 listener's port stays reserved by the returned
+/// socket (bound with SO_REUSEPORT, never listening) until the shards have bound it:
+/// released earlier, an outgoing connection could take it in between.
+fn probe_listen_addresses(config: &mut Config) -> Result<Vec<socket2::Socket>, StartError> {
     let mut seen = Vec::new();
+    let mut reservations = Vec::new();
     for listener in &mut config.listeners {
         if seen.contains(&listener.listen) {
             return Err(StartError::ListenTwice(listener.listen));
         }
         let address = listener.listen;
         let listen_error = |source| StartError::Listen { address, source };
-        let probe = std::net::TcpListener::bind(address).map_err(listen_error)?;
-        listener.listen = probe.local_addr().map_err(listen_error)?;
+        listener.listen = if address.port() == 0 {
+            let reservation = reserve_port(address).map_err(listen_error)?;
+            let bound = reservation.local_addr().map_err(listen_error)?;
+            reservations.push(reservation);
+            bound.as_socket().ok_or_else(|| {
+                listen_error(std::io::Error::other("bound address is not an IP address"))
+            })?
+        } else {
+            let probe = std::net::TcpListener::bind(address).map_err(listen_error)?;
+            probe.local_addr().map_err(listen_error)?
+        };
         seen.push(listener.listen);
     }
-    Ok(())
+    Ok(reservations)
+}
+
+/// A TCP socket bound to `address` with SO_REUSEADDR and SO_REUSEPORT, as the shards'
+/// listeners are, so they can bind beside it.
+fn reserve_port(address: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket)
 }
 
 /// The fix an operator needs for a listen address that cannot be bound.
@@ -154,7 +178,7 @@ fn thread_error(what: &'static str) -> impl FnOnce(std::io::Error) -> StartError
 fn start(options: RunOptions) -> Result<ExitCode, StartError> {
     let mut config = load(&options.config_path)?;
     let tls = Arc::new(TlsContext::load(&config).map_err(StartError::Config)?);
-    probe_listen_addresses(&mut config)?;
+    let port_reservations = probe_listen_addresses(&mut config)?;
     let configured_listens: Vec<SocketAddr> = config.listeners.iter().map(|l| l.listen).collect();
     let admin_listener = match config.admin.listen {
         Some(address) => Some(
@@ -234,6 +258,7 @@ fn start(options: RunOptions) -> Result<ExitCode, StartError> {
         .map_err(thread_error("join thread"))?;
 
     wait_until_bound(shared, &ready, cores, &messages)?;
+    drop(port_reservations);
     // The readiness line names the bound admin port, which differs from the configured
     // one when that is 0 (tests bind port 0 and read the line instead of racing).
     let admin_bound = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -424,4 +449,31 @@ fn reload(shared: &Shared, path: &Option<PathBuf>, listens: &[SocketAddr]) -> bo
     shared.install(config, tls);
     log::diag(&format!("SIGHUP: reloaded {}", path.display()));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_0_listener_keeps_its_port_reserved_until_the_shards_bind() {
+        let mut config = Config::from_toml_str(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:25\"\n",
+        )
+        .unwrap();
+        let reservations = probe_listen_addresses(&mut config).unwrap();
+        let resolved = config.listeners[0].listen;
+        assert_ne!(resolved.port(), 0);
+        assert_eq!(reservations.len(), 1);
+        // Held: a socket without the reuse options cannot bind it. (The kernel's
+        // choice of a local port for an outgoing connection likewise skips every port
+        // a bind() holds, which is the race this reservation closes.)
+        let plain = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None);
+        assert!(plain.unwrap().bind(&resolved.into()).is_err());
+        // A shard's listener (SO_REUSEADDR + SO_REUSEPORT) binds beside the reservation.
+        let shard_like = reserve_port(resolved).unwrap();
+        shard_like.listen(16).unwrap();
+        drop(reservations);
+        assert_eq!(shard_like.local_addr().unwrap().as_socket(), Some(resolved));
+    }
 }
