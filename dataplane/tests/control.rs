@@ -45,11 +45,9 @@ fn check_accepts_a_good_config_and_lists_every_error_of_a_bad_one() {
 
 #[test]
 fn status_and_metrics_count_connections_and_rule_hits() {
-    let up = Upstream::start(&[]);
-    let gate = Gate::start(&config_text(up.addr, "policy = \"default\"", ""));
+    let (_up, gate) = gated_upstream(&[], "policy = \"default\"", "");
 
-    let mut c = Client::connect(gate.listen());
-    c.reply();
+    let mut c = Client::after_greeting(gate.listen());
     let mut long = b"HELO ".to_vec();
     long.extend(std::iter::repeat_n(b'h', 600));
     long.extend_from_slice(b"\r\n");
@@ -122,12 +120,11 @@ fn sighup_reload_applies_to_new_sessions_and_a_bad_file_keeps_the_old_config() {
 
 #[test]
 fn sigterm_stops_accepting_drains_live_sessions_and_exits_zero() {
-    let up = Upstream::start(&[]);
-    let mut gate = Gate::start(&config_text(
-        up.addr,
+    let (_up, mut gate) = gated_upstream(
+        &[],
         "policy = \"none\"",
         "[timeouts]\nshutdown_drain = \"10s\"",
-    ));
+    );
     let listen = gate.listen();
 
     let mut live = Client::connect(listen);
@@ -284,11 +281,9 @@ fn status_counts_limit_rejections_upstream_failures_and_exempt_sessions() {
 
 #[test]
 fn a_client_that_never_closes_after_the_server_did_is_finished_not_timed_out() {
-    let up = Upstream::start(&[]);
-    let gate = Gate::start(&config_text(up.addr, "policy = \"none\"", ""));
+    let (_up, gate) = gated_upstream(&[], "policy = \"none\"", "");
 
-    let mut c = Client::connect(gate.listen());
-    c.reply();
+    let mut c = Client::after_greeting(gate.listen());
     c.send(b"QUIT\r\n");
     assert_eq!(c.reply(), b"221 2.0.0 Bye\r\n");
     assert_eq!(c.read_to_end(), b"", "the server's close is passed on");

@@ -15,12 +15,11 @@ fn masked_banner() -> Vec<u8> {
 
 #[test]
 fn default_policy_masks_banner_and_keywords_and_xes_unknown_verbs_in_order() {
-    let up = Upstream::start(&["PIPELINING", "X-SECRET"]);
-    let gate = Gate::start(&config_text(
-        up.addr,
+    let (up, gate) = gated_upstream(
+        &["PIPELINING", "X-SECRET"],
         "policy = \"default\"\nbanner_name = \"mx.edge.test\"",
         "",
-    ));
+    );
 
     let mut c = Client::connect(gate.listen());
     assert_eq!(c.reply(), masked_banner());

@@ -13,8 +13,7 @@ use common::*;
 
 #[test]
 fn three_idle_admin_connections_do_not_delay_status_past_one_second() {
-    let up = Upstream::start(&[]);
-    let gate = Gate::start(&config_text(up.addr, "policy = \"default\"", ""));
+    let (_up, gate) = gated_upstream(&[], "policy = \"default\"", "");
     let admin = gate.admin();
     // Connected, never sending a byte (and one with half a request line).
     let idle: Vec<TcpStream> = (0..3)
@@ -42,12 +41,11 @@ fn three_idle_admin_connections_do_not_delay_status_past_one_second() {
 
 #[test]
 fn probes_answer_get_and_head_and_readyz_fails_while_draining() {
-    let up = Upstream::start(&[]);
-    let mut gate = Gate::start(&config_text(
-        up.addr,
+    let (_up, mut gate) = gated_upstream(
+        &[],
         "policy = \"default\"",
         "[timeouts]\nshutdown_drain = \"20s\"",
-    ));
+    );
     let (listen, admin) = (gate.listen(), gate.admin());
 
     let health = http_request(admin, "GET", "/healthz", "");

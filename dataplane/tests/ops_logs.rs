@@ -88,8 +88,7 @@ fn json_lines_carry_level_session_peers_and_a_summary_per_session() {
     );
     let listen = gate.listen();
 
-    let mut c = Client::connect(listen);
-    c.reply();
+    let mut c = Client::after_greeting(listen);
     c.send(b"EHLO client.example\r\nNOOP\r\nMAIL FROM:<\"odd\"@example.org>\r\n");
     c.reply();
     c.reply();
@@ -140,8 +139,7 @@ fn json_lines_carry_level_session_peers_and_a_summary_per_session() {
 
 #[test]
 fn a_session_logs_at_most_sixteen_events_and_its_summary_counts_the_rest() {
-    let up = Upstream::start(&[]);
-    let gate = Gate::start(&config_text(up.addr, "policy = \"loud\"", LOUD));
+    let (_up, gate) = gated_upstream(&[], "policy = \"loud\"", LOUD);
     noisy_session(gate.listen(), 40);
     let all = gate.wait_log("302014");
     let events = all.matches("%SMTPGATE-4-108005").count();
@@ -152,15 +150,9 @@ fn a_session_logs_at_most_sixteen_events_and_its_summary_counts_the_rest() {
 
 #[test]
 fn a_client_refused_by_a_connection_limit_is_logged() {
-    let up = Upstream::start(&[]);
-    let gate = Gate::start(&config_text(
-        up.addr,
-        "policy = \"default\"",
-        "[limits]\nmax_connections = 1",
-    ));
+    let (_up, gate) = gated_upstream(&[], "policy = \"default\"", "[limits]\nmax_connections = 1");
     let listen = gate.listen();
-    let mut first = Client::connect(listen);
-    first.reply();
+    let _first = Client::after_greeting(listen);
     let mut refused = Client::connect(listen);
     assert!(refused.reply().starts_with(b"421 4.7.0"));
     let refused_addr = refused.stream.local_addr().unwrap();

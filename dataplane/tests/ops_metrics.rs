@@ -12,10 +12,8 @@ use testkit::{peer, run_with_input};
 
 #[test]
 fn promtool_accepts_the_metrics_text() {
-    let up = Upstream::start(&[]);
-    let gate = Gate::start(&config_text(up.addr, "policy = \"default\"", ""));
-    let mut c = Client::connect(gate.listen());
-    c.reply();
+    let (_up, gate) = gated_upstream(&[], "policy = \"default\"", "");
+    let mut c = Client::after_greeting(gate.listen());
     c.send(b"QUIT\r\n");
     c.reply();
     let text = gate.wait_metric("smtpgate_session_duration_seconds_count", 1.0);
@@ -35,12 +33,10 @@ fn promtool_accepts_the_metrics_text() {
 
 #[test]
 fn a_relayed_message_moves_listener_counters_and_histograms() {
-    let up = Upstream::start(&[]);
-    let gate = Gate::start(&config_text(up.addr, "policy = \"default\"", ""));
+    let (_up, gate) = gated_upstream(&[], "policy = \"default\"", "");
     let listen = gate.listen();
 
-    let mut c = Client::connect(listen);
-    c.reply();
+    let mut c = Client::after_greeting(listen);
     c.send(b"EHLO client.example\r\n");
     c.reply();
     // Open session: the per-listener bytes already count, the end-of-session total not.
@@ -93,8 +89,7 @@ fn a_relayed_message_moves_listener_counters_and_histograms() {
 
 #[test]
 fn build_process_and_reload_facts_are_exported() {
-    let up = Upstream::start(&[]);
-    let gate = Gate::start(&config_text(up.addr, "policy = \"default\"", ""));
+    let (_up, gate) = gated_upstream(&[], "policy = \"default\"", "");
     let text = gate.metrics();
     let build = text
         .lines()

@@ -103,15 +103,10 @@ fn upstream_that_never_answers_the_connect_gets_421_within_the_timeout() {
 
     let started = Instant::now();
     let mut c = Client::connect(gate.listen());
-    let reply = c.reply();
-    let took = started.elapsed();
     // Either the kernel refused (backlog overflow with RST) or the connect timed out:
     // both must reach the client as a 421 4.4.1 bounded by upstream_connect.
-    assert!(
-        reply.starts_with(b"421 4.4.1 "),
-        "{}",
-        String::from_utf8_lossy(&reply)
-    );
+    c.reply_starting(b"421 4.4.1 ");
+    let took = started.elapsed();
     assert!(took < Duration::from_secs(4), "took {took:?}");
 }
 
@@ -173,13 +168,8 @@ fn embryonic_session_times_out_with_421() {
     let mut c = Client::connect(gate.listen());
     assert_eq!(c.reply(), UPSTREAM_BANNER);
     // Say nothing: no HELO/EHLO ever.
-    let reply = c.reply();
+    c.reply_starting(b"421 4.4.2 ");
     let took = started.elapsed();
-    assert!(
-        reply.starts_with(b"421 4.4.2 "),
-        "{}",
-        String::from_utf8_lossy(&reply)
-    );
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "{took:?}"
