@@ -14,6 +14,7 @@
 //! bytes leave the total at once, so one overrun evicts only as many as it takes.
 
 use std::cell::Cell;
+use std::rc::Rc;
 
 use crate::clock::{Deadline, Deadlines};
 
@@ -87,6 +88,20 @@ impl Budget {
     }
 }
 
+/// A session's place in the budget: whatever it still held leaves the total when
+/// this is dropped, however the session ends.
+pub struct Holding<'a> {
+    pub budget: &'a Budget,
+    pub sessions: &'a Deadlines,
+    pub session: Rc<Deadline>,
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.budget.report(self.sessions, &self.session, 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -112,6 +127,23 @@ mod tests {
         // An unchanged figure costs nothing and evicts nobody.
         budget.report(&sessions, &large, 200);
         assert!(!large.take_eviction());
+    }
+
+    #[test]
+    fn a_session_that_ends_leaves_the_total() {
+        let sessions = Deadlines::default();
+        let budget = Budget::new();
+        let session = sessions.add(Instant::now());
+        {
+            let holding = Holding {
+                budget: &budget,
+                sessions: &sessions,
+                session: session.clone(),
+            };
+            budget.report(&sessions, &holding.session, 4096);
+            assert_eq!(budget.total(), 4096);
+        }
+        assert_eq!(budget.total(), 0);
     }
 
     #[test]

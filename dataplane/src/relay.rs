@@ -59,7 +59,7 @@ use smtpgate_policy::inspector::{
     Inspector, Output, Phase, StartTls, TlsSides, Verdict, QUEUE_CAP,
 };
 
-use crate::budget::Budget;
+use crate::budget::{Budget, Holding};
 use crate::bufpool::{refill, BufPool};
 use crate::clock::{after, Deadline, Deadlines};
 use crate::limits::Ticket;
@@ -697,6 +697,11 @@ impl Relay<'_> {
     pub async fn run(mut self, sink: &mut dyn EventSink) -> Outcome {
         let connected_at = self.connected_at;
         let mut reads_since_yield = 0u32;
+        let _holding = Holding {
+            budget: self.budget,
+            sessions: self.sessions,
+            session: self.deadline.clone(),
+        };
         let mut pump = Pump {
             halves: [Half::new(self.client), Half::new(self.server)],
             pool: self.pool,
@@ -983,7 +988,6 @@ impl Relay<'_> {
             }
         };
         pump.release_buffers();
-        pump.budget.report(pump.sessions, pump.deadline, 0);
         let traffic = Traffic {
             from_client: pump.halves[Side::Client as usize].bytes_read,
             from_server: pump.halves[Side::Upstream as usize].bytes_read,
