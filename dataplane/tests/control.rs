@@ -14,19 +14,16 @@ use testkit::{binary, run_bounded};
 #[test]
 fn check_accepts_a_good_config_and_lists_every_error_of_a_bad_one() {
     let dir = scratch_dir("check");
-    let good = dir.join("good.toml");
-    std::fs::write(&good, config_text(local(2526), "policy = \"default\"", "")).unwrap();
-    let (code, stdout, _) = smtpgate(&["check", "-c", good.to_str().unwrap()]);
+    let good = config_text(local(2526), "policy = \"default\"", "");
+    let (code, stdout, _) = check_config(&dir.join("good.toml"), &good);
     assert_eq!(code, Some(0));
     assert!(stdout.starts_with("ok"), "{stdout}");
 
     let bad = dir.join("bad.toml");
-    std::fs::write(
+    let (code, _, stderr) = check_config(
         &bad,
         "[limits]\nmax_connections = 10\nno_such_key = 1\n\n[[listener]]\nlisten = \"127.0.0.1:2525\"\nupstream = \"127.0.0.1:2526\"\npolicy = \"strict\"\n\n[policy.strict]\nextends = \"default\"\nrules = [\"match cmd line length gt banana drop-connection\"]\n",
-    )
-    .unwrap();
-    let (code, _, stderr) = smtpgate(&["check", "-c", bad.to_str().unwrap()]);
+    );
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("no_such_key"), "{stderr}");
     assert!(stderr.contains("banana"), "{stderr}");
@@ -199,10 +196,8 @@ fn import_asa_prints_toml_that_check_accepts() {
     assert!(toml.contains("max_connections = 5000"), "{toml}");
 
     // Imported policy and limits, plus a listener using it: a config `run` accepts.
-    let conf = dir.join("imported.toml");
     let listener = "\n[[listener]]\nlisten = \"127.0.0.1:2525\"\nupstream = \"127.0.0.1:2526\"\npolicy = \"edge_esmtp\"\n";
-    std::fs::write(&conf, format!("{toml}{listener}")).unwrap();
-    let (code, _, stderr) = smtpgate(&["check", "-c", conf.to_str().unwrap()]);
+    let (code, _, stderr) = check_config(&dir.join("imported.toml"), &format!("{toml}{listener}"));
     assert_eq!(code, Some(0), "{stderr}\n{toml}");
 
     std::fs::write(&asa, "hostname fw1\n").unwrap();

@@ -40,13 +40,10 @@ fn an_upstream_given_as_a_host_name_is_resolved_and_relayed_to() {
 #[test]
 fn an_unresolvable_upstream_host_name_is_a_located_check_error() {
     let dir = scratch_dir("resolve");
-    let path = dir.join("bad.toml");
-    std::fs::write(
-        &path,
+    let (code, _, stderr) = check_config(
+        &dir.join("bad.toml"),
         "[[listener]]\nlisten = \"127.0.0.1:2525\"\nupstream = \"no-such-host.invalid:25\"\n",
-    )
-    .unwrap();
-    let (code, _, stderr) = smtpgate(&["check", "-c", path.to_str().unwrap()]);
+    );
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("line 3, column 12: listener[0].upstream: cannot resolve host name `no-such-host.invalid`"),

@@ -128,8 +128,7 @@ fn the_daemonset_parses_and_its_probes_ports_and_security_agree() {
     let toml = config_map["data"]["smtpgate.toml"].as_str().unwrap();
     let dir = scratch_dir("daemonset");
     let baked = dir.join("smtpgate.toml");
-    std::fs::write(&baked, toml).unwrap();
-    let (code, _, stderr) = smtpgate(&["check", "-c", baked.to_str().unwrap()]);
+    let (code, _, stderr) = check_config(&baked, toml);
     assert_eq!(code, Some(0), "the ConfigMap's config: {stderr}");
 
     let set = &docs[1];

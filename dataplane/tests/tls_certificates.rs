@@ -21,9 +21,7 @@ fn tls_config(cert: &Path, key: &Path) -> String {
 }
 
 fn check_with(dir: &Path, cert: &Path, key: &Path) -> (Option<i32>, String, String) {
-    let path = dir.join("smtpgate.toml");
-    std::fs::write(&path, tls_config(cert, key)).unwrap();
-    smtpgate(&["check", "-c", path.to_str().unwrap()])
+    check_config(&dir.join("smtpgate.toml"), &tls_config(cert, key))
 }
 
 #[test]
@@ -96,9 +94,7 @@ fn check_refuses_a_missing_file_and_a_wrong_upstream_ca_naming_them() {
         ),
         "",
     );
-    let path = dir.join("verify.toml");
-    std::fs::write(&path, text).unwrap();
-    let (code, _, err) = smtpgate(&["check", "-c", path.to_str().unwrap()]);
+    let (code, _, err) = check_config(&dir.join("verify.toml"), &text);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains(&format!(

@@ -245,6 +245,13 @@ pub fn smtpgate(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// Writes `text` to `path` and runs `smtpgate check -c PATH` on it (the file's name is
+/// part of what check reports); returns (exit code, stdout, stderr).
+pub fn check_config(path: &Path, text: &str) -> (Option<i32>, String, String) {
+    std::fs::write(path, text).unwrap();
+    smtpgate(&["check", "-c", path.to_str().unwrap()])
+}
+
 /// A tiny HTTP GET (the admin endpoint), bounded; the whole response.
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
     http_request(addr, "GET", path, "")

@@ -32,8 +32,8 @@ pub mod upstream;
 
 pub use datagram::Datagrams;
 pub use gate::{
-    config, config_text, gated_upstream, http_body, http_get, http_request, metric_value, smtpgate,
-    Gate,
+    check_config, config, config_text, gated_upstream, http_body, http_get, http_request,
+    metric_value, smtpgate, Gate,
 };
 pub use postfix::PostfixSink;
 pub use postfix_instance::{Delivery, PostfixInstance, PostfixSetup, SmtpdTls, MAILBOX_DOMAIN};

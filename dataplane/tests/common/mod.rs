@@ -7,7 +7,7 @@
 #![allow(unused_imports)]
 
 pub use testkit::{
-    config, config_text, free_port, gated_upstream, http_body, http_get, http_request, local,
-    metric_value, reply_code, scratch_dir, smtpgate, smtpgate_ready, socket_from, text,
-    BoundSocket, Client, Gate, Ready, Seen, Upstream, LIMIT, UPSTREAM_BANNER,
+    check_config, config, config_text, free_port, gated_upstream, http_body, http_get,
+    http_request, local, metric_value, reply_code, scratch_dir, smtpgate, smtpgate_ready,
+    socket_from, text, BoundSocket, Client, Gate, Ready, Seen, Upstream, LIMIT, UPSTREAM_BANNER,
 };
