@@ -76,11 +76,17 @@ impl<const N: usize> Finder<N> {
     }
 }
 
-/// The finders of message content: line ends, line ends or NUL, NUL.
+/// The finders of the per-line loops: message content's line ends, line ends or NUL,
+/// NUL; command and reply lines' LF; in a command, the space after its verb, and in
+/// an address a pipe, or a backquote or NUL.
 pub struct ContentFinders {
     pub cr_lf: Finder<2>,
     pub cr_lf_nul: Finder<3>,
     pub nul: Finder<1>,
+    pub lf: Finder<1>,
+    pub space: Finder<1>,
+    pub pipe: Finder<1>,
+    pub backquote_nul: Finder<2>,
 }
 
 /// Built on first use: CPU feature detection needs the standard library at run time.
@@ -88,6 +94,10 @@ pub static CONTENT_FINDERS: LazyLock<ContentFinders> = LazyLock::new(|| ContentF
     cr_lf: Finder::new([b'\r', b'\n']),
     cr_lf_nul: Finder::new([b'\r', b'\n', 0]),
     nul: Finder::new([0]),
+    lf: Finder::new([b'\n']),
+    space: Finder::new([b' ']),
+    pipe: Finder::new([b'|']),
+    backquote_nul: Finder::new([b'`', 0]),
 });
 
 /// Offset just past the next LF in `buf`, if any.

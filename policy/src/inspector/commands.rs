@@ -15,7 +15,7 @@ use super::{Inspector, Output, Verdict, CMD_LINE_CAP, HOLD_CAP, QUEUE_CAP};
 use crate::event::Direction;
 use crate::path::{self, Address, PathKind};
 use crate::rules::{Criterion, CriterionKind};
-use crate::scanner;
+use crate::scanner::{self, CONTENT_FINDERS};
 use crate::verb::Verb;
 
 /// What the client's next bytes are.
@@ -265,7 +265,7 @@ impl Inspector {
         if self.judge.check_line_length(len, when, out) == Outcome::Stop {
             return Outcome::Stop;
         }
-        let word_end = memchr::memchr(b' ', content).unwrap_or(content.len());
+        let word_end = CONTENT_FINDERS.space.find(content).unwrap_or(content.len());
         let word = &content[..word_end];
         let args = &content[word_end..];
         let verb = Verb::parse(word);
@@ -454,7 +454,7 @@ impl Inspector {
             self.envelope.on_mail(written);
         }
         let len = written.len() as u64;
-        if memchr::memchr(b'|', written).is_some()
+        if CONTENT_FINDERS.pipe.find(written).is_some()
             && self.judge.check_flag(K::AddressPipe, d, len, out) == Outcome::Stop
         {
             return Outcome::Stop;
@@ -593,5 +593,5 @@ fn xexch50_size(args: &[u8]) -> Option<u64> {
 
 /// `special_character`: backquote or NUL in an address (the pipe has its own rule).
 fn has_special_character(addr: &[u8]) -> bool {
-    memchr::memchr2(b'`', 0, addr).is_some()
+    CONTENT_FINDERS.backquote_nul.find(addr).is_some()
 }

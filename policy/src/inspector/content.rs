@@ -391,7 +391,7 @@ impl Content {
         let buf: &[u8] = input;
         let mut pos = start;
         while pos < end {
-            match memchr::memchr(b'\n', &buf[pos..end]) {
+            match CONTENT_FINDERS.lf.find(&buf[pos..end]) {
                 Some(i) => {
                     let lf = pos + i;
                     let ends_crlf = if i > 0 {

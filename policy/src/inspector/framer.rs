@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::forward::Fwd;
 use super::Output;
 use crate::event::Direction;
+use crate::scanner::CONTENT_FINDERS;
 
 /// What a side decided about a line from its content (or its head, when overlong).
 pub(super) enum LineDecision {
@@ -87,7 +88,7 @@ impl LineFramer {
         side: &mut impl LineSide,
     ) -> usize {
         let rest = &input[pos..];
-        let lf = memchr::memchr(b'\n', rest);
+        let lf = CONTENT_FINDERS.lf.find(rest);
         if let Some(s) = self.stream.take() {
             return self.stream_step(s, input, pos, lf, fwd, direction, out, side);
         }
