@@ -23,8 +23,8 @@ pub fn config_text(upstream: SocketAddr, listener_lines: &str, extra: &str) -> S
 }
 
 /// Like [`config_text`] but on ports picked before smtpgate starts, for tests that
-/// need the address up front; returns the text and the listen address. Racy (another
-/// process may take the port first): prefer [`config_text`] and [`Gate::listen`].
+/// need the address up front (see [`free_port`]); returns the text and the listen
+/// address. Prefer [`config_text`] and [`Gate::listen`].
 pub fn config(upstream: SocketAddr, listener_lines: &str, extra: &str) -> (String, SocketAddr) {
     let listen = local(free_port());
     let admin = local(free_port());

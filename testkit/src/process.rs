@@ -102,15 +102,29 @@ pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// A port that was free a moment ago. Racy: only for peers that cannot bind port 0
-/// and report it (Postfix's smtp-sink, the TLS test's Python server) or for an address
+/// A port that was free a moment ago, for peers that cannot bind port 0 and report
+/// it (Postfix, HAProxy, a restart that must rebind the same port) or for an address
 /// nothing must listen on; servers of this workspace bind port 0 and print the port.
+/// It is taken from below the kernel's ephemeral range, so no other process's port-0
+/// bind or outgoing connection can take it before the peer binds it, and the ports
+/// one test process hands out are distinct.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST).max(1_000);
+    // Test binaries run one after another; the pid spreads their starting points.
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let port = (LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port on 127.0.0.1 between {LOWEST} and {ephemeral_low}")
 }
 
 /// Polls until something accepts on `addr` (a peer we started), or panics after `limit`.
