@@ -1320,12 +1320,20 @@ impl LocalExecutor {
         self.reactor.need_preempt()
     }
 
+    /// Runs task queues until preempted or out of work; false means nothing is
+    /// runnable and the executor may park.
     fn run_task_queues(&self) -> bool {
         let mut ran = false;
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // smtpgate patch: preempted before a task ran is not idle. A
+                // preempt timer firing between `poll_io` and here used to make
+                // this return false with tasks queued, and the executor parked
+                // with nothing armed to wake it (the fast park keeps preempt
+                // timers armed across loops, so there it happened hundreds of
+                // times per 20,000 cross-executor round trips).
+                break ran || !self.queues.borrow().active_executors.is_empty();
             }
             if !self.run_one_task_queue() {
                 return false;
@@ -1333,7 +1341,6 @@ impl LocalExecutor {
                 ran = true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
