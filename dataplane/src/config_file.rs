@@ -1,4 +1,4 @@
-//! Reading the config: a file, or the embedded default (SPEC: listen 127.0.0.1:2525,
+//! Reading the config: a file, or the embedded default (listen 127.0.0.1:2525,
 //! upstream 127.0.0.1:2526, policy `default`, admin 127.0.0.1:9725). Parsing and
 //! validation belong to `smtpgate-policy`; this module only reads files and reports.
 

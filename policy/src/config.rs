@@ -1,9 +1,11 @@
 //! The TOML config (serde, `deny_unknown_fields`) and its validation into one
 //! immutable [`Config`] the dataplane shares across cores.
 //!
-//! CONTRACT (the dataplane reads these validated types; the raw serde types and the
-//! parser/validator live below them and are private to this crate, except
-//! [`PolicySection`], which [`Policy::compile`] takes).
+//! The dataplane reads only the validated types; the raw serde types and the
+//! parser/validator below them are private to this crate. A `[policy.NAME]` section
+//! is read as a [`PolicySection`] (in `section.rs`, beside nothing but itself, so the
+//! policy compiler and this module both use it without depending on each other's
+//! internals).
 //!
 //! [`Config::from_toml_str`] reports every error it can find, not just the first, each
 //! with `line L, column C` in the file and the key path. serde stops at the first
@@ -26,6 +28,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::policy::{resolution_order, Policy, BUILTIN_NAMES};
+pub use crate::section::{ParamValue, PolicySection};
 
 /// A validated config. Cheap to share: `Arc<Config>`; policies are `Arc<Policy>`.
 #[derive(Clone, Debug)]
@@ -189,7 +192,7 @@ impl Config {
 // Defaults
 // ---------------------------------------------------------------------------------
 
-/// The config `smtpgate run` uses without `-c` (SPEC "Command line").
+/// The config `smtpgate run` uses without `-c`.
 pub const EMBEDDED_DEFAULT_TOML: &str = r#"
 [admin]
 listen = "127.0.0.1:9725"
@@ -203,9 +206,9 @@ policy = "default"
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9725";
 
 impl Limits {
-    /// What an omitted `[limits]` key means (SPEC's numbers): 100000 connections, 10000
+    /// What an omitted `[limits]` key means (the documented defaults): 100000 connections, 10000
     /// embryonic, no per-client caps. (`Limits::default()` is all zeros: unlimited.)
-    pub const SPEC_DEFAULT: Limits = Limits {
+    pub const DEFAULT: Limits = Limits {
         max_connections: 100_000,
         max_embryonic: 10_000,
         per_client_max: 0,
@@ -318,80 +321,6 @@ struct RawSniCertificate {
     names: Spanned<Vec<String>>,
     cert: Spanned<String>,
     key: Spanned<String>,
-}
-
-/// One `[policy.NAME]` section as written. Spans locate errors in the file.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicySection {
-    /// A built-in or another `[policy.NAME]`; default `"default"`.
-    pub extends: Option<Spanned<String>>,
-    pub mask_banner: Option<bool>,
-    pub allow_tls: Option<bool>,
-    /// `true` (drop-connection log), `false`, or actions like `"log"`.
-    pub special_character: Option<Spanned<ParamValue>>,
-    /// `true` (drop-connection log), `false`, or actions like `"log"`.
-    pub bare_newline: Option<Spanned<ParamValue>>,
-    /// NUL in DATA content: `true` (drop-connection log), `false`, or actions; the
-    /// built-ins log.
-    pub nul_in_content: Option<Spanned<ParamValue>>,
-    /// Client bytes before the server's greeting reached it: `true` (drop-connection
-    /// log), `false`, or actions like `"log"`.
-    pub early_talker: Option<Spanned<ParamValue>>,
-    /// `"example.com"` or `"example.com log"`; `""` switches it off.
-    pub mail_relay: Option<Spanned<String>>,
-    /// Private verbs and EHLO keywords to pass (`X-LINK2STATE`, `XEXCH50`).
-    pub allow_verbs: Option<Vec<Spanned<String>>>,
-    /// `match ...` lines, appended after the parent's.
-    #[serde(default)]
-    pub rules: Vec<Spanned<String>>,
-    /// `false`: take the parent's command and EHLO handling and its parameters, but
-    /// none of its `match` rules (only this section's). Default `true`. This is how an
-    /// imported firewall policy map, which replaces the firewall's default map rather
-    /// than adding to it, is reproduced (`import-asa` writes it).
-    pub inherit_rules: Option<bool>,
-}
-
-impl PolicySection {
-    /// Whether the section sets anything besides `extends`.
-    pub fn has_settings(&self) -> bool {
-        self.mask_banner.is_some()
-            || self.allow_tls.is_some()
-            || self.special_character.is_some()
-            || self.bare_newline.is_some()
-            || self.nul_in_content.is_some()
-            || self.early_talker.is_some()
-            || self.mail_relay.is_some()
-            || self.allow_verbs.is_some()
-            || !self.rules.is_empty()
-            || self.inherit_rules.is_some()
-    }
-}
-
-/// A parameter that is either switched (`true`/`false`) or given actions (`"log"`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ParamValue {
-    Bool(bool),
-    Text(String),
-}
-
-impl<'de> Deserialize<'de> for ParamValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ParamValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("true, false or actions like \"drop-connection log\"")
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<ParamValue, E> {
-                Ok(ParamValue::Bool(v))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<ParamValue, E> {
-                Ok(ParamValue::Text(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1278,7 +1207,7 @@ fn bounded(
 }
 
 fn validate_limits(raw: RawLimits, errors: &mut Errors<'_>) -> Limits {
-    let defaults = Limits::SPEC_DEFAULT;
+    let defaults = Limits::DEFAULT;
     let count = (0, MAX_COUNT);
     let buffer_budget = match &raw.buffer_budget {
         None => defaults.buffer_budget,

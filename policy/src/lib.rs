@@ -28,4 +28,5 @@ pub mod path;
 pub mod policy;
 pub mod rules;
 pub mod scanner;
+mod section;
 pub mod verb;

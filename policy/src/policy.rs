@@ -25,11 +25,11 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-use crate::config::{ParamValue, PolicySection};
 use crate::rules::{
     parse_parameter_actions, parse_rule, Actions, Cmp, Criterion, CriterionKind, Disposition, Rule,
     RuleId,
 };
+use crate::section::{ParamValue, PolicySection};
 use crate::verb::{CommandSet, EhloKeyword, EhloSet, Verb};
 
 /// One precompiled policy. Shared read-only by every session (`Arc<Policy>`).

@@ -1,4 +1,4 @@
-//! `Config::from_toml_str`: SPEC's sample config, the embedded default, defaults, and
+//! `Config::from_toml_str`: the product's sample config, the embedded default, defaults, and
 //! one test per kind of error (each with its line and column).
 
 use std::net::{IpAddr, SocketAddr};
@@ -8,8 +8,8 @@ use smtpgate_policy::config::{Config, ConfigErrors, Limits, EMBEDDED_DEFAULT_TOM
 use smtpgate_policy::rules::Criterion;
 use smtpgate_policy::verb::Verb;
 
-/// SPEC's "Config (TOML)" section, verbatim.
-const SPEC_SAMPLE: &str = r#"
+/// The product's documented sample config (every section and key), verbatim.
+const SAMPLE_CONFIG: &str = r#"
 [admin]
 listen = "127.0.0.1:9725"      # GET /metrics (Prometheus), GET /status (JSON)
 
@@ -59,7 +59,7 @@ const LISTENER: &str = "[[listener]]\nlisten = \"127.0.0.1:2525\"\nupstream = \"
 
 #[test]
 fn spec_sample_parses_fully() {
-    let c = Config::from_toml_str(SPEC_SAMPLE).unwrap_or_else(|e| panic!("{e}"));
+    let c = Config::from_toml_str(SAMPLE_CONFIG).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.admin.listen, Some(addr("127.0.0.1:9725")));
     assert_eq!(
         c.limits,
@@ -91,7 +91,7 @@ fn spec_sample_parses_fully() {
 fn user_policy_compiles_and_listeners_share_it() {
     let text = format!(
         "{}{LISTENER}policy = \"strict\"\n[[listener]]\nlisten = \"127.0.0.1:2527\"\nupstream = \"127.0.0.1:2526\"\npolicy = \"strict\"\n",
-        SPEC_SAMPLE
+        SAMPLE_CONFIG
     );
     let c = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.listeners.len(), 3);
@@ -141,7 +141,7 @@ fn embedded_default_is_specs() {
     assert_eq!(c.listeners[0].listen, addr("127.0.0.1:2525"));
     assert_eq!(c.listeners[0].upstream, addr("127.0.0.1:2526"));
     assert_eq!(c.listeners[0].policy.name, "default");
-    assert_eq!(c.limits, Limits::SPEC_DEFAULT);
+    assert_eq!(c.limits, Limits::DEFAULT);
     assert!(EMBEDDED_DEFAULT_TOML.contains("127.0.0.1:2525"));
 }
 
