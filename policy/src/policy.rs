@@ -214,8 +214,50 @@ const LOG: Actions = Actions {
     rate_limit: 0,
 };
 
+/// The built-in policies, which every config has without declaring them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Builtin {
+    /// Inspects with the firewall's default map, a neutral greeting and STARTTLS.
+    Default,
+    /// The firewall's `inspect esmtp` as shipped, asterisk banner and all.
+    AsaCompat,
+    /// PIX Mailguard: RFC 821's minimum command set.
+    Mailguard,
+    /// Relays verbatim: what an exempt client gets.
+    None,
+}
+
+impl Builtin {
+    /// In the order errors list them.
+    pub const ALL: [Builtin; 4] = [
+        Builtin::Default,
+        Builtin::AsaCompat,
+        Builtin::Mailguard,
+        Builtin::None,
+    ];
+
+    /// The name a config uses for it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Builtin::Default => "default",
+            Builtin::AsaCompat => "asa-compat",
+            Builtin::Mailguard => "mailguard",
+            Builtin::None => "none",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Builtin> {
+        Builtin::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
 /// The names `Policy::builtin` knows, in the order errors list them.
-pub const BUILTIN_NAMES: [&str; 4] = ["default", "asa-compat", "mailguard", "none"];
+pub const BUILTIN_NAMES: [&str; 4] = [
+    Builtin::Default.name(),
+    Builtin::AsaCompat.name(),
+    Builtin::Mailguard.name(),
+    Builtin::None.name(),
+];
 
 /// The firewall's default policy map, mask-banner aside.
 pub const DEFAULT_RULES: [&str; 7] = [
@@ -401,8 +443,9 @@ impl Policy {
             allow_verbs: Vec::new(),
         };
         let firewall_commands = || CommandSet::of(&FIREWALL_COMMANDS);
-        let (inspect, params, rules) = match name {
-            "default" => (
+        let builtin = Builtin::from_name(name)?;
+        let (inspect, params, rules) = match builtin {
+            Builtin::Default => (
                 true,
                 inspecting(firewall_commands(), DEFAULT_EHLO, true, false),
                 parse_defaults(false)
@@ -417,17 +460,17 @@ impl Policy {
             // Smuggling defence on is not the firewall's behaviour, on purpose: SMTP
             // smuggling is never passed on (a message is never ended early by a bare CR or LF). `bare_newline = false`
             // in a policy extending it reproduces the firewall exactly.
-            "asa-compat" => (
+            Builtin::AsaCompat => (
                 true,
                 inspecting(firewall_commands(), FIREWALL_EHLO, false, true),
                 parse_defaults(true),
             ),
-            "mailguard" => (
+            Builtin::Mailguard => (
                 true,
                 inspecting(CommandSet::of(&MAILGUARD_COMMANDS), 0, false, true),
                 Vec::new(),
             ),
-            "none" => (
+            Builtin::None => (
                 false,
                 Parameters {
                     base_commands: CommandSet::default(),
@@ -444,9 +487,14 @@ impl Policy {
                 },
                 Vec::new(),
             ),
-            _ => return None,
         };
-        Some(Policy::assemble(name, inspect, params, None, rules))
+        Some(Policy::assemble(
+            builtin.name(),
+            inspect,
+            params,
+            None,
+            rules,
+        ))
     }
 
     /// A user policy (`[policy.NAME]`) over its resolved parent (`extends`; the config
@@ -884,6 +932,17 @@ mod tests {
 
     fn builtin(name: &str) -> Policy {
         Policy::builtin(name).expect("built-in")
+    }
+
+    #[test]
+    fn each_builtin_is_found_by_its_name_and_nothing_else_is() {
+        for b in Builtin::ALL {
+            assert_eq!(Builtin::from_name(b.name()), Some(b));
+            assert_eq!(builtin(b.name()).name, b.name());
+        }
+        assert_eq!(BUILTIN_NAMES, Builtin::ALL.map(Builtin::name));
+        assert!(Policy::builtin("Default").is_none());
+        assert!(Policy::builtin("edge").is_none());
     }
 
     fn texts(p: &Policy) -> Vec<&str> {
