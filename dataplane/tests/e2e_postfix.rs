@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rcgen::{CertificateParams, KeyPair};
+use rcgen::CertificateParams;
 use testkit::*;
 
 /// A UTF-8 local part: Postfix relays it only to a server that offers SMTPUTF8.
@@ -124,21 +124,16 @@ fn assert_delivered_unchanged(delivered: &[u8], sent: &[u8]) {
     );
 }
 
-/// A self-signed certificate for `name` and 127.0.0.1 in `dir`.
-fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec![name.into(), "127.0.0.1".into()]).unwrap();
+/// smtpgate's own certificate (CN gate.test, for gate.test and 127.0.0.1) in `dir`,
+/// and the `[tls]` section that serves it.
+fn gate_certificate(dir: &Path) -> (PathBuf, String) {
+    let mut params = CertificateParams::new(vec!["gate.test".into(), "127.0.0.1".into()]).unwrap();
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let cert = params.self_signed(&key).unwrap();
-    let (cert_path, key_path) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path)
+        .push(rcgen::DnType::CommonName, "gate.test");
+    let (cert, key) = write_pair(dir, "gate.test", params);
+    let section = tls_section(&cert, &key);
+    (cert, section)
 }
 
 /// The built-in `default` policy, nothing else configured: Postfix sending through it
@@ -349,12 +344,7 @@ fn postfix_to_postfix_through_inspected_starttls_is_encrypted_on_both_hops() {
     let receiver = PostfixInstance::start(
         &PostfixSetup::new("receiver.test", Delivery::Mailbox).smtpd_tls(SmtpdTls::Required),
     );
-    let (cert, key) = certificate(&dir, "gate.test");
-    let tls = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
+    let (_, tls) = gate_certificate(&dir);
     let listener = format!(
         "policy = \"default\"\nstarttls = \"inspect\"\nupstream_tls = \"verify\"\nupstream_ca = \"{}\"",
         receiver.certificate.as_ref().unwrap().display()
@@ -408,12 +398,7 @@ fn implicit_tls_listener_encrypts_the_upstream_leg_with_starttls() {
     let receiver = PostfixInstance::start(
         &PostfixSetup::new("receiver.test", Delivery::Mailbox).smtpd_tls(SmtpdTls::Required),
     );
-    let (cert, key) = certificate(&dir, "gate.test");
-    let tls = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
+    let (_, tls) = gate_certificate(&dir);
     let listener = format!(
         "implicit_tls = true\nupstream_tls = \"verify\"\nupstream_ca = \"{}\"",
         receiver.certificate.as_ref().unwrap().display()
@@ -464,12 +449,7 @@ with smtplib.SMTP_SSL(sys.argv[1], int(sys.argv[2]), context=ssl._create_unverif
 fn implicit_tls_with_verify_and_an_upstream_without_starttls_relays_nothing() {
     let dir = scratch_dir("postfix-implicit-verify");
     let receiver = PostfixInstance::start(&PostfixSetup::new("receiver.test", Delivery::Mailbox));
-    let (cert, key) = certificate(&dir, "gate.test");
-    let tls = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
+    let (cert, tls) = gate_certificate(&dir);
     let listener = format!(
         "implicit_tls = true\nupstream_tls = \"verify\"\nupstream_ca = \"{}\"",
         cert.display()
