@@ -2004,9 +2004,14 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                // A timer armed earlier that fires no later is as good.
+                // A timer armed earlier that fires no later is as good, if it is still
+                // armed: the consume above may have reaped it, and sleeping on a timer
+                // that already fired would sleep until unrelated I/O arrives.
+                let timer = self.latency_preemption_timeout_src.take();
+                let still_armed = timer.as_ref().is_some_and(|t| t.is_in_flight());
+                self.latency_preemption_timeout_src.set(timer);
                 let due = Instant::now() + dur;
-                if !armed_latency_deadline.is_some_and(|armed| armed <= due) {
+                if !(still_armed && armed_latency_deadline.is_some_and(|armed| armed <= due)) {
                     drop(self.latency_preemption_timeout_src.take());
                     self.latency_preemption_timeout_src
                         .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
