@@ -151,3 +151,47 @@ fn default_greets_with_the_edges_name_and_not_like_a_pix() {
         "the upstream's name is hidden"
     );
 }
+
+/// Client bytes that wait for a reply (here the upstream never answers DATA, so
+/// nothing says whether they are commands or content) are held up to the inspector's
+/// hold cap of 64 KiB; past it the session ends under its own rule,
+/// `improper-pipelining`, not as a line-length or bare-newline violation.
+#[test]
+fn bytes_held_past_the_hold_cap_end_the_session_under_their_own_rule() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.write_all(b"220 up ESMTP\r\n");
+        let mut lines = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut lines, &mut line).unwrap_or(0) > 0 {
+            let reply: &[u8] = match line.get(..4) {
+                Some("EHLO") => b"250-up\r\n250 PIPELINING\r\n",
+                Some("MAIL") | Some("RCPT") => b"250 ok\r\n",
+                _ => break, // DATA: never answered
+            };
+            let _ = s.write_all(reply);
+            line.clear();
+        }
+        std::thread::sleep(Duration::from_secs(15));
+    });
+    let gate = Gate::start(&config_text(upstream, "policy = \"default\"", ""));
+
+    let mut c = Client::after_greeting(gate.listen());
+    c.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n");
+    for _ in 0..3 {
+        assert!(c.reply().starts_with(b"250"));
+    }
+    c.send(&vec![b'a'; 64 * 1024 + 1]);
+    let reply = c.reply_starting(b"421 ");
+    assert!(
+        text(&reply).contains("Improper command pipelining"),
+        "{}",
+        text(&reply)
+    );
+    let log = gate.wait_log("improper-pipelining");
+    assert!(!log.contains("bare-newline"), "{log}");
+}
