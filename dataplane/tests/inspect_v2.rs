@@ -195,3 +195,40 @@ fn bytes_held_past_the_hold_cap_end_the_session_under_their_own_rule() {
     let log = gate.wait_log("improper-pipelining");
     assert!(!log.contains("bare-newline"), "{log}");
 }
+
+/// DATA, STARTTLS and AUTH lines past the inspector's 4 KiB command-line cap end the
+/// session under their own rule, `overlong-command`, even in a policy without any
+/// `cmd line length` rule, and are never forwarded.
+#[test]
+fn overlong_data_starttls_and_auth_lines_end_the_session_under_their_own_rule() {
+    let policy = "[policy.no-rules]\nextends = \"default\"\ninherit_rules = false\n";
+    let (up, gate) = gated_upstream(&["PIPELINING"], "policy = \"no-rules\"", policy);
+    for verb in ["DATA", "STARTTLS", "AUTH"] {
+        let mut c = Client::after_greeting(gate.listen());
+        let mut line = format!("{verb} ").into_bytes();
+        line.resize(4096 + 10, b'a');
+        line.extend_from_slice(b"\r\n");
+        c.send(&line);
+        let reply = c.reply_starting(b"421 ");
+        assert!(
+            text(&reply).contains("too long"),
+            "{verb}: {}",
+            text(&reply)
+        );
+        assert_eq!(c.read_to_end(), b"", "{verb}: the session ends");
+        let excerpt = format!("text=\"{verb} aaaa");
+        let log = gate.wait_log(&excerpt);
+        let event = log.lines().find(|l| l.contains(&excerpt)).unwrap();
+        assert!(
+            event.contains("rule=\"overlong-command drop-connection log\""),
+            "{event}"
+        );
+    }
+    for session in 0..up.accepted() {
+        let wire = text(&up.wire(session));
+        assert!(
+            !wire.contains("aaaa"),
+            "an overlong line reached the upstream: {wire}"
+        );
+    }
+}
