@@ -11,7 +11,7 @@
 # counters per message from /metrics (deterministic, unlike the wall-clock numbers).
 #
 # Usage: benches/glommio-ab.sh [-r ROUNDS] [-m MESSAGES] [-s SHAPE] [-p POLICY] VARIANT...
-#   VARIANT  NAME or NAME:VAR=VALUE[,VAR=VALUE...], e.g. upstream:GLOMMIO_FAST_PARK=0 fast
+#   VARIANT  NAME or NAME:VAR=VALUE[,VAR=VALUE...], e.g. base fast:GLOMMIO_FAST_PARK=1
 #   SHAPE    1k-reused (default), 1k-per-connection, 100k-reused, or all
 #   POLICY   default (inspecting, the default) or none (exempt)
 # Needs: postfix (smtp-source, smtp-sink), haproxy, python3, cargo.
@@ -26,7 +26,7 @@ while getopts "r:m:s:p:" opt; do
   esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 1 ] || { echo "name at least one variant, e.g. upstream:GLOMMIO_FAST_PARK=0 fast" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "name at least one variant, e.g. base fast:GLOMMIO_FAST_PARK=1" >&2; exit 2; }
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
 bench_need "apt-get install postfix haproxy python3" smtp-source smtp-sink haproxy python3
