@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use smtpgate_benches::{
-    command_session, message, EHLO, EHLO_REPLY, GREETING, MESSAGE_ACCEPTED, READ_SIZE,
+    command_session, message_reads, EHLO, EHLO_REPLY, GREETING, MESSAGE_ACCEPTED,
     TRANSACTION_COMMANDS, TRANSACTION_REPLIES,
 };
 use smtpgate_policy::inspector::testing::{Collect, Driver, Peer};
@@ -34,11 +34,7 @@ fn feed(driver: &mut Driver, peer: Peer, input: Bytes) -> usize {
 }
 
 fn body(c: &mut Criterion) {
-    let msg = Bytes::from(message());
-    let reads: Vec<Bytes> = (0..msg.len())
-        .step_by(READ_SIZE)
-        .map(|at| msg.slice(at..(at + READ_SIZE).min(msg.len())))
-        .collect();
+    let reads = message_reads();
     let commands = Bytes::from_static(TRANSACTION_COMMANDS);
     let replies = Bytes::from_static(TRANSACTION_REPLIES);
     let accepted = Bytes::from_static(MESSAGE_ACCEPTED);
@@ -49,7 +45,8 @@ fn body(c: &mut Criterion) {
     feed(&mut driver, Peer::Server, Bytes::from_static(EHLO_REPLY));
 
     let mut group = c.benchmark_group("inspector_body");
-    group.throughput(Throughput::Bytes(msg.len() as u64));
+    let message_len: usize = reads.iter().map(Bytes::len).sum();
+    group.throughput(Throughput::Bytes(message_len as u64));
     group.bench_function("mime_100k_in_16k_reads", |b| {
         b.iter(|| {
             feed(&mut driver, Peer::Client, commands.clone());

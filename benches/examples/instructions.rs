@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use smtpgate_benches::{
-    command_session, message, EHLO, EHLO_REPLY, GREETING, MESSAGE_ACCEPTED, READ_SIZE,
+    command_session, message_reads, EHLO, EHLO_REPLY, GREETING, MESSAGE_ACCEPTED,
     TRANSACTION_COMMANDS, TRANSACTION_REPLIES,
 };
 use smtpgate_policy::inspector::{Inspector, Output, Verdict};
@@ -43,11 +43,7 @@ fn feed(inspector: &mut Inspector, from_client: bool, input: &Bytes, out: &mut O
 }
 
 fn body(policy: Arc<Policy>, messages: usize) -> usize {
-    let msg = Bytes::from(message());
-    let reads: Vec<Bytes> = (0..msg.len())
-        .step_by(READ_SIZE)
-        .map(|at| msg.slice(at..(at + READ_SIZE).min(msg.len())))
-        .collect();
+    let reads = message_reads();
     let commands = Bytes::from_static(TRANSACTION_COMMANDS);
     let replies = Bytes::from_static(TRANSACTION_REPLIES);
     let accepted = Bytes::from_static(MESSAGE_ACCEPTED);

@@ -12,6 +12,16 @@ pub const READ_SIZE: usize = 16 * 1024;
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
+/// [`message`] as the relay hands it to the inspector: one `Bytes` per
+/// [`READ_SIZE`] read.
+pub fn message_reads() -> Vec<bytes::Bytes> {
+    let msg = bytes::Bytes::from(message());
+    (0..msg.len())
+        .step_by(READ_SIZE)
+        .map(|at| msg.slice(at..(at + READ_SIZE).min(msg.len())))
+        .collect()
+}
+
 /// A DATA payload of about [`MESSAGE_SIZE`] bytes, dot-terminated: RFC 5322 headers,
 /// a multipart/mixed body with a text part and a base64 PDF attachment (76-character
 /// lines, RFC 2045 §6.8), a few dot-stuffed lines, and the final `.` line.
