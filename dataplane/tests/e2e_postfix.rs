@@ -136,6 +136,22 @@ fn gate_certificate(dir: &Path) -> (PathBuf, String) {
     (cert, section)
 }
 
+/// A Postfix receiver that refuses mail without TLS, and smtpgate in front of it with
+/// its own certificate (`[tls]`), `listener_lines`, and `upstream_tls = "verify"`
+/// against the receiver's certificate.
+fn gate_before_a_tls_only_receiver(tag: &str, listener_lines: &str) -> (PostfixInstance, Gate) {
+    let receiver = PostfixInstance::start(
+        &PostfixSetup::new("receiver.test", Delivery::Mailbox).smtpd_tls(SmtpdTls::Required),
+    );
+    let (_, tls) = gate_certificate(&scratch_dir(tag));
+    let listener = format!(
+        "{listener_lines}\nupstream_tls = \"verify\"\nupstream_ca = \"{}\"",
+        receiver.certificate.as_ref().unwrap().display()
+    );
+    let gate = Gate::start(&config_text(receiver.smtpd, &listener, &tls));
+    (receiver, gate)
+}
+
 /// The built-in `default` policy, nothing else configured: Postfix sending through it
 /// keeps ESMTP (the masked greeting does not look like a Cisco PIX), so STARTTLS
 /// (relayed end to end here), SMTPUTF8 and 8BITMIME all work.
@@ -340,16 +356,10 @@ fn bdat_counts_postfix_cannot_accept_are_masked_and_the_next_line_is_a_command()
 /// which refuses mail without TLS, gets the message over TLS, unchanged.
 #[test]
 fn postfix_to_postfix_through_inspected_starttls_is_encrypted_on_both_hops() {
-    let dir = scratch_dir("postfix-inspect");
-    let receiver = PostfixInstance::start(
-        &PostfixSetup::new("receiver.test", Delivery::Mailbox).smtpd_tls(SmtpdTls::Required),
+    let (receiver, gate) = gate_before_a_tls_only_receiver(
+        "postfix-inspect",
+        "policy = \"default\"\nstarttls = \"inspect\"",
     );
-    let (_, tls) = gate_certificate(&dir);
-    let listener = format!(
-        "policy = \"default\"\nstarttls = \"inspect\"\nupstream_tls = \"verify\"\nupstream_ca = \"{}\"",
-        receiver.certificate.as_ref().unwrap().display()
-    );
-    let gate = Gate::start(&config_text(receiver.smtpd, &listener, &tls));
     let sender = PostfixInstance::start(&PostfixSetup::new(
         "sender.test",
         Delivery::RelayTo(gate.listen()),
@@ -394,16 +404,8 @@ fn postfix_to_postfix_through_inspected_starttls_is_encrypted_on_both_hops() {
 /// Postfix here refuses mail without TLS.
 #[test]
 fn implicit_tls_listener_encrypts_the_upstream_leg_with_starttls() {
-    let dir = scratch_dir("postfix-implicit");
-    let receiver = PostfixInstance::start(
-        &PostfixSetup::new("receiver.test", Delivery::Mailbox).smtpd_tls(SmtpdTls::Required),
-    );
-    let (_, tls) = gate_certificate(&dir);
-    let listener = format!(
-        "implicit_tls = true\nupstream_tls = \"verify\"\nupstream_ca = \"{}\"",
-        receiver.certificate.as_ref().unwrap().display()
-    );
-    let gate = Gate::start(&config_text(receiver.smtpd, &listener, &tls));
+    let (receiver, gate) =
+        gate_before_a_tls_only_receiver("postfix-implicit", "implicit_tls = true");
     let script = r#"
 import smtplib, ssl, sys
 with smtplib.SMTP_SSL(sys.argv[1], int(sys.argv[2]), context=ssl._create_unverified_context(), timeout=20) as s:
