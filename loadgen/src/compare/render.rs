@@ -178,17 +178,10 @@ pub fn table(report: &CompareReport) -> String {
             }
         );
     }
-    let cost = &report.cost_of_inspection;
-    let _ = writeln!(out, "\ncost of inspection (inspect / exempt, per round):");
-    let _ = writeln!(
-        out,
-        "  throughput        x{}",
-        opt_spread(&cost.throughput_ratio, |x| number(x, 3))
-    );
-    let _ = writeln!(
-        out,
-        "  CPU per message   x{}",
-        opt_spread(&cost.cpu_per_message_ratio, |x| number(x, 3))
+    ratio_lines(
+        &mut out,
+        "cost of inspection (inspect / exempt, per round):",
+        &report.cost_of_inspection,
     );
     if let Some(tls) = &report.tls {
         tls_table(&mut out, tls);
