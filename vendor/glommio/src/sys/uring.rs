@@ -2292,6 +2292,69 @@ mod tests {
         assert!((300..350).contains(&elapsed_ms));
     }
 
+    /// smtpgate patch: the fast park may skip arming a user timer because the
+    /// latency timer is armed for an earlier deadline, but only while that timer is
+    /// still in flight. When its completion is reaped inside `wait()` itself (it
+    /// fired between `wait()` noting it armed and deciding how to sleep), the user
+    /// timer must be armed, or the executor sleeps with no timer at all.
+    #[test]
+    fn fast_park_arms_the_user_timer_when_the_latency_timer_completes_during_wait() {
+        let user_timer = Duration::from_millis(100);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        // On its own thread so that a sleep nothing ends fails the bounded wait below.
+        std::thread::spawn(move || {
+            let notifier = sys::new_sleep_notifier().unwrap();
+            let pool =
+                BlockingThreadPool::new(PoolPlacement::Unbound(1), notifier.clone()).unwrap();
+            let mut reactor = Reactor::new(notifier, 0, 128, pool).unwrap();
+            reactor.park_mode = ParkMode::Fast;
+
+            // The latency timer, armed for 1 ms from now, is a NOP in the latency
+            // ring: it completes the moment `wait()` submits that ring, after
+            // `wait()`'s first look at the timer and before its decision, which is
+            // where a real timer firing at the wrong moment completes.
+            let timer = Source::new(
+                IoRequirements::default(),
+                -1,
+                SourceType::Timeout(TimeSpec64::try_from(Duration::from_millis(1)).unwrap(), 0),
+                None,
+                None,
+            );
+            {
+                let queue = reactor.latency_ring.borrow_mut().submission_queue();
+                let id = reactor
+                    .source_map
+                    .borrow_mut()
+                    .add_source(&timer, queue.clone());
+                queue.borrow_mut().submissions.push_front(UringDescriptor {
+                    args: UringOpDescriptor::Nop,
+                    fd: -1,
+                    flags: SubmissionFlags::empty(),
+                    user_data: to_user_data(id),
+                });
+            }
+            reactor.latency_preemption_timeout_src.set(Some(timer));
+            reactor
+                .latency_timer_deadline
+                .set(Some(Instant::now() + Duration::from_millis(1)));
+
+            let start = Instant::now();
+            let slept = reactor.wait(|| None, Some(user_timer), 0, || 0).unwrap();
+            done_tx.send((slept, start.elapsed())).unwrap();
+        });
+        let (slept, elapsed) = done_rx.recv_timeout(Duration::from_secs(20)).expect(
+            "wait() slept past its 100 ms user timer for 20 s: it slept with no timer armed",
+        );
+        assert!(
+            slept,
+            "wait() did not sleep, so the sleep path was not exercised"
+        );
+        assert!(
+            elapsed >= user_timer,
+            "wait() returned after {elapsed:?}, before its user timer"
+        );
+    }
+
     #[test]
     fn allocator() {
         let l = Layout::from_size_align(10 << 20, 4 << 10).unwrap();
