@@ -2864,6 +2864,42 @@ mod test {
 
     use super::*;
 
+    // smtpgate patch: run_task_queues returning false means "nothing runnable, park".
+    // Preempted before it ran anything (a preempt timer fired right after poll_io)
+    // with a task queued, it must not say so: the executor parked with the task
+    // queued and nothing armed to wake it.
+    #[test]
+    fn task_queued_when_preempted_before_running_keeps_the_executor_awake() {
+        let local_ex = LocalExecutorBuilder::default().make().unwrap();
+        let ran = Rc::new(Cell::new(false));
+        // One step of `run`'s loop by hand, with the preemption in the state it
+        // has when the timer fires between `poll_io` and the first check.
+        let task = LOCAL_EX.set(&local_ex, || {
+            let task = local_ex
+                .spawn_into(
+                    enclose! { (ran) async move { ran.set(true) } },
+                    TaskQueueHandle::default(),
+                )
+                .unwrap();
+            local_ex.reactor.sys.complete_on_latency_ring();
+            assert!(
+                local_ex.need_preempt(),
+                "the latency ring shows no completion"
+            );
+            assert!(
+                local_ex.run_task_queues(),
+                "preempted before running its queued task, run_task_queues reported nothing to run"
+            );
+            task
+        });
+        assert!(
+            !ran.get(),
+            "the task ran although the executor was preempted"
+        );
+        local_ex.run(task);
+        assert!(ran.get());
+    }
+
     #[test]
     fn create_and_destroy_executor() {
         let mut var = Rc::new(RefCell::new(0));
