@@ -289,3 +289,98 @@ fn garbage_from_a_client_is_a_protocol_failure_and_eof_mid_handshake_is_counted(
     let server = TlsLayer::server(&config);
     assert_eq!(server.eof().unwrap_err().reason, FailureReason::Eof);
 }
+
+/// A client's ticket store that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct CountingTickets {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingTickets {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+#[test]
+fn the_edge_picks_aes_128_gcm_sha256_by_its_own_order_and_issues_one_ticket_per_session() {
+    let dir = temp_dir("suite");
+    let main = pair_for(&dir, "mx", &["mx.example.com"]);
+    let server_config =
+        server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap();
+    // rustls's stock client order puts AES-256-GCM/SHA-384 first, as OpenSSL's does.
+    let stock_provider = Arc::new(ring::default_provider());
+    assert_eq!(
+        stock_provider.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    let store = Arc::new(CountingTickets {
+        inner: rustls::client::ClientSessionMemoryCache::new(16),
+        tickets: Default::default(),
+    });
+    let mut stock = ClientConfig::builder_with_provider(stock_provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(stock_provider)))
+        .with_no_client_auth();
+    stock.resumption = rustls::client::Resumption::store(store.clone());
+    let stock = Arc::new(stock);
+
+    let mut resumed = Vec::new();
+    for session in 1..=3 {
+        let mut server = TlsLayer::server(&server_config);
+        let mut client = client_for(&stock, "mx.example.com");
+        client.send(b"EHLO client.example\r\n");
+        server.send(b"220 mx.example.com\r\n");
+        pump(&mut client, &mut server).unwrap();
+        let established = server.take_established().expect("handshake done");
+        assert_eq!(established.cipher_suite, "TLS13_AES_128_GCM_SHA256");
+        resumed.push(established.resumed);
+        assert_eq!(
+            store.tickets.load(std::sync::atomic::Ordering::Relaxed),
+            session,
+            "one ticket per session"
+        );
+    }
+    assert_eq!(
+        resumed,
+        [false, true, true],
+        "each ticket serves the next session"
+    );
+}
