@@ -3,12 +3,24 @@
 # --starttls) into smtpgate-loadgen sink, through
 #   nginx      nginx's mail proxy, STARTTLS terminated, plaintext to the sink (nginx
 #              cannot encrypt towards an SMTP backend); a tiny auth_http responder in
-#              the same nginx names the upstream,
-#   inspect    smtpgate starttls = "inspect", upstream_tls = "off" (same legs as nginx),
-#   inspect2   smtpgate starttls = "inspect", upstream_tls = "opportunistic" (TLS both legs),
+#              the same nginx names the upstream. Its default protocols (nginx 1.22:
+#              up to TLS 1.2), so a resumed session is a TLS 1.2 ticket resumption,
+#              with no key exchange at all,
+#   nginx13    the same with TLS 1.3 allowed: the protocol smtpgate negotiates, where a
+#              resumption still does an X25519 key exchange,
+#   inspect    smtpgate starttls = "inspect", upstream_tls = "off": the same legs as
+#              nginx (TLS to the client, plaintext to the sink); the row to hold
+#              against nginx's,
+#   inspect2   smtpgate starttls = "inspect", upstream_tls = "opportunistic": TLS on
+#              both legs, a second handshake per session that nginx never makes,
 #   opaque     smtpgate starttls = "passthrough" to a STARTTLS sink (TLS end to end,
 #              smtpgate blind after the 220: the cost of inspecting encrypted mail is
 #              inspect2 against this).
+# Same certificate (ECDSA P-256) and the same cipher suites in the same server order
+# (AES-128-GCM first) for nginx and smtpgate; both resume sessions from tickets (the
+# client keeps them between connections); both log nothing per session to a file
+# (smtpgate's event lines go to /dev/null, nginx logs warnings only). What each path
+# negotiated is printed first.
 # Paths alternate inside each round, order rotated every round. One core each for
 # nginx (worker_processes 1) and smtpgate (--cores 1).
 #
@@ -16,7 +28,10 @@
 # the proxy processes) per 1000 messages; then, one message per connection, proxy CPU
 # per connection (handshake included).
 #
-# Usage: benches/tls-compare.sh [ROUNDS] [SECONDS]
+# With BASELINE=/path/to/an/older/smtpgate, a path `base` runs that binary as
+# `inspect` (same config), alternating with the others: an A/B in the same run.
+#
+# Usage: [BASELINE=BINARY] benches/tls-compare.sh [ROUNDS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,7 +77,26 @@ starttls = "passthrough"
 EOF
 "$bin/smtpgate" run -c "$work/smtpgate.toml" --cores 1 >/dev/null 2>"$work/smtpgate.err" & gate_pid=$!; pids+=($gate_pid)
 
-nginx_port=$(free_port); auth_port=$(free_port)
+baseline=${BASELINE:-}
+if [ -n "$baseline" ]; then
+  base_port=$(free_port)
+  cat >"$work/base.toml" <<EOF
+[admin]
+listen = "127.0.0.1:$(free_port)"
+[tls]
+cert = "$work/mx.pem"
+key = "$work/mx.key"
+[[listener]]
+listen = "127.0.0.1:$base_port"
+upstream = "127.0.0.1:$plain_sink"
+starttls = "inspect"
+upstream_tls = "off"
+EOF
+  "$baseline" run -c "$work/base.toml" --cores 1 >/dev/null 2>"$work/base.err" & base_pid=$!; pids+=($base_pid)
+  wait_port "$base_port"
+fi
+
+nginx_port=$(free_port); nginx13_port=$(free_port); auth_port=$(free_port)
 cat >"$work/nginx.conf" <<EOF
 load_module $mail_module;
 daemon off;
@@ -91,26 +125,48 @@ mail {
   ssl_certificate $work/mx.pem;
   ssl_certificate_key $work/mx.key;
   ssl_session_cache shared:MAIL:10m;
+  ssl_prefer_server_ciphers on;
+  ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305;
+  ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
   server {
     listen 127.0.0.1:$nginx_port;
     protocol smtp;
     smtp_auth none;
     starttls on;
   }
+  server {
+    listen 127.0.0.1:$nginx13_port;
+    protocol smtp;
+    smtp_auth none;
+    starttls on;
+    ssl_protocols TLSv1.2 TLSv1.3;
+  }
 }
 EOF
 nginx -c "$work/nginx.conf" -e "$work/nginx.err" 2>>"$work/nginx.err" & pids+=($!)
-wait_port "$inspect_port"; wait_port "$nginx_port"
+wait_port "$inspect_port"; wait_port "$nginx_port"; wait_port "$nginx13_port"
 nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; cat "$work/nginx.pid"; }
 
 hz=$(getconf CLK_TCK)
-declare -A port=([nginx]=$nginx_port [inspect]=$inspect_port [inspect2]=$inspect2_port [opaque]=$opaque_port)
-paths=(nginx inspect inspect2 opaque)
+declare -A port=([nginx]=$nginx_port [nginx13]=$nginx13_port [inspect]=$inspect_port [inspect2]=$inspect2_port [opaque]=$opaque_port)
+paths=(nginx nginx13 inspect inspect2 opaque)
+if [ -n "$baseline" ]; then port[base]=$base_port; paths+=(base); fi
+
+# What each path negotiates with a client (openssl s_client), and whether a second
+# connection resumes the first one's session.
+echo "== negotiated (client side: first connection; second connection with its session)"
+for path in "${paths[@]}"; do
+  first=$( (printf 'EHLO x\r\n'; sleep 0.5) | timeout 5 openssl s_client -starttls smtp \
+    -connect "127.0.0.1:${port[$path]}" -sess_out "$work/session" 2>/dev/null | grep -m1 -E '^(New|Reused),' || true)
+  second=$( (printf 'EHLO x\r\n'; sleep 0.5) | timeout 5 openssl s_client -starttls smtp \
+    -connect "127.0.0.1:${port[$path]}" -sess_in "$work/session" 2>/dev/null | grep -m1 -E '^(New|Reused),' || true)
+  printf '%-10s %s | %s\n' "$path" "${first:-?}" "${second%%, Cipher*}"
+done
 
 # One run: prints "msgs/s cpu_ms_per_1000_msgs messages".
 run() {
   local path=$1; shift
-  local procs; if [ "$path" = nginx ]; then procs=$(nginx_pids); else procs=$gate_pid; fi
+  local procs; case $path in nginx*) procs=$(nginx_pids) ;; base) procs=$base_pid ;; *) procs=$gate_pid ;; esac
   local before; before=$(cpu_ticks $procs)
   "$bin/smtpgate-loadgen" send --target "127.0.0.1:${port[$path]}" --starttls --quiet \
     --cores 1 --json "$work/run.json" "$@" >/dev/null 2>"$work/send.err" || true
