@@ -8,6 +8,8 @@
 //! as fast as they can with resumption off (`full`), then the same with session
 //! tickets kept between connections (`resumed`). Prints one line per phase and round:
 //! handshakes/s, resumed share, and the probe's reply latency (p50, p99, p99.9, max).
+//! With `TLS_STALL_DEBUG` set, also the five slowest replies of each phase with their
+//! sample numbers, on stderr.
 //!
 //! `steps CERT KEY HANDSHAKES`: in memory, no sockets: a rustls server configured as
 //! smtpgate's edge (ring provider, client certificates asked for but optional, session
