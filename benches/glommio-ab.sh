@@ -11,7 +11,7 @@
 # counters per message from /metrics (deterministic, unlike the wall-clock numbers).
 #
 # Usage: benches/glommio-ab.sh [-r ROUNDS] [-m MESSAGES] [-s SHAPE] [-p POLICY] VARIANT...
-#   VARIANT  NAME or NAME:VAR=VALUE[,VAR=VALUE...], e.g. base fast:GLOMMIO_FAST_PARK=1
+#   VARIANT  NAME or NAME:VAR=VALUE[,VAR=VALUE...], e.g. fast upstream:GLOMMIO_FAST_PARK=0
 #   SHAPE    1k-reused (default), 1k-per-connection, 100k-reused, or all
 #   POLICY   default (inspecting, the default) or none (exempt)
 # Needs: postfix (smtp-source, smtp-sink), haproxy, python3, cargo.
@@ -26,9 +26,25 @@ while getopts "r:m:s:p:" opt; do
   esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 1 ] || { echo "name at least one variant, e.g. base fast:GLOMMIO_FAST_PARK=1" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "name at least one variant, e.g. fast upstream:GLOMMIO_FAST_PARK=0" >&2; exit 2; }
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
+# A failed run keeps its work directory (each relay's log) for a look.
+ab_exit() {
+  local status=$?
+  kill "${pids[@]}" 2>/dev/null || true
+  if [ "$status" -eq 0 ]; then rm -rf "$work"; else echo "failed (exit $status); logs kept in $work" >&2; fi
+}
+trap ab_exit EXIT
+# Stops the benchmark when the relay NAME has exited, with its status and log.
+relay_alive() {
+  kill -0 "${relay[$1]}" 2>/dev/null && return 0
+  local status=0
+  wait "${relay[$1]}" || status=$?
+  echo "relay $1 exited (status $status) during the $sname runs; its log ends:" >&2
+  tail -20 "$work/$1.log" >&2
+  exit 1
+}
 bench_need "apt-get install postfix haproxy python3" smtp-source smtp-sink haproxy python3
 cargo build --release -q -p smtpgate
 gate=${CARGO_TARGET_DIR:-target}/release/smtpgate
@@ -87,11 +103,13 @@ for shape in "${shapes[@]}"; do
     if (( r % 2 )); then order=("${forward[@]}" "${backward[@]}"); else order=("${backward[@]}" "${forward[@]}"); fi
     for p in "${order[@]}"; do
       pid=${relay[$p]}
+      relay_alive "$p"
       before_cpu=$(cpu_ticks "$pid"); before=""; [ "$p" != haproxy ] && before=$(counters "${admin[$p]}")
       start=$(date +%s.%N)
       # shellcheck disable=SC2086
       smtp-source $args -m "$n" "127.0.0.1:${port[$p]}"
       end=$(date +%s.%N)
+      relay_alive "$p"
       after_cpu=$(cpu_ticks "$pid"); after=""; [ "$p" != haproxy ] && after=$(counters "${admin[$p]}")
       echo "$sname|$p|$n|$start|$end|$before_cpu|$after_cpu|$hz|$before|$after" >>"$results"
     done

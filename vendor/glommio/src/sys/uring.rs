@@ -1311,9 +1311,8 @@ impl UringCommon for SleepableRing {
 }
 
 /// smtpgate patch: how an executor parks, chosen per executor from the
-/// environment so one binary can be measured both ways. Upstream's park is the
-/// default; the fast park is opt-in (`GLOMMIO_FAST_PARK=1`) until it passes a
-/// 10-minute soak (vendor/README.md).
+/// environment so one binary can be measured both ways. The fast park is the
+/// default; `GLOMMIO_FAST_PARK=0` falls back to upstream's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ParkMode {
     /// glommio 0.9.0's park: timers cancelled and re-armed on every wait, a fresh
@@ -1328,8 +1327,8 @@ pub(crate) enum ParkMode {
 impl ParkMode {
     fn from_env() -> ParkMode {
         match std::env::var("GLOMMIO_FAST_PARK").as_deref() {
-            Ok("1") => ParkMode::Fast,
-            _ => ParkMode::Upstream,
+            Ok("0") => ParkMode::Upstream,
+            _ => ParkMode::Fast,
         }
     }
 }
