@@ -43,7 +43,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -179,13 +179,13 @@ pub trait EventSink {
     fn inspected(&mut self, _inspector: &Inspector, _now: Instant) {}
 }
 
-pub struct Relay<'a> {
+pub struct Relay<'a, S> {
     pub client: TcpStream,
     pub server: TcpStream,
     /// `None` on the exempt path: bytes go through verbatim. Boxed: it is the largest
     /// part of a session, and a boxed value is not copied between future states.
     pub inspector: Option<Box<Inspector>>,
-    pub ticket: &'a mut Ticket,
+    pub ticket: Ticket,
     pub deadline: Rc<Deadline>,
     pub timeouts: Timeouts,
     pub accepted_at: Instant,
@@ -202,6 +202,8 @@ pub struct Relay<'a> {
     /// holders when it runs out).
     pub budget: &'a Budget,
     pub sessions: &'a Deadlines,
+    /// Where events, TLS results and byte counts go.
+    pub sink: S,
 }
 
 /// Bytes read from each side, for the counters.
@@ -441,7 +443,7 @@ enum Closing {
 struct Pump<'p> {
     halves: [Half; 2],
     pool: &'p BufPool,
-    deadline: &'p Deadline,
+    deadline: Rc<Deadline>,
     closing: Closing,
     /// Alternates which side is read first, so a busy side cannot starve the other.
     upstream_first: bool,
@@ -532,7 +534,7 @@ impl Pump<'_> {
     /// Tells the shard's budget what this session holds now.
     fn report_held(&self) {
         let held = self.halves[0].queued + self.halves[1].queued + self.inspector_held;
-        self.budget.report(self.sessions, self.deadline, held);
+        self.budget.report(self.sessions, &self.deadline, held);
     }
 
     fn poll_read_side(
@@ -692,46 +694,88 @@ fn memchr_last_newline(bytes: &[u8]) -> Option<usize> {
     bytes.iter().rposition(|&b| b == b'\n')
 }
 
-impl Relay<'_> {
-    /// Relays until the session ends.
-    pub async fn run(mut self, sink: &mut dyn EventSink) -> Outcome {
-        let connected_at = self.connected_at;
-        let mut reads_since_yield = 0u32;
-        let _holding = Holding {
-            budget: self.budget,
-            sessions: self.sessions,
-            session: self.deadline.clone(),
-        };
+impl<'a, S: EventSink + 'a> Relay<'a, S> {
+    /// Relays until the session ends; hands back the sink with the outcome.
+    ///
+    /// Not an `async fn`: such a function keeps its arguments in its future beside
+    /// the copies its body works on, and an idle session's memory is mostly this
+    /// future. The state is built here and the future holds it once.
+    pub fn run(self) -> impl Future<Output = (Outcome, S)> + 'a {
+        let (mut relaying, mut sink) = Relaying::new(self);
+        async move {
+            let end = relaying.relay(&mut sink).await;
+            (relaying.finish(end), sink)
+        }
+    }
+}
+
+/// A running relay: everything a session keeps between reads.
+struct Relaying<'a> {
+    pump: Pump<'a>,
+    inspector: Option<Box<Inspector>>,
+    ticket: Ticket,
+    tls: SessionTls,
+    scratch: &'a RefCell<Output>,
+    watch: Watch,
+    _holding: Holding<'a>,
+    /// The inspector's 220 to the client's STARTTLS, held while TLS to the upstream
+    /// is being set up.
+    ready_after_upstream_tls: Option<Bytes>,
+    /// The upstream's TLS handshake failed: the client is told 421 4.7.0.
+    upstream_tls_failed: bool,
+    /// The reply code of the upstream's last complete line, and whether its next
+    /// byte starts a line: a close right after 221 or 421 is the upstream's own
+    /// goodbye, not a lost upstream.
+    last_code: Option<[u8; 3]>,
+    upstream_at_line_start: bool,
+    draining: bool,
+    reads_since_yield: u32,
+}
+
+impl<'a> Relaying<'a> {
+    fn new<S>(relay: Relay<'a, S>) -> (Relaying<'a>, S) {
+        let Relay {
+            client,
+            server,
+            inspector,
+            ticket,
+            deadline,
+            timeouts,
+            accepted_at,
+            connected_at,
+            pool,
+            tls,
+            upstream_prelude,
+            scratch,
+            budget,
+            sessions,
+            sink,
+        } = relay;
         let mut pump = Pump {
-            halves: [Half::new(self.client), Half::new(self.server)],
-            pool: self.pool,
-            deadline: &self.deadline,
+            halves: [Half::new(client), Half::new(server)],
+            pool,
+            deadline: deadline.clone(),
             closing: Closing::Open,
             upstream_first: false,
             replies_owed: false,
             inspector_held: 0,
-            budget: self.budget,
-            sessions: self.sessions,
+            budget,
+            sessions,
         };
-        if self.tls.implicit {
-            match &self.tls.server {
+        if tls.implicit {
+            match &tls.server {
                 Some(config) => pump.half(Side::Client).start_tls(TlsLayer::server(config)),
                 None => unreachable!("implicit TLS is refused without [tls] by the config"),
             }
         }
-        if let Some(prelude) = self.upstream_prelude.take() {
+        if let Some(prelude) = upstream_prelude {
             let upstream = pump.half(Side::Upstream);
             upstream.tls = prelude.tls.map(|(layer, _)| Box::new(layer));
             upstream.replay = Some(prelude.greeting);
         }
-        // The upstream's TLS handshake failed: the client is told 421 4.7.0.
-        let mut upstream_tls_failed = false;
-        // The inspector's 220 to the client's STARTTLS, held while TLS to the upstream
-        // is being set up.
-        let mut ready_after_upstream_tls: Option<Bytes> = None;
         let mut watch = Watch {
-            timeouts: self.timeouts,
-            embryonic_until: after(self.accepted_at, self.timeouts.embryonic),
+            timeouts,
+            embryonic_until: after(accepted_at, timeouts.embryonic),
             connected_at,
             expiry: Expiry::UpstreamGreeting,
             phase: None,
@@ -740,37 +784,46 @@ impl Relay<'_> {
             content_bytes: 0,
             upstream_spoke: false,
         };
-        // The reply code of the upstream's last complete line, and whether its next
-        // byte starts a line: a close right after 221 or 421 is the upstream's own
-        // goodbye, not a lost upstream.
-        let mut last_code: Option<[u8; 3]> = None;
-        let mut upstream_at_line_start = true;
-        let mut draining = false;
-        let timeouts = self.timeouts;
-        watch.arm(
-            self.inspector.as_deref(),
-            self.ticket,
-            pump.deadline,
-            connected_at,
-            None,
-        );
+        watch.arm(inspector.as_deref(), &ticket, &deadline, connected_at, None);
+        let relaying = Relaying {
+            pump,
+            inspector,
+            ticket,
+            tls,
+            scratch,
+            watch,
+            _holding: Holding {
+                budget,
+                sessions,
+                session: deadline,
+            },
+            ready_after_upstream_tls: None,
+            upstream_tls_failed: false,
+            last_code: None,
+            upstream_at_line_start: true,
+            draining: false,
+            reads_since_yield: 0,
+        };
+        (relaying, sink)
+    }
 
-        let end = loop {
-            let step = poll_fn(|cx| pump.poll_step(cx)).await;
+    async fn relay(&mut self, sink: &mut dyn EventSink) -> End {
+        loop {
+            let step = poll_fn(|cx| self.pump.poll_step(cx)).await;
             let now = Instant::now();
             for side in [Side::Client, Side::Upstream] {
-                match pump.half(side).tls_report.take() {
+                match self.pump.half(side).tls_report.take() {
                     Some(Ok(established)) => {
                         sink.tls_established(side, &established);
-                        if let Some(ready) = ready_after_upstream_tls.take() {
-                            pump.half(Side::Client).queue(ready);
-                            if let Err(reply) = start_client_tls(&mut pump, &self.tls) {
-                                pump.close_with(Some(reply), End::Dropped, now);
+                        if let Some(ready) = self.ready_after_upstream_tls.take() {
+                            self.pump.half(Side::Client).queue(ready);
+                            if let Err(reply) = start_client_tls(&mut self.pump, &self.tls) {
+                                self.pump.close_with(Some(reply), End::Dropped, now);
                             }
                         }
                     }
                     Some(Err(failure)) => {
-                        upstream_tls_failed |= side == Side::Upstream && failure.in_handshake;
+                        self.upstream_tls_failed |= side == Side::Upstream && failure.in_handshake;
                         sink.tls_failed(side, &failure);
                     }
                     None => {}
@@ -786,99 +839,106 @@ impl Relay<'_> {
             let (side, input) = match step {
                 Step::Read(side, Ok(Some(input))) => (side, input),
                 Step::Read(Side::Client, Ok(None)) => {
-                    pump.half(Side::Client).read_closed = true;
+                    self.pump.half(Side::Client).read_closed = true;
                     continue;
                 }
                 Step::Read(Side::Upstream, Ok(None)) => {
-                    pump.half(Side::Upstream).read_closed = true;
+                    self.pump.half(Side::Upstream).read_closed = true;
                     // 221 (QUIT), 421 and 554 are the upstream's own goodbyes.
-                    let goodbye = matches!(&last_code, Some(code) if [b"221", b"421", b"554"].contains(&code));
-                    if let Closing::Owed(reply) = pump.closing {
-                        pump.close_with(Some(reply), End::Dropped, now);
+                    let goodbye = matches!(&self.last_code, Some(code) if [b"221", b"421", b"554"].contains(&code));
+                    if let Closing::Owed(reply) = self.pump.closing {
+                        self.pump.close_with(Some(reply), End::Dropped, now);
                     } else if self.inspector.is_some() && !goodbye {
-                        upstream_lost(&mut pump, self.inspector.as_deref(), None, now);
-                    } else if !pump.half(Side::Client).read_closed {
+                        upstream_lost(&mut self.pump, self.inspector.as_deref(), None, now);
+                    } else if !self.pump.half(Side::Client).read_closed {
                         // The server is done; the client only gets a short while to finish.
-                        pump.deadline
-                            .set(after(now, CLOSE_GRACE.min(timeouts.idle)));
+                        self.pump
+                            .deadline
+                            .set(after(now, CLOSE_GRACE.min(self.watch.timeouts.idle)));
                     }
                     continue;
                 }
                 Step::Read(Side::Client, Err(_)) | Step::WriteFailed(Side::Client, _) => {
-                    break End::ClientFailed
+                    return End::ClientFailed
                 }
-                Step::Read(Side::Upstream, Err(e)) if upstream_tls_failed => {
-                    pump.half(Side::Upstream).discard_outgoing();
-                    pump.half(Side::Upstream).read_closed = true;
+                Step::Read(Side::Upstream, Err(e)) if self.upstream_tls_failed => {
+                    self.pump.half(Side::Upstream).discard_outgoing();
+                    self.pump.half(Side::Upstream).read_closed = true;
                     let end = End::UpstreamLost(Some(e));
-                    pump.close_with(Some(REPLY_UPSTREAM_TLS_FAILED), end, now);
+                    self.pump
+                        .close_with(Some(REPLY_UPSTREAM_TLS_FAILED), end, now);
                     continue;
                 }
                 Step::Read(Side::Upstream, Err(e)) | Step::WriteFailed(Side::Upstream, e) => {
-                    match pump.closing {
+                    match self.pump.closing {
                         Closing::Open => {
-                            upstream_lost(&mut pump, self.inspector.as_deref(), Some(e), now)
+                            upstream_lost(&mut self.pump, self.inspector.as_deref(), Some(e), now)
                         }
-                        Closing::Owed(reply) => pump.close_with(Some(reply), End::Dropped, now),
+                        Closing::Owed(reply) => {
+                            self.pump.close_with(Some(reply), End::Dropped, now)
+                        }
                         // Already saying goodbye: the upstream no longer matters.
-                        Closing::Flushing(_) => pump.half(Side::Upstream).discard_outgoing(),
+                        Closing::Flushing(_) => self.pump.half(Side::Upstream).discard_outgoing(),
                     }
                     continue;
                 }
-                Step::Expired => match std::mem::replace(&mut pump.closing, Closing::Open) {
+                Step::Expired => match std::mem::replace(&mut self.pump.closing, Closing::Open) {
                     // The goodbye could not be delivered in time.
-                    Closing::Flushing(end) => break end,
+                    Closing::Flushing(end) => return end,
                     // The owed replies did not come in time: the drop reply goes now.
                     Closing::Owed(reply) => {
-                        pump.close_with(Some(reply), End::Dropped, now);
+                        self.pump.close_with(Some(reply), End::Dropped, now);
                         continue;
                     }
                     // The server closed and its FIN was passed on; the client kept its
                     // side open past the grace period. The session is over, not timed out.
-                    Closing::Open if pump.halves[Side::Upstream as usize].read_closed => {
-                        break End::Finished
+                    Closing::Open if self.pump.halves[Side::Upstream as usize].read_closed => {
+                        return End::Finished
                     }
                     Closing::Open => {
-                        let expiry = watch.expiry;
-                        pump.close_with(expiry.reply(), End::TimedOut(expiry), now);
+                        let expiry = self.watch.expiry;
+                        self.pump
+                            .close_with(expiry.reply(), End::TimedOut(expiry), now);
                         continue;
                     }
                 },
                 Step::Nudged => {
-                    draining = true;
-                    if idle_between_transactions(&pump, self.inspector.as_deref()) {
-                        pump.close_with(Some(REPLY_SHUTTING_DOWN), End::ShutDown, now);
+                    self.draining = true;
+                    if idle_between_transactions(&self.pump, self.inspector.as_deref()) {
+                        self.pump
+                            .close_with(Some(REPLY_SHUTTING_DOWN), End::ShutDown, now);
                     }
                     continue;
                 }
                 Step::Evicted => {
-                    if !matches!(pump.closing, Closing::Flushing(_)) {
+                    if !matches!(self.pump.closing, Closing::Flushing(_)) {
                         // What it queued is what the budget wants back; the client is
                         // told why after at most the chunk being written to it (all
                         // of it on a TLS side: records cannot be cut).
-                        pump.half(Side::Upstream).discard_outgoing();
-                        let client = pump.half(Side::Client);
+                        self.pump.half(Side::Upstream).discard_outgoing();
+                        let client = self.pump.half(Side::Client);
                         if client.tls.is_none() {
                             client.outgoing.truncate(1);
                             client.queued = client.outgoing.front().map_or(0, Bytes::len);
                         }
                         self.inspector = None;
-                        pump.inspector_held = 0;
-                        pump.close_with(Some(REPLY_OVER_BUDGET), End::OverBudget, now);
+                        self.pump.inspector_held = 0;
+                        self.pump
+                            .close_with(Some(REPLY_OVER_BUDGET), End::OverBudget, now);
                     }
                     continue;
                 }
-                Step::Drained => match std::mem::replace(&mut pump.closing, Closing::Open) {
-                    Closing::Flushing(end) => break end,
+                Step::Drained => match std::mem::replace(&mut self.pump.closing, Closing::Open) {
+                    Closing::Flushing(end) => return end,
                     Closing::Open | Closing::Owed(_) => unreachable!("drained only while closing"),
                 },
-                Step::Finished => break End::Finished,
+                Step::Finished => return End::Finished,
             };
             if side == Side::Upstream {
-                if let Some(code) = last_reply_code(&input, upstream_at_line_start) {
-                    last_code = Some(code);
+                if let Some(code) = last_reply_code(&input, self.upstream_at_line_start) {
+                    self.last_code = Some(code);
                 }
-                upstream_at_line_start = input.ends_with(b"\n");
+                self.upstream_at_line_start = input.ends_with(b"\n");
             }
             let n = input.len();
             sink.bytes(side, n);
@@ -901,20 +961,21 @@ impl Relay<'_> {
                         crate::log::diag("inspector failed; session closed with 421 4.3.0");
                         out.clear();
                         self.inspector = None;
-                        pump.close_with(Some(REPLY_INTERNAL_ERROR), End::Dropped, now);
+                        self.pump
+                            .close_with(Some(REPLY_INTERNAL_ERROR), End::Dropped, now);
                         continue;
                     }
                     for bytes in out.to_server.drain(..) {
-                        pump.half(Side::Upstream).queue(bytes);
+                        self.pump.half(Side::Upstream).queue(bytes);
                     }
                     let start = out.start_tls.take();
                     if start.is_some_and(|s| s.sides == TlsSides::ClientAndUpstream) {
                         // The client's 220 (the last bytes for it) waits until TLS to
                         // the upstream is up: if that fails, it gets 421 4.7.0 instead.
-                        ready_after_upstream_tls = out.to_client.pop();
+                        self.ready_after_upstream_tls = out.to_client.pop();
                     }
                     for bytes in out.to_client.drain(..) {
-                        pump.half(Side::Client).queue(bytes);
+                        self.pump.half(Side::Client).queue(bytes);
                     }
                     sink.inspected(inspector, now);
                     for event in &out.events {
@@ -922,8 +983,8 @@ impl Relay<'_> {
                     }
                     verdict = out.verdict;
                     if let Some(start) = start {
-                        if let Err(reply) = start_tls(&mut pump, &self.tls, start, sink) {
-                            pump.close_with(Some(reply), End::Dropped, now);
+                        if let Err(reply) = start_tls(&mut self.pump, &self.tls, start, sink) {
+                            self.pump.close_with(Some(reply), End::Dropped, now);
                             continue;
                         }
                     }
@@ -932,7 +993,7 @@ impl Relay<'_> {
                     }
                 }
                 None => {
-                    pump.half(side.other()).queue(input);
+                    self.pump.half(side.other()).queue(input);
                     if side == Side::Client {
                         // Exempt: the client spoke after the greeting; see crate::limits.
                         self.ticket.establish();
@@ -941,26 +1002,27 @@ impl Relay<'_> {
             }
 
             let inspector = self.inspector.as_deref();
-            pump.replies_owed = inspector.is_some_and(|i| i.owed_replies() >= MAX_OWED_REPLIES);
-            pump.inspector_held = inspector.map_or(0, Inspector::buffered_bytes);
-            pump.report_held();
+            self.pump.replies_owed =
+                inspector.is_some_and(|i| i.owed_replies() >= MAX_OWED_REPLIES);
+            self.pump.inspector_held = inspector.map_or(0, Inspector::buffered_bytes);
+            self.pump.report_held();
 
             match verdict {
                 Verdict::Continue => {}
                 Verdict::Drop { reply } => {
                     if self.inspector.as_deref().map_or(0, Inspector::owed_replies) > 0 {
-                        pump.closing = Closing::Owed(reply);
-                        pump.deadline.set(after(now, CLOSE_GRACE));
+                        self.pump.closing = Closing::Owed(reply);
+                        self.pump.deadline.set(after(now, CLOSE_GRACE));
                     } else {
-                        pump.close_with(Some(reply), End::Dropped, now);
+                        self.pump.close_with(Some(reply), End::Dropped, now);
                     }
                     continue;
                 }
-                Verdict::Reset => break End::Reset,
+                Verdict::Reset => return End::Reset,
             }
-            if let Closing::Owed(reply) = pump.closing {
+            if let Closing::Owed(reply) = self.pump.closing {
                 if self.inspector.as_deref().map_or(0, Inspector::owed_replies) == 0 {
-                    pump.close_with(Some(reply), End::Dropped, now);
+                    self.pump.close_with(Some(reply), End::Dropped, now);
                 }
                 continue;
             }
@@ -968,25 +1030,30 @@ impl Relay<'_> {
                 // STARTTLS accepted: nothing left to inspect, relay verbatim.
                 self.inspector = None;
             }
-            if draining && idle_between_transactions(&pump, self.inspector.as_deref()) {
-                pump.close_with(Some(REPLY_SHUTTING_DOWN), End::ShutDown, now);
+            if self.draining && idle_between_transactions(&self.pump, self.inspector.as_deref()) {
+                self.pump
+                    .close_with(Some(REPLY_SHUTTING_DOWN), End::ShutDown, now);
                 continue;
             }
-            if !pump.halves[Side::Upstream as usize].read_closed {
-                watch.arm(
+            if !self.pump.halves[Side::Upstream as usize].read_closed {
+                self.watch.arm(
                     self.inspector.as_deref(),
-                    self.ticket,
-                    pump.deadline,
+                    &self.ticket,
+                    &self.pump.deadline,
                     now,
                     Some((side, n)),
                 );
             }
-            reads_since_yield += 1;
-            if reads_since_yield >= READS_BEFORE_YIELD {
-                reads_since_yield = 0;
+            self.reads_since_yield += 1;
+            if self.reads_since_yield >= READS_BEFORE_YIELD {
+                self.reads_since_yield = 0;
                 glommio::yield_if_needed().await;
             }
-        };
+        }
+    }
+
+    fn finish(self, end: End) -> Outcome {
+        let mut pump = self.pump;
         pump.release_buffers();
         let traffic = Traffic {
             from_client: pump.halves[Side::Client as usize].bytes_read,

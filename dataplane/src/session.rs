@@ -20,7 +20,7 @@ use smtpgate_policy::inspector::{Inspector, Phase, TlsTermination};
 
 use crate::log::{self, SessionLog};
 use crate::relay::{End, EventSink, Expiry, Outcome, Relay, Side};
-use crate::shard::Shard;
+use crate::shard::{LiveSession, Shard};
 use crate::shared::{Generation, Shared};
 use crate::stats::{ListenerStats, TlsCounters};
 use crate::tls::{Established, SessionTls, TlsFailure};
@@ -84,12 +84,45 @@ impl ListenerContext {
     }
 }
 
-pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpStream) {
+pub async fn serve(shard: Rc<Shard>, context: ListenerContext, client: TcpStream) {
+    // The steps before the relay run in a boxed future of their own, freed when they
+    // are done: the session's task keeps room only for the relay, which is what an
+    // idle session's memory is made of.
+    let Some(relay) = Box::pin(open(&shard, &context, client)).await else {
+        return;
+    };
+    let (outcome, sink) = relay.run().await;
+    let shared = shard.shared;
+    shared
+        .stats
+        .session_duration
+        .observe(sink.accepted_at.elapsed());
+    let envelope = &sink.envelope;
+    sink.log.summary(&log::Summary {
+        result: result_name(&outcome.end),
+        bytes_from_client: outcome.traffic.from_client,
+        bytes_from_upstream: outcome.traffic.from_server,
+        messages: envelope.messages(),
+        envelope: log_envelope(envelope),
+    });
+    let client_addr = sink.log.client;
+    drop(sink);
+    Box::pin(finish(shared, context.listener(), client_addr, outcome)).await;
+}
+
+/// Everything before the relay: the real client address, admission, the upstream
+/// connect, the PROXY header upstream and, for implicit TLS, the upstream's TLS.
+/// `None` when the session ended on the way (its client has been answered).
+async fn open<'a>(
+    shard: &'a Rc<Shard>,
+    context: &'a ListenerContext,
+    mut client: TcpStream,
+) -> Option<Relay<'a, SessionEvents<'a>>> {
     let shared = shard.shared;
     let listener = context.listener();
     let timeouts = context.timeouts();
     let Ok(peer) = client.peer_addr() else {
-        return;
+        return None;
     };
     let peer = canonical(peer);
     shared.stats.accepted.inc();
@@ -98,8 +131,8 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
 
     let client_addr = if listener.expects_proxy_header(peer.ip()) {
         let wait = PROXY_HEADER_WAIT.min(timeouts.embryonic);
-        // Short-lived futures are boxed so an idle session's task does not keep room
-        // for them (a task is as large as its largest state).
+        // Each wait is boxed: while it runs only its own state is allocated, so the
+        // memory of thousands of sessions opening at once stays small.
         let header = Box::pin(future::or(
             async { Some(proxy_header::read(&mut client, peer).await) },
             async {
@@ -117,14 +150,14 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
                     _ => format!("no PROXY header within {wait:?}"),
                 };
                 log::diag_rate_limited(&format!("balancer {peer}: {why}; connection closed"));
-                return;
+                return None;
             }
         }
     } else {
         peer
     };
 
-    let mut ticket = match shared
+    let ticket = match shared
         .admission
         .admit(client_addr.ip(), &context.generation.config.limits)
     {
@@ -133,10 +166,10 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
             shared.stats.rejected(hit).inc();
             log::limit_refused(hit.name(), client_addr, listener.listen);
             Box::pin(goodbye(client, REPLY_TOO_MANY)).await;
-            return;
+            return None;
         }
     };
-    let _live = shard.session_guard();
+    let live = shard.session_guard();
     let accepted_at = Instant::now();
     let deadline = shard
         .deadlines
@@ -165,7 +198,7 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
             SessionLog::new(listener.listen, client_addr, listener.upstream)
                 .summary(&log::Summary::without_traffic("upstream-unavailable"));
             Box::pin(goodbye(client, REPLY_UPSTREAM_DOWN)).await;
-            return;
+            return None;
         }
     };
     let connected_at = Instant::now();
@@ -178,7 +211,7 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
                 listener.upstream
             ));
             Box::pin(goodbye(client, REPLY_UPSTREAM_DOWN)).await;
-            return;
+            return None;
         }
     }
 
@@ -195,6 +228,8 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
         log: SessionLog::new(listener.listen, client_addr, listener.upstream),
         envelope: Envelope::default(),
         end_of_data_since: None,
+        accepted_at,
+        _live: live,
     };
     let upstream_prelude = match (&tls.upstream, tls.implicit) {
         (Some((config, address)), true) => {
@@ -233,13 +268,13 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
                     }
                     sink.log
                         .summary(&log::Summary::without_traffic("upstream-tls-failed"));
-                    return;
+                    return None;
                 }
             }
         }
         _ => None,
     };
-    let relay = Relay {
+    Some(Relay {
         client,
         server,
         inspector: (!exempt).then(|| {
@@ -248,7 +283,7 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
                     .with_banner_name(banner_name(&listener.banner_name)),
             )
         }),
-        ticket: &mut ticket,
+        ticket,
         deadline,
         timeouts,
         accepted_at,
@@ -259,20 +294,8 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, mut client: TcpSt
         scratch: &shard.scratch,
         budget: &shard.budget,
         sessions: &shard.deadlines,
-    };
-    // Boxed so the session's task holds only the relay's own state while it runs,
-    // not the largest of every state this function passes through.
-    let outcome = Box::pin(relay.run(&mut sink)).await;
-    shared.stats.session_duration.observe(accepted_at.elapsed());
-    let envelope = &sink.envelope;
-    sink.log.summary(&log::Summary {
-        result: result_name(&outcome.end),
-        bytes_from_client: outcome.traffic.from_client,
-        bytes_from_upstream: outcome.traffic.from_server,
-        messages: envelope.messages(),
-        envelope: log_envelope(envelope),
-    });
-    Box::pin(finish(shared, listener, client_addr, outcome)).await;
+        sink,
+    })
 }
 
 /// How the session ended, as its summary line says it.
@@ -408,6 +431,9 @@ struct SessionEvents<'a> {
     envelope: Envelope,
     /// An end of data was forwarded at this time and its reply is owed.
     end_of_data_since: Option<Instant>,
+    accepted_at: Instant,
+    /// Counts the session as live on its shard until the end.
+    _live: LiveSession,
 }
 
 fn log_envelope(envelope: &Envelope) -> log::Envelope<'_> {
