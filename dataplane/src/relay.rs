@@ -187,7 +187,7 @@ pub struct Relay<'a, S> {
     pub inspector: Option<Box<Inspector>>,
     pub ticket: Ticket,
     pub deadline: Rc<Deadline>,
-    pub timeouts: Timeouts,
+    pub timeouts: &'a Timeouts,
     pub accepted_at: Instant,
     /// When the upstream connection was established (its greeting is due from then).
     pub connected_at: Instant,
@@ -238,16 +238,32 @@ struct Half {
     bytes_read: u64,
     /// TLS on this side: bytes read are ciphertext, bytes queued are sealed by it.
     /// Boxed: a TLS layer is over 1 KiB, and most sessions never start one.
-    tls: Option<Box<TlsLayer>>,
-    /// The peer's close_notify arrived: the next read is the end of stream.
-    tls_closed: bool,
-    /// close_notify was queued before our FIN.
-    tls_close_sent: bool,
-    /// A handshake result not yet reported to the event sink.
-    tls_report: Option<Result<Established, TlsFailure>>,
+    tls: Option<Box<TlsSide>>,
     /// Plaintext read before the relay started (the upstream's greeting, read by the
     /// implicit-TLS prelude): the first read hands it out.
     replay: Option<Bytes>,
+}
+
+/// A side's TLS: the layer and what the relay tracks of it.
+struct TlsSide {
+    layer: TlsLayer,
+    /// The peer's close_notify arrived: the next read is the end of stream.
+    peer_closed: bool,
+    /// close_notify was queued before our FIN.
+    close_sent: bool,
+    /// A handshake result not yet reported to the event sink.
+    report: Option<Result<Established, TlsFailure>>,
+}
+
+impl TlsSide {
+    fn new(layer: TlsLayer) -> TlsSide {
+        TlsSide {
+            layer,
+            peer_closed: false,
+            close_sent: false,
+            report: None,
+        }
+    }
 }
 
 impl Half {
@@ -261,9 +277,6 @@ impl Half {
             write_closed: false,
             bytes_read: 0,
             tls: None,
-            tls_closed: false,
-            tls_close_sent: false,
-            tls_report: None,
             replay: None,
         }
     }
@@ -275,7 +288,7 @@ impl Half {
         pool: &BufPool,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Option<Bytes>>> {
-        if self.tls_closed {
+        if self.tls.as_ref().is_some_and(|tls| tls.peer_closed) {
             return Poll::Ready(Ok(None));
         }
         if let Some(replayed) = self.replay.take() {
@@ -287,9 +300,11 @@ impl Half {
         match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
             Poll::Ready(Ok(0)) => {
                 pool.give(buf);
-                if let Some(Err(failure)) = self.tls.as_deref().map(TlsLayer::eof) {
-                    self.tls_report = Some(Err(failure));
-                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                if let Some(tls) = self.tls.as_deref_mut() {
+                    if let Err(failure) = tls.layer.eof() {
+                        tls.report = Some(Err(failure));
+                        return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                    }
                 }
                 Poll::Ready(Ok(None))
             }
@@ -309,8 +324,13 @@ impl Half {
                 Poll::Ready(Err(e))
             }
             Poll::Pending => {
-                // Idle: the buffer goes back to the shard while we wait.
+                // Idle: the buffer goes back to the shard while we wait, and so does
+                // the queue's allocation when nothing waits in it (an idle session
+                // keeps neither; a busy one pays a small allocation per exchange).
                 pool.give(buf);
+                if self.outgoing.is_empty() {
+                    self.outgoing = VecDeque::new();
+                }
                 Poll::Pending
             }
         }
@@ -318,24 +338,24 @@ impl Half {
 
     /// Ciphertext read on a TLS side: the plaintext it carried.
     fn decrypt(&mut self, ciphertext: &[u8]) -> io::Result<Bytes> {
-        let tls = self.tls.as_mut().expect("a TLS side");
+        let tls = self.tls.as_deref_mut().expect("a TLS side");
         let mut plaintext = BytesMut::new();
-        match tls.receive(ciphertext, &mut plaintext) {
+        match tls.layer.receive(ciphertext, &mut plaintext) {
             Ok(received) => {
-                self.tls_closed |= received.closed;
-                if let Some(established) = tls.take_established() {
-                    self.tls_report = Some(Ok(established));
+                tls.peer_closed |= received.closed;
+                if let Some(established) = tls.layer.take_established() {
+                    tls.report = Some(Ok(established));
                 }
                 Ok(plaintext.freeze())
             }
             Err(failure) => {
                 // What rustls has to say (an alert) still goes out before the close.
-                if let Some(alert) = tls.take_ciphertext() {
+                if let Some(alert) = tls.layer.take_ciphertext() {
                     self.queued += alert.len();
                     self.outgoing.push_back(alert);
                 }
                 let error = io::Error::new(io::ErrorKind::InvalidData, failure.to_string());
-                self.tls_report = Some(Err(failure));
+                tls.report = Some(Err(failure));
                 Err(error)
             }
         }
@@ -343,13 +363,17 @@ impl Half {
 
     /// Starts TLS on this side: what is queued goes out in the clear first.
     fn start_tls(&mut self, layer: TlsLayer) {
-        self.tls = Some(Box::new(layer));
+        self.tls = Some(Box::new(TlsSide::new(layer)));
     }
 
     /// Nothing waits to be written to this side (counting plaintext a TLS handshake
     /// still holds back).
     fn nothing_to_write(&self) -> bool {
-        self.outgoing.is_empty() && !self.tls.as_deref().is_some_and(TlsLayer::is_handshaking)
+        self.outgoing.is_empty()
+            && !self
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.layer.is_handshaking())
     }
 
     /// The one place bytes leave the session: writes what is queued until done or the
@@ -357,7 +381,11 @@ impl Half {
     /// go out in one gathered `sendmsg`, so a masked reply costs one syscall. On a TLS
     /// side, what the layer sealed since the last call joins the queue first.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if let Some(sealed) = self.tls.as_deref_mut().and_then(TlsLayer::take_ciphertext) {
+        if let Some(sealed) = self
+            .tls
+            .as_deref_mut()
+            .and_then(|tls| tls.layer.take_ciphertext())
+        {
             self.queued += sealed.len();
             self.outgoing.push_back(sealed);
         }
@@ -402,7 +430,7 @@ impl Half {
         }
         match self.tls.as_mut() {
             // Sealed into records when the side is next flushed.
-            Some(tls) => tls.send(&bytes),
+            Some(tls) => tls.layer.send(&bytes),
             None => {
                 self.queued += bytes.len();
                 self.outgoing.push_back(bytes);
@@ -485,9 +513,9 @@ impl Pump<'_> {
             let other_ended = self.halves[side.other() as usize].read_closed;
             let half = self.half(side);
             if other_ended && !half.write_closed && half.nothing_to_write() {
-                if let Some(tls) = half.tls.as_mut().filter(|_| !half.tls_close_sent) {
-                    tls.close();
-                    half.tls_close_sent = true;
+                if let Some(tls) = half.tls.as_deref_mut().filter(|tls| !tls.close_sent) {
+                    tls.layer.close();
+                    tls.close_sent = true;
                     if let Err(e) = half.poll_flush(cx) {
                         return Poll::Ready(Step::WriteFailed(side, e));
                     }
@@ -579,8 +607,8 @@ impl Pump<'_> {
 
 /// Which deadline is armed, and what it was armed for, so it is re-armed only when
 /// the session moves on (a new phase, a complete line or reply, content bytes).
-struct Watch {
-    timeouts: Timeouts,
+struct Watch<'a> {
+    timeouts: &'a Timeouts,
     embryonic_until: Instant,
     connected_at: Instant,
     expiry: Expiry,
@@ -592,7 +620,7 @@ struct Watch {
     upstream_spoke: bool,
 }
 
-impl Watch {
+impl Watch<'_> {
     /// Sets the deadline for what the session waits for now; `from` is the side and
     /// length of the read just handled.
     fn arm(
@@ -716,7 +744,7 @@ struct Relaying<'a> {
     ticket: Ticket,
     tls: SessionTls,
     scratch: &'a RefCell<Output>,
-    watch: Watch,
+    watch: Watch<'a>,
     _holding: Holding<'a>,
     /// The inspector's 220 to the client's STARTTLS, held while TLS to the upstream
     /// is being set up.
@@ -770,7 +798,7 @@ impl<'a> Relaying<'a> {
         }
         if let Some(prelude) = upstream_prelude {
             let upstream = pump.half(Side::Upstream);
-            upstream.tls = prelude.tls.map(|(layer, _)| Box::new(layer));
+            upstream.tls = prelude.tls.map(|(layer, _)| Box::new(TlsSide::new(layer)));
             upstream.replay = Some(prelude.greeting);
         }
         let mut watch = Watch {
@@ -812,7 +840,8 @@ impl<'a> Relaying<'a> {
             let step = poll_fn(|cx| self.pump.poll_step(cx)).await;
             let now = Instant::now();
             for side in [Side::Client, Side::Upstream] {
-                match self.pump.half(side).tls_report.take() {
+                let tls = self.pump.half(side).tls.as_deref_mut();
+                match tls.and_then(|tls| tls.report.take()) {
                     Some(Ok(established)) => {
                         sink.tls_established(side, &established);
                         if let Some(ready) = self.ready_after_upstream_tls.take() {

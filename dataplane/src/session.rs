@@ -57,8 +57,8 @@ impl ListenerContext {
         &self.generation.listeners[self.index]
     }
 
-    pub fn timeouts(&self) -> Timeouts {
-        self.generation.config.timeouts
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.generation.config.timeouts
     }
 
     /// What the session may do with TLS, and how its inspector treats STARTTLS.
