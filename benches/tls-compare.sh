@@ -18,9 +18,9 @@
 #              inspect2 against this).
 # Same certificate (ECDSA P-256) and the same cipher suites in the same server order
 # (AES-128-GCM first) for nginx and smtpgate; both resume sessions from tickets (the
-# client keeps them between connections); both log nothing per session to a file
-# (smtpgate's event lines go to /dev/null, nginx logs warnings only). What each path
-# negotiated is printed first.
+# client keeps them between connections). smtpgate's event lines (two or three per
+# session) are formatted and written to /dev/null, their CPU counted; nginx logs
+# warnings only. What each path negotiated is printed first.
 # Paths alternate inside each round, order rotated every round. One core each for
 # nginx (worker_processes 1) and smtpgate (--cores 1).
 #
