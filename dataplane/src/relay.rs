@@ -54,6 +54,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use smtpgate_policy::config::Timeouts;
+use smtpgate_policy::envelope::Envelope;
 use smtpgate_policy::event::Event;
 use smtpgate_policy::inspector::{
     Inspector, Output, Phase, StartTls, TlsSides, Verdict, QUEUE_CAP,
@@ -165,7 +166,8 @@ pub enum End {
 /// Receives what the inspector and the TLS layers report, so the relay needs no
 /// knowledge of logs or stats.
 pub trait EventSink {
-    fn event(&mut self, event: &Event);
+    /// A rule fired; `envelope` is the session's as the inspector knows it now.
+    fn event(&mut self, event: &Event, envelope: &Envelope);
     /// A TLS handshake completed on `side`.
     fn tls_established(&mut self, side: Side, established: &Established);
     /// TLS failed on `side` (counted when it was during the handshake).
@@ -218,6 +220,8 @@ pub struct Traffic {
 pub struct Outcome {
     pub end: End,
     pub traffic: Traffic,
+    /// What the inspector learnt of the envelope (`None` for a verbatim session).
+    pub envelope: Option<Envelope>,
     pub client: TcpStream,
     pub server: TcpStream,
 }
@@ -741,6 +745,9 @@ impl<'a, S: EventSink + 'a> Relay<'a, S> {
 struct Relaying<'a> {
     pump: Pump<'a>,
     inspector: Option<Box<Inspector>>,
+    /// The envelope of an inspector the relay let go (it went verbatim, or the
+    /// session is closing), kept for the session's summary.
+    envelope: Option<Box<Envelope>>,
     ticket: Ticket,
     tls: SessionTls,
     scratch: &'a RefCell<Output>,
@@ -816,6 +823,7 @@ impl<'a> Relaying<'a> {
         let relaying = Relaying {
             pump,
             inspector,
+            envelope: None,
             ticket,
             tls,
             scratch,
@@ -950,7 +958,7 @@ impl<'a> Relaying<'a> {
                             client.outgoing.truncate(1);
                             client.queued = client.outgoing.front().map_or(0, Bytes::len);
                         }
-                        self.inspector = None;
+                        stop_inspecting(&mut self.inspector, &mut self.envelope);
                         self.pump.inspector_held = 0;
                         self.pump
                             .close_with(Some(REPLY_OVER_BUDGET), End::OverBudget, now);
@@ -989,7 +997,7 @@ impl<'a> Relaying<'a> {
                     if fed.is_err() {
                         crate::log::diag("inspector failed; session closed with 421 4.3.0");
                         out.clear();
-                        self.inspector = None;
+                        stop_inspecting(&mut self.inspector, &mut self.envelope);
                         self.pump
                             .close_with(Some(REPLY_INTERNAL_ERROR), End::Dropped, now);
                         continue;
@@ -1008,7 +1016,7 @@ impl<'a> Relaying<'a> {
                     }
                     sink.inspected(inspector, now);
                     for event in &out.events {
-                        sink.event(event);
+                        sink.event(event, inspector.envelope());
                     }
                     verdict = out.verdict;
                     if let Some(start) = start {
@@ -1057,7 +1065,7 @@ impl<'a> Relaying<'a> {
             }
             if self.inspector.as_deref().is_some_and(Inspector::is_opaque) {
                 // STARTTLS accepted: nothing left to inspect, relay verbatim.
-                self.inspector = None;
+                stop_inspecting(&mut self.inspector, &mut self.envelope);
             }
             if self.draining && idle_between_transactions(&self.pump, self.inspector.as_deref()) {
                 self.pump
@@ -1089,9 +1097,14 @@ impl<'a> Relaying<'a> {
             from_server: pump.halves[Side::Upstream as usize].bytes_read,
         };
         let [client, server] = pump.halves;
+        let envelope = match (self.inspector, self.envelope) {
+            (Some(inspector), _) => Some(*inspector.envelope()),
+            (None, kept) => kept.map(|envelope| *envelope),
+        };
         Outcome {
             end,
             traffic,
+            envelope,
             client: client.stream,
             server: server.stream,
         }
@@ -1125,6 +1138,14 @@ fn start_client_tls(pump: &mut Pump<'_>, tls: &SessionTls) -> Result<(), &'stati
     let server = tls.server.as_ref().ok_or(REPLY_INTERNAL_ERROR)?;
     pump.half(Side::Client).start_tls(TlsLayer::server(server));
     Ok(())
+}
+
+/// Ends inspection: the relay goes verbatim, or the session is closing. The
+/// envelope the inspector gathered is kept for the session's summary.
+fn stop_inspecting(inspector: &mut Option<Box<Inspector>>, kept: &mut Option<Box<Envelope>>) {
+    if let Some(inspector) = inspector.take() {
+        *kept = Some(Box::new(*inspector.envelope()));
+    }
 }
 
 /// The upstream closed or failed: the client gets what it is owed, then `421 4.4.2`,

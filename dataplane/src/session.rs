@@ -97,13 +97,13 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, client: TcpStream
         .stats
         .session_duration
         .observe(sink.accepted_at.elapsed());
-    let envelope = &sink.envelope;
+    let envelope = outcome.envelope.unwrap_or_default();
     sink.log.summary(&log::Summary {
         result: result_name(&outcome.end),
         bytes_from_client: outcome.traffic.from_client,
         bytes_from_upstream: outcome.traffic.from_server,
         messages: envelope.messages(),
-        envelope: log_envelope(envelope),
+        envelope: log_envelope(&envelope),
     });
     let client_addr = sink.log.client;
     drop(sink);
@@ -226,7 +226,8 @@ async fn open<'a>(
         shared,
         stats: context.stats(),
         log: SessionLog::new(listener.listen, client_addr, listener.upstream),
-        envelope: Envelope::default(),
+        messages: 0,
+        transactions: 0,
         end_of_data_since: None,
         accepted_at,
         _live: live,
@@ -323,6 +324,7 @@ async fn finish(shared: &Shared, listener: &Listener, client_addr: SocketAddr, o
         traffic,
         client,
         server,
+        envelope: _,
     } = outcome;
     shared.stats.client_bytes.add(traffic.from_client);
     shared.stats.server_bytes.add(traffic.from_server);
@@ -427,8 +429,10 @@ struct SessionEvents<'a> {
     shared: &'static Shared,
     stats: &'a ListenerStats,
     log: SessionLog,
-    /// The inspector's envelope as of its latest read (it outlives an opaque switch).
-    envelope: Envelope,
+    /// Messages and transactions the inspector had counted as of its latest read
+    /// (the listener's live counters move by the difference).
+    messages: u64,
+    transactions: u64,
     /// An end of data was forwarded at this time and its reply is owed.
     end_of_data_since: Option<Instant>,
     accepted_at: Instant,
@@ -445,14 +449,13 @@ fn log_envelope(envelope: &Envelope) -> log::Envelope<'_> {
 }
 
 impl EventSink for SessionEvents<'_> {
-    fn event(&mut self, event: &Event) {
+    fn event(&mut self, event: &Event, envelope: &Envelope) {
         let rule = self.stats.rules.get(event.rule as usize);
         if let Some((_, counters)) = rule {
             counters.count(&event.actions);
         }
         let rule_text = rule.map(|(text, _)| text.as_str()).unwrap_or("");
-        self.log
-            .event(event, rule_text, log_envelope(&self.envelope));
+        self.log.event(event, rule_text, log_envelope(envelope));
     }
 
     fn bytes(&mut self, side: Side, bytes: usize) {
@@ -466,13 +469,12 @@ impl EventSink for SessionEvents<'_> {
     fn inspected(&mut self, inspector: &Inspector, now: Instant) {
         let latest = inspector.envelope();
         let meter = self.stats.sessions.meter();
-        meter
-            .messages
-            .add(latest.messages() - self.envelope.messages());
+        meter.messages.add(latest.messages() - self.messages);
         meter
             .transactions
-            .add(latest.transactions() - self.envelope.transactions());
-        self.envelope = *latest;
+            .add(latest.transactions() - self.transactions);
+        self.messages = latest.messages();
+        self.transactions = latest.transactions();
         let awaiting = inspector.phase() == Phase::AwaitingEndOfData;
         match (awaiting, self.end_of_data_since) {
             (true, None) => self.end_of_data_since = Some(now),
