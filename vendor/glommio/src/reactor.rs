@@ -36,7 +36,7 @@ use crate::{
         DmaSource, IoBuffer, PollableStatus, SleepNotifier, Source, SourceType, StatsCollection,
         Statx,
     },
-    IoRequirements, IoStats, TaskQueueHandle,
+    IoRequirements, IoStats, RingIoStats, TaskQueueHandle,
 };
 use nix::poll::PollFlags;
 
@@ -175,6 +175,23 @@ pub(crate) struct Reactor {
     preempt_ptr_tail: *const AtomicU32,
 }
 
+/// Records a read's scheduler and I/O latencies (reads made while
+/// `record_io_latencies` is on).
+fn add_io_latencies(
+    pre_lat: Duration,
+    io_lat: Duration,
+    post_lat: Duration,
+    stats: &mut RingIoStats,
+) {
+    stats
+        .pre_reactor_io_scheduler_latency_us
+        .add(pre_lat.as_micros() as f64);
+    stats.io_latency_us.add(io_lat.as_micros() as f64);
+    stats
+        .post_reactor_io_scheduler_latency_us
+        .add(post_lat.as_micros() as f64)
+}
+
 impl Reactor {
     pub(crate) fn new(
         notifier: Arc<SleepNotifier>,
@@ -221,7 +238,9 @@ impl Reactor {
         &self,
         raw: RawFd,
         stype: SourceType,
-        stats_collection: Option<StatsCollection>,
+        // smtpgate patch: each source refers to one of the constant collections
+        // below instead of holding a copy.
+        stats_collection: Option<&'static StatsCollection>,
     ) -> Source {
         sys::Source::new(
             self.io_scheduler.requirements(),
@@ -327,7 +346,7 @@ impl Reactor {
         pos: u64,
         pollable: PollableStatus,
     ) -> Source {
-        let stats = StatsCollection {
+        const STATS: StatsCollection = StatsCollection {
             fulfilled: Some(|result, stats, op_count| {
                 if let Ok(result) = result {
                     stats.file_writes += op_count;
@@ -341,7 +360,7 @@ impl Reactor {
         let source = self.new_source(
             raw,
             SourceType::Write(pollable, IoBuffer::DmaSource(buf)),
-            Some(stats),
+            Some(&STATS),
         );
         self.sys.write_dma(&source, pos);
         source
@@ -355,7 +374,7 @@ impl Reactor {
         off_out: u64,
         len: usize,
     ) -> impl Future<Output = Source> {
-        let stats = StatsCollection {
+        const STATS: StatsCollection = StatsCollection {
             fulfilled: Some(|result, stats, op_count| {
                 if let Ok(result) = result {
                     let len = *result as u64 * op_count;
@@ -373,7 +392,7 @@ impl Reactor {
         let source = self.new_source(
             fd_out,
             SourceType::CopyFileRange(fd_in, off_in, len),
-            Some(stats),
+            Some(&STATS),
         );
         let waiter = self.sys.copy_file_range(&source, off_out);
         async move {
@@ -383,7 +402,7 @@ impl Reactor {
     }
 
     pub(crate) fn write_buffered(&self, raw: RawFd, buf: Vec<u8>, pos: u64) -> Source {
-        let stats = StatsCollection {
+        const STATS: StatsCollection = StatsCollection {
             fulfilled: Some(|result, stats, op_count| {
                 if let Ok(result) = result {
                     stats.file_buffered_writes += op_count;
@@ -400,7 +419,7 @@ impl Reactor {
                 PollableStatus::NonPollable(DirectIo::Disabled),
                 IoBuffer::Buffered(buf),
             ),
-            Some(stats),
+            Some(&STATS),
         );
         self.sys.write_buffered(&source, pos);
         source
@@ -408,13 +427,13 @@ impl Reactor {
 
     pub(crate) fn connect(&self, raw: RawFd, addr: impl SockaddrLike) -> Source {
         let addr = unsafe { SockaddrStorage::from_raw(addr.as_ptr(), Some(addr.len())) }.unwrap();
-        let source = self.new_source(raw, SourceType::Connect(addr), None);
+        let source = self.new_source(raw, SourceType::Connect(Box::new(addr)), None);
         self.sys.connect(&source);
         source
     }
 
     pub(crate) fn connect_timeout(&self, raw: RawFd, addr: SockaddrStorage, d: Duration) -> Source {
-        let source = self.new_source(raw, SourceType::Connect(addr), None);
+        let source = self.new_source(raw, SourceType::Connect(Box::new(addr)), None);
         source.set_timeout(d);
         self.sys.connect(&source);
         source
@@ -422,7 +441,7 @@ impl Reactor {
 
     pub(crate) fn accept(&self, raw: RawFd) -> Source {
         let addr = SockAddrStorage::uninit();
-        let source = self.new_source(raw, SourceType::Accept(addr), None);
+        let source = self.new_source(raw, SourceType::Accept(Box::new(addr)), None);
         self.sys.accept(&source);
         source
     }
@@ -471,7 +490,11 @@ impl Reactor {
         let hdr = unsafe { std::mem::zeroed::<libc::msghdr>() };
 
         let addr = unsafe { SockaddrStorage::from_raw(addr.as_ptr(), Some(addr.len())) }.unwrap();
-        let source = self.new_source(fd, SourceType::SockSendMsg(buf, iov, hdr, addr), None);
+        let source = self.new_source(
+            fd,
+            SourceType::SockSendMsg(Box::new((buf, iov, hdr, addr))),
+            None,
+        );
         if let Some(timeout) = timeout {
             source.set_timeout(timeout);
         }
@@ -495,12 +518,12 @@ impl Reactor {
         };
         let source = self.new_source(
             fd,
-            SourceType::SockRecvMsg(
+            SourceType::SockRecvMsg(Box::new((
                 None,
                 iov,
                 hdr,
                 std::mem::MaybeUninit::<nix::sys::socket::sockaddr_storage>::uninit(),
-            ),
+            ))),
             None,
         );
         if let Some(timeout) = timeout {
@@ -540,7 +563,7 @@ impl Reactor {
         pollable: PollableStatus,
         scheduler: Option<&FileScheduler>,
     ) -> ScheduledSource {
-        let stats = StatsCollection {
+        const STATS: StatsCollection = StatsCollection {
             fulfilled: Some(|result, stats, op_count| {
                 if let Ok(result) = result {
                     stats.file_reads += op_count;
@@ -553,19 +576,16 @@ impl Reactor {
                     stats.file_deduped_bytes_read += *result as u64 * op_count;
                 }
             }),
-            latency: if self.record_io_latencies {
-                Some(|pre_lat, io_lat, post_lat, stats| {
-                    stats
-                        .pre_reactor_io_scheduler_latency_us
-                        .add(pre_lat.as_micros() as f64);
-                    stats.io_latency_us.add(io_lat.as_micros() as f64);
-                    stats
-                        .post_reactor_io_scheduler_latency_us
-                        .add(post_lat.as_micros() as f64)
-                })
-            } else {
-                None
-            },
+            latency: None,
+        };
+        const TIMED_STATS: StatsCollection = StatsCollection {
+            latency: Some(add_io_latencies),
+            ..STATS
+        };
+        let stats = if self.record_io_latencies {
+            &TIMED_STATS
+        } else {
+            &STATS
         };
 
         let source = self.new_source(raw, SourceType::Read(pollable, None), Some(stats));
@@ -592,7 +612,7 @@ impl Reactor {
         size: usize,
         scheduler: Option<&FileScheduler>,
     ) -> ScheduledSource {
-        let stats = StatsCollection {
+        const STATS: StatsCollection = StatsCollection {
             fulfilled: Some(|result, stats, op_count| {
                 if let Ok(result) = result {
                     stats.file_buffered_reads += op_count;
@@ -600,19 +620,16 @@ impl Reactor {
                 }
             }),
             reused: None,
-            latency: if self.record_io_latencies {
-                Some(|pre_lat, io_lat, post_lat, stats| {
-                    stats
-                        .pre_reactor_io_scheduler_latency_us
-                        .add(pre_lat.as_micros() as f64);
-                    stats.io_latency_us.add(io_lat.as_micros() as f64);
-                    stats
-                        .post_reactor_io_scheduler_latency_us
-                        .add(post_lat.as_micros() as f64)
-                })
-            } else {
-                None
-            },
+            latency: None,
+        };
+        const TIMED_STATS: StatsCollection = StatsCollection {
+            latency: Some(add_io_latencies),
+            ..STATS
+        };
+        let stats = if self.record_io_latencies {
+            &TIMED_STATS
+        } else {
+            &STATS
         };
 
         let source = self.new_source(
@@ -720,19 +737,16 @@ impl Reactor {
     }
 
     pub(crate) fn close(&self, raw: RawFd) -> Source {
-        let source = self.new_source(
-            raw,
-            SourceType::Close,
-            Some(StatsCollection {
-                fulfilled: Some(|result, stats, op_count| {
-                    if result.is_ok() {
-                        stats.files_closed += op_count
-                    }
-                }),
-                reused: None,
-                latency: None,
+        const STATS: StatsCollection = StatsCollection {
+            fulfilled: Some(|result, stats, op_count| {
+                if result.is_ok() {
+                    stats.files_closed += op_count
+                }
             }),
-        );
+            reused: None,
+            latency: None,
+        };
+        let source = self.new_source(raw, SourceType::Close, Some(&STATS));
         self.sys.close(&source);
         source
     }
@@ -762,20 +776,17 @@ impl Reactor {
         mode: libc::mode_t,
     ) -> Source {
         let path = CString::new(path.as_os_str().as_bytes()).expect("path contained null!");
-
-        let source = self.new_source(
-            dir,
-            SourceType::Open(path),
-            Some(StatsCollection {
-                fulfilled: Some(|result, stats, op_count| {
-                    if result.is_ok() {
-                        stats.files_opened += op_count
-                    }
-                }),
-                reused: None,
-                latency: None,
+        const STATS: StatsCollection = StatsCollection {
+            fulfilled: Some(|result, stats, op_count| {
+                if result.is_ok() {
+                    stats.files_opened += op_count
+                }
             }),
-        );
+            reused: None,
+            latency: None,
+        };
+
+        let source = self.new_source(dir, SourceType::Open(path), Some(&STATS));
         self.sys.open_at(&source, flags, mode);
         source
     }

@@ -548,33 +548,40 @@ pub(super) struct Latencies {
     pub(super) fulfilled_at: std::time::Instant,
 }
 
+/// When a request was queued, submitted to the kernel and fulfilled.
+#[derive(Debug, Default)]
+pub(super) struct RequestTimestamps {
+    /// The timestamp at which the source was added to the IO queue of the
+    /// reactor
+    queued_at: Option<std::time::Instant>,
+
+    /// The timestamp at which the source was submitted to the kernel
+    submitted_at: Option<std::time::Instant>,
+
+    /// The timestamp at which the reactor fulfilled the source
+    fulfilled_at: Option<std::time::Instant>,
+}
+
 /// Tasks interested in events on a source.
 #[derive(Debug)]
 pub(super) struct Wakers {
     /// Raw result of the operation.
     pub(super) result: Option<io::Result<usize>>,
 
-    /// The timestamp at which the source was added to the IO queue of the
-    /// reactor
-    pub(super) queued_at: Option<std::time::Instant>,
-
-    /// The timestamp at which the source was submitted to the kernel
-    pub(super) submitted_at: Option<std::time::Instant>,
-
-    /// The timestamp at which the reactor fulfilled the source
-    pub(super) fulfilled_at: Option<std::time::Instant>,
+    /// smtpgate patch: the request's timestamps, boxed and kept only for a source
+    /// whose stats collect latencies (their only reader): 8 bytes in every other
+    /// source instead of 48, and no clock read for it.
+    timestamps: Option<Box<RequestTimestamps>>,
 
     /// Tasks waiting for the next event.
     pub(super) waiters: SmallVec<[Waker; 1]>,
 }
 
 impl Wakers {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(keep_timestamps: bool) -> Self {
         Wakers {
             result: None,
-            queued_at: None,
-            submitted_at: None,
-            fulfilled_at: None,
+            timestamps: keep_timestamps.then(Box::default),
             waiters: Default::default(),
         }
     }
@@ -590,14 +597,39 @@ impl Wakers {
         }
     }
 
+    /// smtpgate patch: the request was added to the reactor's queue.
+    pub(super) fn stamp_queued(&mut self) {
+        if let Some(stamps) = &mut self.timestamps {
+            stamps.queued_at = Some(std::time::Instant::now());
+        }
+    }
+
+    /// smtpgate patch: the request was submitted to the kernel at `now`.
+    pub(super) fn stamp_submitted(&mut self, now: std::time::Instant) {
+        if let Some(stamps) = &mut self.timestamps {
+            stamps.submitted_at = Some(now);
+        }
+    }
+
+    /// smtpgate patch: the request's completion was reaped.
+    pub(super) fn stamp_fulfilled(&mut self) {
+        if let Some(stamps) = &mut self.timestamps {
+            stamps.fulfilled_at = Some(std::time::Instant::now());
+        }
+    }
+
     fn timestamps(&mut self) -> Option<Latencies> {
-        if self.queued_at.is_none() || self.submitted_at.is_none() || self.fulfilled_at.is_none() {
+        let stamps = self.timestamps.as_deref_mut()?;
+        if stamps.queued_at.is_none()
+            || stamps.submitted_at.is_none()
+            || stamps.fulfilled_at.is_none()
+        {
             None
         } else {
             Some(Latencies {
-                queued_at: self.queued_at.take().unwrap(),
-                submitted_at: self.submitted_at.take().unwrap(),
-                fulfilled_at: self.fulfilled_at.take().unwrap(),
+                queued_at: stamps.queued_at.take().unwrap(),
+                submitted_at: stamps.submitted_at.take().unwrap(),
+                fulfilled_at: stamps.fulfilled_at.take().unwrap(),
             })
         }
     }

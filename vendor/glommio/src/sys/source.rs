@@ -26,6 +26,29 @@ use std::{
     time::Duration,
 };
 
+/// smtpgate patch: what a `recvmsg` needs to stay put while the kernel fills it:
+/// the buffer, the iovec and header pointing at it, and the sender's address.
+pub(crate) type SockRecvMsgState = (
+    Option<DmaBuffer>,
+    libc::iovec,
+    libc::msghdr,
+    MaybeUninit<nix::sys::socket::sockaddr_storage>,
+);
+
+/// smtpgate patch: what a `sendmsg` needs to stay put while the kernel reads it.
+pub(crate) type SockSendMsgState = (
+    DmaBuffer,
+    libc::iovec,
+    libc::msghdr,
+    nix::sys::socket::SockaddrStorage,
+);
+
+/// smtpgate patch: the payloads of the rare operations that carry a socket
+/// address or a message header (up to 248 bytes) are boxed, because a
+/// `SourceType` is as large as its largest variant and nearly every live source
+/// is a poll, send, receive or timer (`source_sizes_stay_small` holds the bound).
+/// A box also keeps the pointers the kernel is given into the payload valid
+/// wherever the enum moves.
 #[derive(Debug)]
 #[allow(dead_code)] // Clippy is unhappy with some of the fields on these enums never being read,
                     // but they are certainly used, and read by debug
@@ -35,18 +58,8 @@ pub(crate) enum SourceType {
     PollAdd,
     SockSend(DmaBuffer),
     SockRecv(Option<DmaBuffer>),
-    SockRecvMsg(
-        Option<DmaBuffer>,
-        libc::iovec,
-        libc::msghdr,
-        MaybeUninit<nix::sys::socket::sockaddr_storage>,
-    ),
-    SockSendMsg(
-        DmaBuffer,
-        libc::iovec,
-        libc::msghdr,
-        nix::sys::socket::SockaddrStorage,
-    ),
+    SockRecvMsg(Box<SockRecvMsgState>),
+    SockSendMsg(Box<SockSendMsgState>),
     Open(CString),
     FdataSync,
     Fallocate,
@@ -56,8 +69,8 @@ pub(crate) enum SourceType {
     ForeignNotifier(u64, bool),
     Statx(CString, Box<RefCell<Statx>>),
     Timeout(TimeSpec64, u32),
-    Connect(nix::sys::socket::SockaddrStorage),
-    Accept(SockAddrStorage),
+    Connect(Box<nix::sys::socket::SockaddrStorage>),
+    Accept(Box<SockAddrStorage>),
     Rename(PathBuf, PathBuf),
     CreateDir(PathBuf),
     Remove(PathBuf),
@@ -129,7 +142,9 @@ pub(crate) struct InnerSource {
 
     pub(crate) enqueued: Option<EnqueuedSource>,
 
-    pub(crate) stats_collection: Option<StatsCollection>,
+    /// smtpgate patch: a reference to one of the reactor's constant
+    /// collections, 8 bytes where the collection itself took 32.
+    pub(crate) stats_collection: Option<&'static StatsCollection>,
 
     pub(crate) task_queue: Option<TaskQueueHandle>,
 }
@@ -162,13 +177,16 @@ impl Source {
         ioreq: IoRequirements,
         raw: RawFd,
         source_type: SourceType,
-        stats_collection: Option<StatsCollection>,
+        stats_collection: Option<&'static StatsCollection>,
         task_queue: Option<TaskQueueHandle>,
     ) -> Source {
+        // smtpgate patch: the request's timestamps are kept only where a latency
+        // collector will read them.
+        let collects_latency = stats_collection.is_some_and(|stats| stats.latency.is_some());
         Source {
             inner: Rc::pin(RefCell::new(InnerSource {
                 raw,
-                wakers: Wakers::new(),
+                wakers: Wakers::new(collects_latency),
                 source_type,
                 io_requirements: ioreq,
                 enqueued: None,
@@ -305,7 +323,7 @@ impl Source {
     }
 
     pub(crate) fn stats_collection(&self) -> Option<StatsCollection> {
-        self.inner.borrow().stats_collection
+        self.inner.borrow().stats_collection.copied()
     }
 
     pub(crate) async fn collect_rw(&self) -> io::Result<usize> {
@@ -348,5 +366,31 @@ impl Drop for Source {
                 EnqueuedStatus::Canceled => unreachable!(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// smtpgate patch: every pending operation holds one `Rc<RefCell<InnerSource>>`,
+    /// and an idle session holds two (a readability poll per socket). Inline, the
+    /// rare socket-address variants made that allocation 496 bytes; this bound
+    /// fails if one of them, or another large payload, is inlined again.
+    #[test]
+    fn source_sizes_stay_small() {
+        // What `Rc::pin(RefCell::new(..))` allocates: two counts, a borrow flag
+        // and the source.
+        let allocation = 2 * size_of::<usize>() + size_of::<RefCell<InnerSource>>();
+        eprintln!(
+            "SourceType {} B, Wakers {} B, InnerSource {} B, allocation {allocation} B",
+            size_of::<SourceType>(),
+            size_of::<Wakers>(),
+            size_of::<InnerSource>(),
+        );
+        // The largest inline variant is Read's optional buffer.
+        assert!(size_of::<SourceType>() <= 64, "{}", size_of::<SourceType>());
+        assert!(allocation <= 240, "{allocation}");
     }
 }
