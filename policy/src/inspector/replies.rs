@@ -98,7 +98,9 @@ impl ReplyTracker {
             framer: LineFramer::default(),
             side: ServerSide::Greeting { masked: false },
             line_no: 0,
-            pending: VecDeque::with_capacity(16),
+            // Grows to the session's deepest pipeline and keeps that room; an idle
+            // session that only said EHLO holds four entries, not sixteen.
+            pending: VecDeque::new(),
             owed_end_of_data: 0,
             injected: 0,
             chunking: false,
