@@ -231,7 +231,7 @@ fn start(options: RunOptions) -> Result<ExitCode, StartError> {
         .cores
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let (ready_tx, ready) = mpsc::channel::<Result<(), StartError>>();
+    let (ready_tx, ready) = mpsc::channel::<Result<(), shard::BindFailed>>();
     let addresses = configured_listens.clone();
     let placement = match options.placement {
         Placement::Pinned => PoolPlacement::MaxSpread(cores, None),
@@ -355,7 +355,7 @@ fn admin_token(config: &Config) -> Result<Option<String>, String> {
 
 fn wait_until_bound(
     shared: &Shared,
-    ready: &mpsc::Receiver<Result<(), StartError>>,
+    ready: &mpsc::Receiver<Result<(), shard::BindFailed>>,
     cores: usize,
     messages: &mpsc::Receiver<Message>,
 ) -> Result<(), StartError> {
@@ -365,9 +365,9 @@ fn wait_until_bound(
         let left = until.saturating_duration_since(Instant::now());
         match ready.recv_timeout(left) {
             Ok(Ok(())) => bound += 1,
-            Ok(Err(e)) => {
+            Ok(Err(shard::BindFailed { address, source })) => {
                 shared.begin_shutdown();
-                return Err(e);
+                return Err(StartError::Listen { address, source });
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // Every shard's sender is gone without all reporting: an executor failed

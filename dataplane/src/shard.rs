@@ -20,7 +20,6 @@ use smtpgate_policy::inspector::Output;
 use crate::budget::Budget;
 use crate::bufpool::BufPool;
 use crate::clock::{Deadlines, Tick};
-use crate::engine::StartError;
 use crate::log;
 use crate::session::{self, ListenerContext};
 use crate::shared::{Generation, Shared};
@@ -67,10 +66,16 @@ impl Drop for LiveSession {
     }
 }
 
+/// A shard could not bind one of the listen addresses.
+pub struct BindFailed {
+    pub address: SocketAddr,
+    pub source: std::io::Error,
+}
+
 /// The shard's main future: bind, report readiness, serve until shutdown, drain.
 pub async fn run(
     shared: &'static Shared,
-    ready: Sender<Result<(), StartError>>,
+    ready: Sender<Result<(), BindFailed>>,
     addresses: Vec<SocketAddr>,
     shards: usize,
     mut tick: Tick,
@@ -83,7 +88,7 @@ pub async fn run(
         match TcpListener::bind_with_backlog(address, backlog) {
             Ok(l) => listeners.push(l),
             Err(e) => {
-                let _ = ready.send(Err(StartError::Listen {
+                let _ = ready.send(Err(BindFailed {
                     address: *address,
                     source: e.into(),
                 }));
