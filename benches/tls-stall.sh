@@ -5,7 +5,8 @@
 # 1. What one handshake step costs (in memory, no sockets): the server's work for the
 #    client's first flight (key exchange and the certificate signature) and for its
 #    Finished (session tickets), full and resumed, for an RSA-2048 and an ECDSA P-256
-#    certificate (benches/examples/tls_stall.rs `steps`).
+#    certificate, with aws-lc-rs (smtpgate's provider) and ring in alternating rounds
+#    (benches/examples/tls_stall.rs `steps`).
 # 2. On a running smtpgate --cores 1 (starttls = "inspect", upstream_tls = "off", so
 #    only the edge's own handshakes run on the shard), one probe session sends NOOP
 #    after NOOP and records each reply's latency, while nothing else runs (idle), while

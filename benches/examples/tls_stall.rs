@@ -12,12 +12,13 @@
 //! sample numbers, on stderr.
 //!
 //! `steps CERT KEY HANDSHAKES`: in memory, no sockets: a rustls server configured as
-//! smtpgate's edge (ring provider, client certificates asked for but optional, session
-//! tickets, server order of cipher suites; the same settings as
-//! `dataplane/src/tls.rs`) handshakes with a client, and every call that advances the
-//! server (`process_new_packets` plus `write_tls`) is timed: the longest of them is
-//! what one handshake can hold the shard for. Full and resumed handshakes, median and
-//! max per step.
+//! smtpgate's edge (client certificates asked for but optional, session tickets, server
+//! order of cipher suites; the same settings as `dataplane/src/tls.rs`) handshakes with
+//! a client, and every call that advances the server (`process_new_packets` plus
+//! `write_tls`) is timed: the longest of them is what one handshake can hold the shard
+//! for. Full and resumed handshakes, median and max per step, for each crypto provider
+//! rustls is built with here (aws-lc-rs, smtpgate's, and ring), in alternating rounds
+//! of HANDSHAKES/4 so that both see the same machine load.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
-use rustls::crypto::{ring, CryptoProvider};
+use rustls::crypto::{aws_lc_rs, ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -294,43 +295,78 @@ fn client_config(resumption: Resumption) -> Arc<ClientConfig> {
 // steps
 // ---------------------------------------------------------------------------------
 
+/// A crypto provider to time the edge's handshake steps with.
+#[derive(Clone, Copy)]
+enum Provider {
+    AwsLcRs,
+    Ring,
+}
+
+impl Provider {
+    const ALL: [Provider; 2] = [Provider::AwsLcRs, Provider::Ring];
+
+    fn name(self) -> &'static str {
+        match self {
+            Provider::AwsLcRs => "aws-lc-rs",
+            Provider::Ring => "ring",
+        }
+    }
+}
+
 fn steps(cert: &Path, key: &Path, handshakes: usize) {
-    let server = edge_server_config(cert, key);
-    println!(
-        "{:<8} {:>4} {:>10} {:>10} {:>12}",
-        "kind", "step", "median_us", "max_us", "what"
-    );
-    for (kind, resumption) in [
-        ("full", Resumption::disabled()),
-        ("resumed", Resumption::default()),
-    ] {
-        let client = client_config(resumption);
-        // One unmeasured handshake leaves a ticket for the first resumed one.
-        handshake_in_memory(&server, &client);
-        let mut per_step: Vec<Vec<u32>> = Vec::new();
-        for _ in 0..handshakes {
-            let (times, kind_seen) = handshake_in_memory(&server, &client);
-            let want = if kind == "full" {
-                HandshakeKind::Full
-            } else {
-                HandshakeKind::Resumed
-            };
-            assert_eq!(kind_seen, Some(want), "{kind} handshake expected");
-            for (i, t) in times.into_iter().enumerate() {
-                if per_step.len() <= i {
-                    per_step.push(Vec::new());
+    const ROUNDS: usize = 4;
+    let kinds = [
+        ("full", Resumption::disabled(), HandshakeKind::Full),
+        ("resumed", Resumption::default(), HandshakeKind::Resumed),
+    ];
+    // (provider, kind) -> per step -> samples
+    let mut samples: Vec<Vec<Vec<u32>>> = vec![Vec::new(); Provider::ALL.len() * kinds.len()];
+    let servers: Vec<Arc<ServerConfig>> = Provider::ALL
+        .iter()
+        .map(|&p| edge_server_config(cert, key, p))
+        .collect();
+    for _ in 0..ROUNDS {
+        for (p, server) in servers.iter().enumerate() {
+            for (k, (_, resumption, want)) in kinds.iter().enumerate() {
+                let client = client_config(resumption.clone());
+                // One unmeasured handshake leaves a ticket for the first resumed one.
+                handshake_in_memory(server, &client);
+                let per_step = &mut samples[p * kinds.len() + k];
+                for _ in 0..handshakes.div_ceil(ROUNDS) {
+                    let (times, kind_seen) = handshake_in_memory(server, &client);
+                    assert_eq!(kind_seen, Some(*want), "{} handshake expected", kinds[k].0);
+                    for (i, t) in times.into_iter().enumerate() {
+                        if per_step.len() <= i {
+                            per_step.push(Vec::new());
+                        }
+                        per_step[i].push(t);
+                    }
                 }
-                per_step[i].push(t);
             }
         }
-        for (i, times) in per_step.into_iter().enumerate() {
-            let what = match i {
-                0 => "ClientHello",
-                1 => "Finished",
-                _ => "more",
-            };
-            let (p50, _, _, max) = percentiles(times);
-            println!("{kind:<8} {:>4} {p50:>10} {max:>10} {what:>12}", i + 1);
+    }
+    println!(
+        "{:<10} {:<8} {:>4} {:>10} {:>10} {:>12}",
+        "provider", "kind", "step", "median_us", "max_us", "what"
+    );
+    for (p, provider) in Provider::ALL.iter().enumerate() {
+        for (k, (kind, _, _)) in kinds.iter().enumerate() {
+            for (i, times) in std::mem::take(&mut samples[p * kinds.len() + k])
+                .into_iter()
+                .enumerate()
+            {
+                let what = match i {
+                    0 => "ClientHello",
+                    1 => "Finished",
+                    _ => "more",
+                };
+                let (p50, _, _, max) = percentiles(times);
+                println!(
+                    "{:<10} {kind:<8} {:>4} {p50:>10} {max:>10} {what:>12}",
+                    provider.name(),
+                    i + 1
+                );
+            }
         }
     }
 }
@@ -376,34 +412,43 @@ fn handshake_in_memory(
     (times, server.handshake_kind())
 }
 
-/// The edge's server config as smtpgate builds it for `[tls]`.
-fn edge_server_config(cert: &Path, key: &Path) -> Arc<ServerConfig> {
-    use ring::cipher_suite as suite;
-    let provider = Arc::new(CryptoProvider {
-        cipher_suites: vec![
-            suite::TLS13_AES_128_GCM_SHA256,
-            suite::TLS13_AES_256_GCM_SHA384,
-            suite::TLS13_CHACHA20_POLY1305_SHA256,
-            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-            suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-            suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-        ],
-        ..ring::default_provider()
-    });
+/// The edge's server config as smtpgate builds it for `[tls]`, on `provider`.
+fn edge_server_config(cert: &Path, key: &Path, provider: Provider) -> Arc<ServerConfig> {
+    macro_rules! ordered {
+        ($module:ident) => {{
+            use $module::cipher_suite as suite;
+            CryptoProvider {
+                cipher_suites: vec![
+                    suite::TLS13_AES_128_GCM_SHA256,
+                    suite::TLS13_AES_256_GCM_SHA384,
+                    suite::TLS13_CHACHA20_POLY1305_SHA256,
+                    suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                    suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                    suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                    suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                    suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                    suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+                ],
+                ..$module::default_provider()
+            }
+        }};
+    }
+    let (crypto, ticketer) = match provider {
+        Provider::AwsLcRs => (ordered!(aws_lc_rs), aws_lc_rs::Ticketer::new()),
+        Provider::Ring => (ordered!(ring), ring::Ticketer::new()),
+    };
+    let crypto = Arc::new(crypto);
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .expect("a PEM certificate chain");
     let key = PrivateKeyDer::from_pem_file(key).expect("a PEM private key");
-    let mut config = ServerConfig::builder_with_provider(provider.clone())
+    let mut config = ServerConfig::builder_with_provider(crypto.clone())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .with_client_cert_verifier(Arc::new(AnyClientCertificate(provider)))
+        .expect("the provider supports the default versions")
+        .with_client_cert_verifier(Arc::new(AnyClientCertificate(crypto)))
         .with_single_cert(chain, key)
         .expect("a usable certificate and key");
-    config.ticketer = ring::Ticketer::new().expect("ticketer");
+    config.ticketer = ticketer.expect("ticketer");
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     config.ignore_client_order = true;
     config.send_tls13_tickets = 1;

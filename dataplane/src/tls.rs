@@ -10,8 +10,14 @@
 //! certificate or key that fails to load keeps the previous context (see
 //! [`TlsContext::reload`]).
 //!
-//! The crypto provider is *ring*: it builds with a C compiler only, and its AES-GCM
-//! (AES-NI + PCLMULQDQ/AVX) and ChaCha20-Poly1305 code is BoringSSL's assembly.
+//! The crypto provider is *aws-lc-rs* (AWS-LC, BoringSSL's descendant): the same
+//! AES-NI/PCLMULQDQ AES-GCM assembly as ring, and on x86-64 also assembly X25519 and
+//! P-256 (s2n-bignum, BMI2/ADX) and a faster RSA, which is what a handshake spends its
+//! time on. Timed in memory on the same AMD EPYC machine, one server handshake step
+//! (the client's first flight: key exchange, and for a full handshake the signature)
+//! took 63 us for a resumption against ring's 97, 86 us for a full handshake with an
+//! ECDSA P-256 certificate against 116, and 380 us with RSA-2048 against 803. It
+//! builds with a C compiler only (its `cc` build, no cmake, on Linux x86-64).
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -22,7 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{ring, CryptoProvider};
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -36,14 +42,15 @@ use rustls::{
 };
 use smtpgate_policy::config::{Config, Tls, UpstreamTls};
 
-/// ring with AES-128-GCM/SHA-256 suites ahead of AES-256-GCM/SHA-384, then
+/// aws-lc-rs with AES-128-GCM/SHA-256 suites ahead of AES-256-GCM/SHA-384, then
 /// ChaCha20-Poly1305. A TLS handshake hashes its transcript and derives every key
-/// with the suite's hash: ring runs SHA-256 on the CPU's SHA extensions (Intel since
-/// Ice Lake, every AMD Zen) but SHA-512 in portable code on AMD, where it was 5% of a
-/// STARTTLS session's CPU; AES-128 is also four rounds shorter per block. Both sides
-/// use this order: the edge picks by it (server order), the upstream leg offers it.
+/// with the suite's hash, and SHA-256 runs on the CPU's SHA extensions (Intel since
+/// Ice Lake, every AMD Zen) where SHA-512 has none (with ring it ran in portable code
+/// on AMD, 5% of a STARTTLS session's CPU); AES-128 is also four rounds shorter per
+/// block. Both sides use this order: the edge picks by it (server order), the
+/// upstream leg offers it.
 fn provider() -> Arc<CryptoProvider> {
-    use ring::cipher_suite as suite;
+    use aws_lc_rs::cipher_suite as suite;
     Arc::new(CryptoProvider {
         cipher_suites: vec![
             suite::TLS13_AES_128_GCM_SHA256,
@@ -56,7 +63,7 @@ fn provider() -> Arc<CryptoProvider> {
             suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
             suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
         ],
-        ..ring::default_provider()
+        ..aws_lc_rs::default_provider()
     })
 }
 
@@ -155,7 +162,7 @@ fn server_config(
         .with_cert_resolver(Arc::new(SniOrDefault { by_name, default }));
     config.ticketer = match ticketer {
         Some(ticketer) => ticketer,
-        None => ring::Ticketer::new().map_err(|e| format!("TLS session tickets: {e}"))?,
+        None => aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS session tickets: {e}"))?,
     };
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     config.ignore_client_order = true;
@@ -237,7 +244,7 @@ fn opportunistic_client_config() -> Arc<ClientConfig> {
     let verifier = Arc::new(AnyServerCertificate(provider.clone()));
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
+        .expect("aws-lc-rs supports the default versions")
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
@@ -273,7 +280,7 @@ fn verifying_client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, Strin
     }
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
+        .expect("aws-lc-rs supports the default versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))

@@ -344,7 +344,7 @@ fn the_edge_picks_aes_128_gcm_sha256_by_its_own_order_and_issues_one_ticket_per_
     let server_config =
         server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap();
     // rustls's stock client order puts AES-256-GCM/SHA-384 first, as OpenSSL's does.
-    let stock_provider = Arc::new(ring::default_provider());
+    let stock_provider = Arc::new(aws_lc_rs::default_provider());
     assert_eq!(
         stock_provider.cipher_suites[0].suite(),
         rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
