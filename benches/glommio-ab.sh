@@ -9,19 +9,26 @@
 # Prints per shape and path: msgs/s (median, min-max over runs), relay CPU per 1000
 # messages (user+system of the relay process, median) and, for smtpgate, the reactor
 # counters per message from /metrics (deterministic, unlike the wall-clock numbers).
+# With -y, one more run per shape and path under `perf stat` counts each relay's
+# socket system calls per message (reads and sends, for HAProxy too); those runs are
+# not timed.
 #
-# Usage: benches/glommio-ab.sh [-r ROUNDS] [-m MESSAGES] [-s SHAPE] [-p POLICY] VARIANT...
-#   VARIANT  NAME or NAME:VAR=VALUE[,VAR=VALUE...], e.g. fast upstream:GLOMMIO_FAST_PARK=0
+# Usage: benches/glommio-ab.sh [-r ROUNDS] [-m MESSAGES] [-s SHAPE[,SHAPE]] [-p POLICY] [-y]
+#          VARIANT...
+#   VARIANT  NAME or NAME:VAR=VALUE[,VAR=VALUE...], e.g. fast upstream:GLOMMIO_FAST_PARK=0;
+#            SMTPGATE=PATH runs that binary instead of this tree's release build (e.g. a
+#            baseline built from another commit into its own target directory)
 #   SHAPE    1k-reused (default), 1k-per-connection, 100k-reused, or all
 #   POLICY   default (inspecting, the default) or none (exempt)
-# Needs: postfix (smtp-source, smtp-sink), haproxy, python3, cargo.
+# Needs: postfix (smtp-source, smtp-sink), haproxy, python3, cargo; perf for -y.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=3 messages=20000 shape_filter=1k-reused policy=default
-while getopts "r:m:s:p:" opt; do
+rounds=3 messages=20000 shape_filter=1k-reused policy=default syscalls=""
+while getopts "r:m:s:p:y" opt; do
   case $opt in
     r) rounds=$OPTARG ;; m) messages=$OPTARG ;; s) shape_filter=$OPTARG ;; p) policy=$OPTARG ;;
+    y) syscalls=1 ;;
     *) exit 2 ;;
   esac
 done
@@ -46,6 +53,7 @@ relay_alive() {
   exit 1
 }
 bench_need "apt-get install postfix haproxy python3" smtp-source smtp-sink haproxy python3
+[ -z "$syscalls" ] || bench_need "apt-get install linux-perf" perf
 cargo build --release -q -p smtpgate
 gate=${CARGO_TARGET_DIR:-target}/release/smtpgate
 
@@ -81,20 +89,25 @@ listen = "127.0.0.1:${port[$name]}"
 upstream = "127.0.0.1:$sink_port"
 policy = "$policy"
 TOML
+  bin=$gate
+  for setting in ${envs//,/ }; do [[ $setting == SMTPGATE=* ]] && bin=${setting#SMTPGATE=}; done
   # shellcheck disable=SC2086
-  env ${envs//,/ } "$gate" run -c "$work/$name.toml" >"$work/$name.log" 2>&1 & relay[$name]=$!; pids+=($!)
+  env ${envs//,/ } "$bin" run -c "$work/$name.toml" >"$work/$name.log" 2>&1 & relay[$name]=$!; pids+=($!)
 done
 start_haproxy "$sink_port"; relay[haproxy]=$haproxy_pid
 port[haproxy]=$haproxy_port
 for name in "${names[@]}" haproxy; do wait_port "${port[$name]}"; done
 
 hz=$(getconf CLK_TCK)
+traced=(syscalls:sys_enter_recvfrom syscalls:sys_enter_read syscalls:sys_enter_sendto
+  syscalls:sys_enter_sendmsg syscalls:sys_enter_write syscalls:sys_enter_epoll_wait
+  syscalls:sys_enter_io_uring_enter)
 shapes=("1k-reused|-s 20 -l 1024 -d" "1k-per-connection|-s 20 -l 1024" "100k-reused|-s 20 -l 102400 -d")
 results="$work/results"
 : >"$results"
 for shape in "${shapes[@]}"; do
   sname=${shape%%|*}; args=${shape#*|}
-  [ "$shape_filter" = all ] || [ "$shape_filter" = "$sname" ] || continue
+  [ "$shape_filter" = all ] || [[ ",$shape_filter," == *",$sname,"* ]] || continue
   n=$messages; [[ $sname == 100k* ]] && n=$((messages / 5))
   forward=("${names[@]}" haproxy)
   backward=(); for ((i = ${#forward[@]} - 1; i >= 0; i--)); do backward+=("${forward[$i]}"); done
@@ -113,6 +126,16 @@ for shape in "${shapes[@]}"; do
       after_cpu=$(cpu_ticks "$pid"); after=""; [ "$p" != haproxy ] && after=$(counters "${admin[$p]}")
       echo "$sname|$p|$n|$start|$end|$before_cpu|$after_cpu|$hz|$before|$after" >>"$results"
     done
+  done
+  [ -n "$syscalls" ] || continue
+  for p in "${forward[@]}"; do
+    perf stat -x, -o "$work/perf.$p" -p "${relay[$p]}" -e "$(IFS=,; echo "${traced[*]}")" & perf_pid=$!
+    sleep 0.5
+    # shellcheck disable=SC2086
+    smtp-source $args -m "$n" "127.0.0.1:${port[$p]}"
+    kill -INT "$perf_pid"; wait "$perf_pid" || true
+    relay_alive "$p"
+    echo "$sname|$p|$n|$(awk -F, '$1 ~ /^[0-9]+$/ {sub("syscalls:sys_enter_", "", $3); printf "%s=%s ", $3, $1}' "$work/perf.$p")" >>"$work/syscalls"
   done
 done
 
@@ -149,4 +172,14 @@ for shape in dict.fromkeys(s for s, _ in runs):
         if rs[0][2]:
             line += "".join(f" {statistics.median(p.get(k, 0) for _, _, p in rs):8.2f}" for k in shown)
         print(line)
+PY
+[ -n "$syscalls" ] || exit 0
+echo
+echo "relay system calls per message (one untimed run per shape and path under perf stat)"
+python3 - "$work/syscalls" <<'PY'
+import sys
+for line in open(sys.argv[1]):
+    shape, name, n, counts = line.rstrip("\n").split("|")
+    per = {k: int(v) / int(n) for k, v in (w.split("=") for w in counts.split())}
+    print(f"{shape:<18} {name:<10} " + " ".join(f"{k}={v:.2f}" for k, v in per.items()))
 PY

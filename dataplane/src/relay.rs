@@ -23,11 +23,17 @@
 //!   read what it is sent (a pipelining client that never reads its replies) stops
 //!   being read itself: its own writes then block in TCP. The client is also not read
 //!   while [`MAX_OWED_REPLIES`] commands await their replies, so the inspector never
-//!   has to hold more than one read of a fast pipeliner. A side blocked that way gives
-//!   its read buffer back to the shard. Each session therefore holds at most about
-//!   one read per direction plus what its inspector keeps; the shard's
+//!   has to hold more than one read of a fast pipeliner. A session gives its read
+//!   buffers back to the shard whenever it waits (blocked, idle or closing) or
+//!   yields, so it holds them only while it runs. Each session therefore holds at
+//!   most about one read per direction plus what its inspector keeps; the shard's
 //!   [`Budget`] bounds the sum over sessions (`[limits] buffer_budget`): a session it
 //!   evicts drops what it queued and gets `421 4.3.2`.
+//! - Read sizes: reads start at 16 KiB; one that fills its buffer grows the next to
+//!   64 KiB while the session carries bulk (message content, verbatim bytes), and one
+//!   that 16 KiB would have held shrinks it back ([`crate::bufpool`]): a 100 KiB
+//!   message takes three reads, not seven. Commands and replies are always read
+//!   16 KiB at a time, so a pipeliner's read stays small for the inspector to hold.
 //! - Order: bytes go out in the order the inspector produced them (`to_server`, then
 //!   `to_client`), appended behind anything still queued in that direction.
 //! - Half-close: a peer's EOF becomes `shutdown(SHUT_WR)` towards the other peer once
@@ -61,7 +67,7 @@ use smtpgate_policy::inspector::{
 };
 
 use crate::budget::{Budget, Holding};
-use crate::bufpool::{refill, BufPool};
+use crate::bufpool::{refill, BufPool, ReadSize};
 use crate::clock::{after, Deadline, Deadlines};
 use crate::limits::Ticket;
 use crate::panics;
@@ -231,6 +237,9 @@ struct Half {
     stream: TcpStream,
     /// Lent by the shard's pool while this side is read; `None` while it waits.
     read_buf: Option<BytesMut>,
+    /// The size of `read_buf`, and of the next one taken: large while reads fill
+    /// buffers (bulk), small otherwise.
+    read_size: ReadSize,
     /// Bytes waiting to be written to this side, in order.
     outgoing: VecDeque<Bytes>,
     /// Their total length.
@@ -275,6 +284,7 @@ impl Half {
         Half {
             stream,
             read_buf: None,
+            read_size: ReadSize::Small,
             outgoing: VecDeque::new(),
             queued: 0,
             read_closed: false,
@@ -286,10 +296,11 @@ impl Half {
     }
 
     /// The one place bytes enter the session: a read into the lent buffer, frozen into
-    /// `Bytes` (no copy). `Ok(None)` is the peer's end of stream.
+    /// `Bytes` (no copy), of at most `largest`. `Ok(None)` is the peer's end of stream.
     fn poll_read(
         &mut self,
         pool: &BufPool,
+        largest: ReadSize,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Option<Bytes>>> {
         if self.tls.as_ref().is_some_and(|tls| tls.peer_closed) {
@@ -299,11 +310,16 @@ impl Half {
             self.bytes_read += replayed.len() as u64;
             return Poll::Ready(Ok(Some(replayed)));
         }
-        let mut buf = self.read_buf.take().unwrap_or_else(|| pool.take());
-        refill(&mut buf);
+        self.resize(pool, self.read_size.min(largest));
+        let mut buf = self
+            .read_buf
+            .take()
+            .unwrap_or_else(|| pool.take(self.read_size));
+        refill(&mut buf, self.read_size);
+        let room = buf.len();
         match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
             Poll::Ready(Ok(0)) => {
-                pool.give(buf);
+                pool.give(buf, self.read_size);
                 if let Some(tls) = self.tls.as_deref_mut() {
                     if let Err(failure) = tls.layer.eof() {
                         tls.report = Some(Err(failure));
@@ -316,6 +332,7 @@ impl Half {
                 self.bytes_read += n as u64;
                 let read = buf.split_to(n).freeze();
                 self.read_buf = Some(buf);
+                self.resize(pool, self.read_size.after_read(room, n).min(largest));
                 match self.tls.as_mut() {
                     None => Poll::Ready(Ok(Some(read))),
                     // May be empty (handshake records only): the caller goes round the
@@ -324,14 +341,14 @@ impl Half {
                 }
             }
             Poll::Ready(Err(e)) => {
-                pool.give(buf);
+                pool.give(buf, self.read_size);
                 Poll::Ready(Err(e))
             }
             Poll::Pending => {
                 // Idle: the buffer goes back to the shard while we wait, and so does
                 // the queue's allocation when nothing waits in it (an idle session
                 // keeps neither; a busy one pays a small allocation per exchange).
-                pool.give(buf);
+                pool.give(buf, self.read_size);
                 if self.outgoing.is_empty() {
                     self.outgoing = VecDeque::new();
                 }
@@ -444,7 +461,16 @@ impl Half {
 
     fn release(&mut self, pool: &BufPool) {
         if let Some(buf) = self.read_buf.take() {
-            pool.give(buf);
+            pool.give(buf, self.read_size);
+        }
+    }
+
+    /// The next read uses a buffer of `size` (what is left of the current one goes
+    /// back to its pool when the size changes).
+    fn resize(&mut self, pool: &BufPool, size: ReadSize) {
+        if size != self.read_size {
+            self.release(pool);
+            self.read_size = size;
         }
     }
 }
@@ -483,6 +509,8 @@ struct Pump<'p> {
     replies_owed: bool,
     /// Bytes the inspector keeps between reads (as of its last call).
     inspector_held: usize,
+    /// The largest read buffer either side may use now (see [`largest_read`]).
+    largest_read: ReadSize,
     budget: &'p Budget,
     sessions: &'p Deadlines,
 }
@@ -558,6 +586,9 @@ impl Pump<'_> {
             }
         }
         self.deadline.register(cx.waker());
+        // A waiting session holds no read buffer: a side that was blocked, ended or
+        // not read while closing gives its buffer back to the shard too.
+        self.release_buffers();
         // What was just written no longer counts against the budget.
         self.report_held();
         Poll::Pending
@@ -577,18 +608,13 @@ impl Pump<'_> {
         let blocked = !self.halves[side.other() as usize].outgoing.is_empty()
             || self.halves[side as usize].queued > MAX_QUEUED_BACK
             || (side == Side::Client && self.replies_owed);
-        let pool = self.pool;
+        let (pool, largest) = (self.pool, self.largest_read);
         let half = self.half(side);
-        if half.read_closed {
+        if half.read_closed || blocked {
+            // Backpressure: nothing is read here until the other side drains.
             return Poll::Pending;
         }
-        if blocked {
-            // Backpressure: nothing is read here until the other side drains, so the
-            // buffer goes back to the shard meanwhile.
-            half.release(pool);
-            return Poll::Pending;
-        }
-        half.poll_read(pool, cx)
+        half.poll_read(pool, largest, cx)
     }
 
     /// Starts the goodbye: nothing more is read; `reply` (if any) is queued behind what
@@ -794,6 +820,7 @@ impl<'a> Relaying<'a> {
             upstream_first: false,
             replies_owed: false,
             inspector_held: 0,
+            largest_read: largest_read(inspector.as_deref()),
             budget,
             sessions,
         };
@@ -845,6 +872,7 @@ impl<'a> Relaying<'a> {
 
     async fn relay(&mut self, sink: &mut dyn EventSink) -> End {
         loop {
+            self.pump.largest_read = largest_read(self.inspector.as_deref());
             let step = poll_fn(|cx| self.pump.poll_step(cx)).await;
             let now = Instant::now();
             for side in [Side::Client, Side::Upstream] {
@@ -1084,6 +1112,8 @@ impl<'a> Relaying<'a> {
             self.reads_since_yield += 1;
             if self.reads_since_yield >= READS_BEFORE_YIELD {
                 self.reads_since_yield = 0;
+                // Read buffers are the shard's while other sessions run.
+                self.pump.release_buffers();
                 glommio::yield_if_needed().await;
             }
         }
@@ -1138,6 +1168,16 @@ fn start_client_tls(pump: &mut Pump<'_>, tls: &SessionTls) -> Result<(), &'stati
     let server = tls.server.as_ref().ok_or(REPLY_INTERNAL_ERROR)?;
     pump.half(Side::Client).start_tls(TlsLayer::server(server));
     Ok(())
+}
+
+/// The largest read buffer the session may use now. Large reads are for bulk
+/// (message content, verbatim bytes); commands and replies are read small, since a
+/// read of pipelined commands is what the inspector may have to hold.
+fn largest_read(inspector: Option<&Inspector>) -> ReadSize {
+    match inspector.map(Inspector::phase) {
+        None | Some(Phase::Content | Phase::Opaque) => ReadSize::Large,
+        Some(_) => ReadSize::Small,
+    }
 }
 
 /// Ends inspection: the relay goes verbatim, or the session is closing. The
