@@ -423,6 +423,14 @@ pub struct TlsLayer {
     conn: Connection,
     /// The established event was taken (it is reported once).
     reported: bool,
+    /// The TLS 1.3 session ticket a server queues when the client's Finished arrives
+    /// waits for the next record to the client (in SMTP there always is one: the reply
+    /// to the client's new EHLO, or the greeting), so that both leave in one write
+    /// instead of two: one send, one segment, one wake-up of the client fewer.
+    ticket_held: bool,
+    /// Plaintext was queued during the handshake: it leaves as soon as the handshake
+    /// completes, with the ticket.
+    sent_during_handshake: bool,
 }
 
 /// What the TLS-established event says about a side.
@@ -540,6 +548,8 @@ impl TlsLayer {
         TlsLayer {
             conn,
             reported: false,
+            ticket_held: false,
+            sent_during_handshake: false,
         }
     }
 
@@ -555,11 +565,15 @@ impl TlsLayer {
         plaintext: &mut BytesMut,
     ) -> Result<Received, TlsFailure> {
         let mut received = Received::default();
+        let was_handshaking = self.conn.is_handshaking();
         while !ciphertext.is_empty() {
-            self.conn
-                .read_tls(&mut ciphertext)
-                .map_err(|e| self.failure(FailureReason::Other, e.to_string()))?;
+            self.conn.read_tls(&mut ciphertext).map_err(|e| {
+                self.ticket_held = false;
+                self.failure(FailureReason::Other, e.to_string())
+            })?;
             let state = self.conn.process_new_packets().map_err(|e| {
+                // The alert rustls queued goes out at once.
+                self.ticket_held = false;
                 let reason = FailureReason::of(&e);
                 self.failure(reason, e.to_string())
             })?;
@@ -576,6 +590,16 @@ impl TlsLayer {
                 plaintext.truncate(start + read);
             }
         }
+        // Only a TLS 1.3 server has nothing but tickets to send once the client's
+        // Finished is in (a TLS 1.2 server still owes its own Finished then).
+        if was_handshaking
+            && !self.conn.is_handshaking()
+            && !self.sent_during_handshake
+            && matches!(self.conn, Connection::Server(_))
+            && self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+        {
+            self.ticket_held = true;
+        }
         Ok(received)
     }
 
@@ -591,18 +615,22 @@ impl TlsLayer {
     /// Queues plaintext for the peer; it leaves as ciphertext from
     /// [`TlsLayer::take_ciphertext`] (after the handshake, if one is under way).
     pub fn send(&mut self, plaintext: &[u8]) {
+        self.ticket_held = false;
+        self.sent_during_handshake |= self.conn.is_handshaking();
         // With no buffer limit the writer takes everything.
         let _ = self.conn.writer().write_all(plaintext);
     }
 
     /// Sends close_notify (before a clean close of the connection).
     pub fn close(&mut self) {
+        self.ticket_held = false;
         self.conn.send_close_notify();
     }
 
-    /// Everything rustls has to send (handshake messages, records), or `None`.
+    /// Everything rustls has to send (handshake messages, records), or `None`; a TLS
+    /// 1.3 server's session ticket waits for the next plaintext sent, or the close.
     pub fn take_ciphertext(&mut self) -> Option<Bytes> {
-        if !self.conn.wants_write() {
+        if self.ticket_held || !self.conn.wants_write() {
             return None;
         }
         let mut out = Vec::new();

@@ -113,6 +113,51 @@ fn a_handshake_in_memory_carries_plaintext_both_ways_and_reports_what_was_negoti
 }
 
 #[test]
+fn a_tls13_ticket_waits_for_the_servers_next_record_and_leaves_with_it() {
+    let dir = temp_dir("ticket");
+    let main = pair_for(&dir, "mx", &["mx.example.com"]);
+    let server_config =
+        server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap();
+    let client_config = opportunistic_client_config();
+    let mut server = TlsLayer::server(&server_config);
+    let mut client = client_for(&client_config, "mx.example.com");
+    client.send(b"EHLO client.example\r\n");
+    let (_, at_server) = pump(&mut client, &mut server).unwrap();
+    assert_eq!(at_server, b"EHLO client.example\r\n");
+    assert!(!server.is_handshaking());
+    assert!(server.conn.wants_write(), "rustls has the ticket to send");
+    assert_eq!(
+        server.take_ciphertext(),
+        None,
+        "the ticket waits for the EHLO reply"
+    );
+    server.send(b"250 mx.example.com\r\n");
+    let flight = server.take_ciphertext().expect("ticket and reply");
+    let mut records = 0;
+    let mut rest = &flight[..];
+    while rest.len() >= 5 {
+        rest = &rest[5 + usize::from(u16::from_be_bytes([rest[3], rest[4]]))..];
+        records += 1;
+    }
+    assert_eq!(records, 2, "the ticket's record and the reply's");
+    let mut at_client = BytesMut::new();
+    client.receive(&flight, &mut at_client).unwrap();
+    assert_eq!(&at_client[..], b"250 mx.example.com\r\n");
+    assert_eq!(server.take_ciphertext(), None, "one write carried both");
+
+    // The ticket arrived with the reply: the next session resumes from it.
+    let mut server = TlsLayer::server(&server_config);
+    let mut client = client_for(&client_config, "mx.example.com");
+    client.send(b"x");
+    pump(&mut client, &mut server).unwrap();
+    assert!(server.take_established().unwrap().resumed);
+
+    // A close sends the held ticket with close_notify; it is not lost behind a hold.
+    server.close();
+    assert!(server.take_ciphertext().is_some());
+}
+
+#[test]
 fn the_certificate_is_chosen_by_server_name_with_the_main_one_as_fallback() {
     let dir = temp_dir("sni");
     let main = pair_for(&dir, "mx", &["mx.example.com"]);
