@@ -452,6 +452,20 @@ impl Reactor {
         source
     }
 
+    /// smtpgate patch: one multishot readability poll, kept armed (see
+    /// `sys::Reactor::poll_ready_multishot`).
+    pub(crate) fn poll_read_ready_multishot(&self, fd: RawFd) -> Source {
+        let source = self.new_source(fd, SourceType::PollAdd, None);
+        // The peer's close is asked for too: after it, a read that returns fewer
+        // bytes than asked does not mean the socket is drained (end of stream is
+        // still to be read), and no later event will say so.
+        self.sys.poll_ready_multishot(
+            &source,
+            common_flags() | read_flags() | PollFlags::from_bits_retain(libc::POLLRDHUP),
+        );
+        source
+    }
+
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys

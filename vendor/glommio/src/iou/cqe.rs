@@ -209,5 +209,8 @@ bitflags::bitflags! {
     #[derive(Debug, Clone, Copy)]
     pub struct CompletionFlags: u32 {
         const BUFFER_SHIFT    = 1 << 0;
+        /// smtpgate patch: the request stays armed and will complete again
+        /// (`IORING_CQE_F_MORE`, a multishot request's every completion but its last).
+        const MORE            = 1 << 1;
     }
 }

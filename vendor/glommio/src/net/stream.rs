@@ -5,7 +5,7 @@
 //
 use crate::{
     reactor::Reactor,
-    sys::{self, Source, SourceType},
+    sys::{self, ReadinessMode, Source, SourceType},
 };
 use futures_lite::ready;
 use nix::sys::socket::MsgFlags;
@@ -223,13 +223,39 @@ pub(crate) struct NonBufferedStream<S> {
     source_rx: Option<Source>,
     write_timeout: Timeout,
     read_timeout: Timeout,
+    /// smtpgate patch: how this stream waits for readability (the executor's
+    /// choice when the stream was created).
+    readiness: ReadinessMode,
+    /// smtpgate patch, multishot readiness only: what the stream knows of its
+    /// socket's receive queue.
+    rx_state: RxState,
+}
+
+/// smtpgate patch: a multishot-polled socket's receive queue as its stream knows
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RxState {
+    /// The last read found the socket empty (`EAGAIN`) or emptied it (fewer
+    /// bytes than asked): wait for the poll's next completion.
+    Drained,
+    /// The poll completed since: read.
+    Ready,
+    /// The peer closed its side or the socket failed: read always, as the socket
+    /// returns the rest, then end of stream or the error, and no further event
+    /// comes to say so.
+    Closed,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        self.source_rx = Some(match self.readiness {
+            ReadinessMode::OneShot => reactor.poll_read_ready(stream_fd),
+            // The poll reports the socket's state when armed, so bytes already
+            // queued complete it at once.
+            ReadinessMode::Multishot => reactor.poll_read_ready_multishot(stream_fd),
+        });
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -258,6 +284,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         cx: &Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        if self.readiness == ReadinessMode::Multishot {
+            return self.poll_read_multishot(cx, buf);
+        }
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
 
@@ -292,6 +321,65 @@ impl<S: AsRawFd> NonBufferedStream<S> {
             // reactor.rush_dispatch(self.source_rx.as_ref().unwrap());
         }
 
+        let source = self.source_rx.as_ref().unwrap();
+        source.add_waiter_single(cx.waker());
+        self.read_timeout.maybe_set_timer(reactor, cx.waker());
+        Poll::Pending
+    }
+
+    /// smtpgate patch: reads with one multishot poll kept armed per socket, so a
+    /// wait registers nothing: the poll's completions make the socket ready, a
+    /// read is tried only while it is, and a read that finds or leaves the
+    /// socket empty makes it drained. No readiness edge is lost: bytes that
+    /// arrive after such a read wake the socket's wait queue, which completes
+    /// the armed poll again; the peer's close, which may already be queued
+    /// behind the bytes a short read returned, is sticky instead.
+    fn poll_read_multishot(&mut self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let reactor = self.reactor.upgrade().unwrap();
+        let reactor = reactor.as_ref();
+
+        if let Some(source) = &self.source_rx {
+            const CLOSED: usize = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as usize;
+            match source.take_readiness() {
+                Some(Ok(events)) if events & CLOSED != 0 => self.rx_state = RxState::Closed,
+                Some(_) if self.rx_state == RxState::Drained => self.rx_state = RxState::Ready,
+                _ => {}
+            }
+            // A completion without MORE ended the poll (the kernel's choice, e.g.
+            // no room in the completion queue): arm another below.
+            if !source.is_in_flight() {
+                self.source_rx = None;
+            }
+        }
+        if self.source_rx.is_none() {
+            self.source_rx = Some(reactor.poll_read_ready_multishot(self.stream.as_raw_fd()));
+            // The new poll reports what is queued once armed; until then, look.
+            if self.rx_state == RxState::Drained {
+                self.rx_state = RxState::Ready;
+            }
+        }
+
+        if self.rx_state != RxState::Drained {
+            match super::yolo_recv(self.stream.as_raw_fd(), buf) {
+                Some(result) => {
+                    self.read_timeout.cancel_timer(reactor);
+                    let read = poll_err!(result);
+                    if read == 0 && !buf.is_empty() {
+                        self.rx_state = RxState::Closed;
+                    } else if read < buf.len() && self.rx_state == RxState::Ready {
+                        self.rx_state = RxState::Drained;
+                    }
+                    return Poll::Ready(Ok(read));
+                }
+                None => {
+                    if self.rx_state == RxState::Ready {
+                        self.rx_state = RxState::Drained;
+                    }
+                }
+            }
+        }
+
+        poll_err!(self.read_timeout.check(reactor));
         let source = self.source_rx.as_ref().unwrap();
         source.add_waiter_single(cx.waker());
         self.read_timeout.maybe_set_timer(reactor, cx.waker());
@@ -368,6 +456,8 @@ where
             source_rx: None,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
+            readiness: reactor.sys.readiness_mode(),
+            rx_state: RxState::Drained,
         };
         stream.init();
         GlommioStream {
@@ -495,6 +585,12 @@ impl<S: AsRawFd, B: RxBuf> GlommioStream<S, B> {
 
     pub(crate) fn stream(&self) -> &S {
         &self.stream.stream
+    }
+
+    /// smtpgate patch, for tests: the readability poll this stream holds.
+    #[cfg(test)]
+    pub(crate) fn read_source(&self) -> Option<&Source> {
+        self.stream.source_rx.as_ref()
     }
 }
 

@@ -1332,4 +1332,238 @@ mod tests {
             assert_eq!(s.local_addr().unwrap(), peer_addr.await);
         });
     }
+
+    /// smtpgate patch: runs `test` on a fresh executor whose streams wait for
+    /// readability the given way, failing it (instead of hanging) after 30 s:
+    /// a lost readiness event leaves a read pending forever.
+    fn with_readiness<F, Fut>(mode: crate::sys::ReadinessMode, test: F)
+    where
+        F: FnOnce() -> Fut + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let executor = LocalExecutorBuilder::new(crate::executor::Placement::Unbound)
+            .make()
+            .unwrap();
+        executor.run(async move {
+            crate::executor().reactor().sys.set_readiness_mode(mode);
+            crate::timer::timeout(Duration::from_secs(30), async move {
+                test().await;
+                Ok(())
+            })
+            .await
+            .expect("a read never completed: a readiness event was lost");
+        });
+    }
+
+    /// A connected pair on this executor: (accepted, connecting).
+    async fn stream_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepting = crate::spawn_local(async move { listener.accept().await.unwrap() });
+        let client = TcpStream::connect(addr).await.unwrap();
+        (accepting.await, client)
+    }
+
+    /// `rounds` request/echo round trips of 1 to 200 bytes, each side reading
+    /// into a 4 KiB buffer (so every read empties the socket and the next one
+    /// waits); returns the POLL_ADD SQEs this executor prepared meanwhile.
+    async fn echo_round_trips(rounds: usize) -> u64 {
+        use crate::SqeKind;
+        let (mut server, mut client) = stream_pair().await;
+        let echo = crate::spawn_local(async move {
+            let mut buf = [0u8; 4096];
+            loop {
+                let read = server.read(&mut buf).await.unwrap();
+                if read == 0 {
+                    break;
+                }
+                server.write_all(&buf[..read]).await.unwrap();
+            }
+        });
+        // Let both polls reach the kernel before counting.
+        crate::timer::sleep(Duration::from_millis(10)).await;
+        let before = crate::sys::counters::local_sqes_of(SqeKind::PollAdd);
+        let mut reply = vec![0u8; 200];
+        for round in 0..rounds {
+            let len = 1 + round % 200;
+            let request: Vec<u8> = (0..len).map(|i| (round + i) as u8).collect();
+            client.write_all(&request).await.unwrap();
+            client.read_exact(&mut reply[..len]).await.unwrap();
+            assert_eq!(&reply[..len], &request[..], "round {round}");
+        }
+        let poll_adds = crate::sys::counters::local_sqes_of(SqeKind::PollAdd) - before;
+        client.shutdown(std::net::Shutdown::Write).await.unwrap();
+        echo.await;
+        poll_adds
+    }
+
+    /// smtpgate patch: with multishot readiness a socket read again and again,
+    /// with a wait before each read, registers nothing per wait: one poll per
+    /// socket, armed when the stream was created. Upstream's one-shot polls, on
+    /// the same exchange, cost at least one registration per round trip.
+    #[test]
+    fn multishot_poll_reads_many_times_with_one_registration() {
+        use crate::sys::ReadinessMode;
+        let rounds = 500;
+        with_readiness(ReadinessMode::Multishot, move || async move {
+            let poll_adds = echo_round_trips(rounds).await;
+            assert!(
+                poll_adds <= 2,
+                "{poll_adds} POLL_ADD SQEs for {rounds} round trips"
+            );
+        });
+        with_readiness(ReadinessMode::OneShot, move || async move {
+            let poll_adds = echo_round_trips(rounds).await;
+            assert!(
+                poll_adds >= rounds as u64,
+                "{poll_adds} POLL_ADD SQEs for {rounds} round trips"
+            );
+        });
+    }
+
+    /// smtpgate patch: a read that fills the buffer leaves the ready bit set and
+    /// the next read takes the rest; bytes that arrive while a read waits wake it.
+    #[test]
+    fn multishot_poll_reads_a_stream_larger_than_the_buffer() {
+        with_readiness(crate::sys::ReadinessMode::Multishot, || async {
+            let (mut server, mut client) = stream_pair().await;
+            let total = 1 << 20;
+            let sender = crate::spawn_local(async move {
+                let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+                for chunk in data.chunks(64 * 1024) {
+                    client.write_all(chunk).await.unwrap();
+                    crate::timer::sleep(Duration::from_millis(1)).await;
+                }
+                client
+            });
+            let mut received = 0usize;
+            let mut buf = [0u8; 1000];
+            while received < total {
+                let read = server.read(&mut buf).await.unwrap();
+                assert!(read > 0, "end of stream after {received} bytes");
+                for (i, byte) in buf[..read].iter().enumerate() {
+                    assert_eq!(*byte, ((received + i) % 251) as u8);
+                }
+                received += read;
+            }
+            drop(sender.await);
+            assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+        });
+    }
+
+    /// smtpgate patch: the peer's close (its FIN arriving while the read waits)
+    /// completes the armed poll, and end of stream is returned again on every
+    /// later read instead of waiting for an event that never comes.
+    #[test]
+    fn multishot_poll_sees_the_peer_close() {
+        with_readiness(crate::sys::ReadinessMode::Multishot, || async {
+            let (mut server, mut client) = stream_pair().await;
+            let closer = crate::spawn_local(async move {
+                client.write_all(b"hello").await.unwrap();
+                crate::timer::sleep(Duration::from_millis(50)).await;
+                client.shutdown(std::net::Shutdown::Write).await.unwrap();
+                let mut reply = Vec::new();
+                client.read_to_end(&mut reply).await.unwrap();
+                reply
+            });
+            let mut buf = [0u8; 64];
+            assert_eq!(server.read(&mut buf).await.unwrap(), 5);
+            assert_eq!(&buf[..5], b"hello");
+            assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+            assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+            server.write_all(b"bye").await.unwrap();
+            server.close().await.unwrap();
+            assert_eq!(closer.await, b"bye");
+        });
+    }
+
+    /// smtpgate patch: a stream dropped with its multishot poll armed in the
+    /// kernel cancels the poll, and the source stays allocated (held by the
+    /// reactor's source map) until the cancel's last completion, so the kernel
+    /// never completes into freed memory; then it is released. The executor
+    /// keeps working on the reused descriptor numbers.
+    #[test]
+    fn multishot_poll_dropped_while_armed_is_kept_until_its_last_completion() {
+        with_readiness(crate::sys::ReadinessMode::Multishot, || async {
+            let (server, mut client) = stream_pair().await;
+            crate::timer::sleep(Duration::from_millis(10)).await;
+            let source = server.stream.read_source().expect("armed at creation");
+            assert!(source.is_in_flight());
+            // SAFETY: only a weak count is taken; nothing is moved out of the pin.
+            let held = Rc::downgrade(&unsafe { Pin::into_inner_unchecked(source.inner.clone()) });
+            drop(server);
+            assert!(
+                held.upgrade().is_some(),
+                "the source was freed while its poll was still armed in the kernel"
+            );
+            // Wake the (now cancelled) poll's socket: nothing may complete into it.
+            let _ = client.write_all(b"after close").await;
+            drop(client);
+            crate::timer::sleep(Duration::from_millis(100)).await;
+            assert!(
+                held.upgrade().is_none(),
+                "the source was never released: the cancel's completion was not consumed"
+            );
+            for _ in 0..3 {
+                let (mut server, mut client) = stream_pair().await;
+                client.write_all(b"ping").await.unwrap();
+                let mut buf = [0u8; 4];
+                server.read_exact(&mut buf).await.unwrap();
+                assert_eq!(&buf, b"ping");
+            }
+        });
+    }
+
+    /// smtpgate patch: when the kernel ends a multishot poll (a completion
+    /// without MORE, e.g. for lack of room in the completion queue; simulated
+    /// here by cancelling it), the stream's next read arms a new one and still
+    /// sees every byte.
+    #[test]
+    fn multishot_poll_ended_by_the_kernel_is_armed_again() {
+        use crate::sys::EnqueuedSource;
+        with_readiness(crate::sys::ReadinessMode::Multishot, || async {
+            let (mut server, mut client) = stream_pair().await;
+            crate::timer::sleep(Duration::from_millis(10)).await;
+            {
+                let source = server.stream.read_source().expect("armed at creation");
+                let inner = source.inner.borrow();
+                let EnqueuedSource { id, queue, .. } = inner.enqueued.as_ref().expect("in flight");
+                queue.borrow_mut().cancel_request(*id);
+            }
+            crate::timer::sleep(Duration::from_millis(50)).await;
+            let ended = server.stream.read_source().expect("kept until read");
+            assert!(!ended.is_in_flight(), "the poll was not ended");
+            // Held, so that a new poll cannot take its address.
+            // SAFETY: the clone is only compared by address; nothing is moved.
+            let ended = unsafe { Pin::into_inner_unchecked(ended.inner.clone()) };
+            let reader = crate::spawn_local(async move {
+                let mut buf = [0u8; 64];
+                let mut got = Vec::new();
+                let mut polls = Vec::new();
+                while got.len() < 6 {
+                    let read = server.read(&mut buf).await.unwrap();
+                    assert!(read > 0, "end of stream");
+                    got.extend_from_slice(&buf[..read]);
+                    let source = server.stream.read_source().expect("armed");
+                    assert!(source.is_in_flight());
+                    polls.push(&*source.inner as *const _);
+                }
+                (got, polls)
+            });
+            crate::timer::sleep(Duration::from_millis(20)).await;
+            client.write_all(b"one").await.unwrap();
+            crate::timer::sleep(Duration::from_millis(20)).await;
+            client.write_all(b"two").await.unwrap();
+            let (got, polls) = reader.await;
+            assert_eq!(got, b"onetwo");
+            assert!(
+                polls.iter().all(|poll| *poll != Rc::as_ptr(&ended)),
+                "not armed again"
+            );
+            assert!(
+                polls.iter().all(|poll| *poll == polls[0]),
+                "armed more than once"
+            );
+        });
+    }
 }

@@ -141,6 +141,12 @@ pub(crate) fn count(f: impl FnOnce(&Counters)) {
     LOCAL.with(|c| f(c));
 }
 
+/// SQEs of one kind prepared by this thread's executor so far.
+#[cfg(test)]
+pub(crate) fn local_sqes_of(kind: SqeKind) -> u64 {
+    LOCAL.with(|c| c.sqes[kind as usize].load(Relaxed))
+}
+
 /// The reactor counters of every executor of this process, summed.
 pub fn reactor_counters() -> ReactorCounters {
     let mut total = ReactorCounters::default();

@@ -248,6 +248,13 @@ impl Source {
         self.inner.borrow().enqueued.is_some()
     }
 
+    /// smtpgate patch: the events a multishot poll reported since the last call
+    /// (its completions' results, or-ed), or `None` if it did not complete;
+    /// clears them so the next completion is seen as new.
+    pub(crate) fn take_readiness(&self) -> Option<io::Result<usize>> {
+        self.inner.borrow_mut().wakers.result.take()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

@@ -53,11 +53,17 @@ use nix::sys::{
 use smallvec::SmallVec;
 
 const MSG_ZEROCOPY: i32 = 0x4000000;
+/// smtpgate patch: `POLL_ADD`'s flag for a multishot poll (Linux 5.13+).
+const IORING_POLL_ADD_MULTI: u32 = 1 << 0;
 
 #[allow(dead_code)]
 #[derive(Debug)]
 enum UringOpDescriptor {
     PollAdd(PollFlags),
+    /// smtpgate patch: a `POLL_ADD` with `IORING_POLL_ADD_MULTI`, which completes
+    /// (with `IORING_CQE_F_MORE`) on every readiness event until cancelled or the
+    /// kernel ends it.
+    PollAddMulti(PollFlags),
     PollRemove(*const u8),
     Cancel(u64),
     Write(*const u8, usize, u64),
@@ -85,7 +91,7 @@ impl UringOpDescriptor {
     /// smtpgate patch: the kind the reactor counters file this SQE under.
     fn kind(&self) -> SqeKind {
         match self {
-            UringOpDescriptor::PollAdd(_) => SqeKind::PollAdd,
+            UringOpDescriptor::PollAdd(_) | UringOpDescriptor::PollAddMulti(_) => SqeKind::PollAdd,
             UringOpDescriptor::PollRemove(_) => SqeKind::PollRemove,
             UringOpDescriptor::Cancel(_) => SqeKind::Cancel,
             UringOpDescriptor::Timeout(..) => SqeKind::Timeout,
@@ -298,6 +304,11 @@ fn fill_sqe<F>(
         match op.args {
             UringOpDescriptor::PollAdd(events) => {
                 sqe.prep_poll_add(op.fd, events);
+            }
+            UringOpDescriptor::PollAddMulti(events) => {
+                sqe.prep_poll_add(op.fd, events);
+                // For POLL_ADD the length field carries the poll flags.
+                sqe.raw_mut().len = IORING_POLL_ADD_MULTI;
             }
             UringOpDescriptor::PollRemove(to_remove) => {
                 user_data = 0;
@@ -557,12 +568,22 @@ fn extract_one_chain(
         .collect()
 }
 
+/// What consuming one completion did: whether it woke a task, and whether its
+/// request left the kernel (smtpgate patch: a multishot request's completions
+/// other than its last leave it in flight, so the ring's in-kernel count and the
+/// source map keep it).
+#[derive(Clone, Copy)]
+struct Consumed {
+    woke: bool,
+    finished: bool,
+}
+
 fn process_one_event<F, R>(
     cqe: Option<iou::CQE>,
     try_process: F,
     post_process: R,
     source_map: Rc<RefCell<SourceMap>>,
-) -> Option<bool>
+) -> Option<Consumed>
 where
     F: FnOnce(Ref<'_, InnerSource>) -> Option<()>,
     R: FnOnce(RefMut<'_, InnerSource>, io::Result<usize>) -> io::Result<usize>,
@@ -571,23 +592,44 @@ where
         counters::count(|c| counters::bump(&c.cqes));
         // No user data is `POLL_REMOVE` or `CANCEL`, we won't process.
         if value.user_data() == 0 {
-            return Some(false);
+            return Some(Consumed {
+                woke: false,
+                finished: true,
+            });
         }
 
-        let src = source_map
-            .borrow_mut()
-            .consume_source(from_user_data(value.user_data()));
+        // smtpgate patch: a multishot request stays armed after a completion
+        // flagged MORE, so its source stays in the map (the kernel will complete
+        // into it again); only the last completion releases it.
+        let more = value.flags().contains(iou::cqe::CompletionFlags::MORE);
+        let id = from_user_data(value.user_data());
+        let src = if more {
+            source_map.borrow()[id].clone()
+        } else {
+            source_map.borrow_mut().consume_source(id)
+        };
 
         let result = value.result();
 
         let mut woke = false;
         if try_process(src.borrow()).is_none() {
-            let res = Some(post_process(src.borrow_mut(), transmute_error(result)));
+            let res = post_process(src.borrow_mut(), transmute_error(result));
             let mut inner_source = src.borrow_mut();
-            inner_source.wakers.result = res;
+            // smtpgate patch: a multishot poll's events accumulate until its owner
+            // looks, so a peer's close reported by one completion is not hidden
+            // by a later one.
+            let is_poll = matches!(inner_source.source_type, SourceType::PollAdd);
+            let res = match (is_poll, inner_source.wakers.result.take(), res) {
+                (true, Some(Ok(earlier)), Ok(events)) => Ok(earlier | events),
+                (_, _, res) => res,
+            };
+            inner_source.wakers.result = Some(res);
             woke = inner_source.wakers.wake_waiters();
         }
-        return Some(woke);
+        return Some(Consumed {
+            woke,
+            finished: !more,
+        });
     }
     None
 }
@@ -873,9 +915,11 @@ impl UringCommon for PollRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|consumed| {
+            if consumed.finished {
+                self.in_kernel -= 1;
+            }
+            consumed.woke
         })
     }
 
@@ -1275,9 +1319,11 @@ impl UringCommon for SleepableRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|consumed| {
+            if consumed.finished {
+                self.in_kernel -= 1;
+            }
+            consumed.woke
         })
     }
 
@@ -1334,6 +1380,47 @@ impl ParkMode {
     }
 }
 
+/// smtpgate patch: how a socket stream learns that its socket became readable,
+/// chosen per executor from the environment so one binary can be measured both
+/// ways: `GLOMMIO_MULTISHOT_POLL=1` for multishot, `=0` for upstream's one-shot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadinessMode {
+    /// glommio 0.9.0's: a one-shot `POLL_ADD` armed whenever a read finds the
+    /// socket drained, one registration per wait.
+    OneShot,
+    /// One multishot `POLL_ADD` per socket, armed for the stream's life (again
+    /// only if the kernel ends it), that completes on every readiness event; the
+    /// stream keeps a ready bit and reads speculatively while it is set.
+    Multishot,
+}
+
+impl ReadinessMode {
+    fn from_env() -> ReadinessMode {
+        match std::env::var("GLOMMIO_MULTISHOT_POLL").as_deref() {
+            Ok("1") if kernel_has_multishot_poll() => ReadinessMode::Multishot,
+            _ => ReadinessMode::OneShot,
+        }
+    }
+}
+
+/// Multishot `POLL_ADD` came with Linux 5.13.
+fn kernel_has_multishot_poll() -> bool {
+    let mut uname = std::mem::MaybeUninit::<libc::utsname>::uninit();
+    // SAFETY: uname fills the structure it is given and returns 0, or fails.
+    if unsafe { libc::uname(uname.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: filled by the successful call; the release is a C string.
+    let release = unsafe { CStr::from_ptr(uname.assume_init_ref().release.as_ptr()) };
+    let release = release.to_string_lossy();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= (5, 13)
+}
+
 pub(crate) struct Reactor {
     // FIXME: it is starting to feel we should clean this up to a Inner pattern
     main_ring: RefCell<SleepableRing>,
@@ -1350,6 +1437,8 @@ pub(crate) struct Reactor {
     /// fast park mode.
     link_src: Source,
     park_mode: ParkMode,
+    /// smtpgate patch: read by each socket stream when it is created.
+    readiness_mode: Cell<ReadinessMode>,
 
     // This keeps the `eventfd` alive. Drop will close it when we're done
     notifier: Arc<sys::SleepNotifier>,
@@ -1492,6 +1581,7 @@ impl Reactor {
             link_fd,
             link_src,
             park_mode: ParkMode::from_env(),
+            readiness_mode: Cell::new(ReadinessMode::from_env()),
             notifier,
             eventfd_src,
             source_map,
@@ -1505,6 +1595,17 @@ impl Reactor {
 
     pub(crate) fn ring_depth(&self) -> usize {
         self.rings_depth
+    }
+
+    /// smtpgate patch: how streams created on this executor wait for readability.
+    pub(crate) fn readiness_mode(&self) -> ReadinessMode {
+        self.readiness_mode.get()
+    }
+
+    /// smtpgate patch, for tests: streams created from now on wait this way.
+    #[cfg(test)]
+    pub(crate) fn set_readiness_mode(&self, mode: ReadinessMode) {
+        self.readiness_mode.set(mode);
     }
 
     /// smtpgate patch, for tests: leaves a completion unconsumed in the latency
@@ -1597,6 +1698,22 @@ impl Reactor {
 
     pub(crate) fn poll_ready(&self, source: &Source, flags: PollFlags) {
         let op = UringOpDescriptor::PollAdd(flags);
+        queue_request_into_ring(
+            &mut *self.ring_for_source(source),
+            source,
+            op,
+            &mut self.source_map.borrow_mut(),
+        );
+    }
+
+    /// smtpgate patch: a multishot poll; the source's result is set (and its
+    /// waiters woken) on every readiness event until the kernel ends the poll
+    /// (`Source::is_in_flight` turns false) or the source is dropped, which
+    /// cancels it (the source map holds the source until the last completion).
+    pub(crate) fn poll_ready_multishot(&self, source: &Source, flags: PollFlags) {
+        // Edge-triggered (no IORING_POLL_ADD_LEVEL): one completion per wake-up
+        // of the socket, and one at arming if it is ready then.
+        let op = UringOpDescriptor::PollAddMulti(flags);
         queue_request_into_ring(
             &mut *self.ring_for_source(source),
             source,
