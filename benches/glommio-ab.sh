@@ -8,7 +8,9 @@
 #
 # Prints per shape and path: msgs/s (median, min-max over runs), relay CPU per 1000
 # messages (user+system of the relay process, median) and, for smtpgate, the reactor
-# counters per message from /metrics (deterministic, unlike the wall-clock numbers).
+# counters per message from /metrics (deterministic, unlike the wall-clock numbers),
+# then each path's relay CPU per message as paired ratios to the first variant and to
+# HAProxy.
 # With -y, one more run per shape and path under `perf stat` counts each relay's
 # socket system calls per message (reads and sends, for HAProxy too); those runs are
 # not timed.
@@ -172,6 +174,20 @@ for shape in dict.fromkeys(s for s, _ in runs):
         if rs[0][2]:
             line += "".join(f" {statistics.median(p.get(k, 0) for _, _, p in rs):8.2f}" for k in shown)
         print(line)
+# Paired ratios: the k-th run of a path against the k-th run of the reference, which
+# ran next to it in the same round (A B .. B A), so load that drifts over the whole
+# run cancels out of each pair. Median (min-max) of the pairs' CPU ratios.
+for shape in dict.fromkeys(s for s, _ in runs):
+    for reference in (order[0], "haproxy"):
+        base = runs.get((shape, reference), [])
+        for name in order:
+            rs = runs.get((shape, name), [])
+            if name == reference or not rs or len(rs) != len(base):
+                continue
+            ratios = [c / b for (_, c, _), (_, b, _) in zip(rs, base)]
+            print(f"{shape:<18} CPU per message {name} / {reference}: "
+                  f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) "
+                  f"over {len(ratios)} pairs, {sum(r < 1 for r in ratios)} below 1")
 PY
 [ -n "$syscalls" ] || exit 0
 echo

@@ -1382,7 +1382,8 @@ impl ParkMode {
 
 /// smtpgate patch: how a socket stream learns that its socket became readable,
 /// chosen per executor from the environment so one binary can be measured both
-/// ways: `GLOMMIO_MULTISHOT_POLL=1` for multishot, `=0` for upstream's one-shot.
+/// ways: multishot by default (where the kernel has it), `GLOMMIO_MULTISHOT_POLL=0`
+/// for upstream's one-shot polls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ReadinessMode {
     /// glommio 0.9.0's: a one-shot `POLL_ADD` armed whenever a read finds the
@@ -1397,7 +1398,8 @@ pub(crate) enum ReadinessMode {
 impl ReadinessMode {
     fn from_env() -> ReadinessMode {
         match std::env::var("GLOMMIO_MULTISHOT_POLL").as_deref() {
-            Ok("1") if kernel_has_multishot_poll() => ReadinessMode::Multishot,
+            Ok("0") => ReadinessMode::OneShot,
+            _ if kernel_has_multishot_poll() => ReadinessMode::Multishot,
             _ => ReadinessMode::OneShot,
         }
     }
