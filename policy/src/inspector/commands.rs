@@ -135,7 +135,18 @@ impl Inspector {
                 break;
             }
             pos = match self.client.mode {
-                ClientMode::Command => self.client_commands(&input, pos, &mut fwd, out),
+                ClientMode::Command => {
+                    let pos = self.client_commands(&input, pos, &mut fwd, out);
+                    match out.start_tls.as_mut() {
+                        // STARTTLS answered here: the rest of this read came before
+                        // the handshake, and RFC 3207 §4.2 voids it.
+                        Some(start) => {
+                            start.discarded += input.len() - pos;
+                            input.len()
+                        }
+                        None => pos,
+                    }
+                }
                 ClientMode::AuthLine => self.client_auth_line(&input, pos, &mut fwd, out),
                 ClientMode::Data => {
                     match self
@@ -233,6 +244,8 @@ impl Inspector {
             && self.client.mode == ClientMode::Command
             && self.client.hold == Hold::Open
             && !self.judge.stopped()
+            // A STARTTLS answered here ends the plaintext commands.
+            && out.start_tls.is_none()
         {
             let side = &mut CommandSide(self);
             let d = Direction::ClientToServer;
@@ -343,6 +356,10 @@ impl Inspector {
                         } else {
                             Outcome::Pass
                         }
+                    }
+                    StarttlsCommand::Answer(reply) => {
+                        self.answer(reply, out);
+                        Outcome::Reject(reply)
                     }
                     StarttlsCommand::AlreadyOn => {
                         self.queue(Pending::Other);

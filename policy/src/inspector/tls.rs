@@ -5,11 +5,14 @@
 //!   line is added when the upstream's reply lacks it); once TLS is on towards the
 //!   client, the upstream's STARTTLS keyword is masked so it is not offered twice.
 //! - The client's STARTTLS goes to the upstream when the upstream offered it and
-//!   `upstream_tls` is not `off`; otherwise a same-length line of `X`s does, so the
-//!   upstream answers it 5xx, in order with any reply still owed. That reply is
-//!   swallowed and the client gets `220 2.0.0 Ready to start TLS` from us; the driver
-//!   is told, through [`Output::start_tls`], to start TLS on the client side (and on
-//!   the upstream side when the upstream said 220) right after this call's bytes.
+//!   `upstream_tls` is not `off`. Otherwise, when no reply is owed, we answer
+//!   `220 2.0.0 Ready to start TLS` at once and the upstream sees nothing (no round
+//!   trip through it per session); when replies are still owed, a same-length line
+//!   of `X`s goes instead, so the upstream answers it 5xx in order with them, and
+//!   that reply is swallowed and becomes our 220. The driver is told, through
+//!   [`Output::start_tls`], to start TLS on the client side (and on the upstream side
+//!   when the upstream said 220) right after this call's bytes; what the client sent
+//!   behind STARTTLS in the same read is discarded.
 //! - What the client pipelined behind STARTTLS is discarded and counted (RFC 3207 §4.2:
 //!   nothing sent before the handshake may be acted on), and the session restarts: no
 //!   transaction, the client must send EHLO again.
@@ -97,6 +100,9 @@ impl TlsState {
 pub(super) enum StarttlsCommand {
     /// Forwarded (`to_upstream`) or X-ed (not), queued as `pending`.
     Queue { pending: Pending, mask: bool },
+    /// Nothing goes upstream and no reply was owed: this is our 220, and TLS starts
+    /// towards the client after it.
+    Answer(&'static [u8]),
     /// TLS is already on: an unknown command, X-ed like any other.
     AlreadyOn,
     /// `verify` and the upstream cannot do TLS: the session was stopped.
@@ -120,6 +126,12 @@ impl Inspector {
             let reply = REPLY_UPSTREAM_TLS_REQUIRED;
             self.judge.stop(out, Verdict::Drop { reply });
             return StarttlsCommand::Stopped;
+        }
+        if !to_upstream && self.replies.queued() == 0 {
+            return match self.switch_to_tls(false, out) {
+                Some(reply) => StarttlsCommand::Answer(reply),
+                None => StarttlsCommand::Stopped,
+            };
         }
         self.client.hold = super::commands::Hold::UntilReply;
         StarttlsCommand::Queue {
@@ -146,10 +158,19 @@ impl Inspector {
             self.judge.stop(out, Verdict::Drop { reply });
             return LineDecision::Stop;
         }
+        match self.switch_to_tls(upstream_tls, out) {
+            Some(reply) => LineDecision::Replace(Bytes::from_static(reply)),
+            None => LineDecision::Stop,
+        }
+    }
+
+    /// STARTTLS is answered: the session restarts under TLS (on the upstream side too
+    /// with `upstream_tls`). Our 220, or `None` when a rule stopped the session.
+    fn switch_to_tls(&mut self, upstream_tls: bool, out: &mut Output) -> Option<&'static [u8]> {
         let kind = CriterionKind::TlsStarted;
         let d = crate::event::Direction::ServerToClient;
         if self.judge.check_flag(kind, d, 0, out) == super::judge::Outcome::Stop {
-            return LineDecision::Stop;
+            return None;
         }
         // RFC 3207 §4.2: the session starts over; what the client sent ahead is void.
         let discarded = self.client.discard_held();
@@ -165,7 +186,7 @@ impl Inspector {
             },
             discarded,
         });
-        LineDecision::Replace(Bytes::from_static(REPLY_READY))
+        Some(REPLY_READY)
     }
 
     /// A keyword line of a 2xx EHLO reply: notes STARTTLS; `true` masks it (TLS is

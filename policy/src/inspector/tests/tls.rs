@@ -104,12 +104,7 @@ fn an_upstream_without_starttls_keeps_plaintext_and_the_client_still_gets_tls() 
         "STARTTLS offered whether or not the upstream does"
     );
     s.forget().client(b"STARTTLS\r\n");
-    assert_eq!(
-        s.server_text(),
-        "XXXXXXXX\r\n",
-        "the upstream gets an unknown verb"
-    );
-    s.server(b"502 5.5.2 Error: command not recognized\r\n");
+    assert_eq!(s.server_text(), "", "nothing owed: answered here");
     assert_eq!(s.client_text(), READY);
     assert_eq!(s.start_tls[0].sides, TlsSides::Client);
 }
@@ -134,9 +129,44 @@ fn upstream_tls_off_never_sends_starttls_upstream() {
         .server(b"250-mx\r\n250 STARTTLS\r\n")
         .forget()
         .client(b"STARTTLS\r\n");
-    assert_eq!(s.server_text(), "XXXXXXXX\r\n");
-    s.server(b"500 5.5.1 what\r\n");
+    assert_eq!(s.server_text(), "", "the upstream sees nothing of it");
     assert_eq!(s.client_text(), READY);
+    assert_eq!(s.start_tls[0].sides, TlsSides::Client);
+    // The session restarts; the client's next EHLO goes to the upstream.
+    s.forget().client(b"EHLO c\r\n");
+    assert_eq!(s.server_text(), "EHLO c\r\n");
+}
+
+#[test]
+fn commands_pipelined_behind_a_starttls_answered_here_are_discarded_not_forwarded() {
+    let mut s = inspect(UpstreamTls::Off);
+    s.server(b"220 mx\r\n")
+        .client(b"EHLO c\r\n")
+        .server(b"250-mx\r\n250 PIPELINING\r\n")
+        .forget()
+        .client(b"STARTTLS\r\nMAIL FROM:<injected@x>\r\n");
+    assert_eq!(
+        s.server_text(),
+        "",
+        "the injected command never reaches the upstream"
+    );
+    assert_eq!(s.client_text(), READY);
+    assert_eq!(s.start_tls.len(), 1);
+    assert_eq!(s.start_tls[0].discarded, "MAIL FROM:<injected@x>\r\n".len());
+}
+
+#[test]
+fn a_starttls_behind_owed_replies_is_x_ed_so_its_220_comes_in_order() {
+    let mut s = inspect(UpstreamTls::Off);
+    s.server(b"220 mx\r\n")
+        .client(b"EHLO c\r\n")
+        .server(b"250-mx\r\n250 PIPELINING\r\n")
+        .forget()
+        .client(b"NOOP\r\nSTARTTLS\r\n");
+    assert_eq!(s.server_text(), "NOOP\r\nXXXXXXXX\r\n");
+    assert!(s.start_tls.is_empty(), "no switch before the NOOP's reply");
+    s.server(b"250 ok\r\n500 5.5.1 what\r\n");
+    assert_eq!(s.client_text(), format!("250 ok\r\n{READY}"));
     assert_eq!(s.start_tls[0].sides, TlsSides::Client);
 }
 
