@@ -19,6 +19,9 @@ pub struct Message {
     pub content: Vec<u8>,
     /// DATA wire form: content dot-stuffed, followed by ".\r\n".
     pub data_wire: Vec<u8>,
+    /// Its MAIL command (with SIZE), built once rather than formatted per
+    /// transaction.
+    pub mail_command: Vec<u8>,
     pub digest: [u8; 32],
 }
 
@@ -65,9 +68,15 @@ impl Message {
     pub fn new(content: Vec<u8>) -> Message {
         let digest: [u8; 32] = Sha256::digest(&content).into();
         let data_wire = dot_stuff(&content);
+        let mail_command = format!(
+            "MAIL FROM:<loadgen@sender.example> SIZE={}\r\n",
+            content.len()
+        )
+        .into_bytes();
         Message {
             content,
             data_wire,
+            mail_command,
             digest,
         }
     }

@@ -98,7 +98,11 @@ impl ReplyReader {
     }
 
     async fn fill<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> io::Result<()> {
-        if self.start > 0 {
+        if self.start == self.end {
+            // Everything was consumed (the usual case): nothing to move.
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
