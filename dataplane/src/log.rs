@@ -32,12 +32,16 @@ use crate::LogFormat;
 
 /// Lines waiting per stream before new ones are dropped.
 const CHANNEL_LINES: usize = 4096;
-/// After writing a batch, a writer pauses this long before it waits for lines again:
-/// lines logged meanwhile go out together, and a shard's `try_send` finds nobody
-/// waiting, so it does not wake the writer (a futex call, and a context switch on the
-/// shard's core) for every line. At 4096 lines per pause the channel holds 2 million
-/// lines a second.
-const BATCH_PAUSE: Duration = Duration::from_millis(2);
+/// After writing a batch that emptied the channel, a writer pauses this long before it
+/// waits for lines again: lines logged meanwhile go out together, and a shard's
+/// `try_send` finds nobody waiting, so it does not wake the writer (a futex call, and
+/// a context switch on the shard's core) for every line, and the writer's own sleep
+/// and wake-up come at most a hundred times a second. A line waits at most this long
+/// plus a write; a burst of more than 4096 lines inside one pause (400,000 a second)
+/// is dropped and counted. A writer that filled a batch goes on without pausing.
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
+/// Bytes written in one go.
+const BATCH_BYTES: usize = 64 << 10;
 /// Event lines one session may write; the rest are counted in its summary.
 pub const SESSION_EVENT_CAP: u32 = 16;
 /// Bytes of peer-supplied text (HELO name, sender) kept in a line.
@@ -127,7 +131,7 @@ fn spawn_writer(name: &str, mut sink: Sink) -> Result<SyncSender<Line>, String> 
 
 /// The writer loop: takes what is queued in one go and writes it as one batch.
 fn write_lines(rx: &Receiver<Line>, sink: &mut Sink) {
-    let mut batch = Vec::with_capacity(64 << 10);
+    let mut batch = Vec::with_capacity(BATCH_BYTES);
     let mut flushes = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
@@ -136,18 +140,21 @@ fn write_lines(rx: &Receiver<Line>, sink: &mut Sink) {
                 Line::Text(level, text) => sink.add(&mut batch, level, &text),
                 Line::Flush(done) => flushes.push(done),
             }
-            next = if batch.len() < (64 << 10) {
+            next = if batch.len() < BATCH_BYTES {
                 rx.try_recv().ok()
             } else {
                 None
             };
         }
+        let filled = batch.len() >= BATCH_BYTES;
         sink.write(&batch);
         batch.clear();
         for done in flushes.drain(..) {
             let _ = done.try_send(());
         }
-        std::thread::sleep(BATCH_PAUSE);
+        if !filled {
+            std::thread::sleep(BATCH_PAUSE);
+        }
     }
 }
 
