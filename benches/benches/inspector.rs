@@ -5,6 +5,10 @@
 //!   per core. Each iteration also runs the few commands that start the next message.
 //!   `memchr_line_ends_baseline` only finds the line ends of the same reads: the ratio
 //!   of the two is what inspection costs over bare line framing, whatever the load.
+//! - `inspector_compare_mix`: ten lock-step transactions (MAIL, RCPT, DATA a read each,
+//!   their replies, the message in 16 KiB reads, its 250) of messages shaped like
+//!   `smtpgate-loadgen`'s in `compare`'s default size mix (1k:60,10k:30,100k:10), through
+//!   one warm `default` session: what inspection costs per message of that mix.
 //! - `inspector_commands`: whole command-heavy sessions (greeting, EHLO, pipelined
 //!   MAIL / RCPT × 5 / RSET / NOOP groups, QUIT) through a new `default` inspector, as
 //!   bytes/s and as command lines/s.
@@ -15,8 +19,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use smtpgate_benches::{
-    command_session, message_reads, EHLO, EHLO_REPLY, GREETING, MESSAGE_ACCEPTED,
-    TRANSACTION_COMMANDS, TRANSACTION_REPLIES,
+    command_session, compare_mix_reads, message_reads, EHLO, EHLO_REPLY, GREETING,
+    LOCKSTEP_COMMANDS, LOCKSTEP_REPLIES, MESSAGE_ACCEPTED, TRANSACTION_COMMANDS,
+    TRANSACTION_REPLIES,
 };
 use smtpgate_policy::inspector::testing::{Collect, Driver, Peer};
 use smtpgate_policy::inspector::Verdict;
@@ -75,6 +80,37 @@ fn body(c: &mut Criterion) {
     group.finish();
 }
 
+fn compare_mix(c: &mut Criterion) {
+    let messages = compare_mix_reads();
+    let commands = LOCKSTEP_COMMANDS.map(Bytes::from_static);
+    let replies = LOCKSTEP_REPLIES.map(Bytes::from_static);
+    let accepted = Bytes::from_static(MESSAGE_ACCEPTED);
+
+    let mut driver = Driver::with(default_policy(), Collect::Counts);
+    feed(&mut driver, Peer::Server, Bytes::from_static(GREETING));
+    feed(&mut driver, Peer::Client, Bytes::from_static(EHLO));
+    feed(&mut driver, Peer::Server, Bytes::from_static(EHLO_REPLY));
+
+    let mut group = c.benchmark_group("inspector_compare_mix");
+    group.throughput(Throughput::Elements(messages.len() as u64));
+    group.bench_function("lockstep_messages", |b| {
+        b.iter(|| {
+            for reads in &messages {
+                for (command, reply) in commands.iter().zip(&replies) {
+                    feed(&mut driver, Peer::Client, command.clone());
+                    feed(&mut driver, Peer::Server, reply.clone());
+                }
+                for read in reads {
+                    feed(&mut driver, Peer::Client, read.clone());
+                }
+                feed(&mut driver, Peer::Server, accepted.clone());
+            }
+            black_box(driver.forwarded)
+        })
+    });
+    group.finish();
+}
+
 fn commands(c: &mut Criterion) {
     let (session, lines) = command_session(10, 5);
     let session: Vec<(Bytes, Bytes)> = session
@@ -107,5 +143,5 @@ fn commands(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, body, commands);
+criterion_group!(benches, body, compare_mix, commands);
 criterion_main!(benches);

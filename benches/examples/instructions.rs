@@ -6,7 +6,8 @@
 //!   valgrind --tool=callgrind target/bench/examples/instructions commands 12
 //!
 //! `body N` runs N transactions of the bench's 100 KiB message through one warm session;
-//! `commands N` runs N whole pipelined command sessions. The cost of one message or one
+//! `mix N` runs N rounds of the ten lock-step transactions of `compare`'s size mix (the
+//! `inspector_compare_mix` bench); `commands N` runs N whole pipelined command sessions. The cost of one message or one
 //! session is the difference between two counts (say N = 12 and N = 2) divided by the
 //! difference in N, which cancels start-up and warm-up. Only the `Inspector` API is used,
 //! so the same file builds against older versions of the policy crate for an A/B.
@@ -17,8 +18,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use smtpgate_benches::{
-    command_session, message_reads, EHLO, EHLO_REPLY, GREETING, MESSAGE_ACCEPTED,
-    TRANSACTION_COMMANDS, TRANSACTION_REPLIES,
+    command_session, compare_mix_reads, message_reads, EHLO, EHLO_REPLY, GREETING,
+    LOCKSTEP_COMMANDS, LOCKSTEP_REPLIES, MESSAGE_ACCEPTED, TRANSACTION_COMMANDS,
+    TRANSACTION_REPLIES,
 };
 use smtpgate_policy::inspector::{Inspector, Output, Verdict};
 use smtpgate_policy::policy::Policy;
@@ -73,6 +75,37 @@ fn body(policy: Arc<Policy>, messages: usize) -> usize {
     forwarded
 }
 
+fn mix(policy: Arc<Policy>, rounds: usize) -> usize {
+    let messages = compare_mix_reads();
+    let commands = LOCKSTEP_COMMANDS.map(Bytes::from_static);
+    let replies = LOCKSTEP_REPLIES.map(Bytes::from_static);
+    let accepted = Bytes::from_static(MESSAGE_ACCEPTED);
+    let mut inspector = Inspector::new(policy);
+    let mut out = Output::default();
+    let mut forwarded = 0;
+    for (input, from_client) in [(GREETING, false), (EHLO, true), (EHLO_REPLY, false)] {
+        forwarded += feed(
+            &mut inspector,
+            from_client,
+            &Bytes::from_static(input),
+            &mut out,
+        );
+    }
+    for _ in 0..rounds {
+        for reads in &messages {
+            for (command, reply) in commands.iter().zip(&replies) {
+                forwarded += feed(&mut inspector, true, command, &mut out);
+                forwarded += feed(&mut inspector, false, reply, &mut out);
+            }
+            for read in reads {
+                forwarded += feed(&mut inspector, true, read, &mut out);
+            }
+            forwarded += feed(&mut inspector, false, &accepted, &mut out);
+        }
+    }
+    forwarded
+}
+
 fn commands(policy: Arc<Policy>, sessions: usize) -> usize {
     let (session, _lines) = command_session(10, 5);
     let session: Vec<(Bytes, Bytes)> = session
@@ -100,9 +133,10 @@ fn main() {
     let policy = Arc::new(Policy::builtin("default").expect("built-in policy"));
     let forwarded = match workload.as_str() {
         "body" => body(policy, count),
+        "mix" => mix(policy, count),
         "commands" => commands(policy, count),
         _ => {
-            eprintln!("usage: instructions body|commands COUNT");
+            eprintln!("usage: instructions body|mix|commands COUNT");
             std::process::exit(2);
         }
     };

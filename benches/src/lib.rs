@@ -86,6 +86,112 @@ Content-Disposition: attachment; filename=\"Q3-report.pdf\"\r\n\
     m
 }
 
+/// A message shaped like `smtpgate-loadgen`'s (what `compare` sends): headers
+/// (Message-ID, Date, From, To, Subject), a multipart with a text part (every 7th line
+/// led by a dot, stuffed on the wire) and a base64 attachment, lines of at most 76
+/// characters, about `size` bytes of content; in DATA wire form, dot-terminated.
+pub fn loadgen_like_message(size: usize, seq: u64) -> Vec<u8> {
+    let boundary = format!("----=_Part_{seq}_smtpgate_loadgen");
+    let head = format!(
+        "Message-ID: <{seq}.{size}.4242@loadgen.smtpgate.test>\r\n\
+         Date: Tue, 24 Nov 2026 08:30:00 +0000\r\n\
+         From: \"smtpgate loadgen\" <loadgen@sender.example>\r\n\
+         To: <sink@recipient.example>\r\n\
+         Subject: smtpgate load test message {seq} ({size} bytes)\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a multi-part message in MIME format.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\
+         Content-Transfer-Encoding: 7bit\r\n\
+         \r\n"
+    );
+    let middle = format!(
+        "--{boundary}\r\n\
+         Content-Type: application/octet-stream; name=\"report-{seq}.bin\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\
+         Content-Disposition: attachment; filename=\"report-{seq}.bin\"\r\n\
+         \r\n"
+    );
+    let tail = format!("--{boundary}--\r\n.\r\n");
+    let budget = size.saturating_sub(head.len() + middle.len() + tail.len());
+    let attachment_budget = budget * 6 / 10;
+    let mut m = Vec::with_capacity(size + size / 64 + 64);
+    m.extend_from_slice(head.as_bytes());
+    let words = [
+        "invoice",
+        "quarterly",
+        "report",
+        "meeting",
+        "the",
+        "and",
+        "relay",
+    ];
+    let mut line_no = 0;
+    while m.len() + 80 < head.len() + budget - attachment_budget {
+        let mut line = String::new();
+        if line_no % 7 == 3 {
+            // Dot-stuffed on the wire (RFC 5321 §4.5.2).
+            line.push_str("..");
+        }
+        let mut w = line_no;
+        while line.len() < 70 {
+            line.push_str(words[w % words.len()]);
+            line.push(' ');
+            w += 3;
+        }
+        line.push_str("\r\n");
+        m.extend_from_slice(line.as_bytes());
+        line_no += 1;
+    }
+    m.extend_from_slice(middle.as_bytes());
+    let mut seed = 0x2545_f491_4f6c_dd1du64 ^ seq;
+    while m.len() + 78 + tail.len() <= size {
+        for _ in 0..76 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            m.push(BASE64[(seed % 64) as usize]);
+        }
+        m.extend_from_slice(b"\r\n");
+    }
+    m.extend_from_slice(tail.as_bytes());
+    m
+}
+
+/// `compare`'s default size mix (`1k:60,10k:30,100k:10`) as ten messages, each cut
+/// into [`READ_SIZE`] reads.
+pub fn compare_mix_reads() -> Vec<Vec<bytes::Bytes>> {
+    let sizes = [
+        1024, 10240, 1024, 1024, 10240, 1024, 102400, 1024, 10240, 1024,
+    ];
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(seq, &size)| {
+            let msg = bytes::Bytes::from(loadgen_like_message(size, seq as u64));
+            (0..msg.len())
+                .step_by(READ_SIZE)
+                .map(|at| msg.slice(at..(at + READ_SIZE).min(msg.len())))
+                .collect()
+        })
+        .collect()
+}
+
+/// The commands of one unpipelined transaction, a read each, and their replies.
+pub const LOCKSTEP_COMMANDS: [&[u8]; 3] = [
+    b"MAIL FROM:<loadgen@sender.example>\r\n",
+    b"RCPT TO:<sink@recipient.example>\r\n",
+    b"DATA\r\n",
+];
+pub const LOCKSTEP_REPLIES: [&[u8]; 3] = [
+    b"250 2.1.0 Ok\r\n",
+    b"250 2.1.5 Ok\r\n",
+    b"354 End data with <CR><LF>.<CR><LF>\r\n",
+];
+
 /// The commands that put a session into DATA before each message, and the replies.
 pub const TRANSACTION_COMMANDS: &[u8] =
     b"MAIL FROM:<alice@example.org> SIZE=102400\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n";
@@ -138,6 +244,22 @@ mod tests {
         assert!(m.ends_with(b"\r\n.\r\n"));
         let longest = m.split(|&b| b == b'\n').map(|l| l.len()).max().unwrap();
         assert!(longest <= 78 + 10);
+    }
+
+    #[test]
+    fn loadgen_like_messages_are_about_their_size() {
+        for size in [1024, 10240, 102400] {
+            let m = loadgen_like_message(size, 3);
+            assert!(
+                m.len() <= size && m.len() > size - 200,
+                "{size}: {}",
+                m.len()
+            );
+            assert!(m.ends_with(b"--\r\n.\r\n"));
+            if size > 1024 {
+                assert!(m.windows(4).any(|w| w == b"\r\n.."), "dot-stuffed lines");
+            }
+        }
     }
 
     #[test]
