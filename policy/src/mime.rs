@@ -325,7 +325,25 @@ impl Params {
     };
 
     fn begin(&mut self, field: Field) {
-        *self = Params::EMPTY;
+        // Every field Params::EMPTY sets but the byte arrays, which are only read up
+        // to their lengths (reset here): a field does not copy the whole parser.
+        self.state = ParamState::Main;
+        self.comment = 0;
+        self.main_len = 0;
+        self.main_over = false;
+        self.name_len = 0;
+        self.name_over = false;
+        self.value = ValueKind::Other;
+        self.value_len = 0;
+        self.quotes = 0;
+        self.after_quotes = 0;
+        self.keep.len = 0;
+        self.keep_over = false;
+        self.boundary = None;
+        self.boundary_over = false;
+        self.filename_count = 0;
+        self.filenames_over = false;
+        self.continued = None;
         self.filename_param = if field == Field::Disposition {
             b"filename"
         } else {
@@ -586,6 +604,25 @@ const LIMITS: [ParseLimit; 5] = [
     ParseLimit::ConflictingBoundaries,
 ];
 
+/// What decides whether whole body lines may skip the full path (see
+/// [`MessageScanner::plain_body_run`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PlainBodyRun {
+    /// A multipart is open: a line starting with `--` may be its boundary.
+    boundaries_open: bool,
+    /// Body bytes that may still be added before the length watch is crossed.
+    pub room: u64,
+}
+
+impl PlainBodyRun {
+    /// `line` (terminator excluded) adds to the body only: it cannot be a boundary and
+    /// its `wire_len` does not cross the watch (`room` counts down as lines are taken).
+    #[inline]
+    pub fn takes(&self, line: &[u8], wire_len: u64) -> bool {
+        !(self.boundaries_open && line.starts_with(b"--")) && wire_len <= self.room
+    }
+}
+
 /// Tracks one message (DATA content or the BDAT stream) line by line.
 pub struct MessageScanner {
     section: Section,
@@ -794,19 +831,23 @@ impl MessageScanner {
     }
 
     /// Fast path for the common body line: in the body (not a MIME part header) and not
-    /// possibly a boundary, a whole line only adds to the body length. Returns `false`
-    /// (and does nothing) when the line needs the full path.
+    /// possibly a boundary, a whole line only adds to the body length. `None` when no
+    /// line can take it here (a header section, or a line begun); else what decides
+    /// each line, checked by the caller, which then adds the lines it took with
+    /// [`MessageScanner::add_plain_body`].
     #[inline]
-    pub fn plain_body_line(&mut self, line: &[u8], wire_len: u64) -> bool {
-        if self.section != Section::Body
-            || self.line_pos != 0
-            || (self.depth > 0 && line.starts_with(b"--"))
-            || self.body_len + wire_len > self.body_len_watch
-        {
-            return false;
-        }
+    pub fn plain_body_run(&self) -> Option<PlainBodyRun> {
+        (self.section == Section::Body && self.line_pos == 0).then_some(PlainBodyRun {
+            boundaries_open: self.depth > 0,
+            room: self.body_len_watch.saturating_sub(self.body_len),
+        })
+    }
+
+    /// Whole body lines taken through [`MessageScanner::plain_body_run`]: `wire_len`
+    /// bytes, terminators included.
+    #[inline]
+    pub fn add_plain_body(&mut self, wire_len: u64) {
         self.body_len += wire_len;
-        true
     }
 
     /// The message ended (end of DATA, or BDAT LAST). A message without a body still
@@ -1011,6 +1052,10 @@ impl MessageScanner {
 
     /// Reports what finished fields said.
     fn flush(&mut self, observer: &mut impl Observer) -> bool {
+        let waiting = &self.pending;
+        if waiting.mime_type.is_none() && waiting.filename_count == 0 && waiting.limits == 0 {
+            return true;
+        }
         let pending = std::mem::replace(&mut self.pending, Pending::EMPTY);
         if let Some((value, len)) = pending.mime_type {
             let value = &value[..len as usize];

@@ -121,39 +121,41 @@ impl Content {
     /// match (no length rule reaches them, not a boundary, not starting with a dot, no
     /// bare CR or LF) only count towards the body length. Returns where the first line
     /// needing the full path starts. Equivalent to that path for these lines; it just
-    /// skips the per-line calls. `nul_at` is where the next NUL is (the buffer's length
-    /// when none is): lines are only taken before it, so a line holding a NUL (for
-    /// `nul_in_content`, or beside a dot) is not plain either. One memchr per read
-    /// finds it, cheaper than a third needle here.
+    /// skips the per-line calls: what the message scanner says about them is asked
+    /// once per run, and their lengths are added once. `nul_at` is where the next NUL
+    /// is (the buffer's length when none is): lines are only taken before it, so a line
+    /// holding a NUL (for `nul_in_content`, or beside a dot) is not plain either. One
+    /// memchr per read finds it, cheaper than a third needle here.
     #[inline]
-    fn plain_body_lines(
-        &mut self,
-        judge: &Judge,
-        buf: &[u8],
-        mut pos: usize,
-        nul_at: usize,
-    ) -> usize {
+    fn plain_body_lines(&mut self, judge: &Judge, buf: &[u8], pos: usize, nul_at: usize) -> usize {
         let Some(floor) = judge.policy().index.body_line_floor else {
             return pos;
         };
-        // Lines found in here end before the NUL, so `pos` never passes its end.
+        let msg = scanner(&mut self.msg, self.drop_lengths);
+        let Some(mut run) = msg.plain_body_run() else {
+            return pos;
+        };
+        // Lines found in here end before the NUL, so `at` never passes its end.
         let haystack = &buf[..nul_at.max(pos)];
         let line_ends = &CONTENT_FINDERS.cr_lf;
-        while let Some(i) = line_ends.find(&haystack[pos..]) {
-            let line = &buf[pos..];
+        let mut at = pos;
+        while let Some(i) = line_ends.find(&haystack[at..]) {
+            let line = &buf[at..];
+            let wire_len = i as u64 + 2;
             // A line led by a dot may be the end of data, or a smuggled one.
             let plain = line[i] == b'\r'
                 && line.get(i + 1) == Some(&b'\n')
                 && i as u64 <= floor
                 && line[0] != b'.'
-                && scanner(&mut self.msg, self.drop_lengths)
-                    .plain_body_line(&line[..i], i as u64 + 2);
+                && run.takes(&line[..i], wire_len);
             if !plain {
                 break;
             }
-            pos += i + 2;
+            run.room -= wire_len;
+            at += i + 2;
         }
-        pos
+        msg.add_plain_body((at - pos) as u64);
+        at
     }
 
     /// More bytes of the current content line for the MIME parser, which sees every

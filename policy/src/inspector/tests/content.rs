@@ -705,3 +705,34 @@ fn overlong_data_starttls_and_auth_lines_end_the_session_under_their_own_rule() 
         assert_eq!(s.rule_text(event), "overlong-command drop-connection log");
     }
 }
+
+#[test]
+fn a_bare_cr_inside_a_run_of_plain_body_lines_is_found() {
+    // Plain body lines are taken in runs; a CR hidden in the middle of one of them
+    // must still be judged where it is, whatever run it falls in.
+    let policy = with_params("bare_newline = \"log\"");
+    let mut msg = b"Subject: x\r\n\r\n".to_vec();
+    for i in 0..6 {
+        msg.extend_from_slice(format!("plain line {i}\r\n").as_bytes());
+    }
+    msg.extend_from_slice(b"hidden\rcarriage return\r\nafter it\r\n\r\n.\r\n");
+    let s = data_every_split(&policy, &msg);
+    assert_eq!(s.to_server, msg, "delivered unaltered");
+    let logged = s
+        .events
+        .iter()
+        .filter(|e| s.rule_text(e) == "bare-newline log");
+    assert_eq!(logged.count(), 1);
+
+    // `default` drops the session at that CR: the lines before it went out, nothing
+    // from it on.
+    let policy = Policy::builtin("default").unwrap();
+    let s = data_every_split(&policy, &msg);
+    let hidden = msg.windows(7).position(|w| w == b"hidden\r").unwrap() + 6;
+    assert!(matches!(s.verdict, Verdict::Drop { .. }));
+    assert!(
+        s.to_server.ends_with(&msg[..hidden]),
+        "everything before the bare CR"
+    );
+    assert!(!s.to_server.ends_with(b"\r\n.\r\n"));
+}
