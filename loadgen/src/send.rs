@@ -844,7 +844,10 @@ pub fn run(options: SendOptions) -> io::Result<Report> {
     });
     let handles = {
         let shared = shared.clone();
-        LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(cores, None))
+        // Not pinned: pinning spreads each process's executors from the first CPU, so a
+        // sender and a sink on one machine (compare, the benches) would share the same
+        // CPUs and leave the others to the relay.
+        LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(cores))
             .name("send")
             .on_all_shards(move || shard_main(shared))
             .map_err(|e| io::Error::other(e.to_string()))?

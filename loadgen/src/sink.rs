@@ -681,7 +681,9 @@ pub fn run(options: SinkOptions) -> io::Result<SinkTotals> {
     };
     let handles = {
         let (options, counters, stop) = (options.clone(), counters.clone(), stop.clone());
-        LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(options.cores, None))
+        // Not pinned, like the sender (see send::run): two pinned processes would share
+        // the first CPUs.
+        LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(options.cores))
             .name("sink")
             .on_all_shards(move || async move {
                 let index = next_index.fetch_add(1, Ordering::Relaxed);
