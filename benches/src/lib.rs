@@ -11,15 +11,36 @@ pub const MESSAGE_SIZE: usize = 100 * 1024;
 pub const READ_SIZE: usize = 16 * 1024;
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/// Where the attachments' pseudo-random content starts.
+const ATTACHMENT_SEED: u64 = 0x2545_f491_4f6c_dd1d;
 
 /// [`message`] as the relay hands it to the inspector: one `Bytes` per
 /// [`READ_SIZE`] read.
 pub fn message_reads() -> Vec<bytes::Bytes> {
-    let msg = bytes::Bytes::from(message());
+    into_reads(message())
+}
+
+/// `message` cut into [`READ_SIZE`] reads, as a relay hands it over.
+fn into_reads(message: Vec<u8>) -> Vec<bytes::Bytes> {
+    let msg = bytes::Bytes::from(message);
     (0..msg.len())
         .step_by(READ_SIZE)
         .map(|at| msg.slice(at..(at + READ_SIZE).min(msg.len())))
         .collect()
+}
+
+/// Appends base64-looking 76-character lines (RFC 2045 §6.8), deterministic from
+/// `seed` (xorshift), while a whole line still fits below `end` bytes.
+fn push_base64_lines(m: &mut Vec<u8>, mut seed: u64, end: usize) {
+    while m.len() + 78 <= end {
+        for _ in 0..76 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            m.push(BASE64[(seed % 64) as usize]);
+        }
+        m.extend_from_slice(b"\r\n");
+    }
 }
 
 /// A DATA payload of about [`MESSAGE_SIZE`] bytes, dot-terminated: RFC 5322 headers,
@@ -70,17 +91,7 @@ Content-Disposition: attachment; filename=\"Q3-report.pdf\"\r\n\
 \r\n",
     );
     let closing = b"\r\n--=_Part_0_1234567890.1700000000000--\r\n.\r\n";
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    while m.len() + 78 + closing.len() <= MESSAGE_SIZE {
-        for _ in 0..76 {
-            // xorshift: deterministic, base64-looking content.
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            m.push(BASE64[(seed % 64) as usize]);
-        }
-        m.extend_from_slice(b"\r\n");
-    }
+    push_base64_lines(&mut m, ATTACHMENT_SEED, MESSAGE_SIZE - closing.len());
     m.extend_from_slice(b"QUJDRA==");
     m.extend_from_slice(closing);
     m
@@ -147,16 +158,11 @@ pub fn loadgen_like_message(size: usize, seq: u64) -> Vec<u8> {
         line_no += 1;
     }
     m.extend_from_slice(middle.as_bytes());
-    let mut seed = 0x2545_f491_4f6c_dd1du64 ^ seq;
-    while m.len() + 78 + tail.len() <= size {
-        for _ in 0..76 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            m.push(BASE64[(seed % 64) as usize]);
-        }
-        m.extend_from_slice(b"\r\n");
-    }
+    push_base64_lines(
+        &mut m,
+        ATTACHMENT_SEED ^ seq,
+        size.saturating_sub(tail.len()),
+    );
     m.extend_from_slice(tail.as_bytes());
     m
 }
@@ -170,13 +176,7 @@ pub fn compare_mix_reads() -> Vec<Vec<bytes::Bytes>> {
     sizes
         .iter()
         .enumerate()
-        .map(|(seq, &size)| {
-            let msg = bytes::Bytes::from(loadgen_like_message(size, seq as u64));
-            (0..msg.len())
-                .step_by(READ_SIZE)
-                .map(|at| msg.slice(at..(at + READ_SIZE).min(msg.len())))
-                .collect()
-        })
+        .map(|(seq, &size)| into_reads(loadgen_like_message(size, seq as u64)))
         .collect()
 }
 
