@@ -27,19 +27,18 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{
     ClientHello, ProducesTickets, ResolvesServerCert, ResolvesServerCertUsingSni,
 };
 use rustls::sign::CertifiedKey;
 use rustls::{
-    ClientConfig, ClientConnection, Connection, DigitallySignedStruct, DistinguishedName,
-    HandshakeKind, RootCertStore, ServerConfig, ServerConnection, SignatureScheme,
+    ClientConfig, ClientConnection, Connection, HandshakeKind, RootCertStore, ServerConfig,
+    ServerConnection,
 };
+use smtpgate_anycert::{AnyClientCertificate, AnyServerCertificate};
 use smtpgate_policy::config::{Config, Tls, UpstreamTls};
 
 /// aws-lc-rs with AES-128-GCM/SHA-256 suites ahead of AES-256-GCM/SHA-384, then
@@ -155,10 +154,12 @@ fn server_config(
                 })?;
         }
     }
-    let mut config = ServerConfig::builder_with_provider(provider)
+    // Clients are asked for a certificate (not required, any accepted) so the TLS
+    // event can say whether one was presented; none is authenticated by it.
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
-        .with_client_cert_verifier(Arc::new(AnyClientCertificate::new()))
+        .with_client_cert_verifier(AnyClientCertificate::new(provider))
         .with_cert_resolver(Arc::new(SniOrDefault { by_name, default }));
     config.ticketer = match ticketer {
         Some(ticketer) => ticketer,
@@ -241,7 +242,7 @@ impl ResolvesServerCert for SniOrDefault {
 /// certificate's holder agreed.
 fn opportunistic_client_config() -> Arc<ClientConfig> {
     let provider = provider();
-    let verifier = Arc::new(AnyServerCertificate(provider.clone()));
+    let verifier = AnyServerCertificate::new(provider.clone());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("aws-lc-rs supports the default versions")
@@ -284,122 +285,6 @@ fn verifying_client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, Strin
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
-}
-
-/// Accepts whatever certificate the upstream shows (opportunistic TLS).
-#[derive(Debug)]
-struct AnyServerCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Asks clients for a certificate without requiring one and accepts any, so the
-/// "client presented a certificate" of the TLS event is known; SMTP clients are not
-/// authenticated by certificate here.
-#[derive(Debug)]
-struct AnyClientCertificate(Arc<CryptoProvider>);
-
-impl AnyClientCertificate {
-    fn new() -> Self {
-        AnyClientCertificate(provider())
-    }
-}
-
-impl ClientCertVerifier for AnyClientCertificate {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// What one session may do with TLS, resolved at accept from its listener.

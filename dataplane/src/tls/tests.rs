@@ -402,7 +402,7 @@ fn the_edge_picks_aes_128_gcm_sha256_by_its_own_order_and_issues_one_ticket_per_
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(stock_provider)))
+        .with_custom_certificate_verifier(AnyServerCertificate::new(stock_provider))
         .with_no_client_auth();
     stock.resumption = rustls::client::Resumption::store(store.clone());
     let stock = Arc::new(stock);
