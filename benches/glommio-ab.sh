@@ -7,7 +7,10 @@
 # from anything else on the machine lands on every variant alike.
 #
 # Prints per shape and path: msgs/s (median, min-max over runs), relay CPU per 1000
-# messages (user+system of the relay process, median) and, for smtpgate, the reactor
+# messages (user+system of the relay process, median), the relay's share of all the CPU
+# the machine used meanwhile (source, sink and relay share these cores, so on a busy
+# machine msgs/s can rise by at most 1 / (1 - share) however cheap the relay gets:
+# the ceiling printed beside it) and, for smtpgate, the reactor
 # counters per message from /metrics (deterministic, unlike the wall-clock numbers),
 # then each path's relay CPU per message as paired ratios to the first variant and to
 # HAProxy.
@@ -101,6 +104,8 @@ port[haproxy]=$haproxy_port
 for name in "${names[@]}" haproxy; do wait_port "${port[$name]}"; done
 
 hz=$(getconf CLK_TCK)
+# Busy CPU time of the whole machine, in clock ticks (user, nice, system, irq, softirq, steal).
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 traced=(syscalls:sys_enter_recvfrom syscalls:sys_enter_read syscalls:sys_enter_sendto
   syscalls:sys_enter_sendmsg syscalls:sys_enter_write syscalls:sys_enter_epoll_wait
   syscalls:sys_enter_io_uring_enter)
@@ -120,13 +125,15 @@ for shape in "${shapes[@]}"; do
       pid=${relay[$p]}
       relay_alive "$p"
       before_cpu=$(cpu_ticks "$pid"); before=""; [ "$p" != haproxy ] && before=$(counters "${admin[$p]}")
+      before_machine=$(machine_ticks)
       start=$(date +%s.%N)
       # shellcheck disable=SC2086
       smtp-source $args -m "$n" "127.0.0.1:${port[$p]}"
       end=$(date +%s.%N)
       relay_alive "$p"
+      after_machine=$(machine_ticks)
       after_cpu=$(cpu_ticks "$pid"); after=""; [ "$p" != haproxy ] && after=$(counters "${admin[$p]}")
-      echo "$sname|$p|$n|$start|$end|$before_cpu|$after_cpu|$hz|$before|$after" >>"$results"
+      echo "$sname|$p|$n|$start|$end|$before_cpu|$after_cpu|$hz|$before|$after|$before_machine|$after_machine" >>"$results"
     done
   done
   [ -n "$syscalls" ] || continue
@@ -147,32 +154,35 @@ from collections import defaultdict
 path, order = sys.argv[1], sys.argv[2:]
 runs = defaultdict(list)
 for line in open(path):
-    shape, name, n, start, end, cb, ca, hz, before, after = line.rstrip("\n").split("|")
+    shape, name, n, start, end, cb, ca, hz, before, after, mb, ma = line.rstrip("\n").split("|")
     n = int(n)
     rate = n / (float(end) - float(start))
     cpu = (int(ca) - int(cb)) / int(hz) * 1e6 / n  # ms per 1000 messages
     b = dict(w.split("=") for w in before.split())
     a = dict(w.split("=") for w in after.split())
     per = {k: (int(a[k]) - int(b[k])) / n for k in a}
-    runs[(shape, name)].append((rate, cpu, per))
+    share = (int(ca) - int(cb)) / max(1, int(ma) - int(mb))
+    runs[(shape, name)].append((rate, cpu, per, share))
 shown = ["io_uring_enters", "parks", "membarriers", "cqes", "sqes_poll_add", "sqes_timeout",
          "sqes_cancel", "sqes_recv", "sqes_send", "sqes_write", "sqes_read"]
 short = {"io_uring_enters": "enters", "sqes_poll_add": "poll_add", "sqes_timeout": "timeout",
          "sqes_cancel": "cancel", "sqes_recv": "recv", "sqes_send": "send", "sqes_write": "write",
          "sqes_read": "read"}
-head = f"{'shape':<18} {'path':<10} {'msgs/s':>7} {'(min-max)':>13} {'CPU ms/1k':>9} {'(min-max)':>11}"
+head = (f"{'shape':<18} {'path':<10} {'msgs/s':>7} {'(min-max)':>13} {'CPU ms/1k':>9} {'(min-max)':>11}"
+        f" {'share':>6} {'ceiling':>7}")
 print(head + "".join(f" {short.get(k, k):>8}" for k in shown) + "   (reactor counters per message)")
 for shape in dict.fromkeys(s for s, _ in runs):
     for name in order:
         rs = runs.get((shape, name))
         if not rs:
             continue
-        rates = [r for r, _, _ in rs]; cpus = [c for _, c, _ in rs]
+        rates = [r for r, _, _, _ in rs]; cpus = [c for _, c, _, _ in rs]
+        share = statistics.median(s for _, _, _, s in rs)
         line = (f"{shape:<18} {name:<10} {statistics.median(rates):7.0f} "
                 f"{f'({min(rates):.0f}-{max(rates):.0f})':>13} {statistics.median(cpus):9.1f} "
-                f"{f'({min(cpus):.0f}-{max(cpus):.0f})':>11}")
+                f"{f'({min(cpus):.0f}-{max(cpus):.0f})':>11} {share:6.0%} {1 / (1 - min(share, 0.99)):6.2f}x")
         if rs[0][2]:
-            line += "".join(f" {statistics.median(p.get(k, 0) for _, _, p in rs):8.2f}" for k in shown)
+            line += "".join(f" {statistics.median(p.get(k, 0) for _, _, p, _ in rs):8.2f}" for k in shown)
         print(line)
 # Paired ratios: the k-th run of a path against the k-th run of the reference, which
 # ran next to it in the same round (A B .. B A), so load that drifts over the whole
@@ -184,7 +194,7 @@ for shape in dict.fromkeys(s for s, _ in runs):
             rs = runs.get((shape, name), [])
             if name == reference or not rs or len(rs) != len(base):
                 continue
-            ratios = [c / b for (_, c, _), (_, b, _) in zip(rs, base)]
+            ratios = [c / b for (_, c, _, _), (_, b, _, _) in zip(rs, base)]
             print(f"{shape:<18} CPU per message {name} / {reference}: "
                   f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) "
                   f"over {len(ratios)} pairs, {sum(r < 1 for r in ratios)} below 1")
