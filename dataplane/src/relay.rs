@@ -72,7 +72,7 @@ use crate::clock::{after, Deadline, Deadlines};
 use crate::limits::Ticket;
 use crate::panics;
 use crate::sock;
-use crate::tls::{Established, SessionTls, TlsFailure, TlsLayer};
+use crate::tls::{self, Established, SessionTls, TlsFailure, TlsLayer};
 use crate::upstream_starttls::Prelude;
 
 /// After a goodbye reply or the upstream's close, how long the client gets to read
@@ -260,6 +260,8 @@ struct Half {
 /// A side's TLS: the layer and what the relay tracks of it.
 struct TlsSide {
     layer: TlsLayer,
+    /// Plaintext decrypted from this side's reads, cut off per read; reused.
+    plaintext: BytesMut,
     /// The peer's close_notify arrived: the next read is the end of stream.
     peer_closed: bool,
     /// close_notify was queued before our FIN.
@@ -272,6 +274,7 @@ impl TlsSide {
     fn new(layer: TlsLayer) -> TlsSide {
         TlsSide {
             layer,
+            plaintext: tls::record_buffer(),
             peer_closed: false,
             close_sent: false,
             report: None,
@@ -347,9 +350,11 @@ impl Half {
             Poll::Pending => {
                 // Idle: the buffer goes back to the shard while we wait, and so does
                 // the queue's allocation when nothing waits in it (an idle session
-                // keeps neither; a busy one pays a small allocation per exchange).
+                // keeps neither; a busy one pays a small allocation per exchange). A
+                // TLS side keeps its queue: its layer holds kilobytes anyway, and
+                // every record it sends passes through the queue.
                 pool.give(buf, self.read_size);
-                if self.outgoing.is_empty() {
+                if self.outgoing.is_empty() && self.tls.is_none() {
                     self.outgoing = VecDeque::new();
                 }
                 Poll::Pending
@@ -360,14 +365,13 @@ impl Half {
     /// Ciphertext read on a TLS side: the plaintext it carried.
     fn decrypt(&mut self, ciphertext: &[u8]) -> io::Result<Bytes> {
         let tls = self.tls.as_deref_mut().expect("a TLS side");
-        let mut plaintext = BytesMut::new();
-        match tls.layer.receive(ciphertext, &mut plaintext) {
+        match tls.layer.receive(ciphertext, &mut tls.plaintext) {
             Ok(received) => {
                 tls.peer_closed |= received.closed;
                 if let Some(established) = tls.layer.take_established() {
                     tls.report = Some(Ok(established));
                 }
-                Ok(plaintext.freeze())
+                Ok(tls::cut(&mut tls.plaintext))
             }
             Err(failure) => {
                 // What rustls has to say (an alert) still goes out before the close.

@@ -20,13 +20,13 @@
 //! builds with a C compiler only (its `cc` build, no cmake, on Linux x86-64).
 
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -303,9 +303,35 @@ pub struct SessionTls {
 // The per-side layer
 // ---------------------------------------------------------------------------------
 
+/// What a record buffer ([`record_buffer`]) holds in one allocation: SMTP's commands
+/// and replies, and a small message's records, many times over.
+const RECORD_ROOM: usize = 4096;
+
+/// A buffer records are appended to and [`cut`] from: plaintext for the inspector,
+/// ciphertext for a socket. Each piece cut shares its allocation, and once every piece
+/// has been written and dropped, the next append takes the room back from the start
+/// instead of allocating (`BytesMut::reserve` reclaims a buffer it holds alone).
+pub fn record_buffer() -> BytesMut {
+    BytesMut::with_capacity(RECORD_ROOM)
+}
+
+/// What `buf` holds, as `Bytes`, leaving `buf` empty and ready for the next records.
+/// A piece larger than [`RECORD_ROOM`] (bulk) grew the allocation: it leaves with
+/// that piece rather than staying with the session, and `buf` starts afresh.
+pub fn cut(buf: &mut BytesMut) -> Bytes {
+    let piece = buf.split().freeze();
+    if piece.len() > RECORD_ROOM {
+        *buf = record_buffer();
+    }
+    piece
+}
+
 /// TLS on one side of a session: ciphertext in, plaintext out, and back.
 pub struct TlsLayer {
     conn: Connection,
+    /// Ciphertext copied out of rustls for the socket, cut off by
+    /// [`TlsLayer::take_ciphertext`].
+    ciphertext: BytesMut,
     /// The established event was taken (it is reported once).
     reported: bool,
     /// The TLS 1.3 session ticket a server queues when the client's Finished arrives
@@ -432,6 +458,7 @@ impl TlsLayer {
         conn.set_buffer_limit(None);
         TlsLayer {
             conn,
+            ciphertext: record_buffer(),
             reported: false,
             ticket_held: false,
             sent_during_handshake: false,
@@ -463,16 +490,17 @@ impl TlsLayer {
                 self.failure(reason, e.to_string())
             })?;
             received.closed |= state.peer_has_closed();
-            let available = state.plaintext_bytes_to_read();
-            if available > 0 {
-                let start = plaintext.len();
-                plaintext.resize(start + available, 0);
-                let read = self
-                    .conn
-                    .reader()
-                    .read(&mut plaintext[start..])
-                    .unwrap_or(0);
-                plaintext.truncate(start + read);
+            // Copied straight from rustls's records into `plaintext` (no zeroed room
+            // to read into): WouldBlock or an empty chunk once they are all taken.
+            plaintext.reserve(state.plaintext_bytes_to_read());
+            let mut reader = self.conn.reader();
+            while let Ok(chunk) = reader.fill_buf() {
+                if chunk.is_empty() {
+                    break;
+                }
+                let taken = chunk.len();
+                plaintext.extend_from_slice(chunk);
+                reader.consume(taken);
             }
         }
         // Only a TLS 1.3 server has nothing but tickets to send once the client's
@@ -518,13 +546,13 @@ impl TlsLayer {
         if self.ticket_held || !self.conn.wants_write() {
             return None;
         }
-        let mut out = Vec::new();
+        let mut out = (&mut self.ciphertext).writer();
         while self.conn.wants_write() {
             if self.conn.write_tls(&mut out).is_err() {
                 break;
             }
         }
-        (!out.is_empty()).then(|| Bytes::from(out))
+        (!self.ciphertext.is_empty()).then(|| cut(&mut self.ciphertext))
     }
 
     /// Once, right after the handshake completes: what was negotiated.

@@ -112,6 +112,105 @@ fn a_handshake_in_memory_carries_plaintext_both_ways_and_reports_what_was_negoti
     assert!(client.take_established().unwrap().peer_certificate);
 }
 
+/// Whether `piece` lies inside the `RECORD_ROOM` bytes that start at `start`.
+fn within_room(piece: &[u8], start: *const u8) -> bool {
+    let (at, start) = (piece.as_ptr() as usize, start as usize);
+    at >= start && at + piece.len() <= start + RECORD_ROOM
+}
+
+#[test]
+fn records_are_cut_from_one_allocation_each_way_while_nothing_holds_on_to_them() {
+    let dir = temp_dir("reuse");
+    let main = pair_for(&dir, "mx", &["mx.example.com"]);
+    let server_config =
+        server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap();
+    let mut server = TlsLayer::server(&server_config);
+    let mut client = client_for(&opportunistic_client_config(), "mx.example.com");
+    // Where each layer's room starts, before anything is cut from it.
+    let (sealed_room, plain_room) = (server.ciphertext.as_ptr(), client.ciphertext.as_ptr());
+    client.send(b"EHLO client.example\r\n");
+    pump(&mut client, &mut server).unwrap();
+    server.send(b"250 mx.example.com\r\n");
+    pump(&mut client, &mut server).unwrap();
+
+    // Far more than one allocation holds, one exchange at a time, as the relay does:
+    // each piece is written (dropped) before the next read or flush.
+    let mut at_server = record_buffer();
+    let received_room = at_server.as_ptr();
+    for n in 0..300 {
+        let command = format!("RCPT TO:<r{n}@example.com>\r\n");
+        client.send(command.as_bytes());
+        let sealed = client.take_ciphertext().unwrap();
+        assert!(
+            within_room(&sealed, plain_room),
+            "exchange {n}: a new allocation"
+        );
+        server.receive(&sealed, &mut at_server).unwrap();
+        let plaintext = cut(&mut at_server);
+        assert_eq!(plaintext, command.as_bytes());
+        assert!(
+            within_room(&plaintext, received_room),
+            "exchange {n}: a new allocation"
+        );
+        server.send(b"250 2.1.5 ok\r\n");
+        let reply = server.take_ciphertext().unwrap();
+        assert!(
+            within_room(&reply, sealed_room),
+            "exchange {n}: a new allocation"
+        );
+    }
+
+    // A piece that outgrew the room (bulk) takes its allocation with it.
+    client.send(&[b'x'; 3 * RECORD_ROOM]);
+    let sealed = client.take_ciphertext().unwrap();
+    assert!(sealed.len() > 3 * RECORD_ROOM);
+    assert_eq!(client.ciphertext.capacity(), RECORD_ROOM, "a fresh room");
+    server.receive(&sealed, &mut at_server).unwrap();
+    assert_eq!(cut(&mut at_server), vec![b'x'; 3 * RECORD_ROOM]);
+    assert_eq!(at_server.capacity(), RECORD_ROOM, "a fresh room");
+
+    // Pieces still held (queued behind a blocked socket) are never overwritten.
+    let held: Vec<Bytes> = (0..300)
+        .map(|n| {
+            client.send(format!("NOOP {n}\r\n").as_bytes());
+            client.take_ciphertext().unwrap()
+        })
+        .collect();
+    let mut noops = BytesMut::new();
+    for sealed in &held {
+        server.receive(sealed, &mut noops).unwrap();
+    }
+    let expected: String = (0..300).map(|n| format!("NOOP {n}\r\n")).collect();
+    assert_eq!(noops, expected.as_bytes());
+}
+
+#[test]
+fn one_receive_takes_the_plaintext_of_every_record_it_is_given() {
+    let dir = temp_dir("records");
+    let main = pair_for(&dir, "mx", &["mx.example.com"]);
+    let server_config =
+        server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap();
+    let mut server = TlsLayer::server(&server_config);
+    let mut client = client_for(&opportunistic_client_config(), "mx.example.com");
+    client.send(b"EHLO client.example\r\n");
+    pump(&mut client, &mut server).unwrap();
+    let mut ciphertext = Vec::new();
+    for line in [
+        "MAIL FROM:<a@example.com>\r\n",
+        "RCPT TO:<b@example.com>\r\n",
+        "DATA\r\n",
+    ] {
+        client.send(line.as_bytes());
+        ciphertext.extend_from_slice(&client.take_ciphertext().unwrap());
+    }
+    let mut plaintext = BytesMut::from(&b"before|"[..]);
+    server.receive(&ciphertext, &mut plaintext).unwrap();
+    assert_eq!(
+        plaintext,
+        &b"before|MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"[..]
+    );
+}
+
 #[test]
 fn a_tls13_ticket_waits_for_the_servers_next_record_and_leaves_with_it() {
     let dir = temp_dir("ticket");
