@@ -84,6 +84,9 @@ enum UringOpDescriptor {
     SockSendMsg(*mut libc::msghdr, i32),
     SockRecv(usize, i32),
     SockRecvMsg(usize, i32),
+    /// smtpgate patch: `IORING_OP_MSG_RING` (Linux 5.18): posts a completion with
+    /// this user data straight to the ring whose fd the descriptor names.
+    MsgRing(u64),
     Nop,
 }
 
@@ -466,6 +469,18 @@ fn fill_sqe<F>(
                 });
             }
             UringOpDescriptor::Nop => sqe.prep_nop(),
+            UringOpDescriptor::MsgRing(data) => {
+                const IORING_OP_MSG_RING: u8 = 40;
+                sqe.prep_nop();
+                let raw = sqe.raw_mut();
+                raw.opcode = IORING_OP_MSG_RING;
+                raw.fd = op.fd;
+                // addr 0 is IORING_MSG_DATA: the target completion carries `off` as
+                // its user data and `len` as its result.
+                raw.addr = 0;
+                raw.len = 0;
+                raw.off_addr2.off = data;
+            }
         }
         sqe.set_user_data(user_data);
         sqe.set_flags(op.flags);
@@ -582,6 +597,11 @@ struct Consumed {
     finished: bool,
 }
 
+/// smtpgate patch: the user data of the completion the throughput timer posts to the
+/// latency ring with `IORING_OP_MSG_RING` (no source has it: sources are numbered
+/// from the slab).
+const PREEMPT_MESSAGE: u64 = u64::MAX;
+
 fn process_one_event<F, R>(
     cqe: Option<iou::CQE>,
     try_process: F,
@@ -594,6 +614,16 @@ where
 {
     if let Some(value) = cqe {
         counters::count(|c| counters::bump(&c.cqes));
+        // smtpgate patch: the throughput timer's message to the latency ring; it
+        // was submitted on the main ring, so it is not this ring's to count.
+        if value.user_data() == PREEMPT_MESSAGE {
+            #[cfg(test)]
+            tests::PREEMPT_MESSAGES.with(|seen| seen.set(seen.get() + 1));
+            return Some(Consumed {
+                woke: false,
+                finished: false,
+            });
+        }
         // No user data is `POLL_REMOVE` or `CANCEL`, we won't process.
         if value.user_data() == 0 {
             return Some(Consumed {
@@ -1030,9 +1060,14 @@ impl SleepableRing {
 
     /// This function prepares a timer that fires only after a given number of
     /// CQEs are available on the main ring. This timer is linked with a write
-    /// to the latency ring's event fd such that this timer triggers a
+    /// to the latency ring's event fd (smtpgate patch: or a message straight to
+    /// the latency ring, see [`PreemptSignal`]) such that this timer triggers a
     /// preemption via the latency ring.
-    fn prepare_throughput_preemption_timer(&mut self, min_events: u32, event_fd: RawFd) -> Source {
+    fn prepare_throughput_preemption_timer(
+        &mut self,
+        min_events: u32,
+        signal: PreemptSignal,
+    ) -> Source {
         assert!(min_events >= 1, "min_events should be at least 1");
         let timer_source = Source::new(
             IoRequirements::default(),
@@ -1043,11 +1078,19 @@ impl SleepableRing {
         );
 
         const EVENTFD_WAKEUP: &[u64; 1] = &[1u64; 1];
-        let write_op = UringDescriptor {
-            fd: event_fd,
-            flags: SubmissionFlags::empty(),
-            user_data: 0,
-            args: UringOpDescriptor::Write(EVENTFD_WAKEUP as *const u64 as _, 8, 0),
+        let write_op = match signal {
+            PreemptSignal::EventFd(event_fd) => UringDescriptor {
+                fd: event_fd,
+                flags: SubmissionFlags::empty(),
+                user_data: 0,
+                args: UringOpDescriptor::Write(EVENTFD_WAKEUP as *const u64 as _, 8, 0),
+            },
+            PreemptSignal::Message(latency_ring_fd) => UringDescriptor {
+                fd: latency_ring_fd,
+                flags: SubmissionFlags::empty(),
+                user_data: 0,
+                args: UringOpDescriptor::MsgRing(PREEMPT_MESSAGE),
+            },
         };
 
         let op = match &*timer_source.source_type() {
@@ -1382,6 +1425,32 @@ impl ParkMode {
     }
 }
 
+/// smtpgate patch: how the throughput timer (it fires after a ring's worth of main
+/// ring completions) tells the executor to yield: by a completion on the latency
+/// ring, which the preemption check reads. Chosen per executor from the
+/// environment: a message by default where the kernel has `IORING_OP_MSG_RING`,
+/// `GLOMMIO_PREEMPT_MESSAGE=0` for upstream's eventfd write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PreemptSignal {
+    /// glommio 0.9.0's: a linked `WRITE` to the eventfd the latency ring reads. The
+    /// kernel cannot complete an eventfd write inline, so each one runs on an
+    /// io-wq worker thread, and the latency ring's read must be re-armed after.
+    EventFd(RawFd),
+    /// A linked `IORING_OP_MSG_RING` that posts the completion to the latency ring
+    /// (whose fd this is) inline, from the main ring's task work (Linux 5.18+).
+    Message(RawFd),
+}
+
+impl PreemptSignal {
+    fn from_env(event_fd: RawFd, latency_ring_fd: RawFd) -> PreemptSignal {
+        match std::env::var("GLOMMIO_PREEMPT_MESSAGE").as_deref() {
+            Ok("0") => PreemptSignal::EventFd(event_fd),
+            _ if kernel_at_least(5, 18) => PreemptSignal::Message(latency_ring_fd),
+            _ => PreemptSignal::EventFd(event_fd),
+        }
+    }
+}
+
 /// smtpgate patch: how a socket stream learns that its socket became readable,
 /// chosen per executor from the environment so one binary can be measured both
 /// ways: multishot by default (where the kernel has it), `GLOMMIO_MULTISHOT_POLL=0`
@@ -1401,14 +1470,15 @@ impl ReadinessMode {
     fn from_env() -> ReadinessMode {
         match std::env::var("GLOMMIO_MULTISHOT_POLL").as_deref() {
             Ok("0") => ReadinessMode::OneShot,
-            _ if kernel_has_multishot_poll() => ReadinessMode::Multishot,
+            _ if kernel_at_least(5, 13) => ReadinessMode::Multishot,
             _ => ReadinessMode::OneShot,
         }
     }
 }
 
-/// Multishot `POLL_ADD` came with Linux 5.13.
-fn kernel_has_multishot_poll() -> bool {
+/// Whether this kernel's release is `major.minor` or later (multishot `POLL_ADD`
+/// came with Linux 5.13, `IORING_OP_MSG_RING` with 5.18).
+fn kernel_at_least(want_major: u32, want_minor: u32) -> bool {
     let mut uname = std::mem::MaybeUninit::<libc::utsname>::uninit();
     // SAFETY: uname fills the structure it is given and returns 0, or fails.
     if unsafe { libc::uname(uname.as_mut_ptr()) } != 0 {
@@ -1422,7 +1492,7 @@ fn kernel_has_multishot_poll() -> bool {
         .map(|n| n.parse::<u32>().unwrap_or(0));
     let major = numbers.next().unwrap_or(0);
     let minor = numbers.next().unwrap_or(0);
-    (major, minor) >= (5, 13)
+    (major, minor) >= (want_major, want_minor)
 }
 
 pub(crate) struct Reactor {
@@ -1441,6 +1511,8 @@ pub(crate) struct Reactor {
     /// fast park mode.
     link_src: Source,
     park_mode: ParkMode,
+    /// smtpgate patch: what the throughput timer does when it fires.
+    preempt_signal: PreemptSignal,
     /// smtpgate patch: read by each socket stream when it is created.
     readiness_mode: Cell<ReadinessMode>,
 
@@ -1585,6 +1657,7 @@ impl Reactor {
             link_fd,
             link_src,
             park_mode: ParkMode::from_env(),
+            preempt_signal: PreemptSignal::from_env(eventfd_src.raw(), link_fd),
             readiness_mode: Cell::new(ReadinessMode::from_env()),
             notifier,
             eventfd_src,
@@ -2118,7 +2191,7 @@ impl Reactor {
                 self.throughput_preemption_timeout_src.replace(Some(
                     main_ring.prepare_throughput_preemption_timer(
                         self.ring_depth() as u32,
-                        self.eventfd_src.raw(),
+                        self.preempt_signal,
                     ),
                 ));
             }
@@ -2492,6 +2565,61 @@ mod tests {
             elapsed >= user_timer,
             "wait() returned after {elapsed:?}, before its user timer"
         );
+    }
+
+    thread_local! {
+        /// Preemption messages the latency ring received on this thread.
+        pub(super) static PREEMPT_MESSAGES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// smtpgate patch: the throughput timer fires after a ring's worth of main ring
+    /// completions and, where the kernel has `IORING_OP_MSG_RING`, messages the
+    /// latency ring (what the preemption check reads); the message is consumed
+    /// without upsetting the latency ring's count of requests in flight, and the
+    /// timer is armed again for the next burst.
+    #[test]
+    fn main_ring_completions_message_the_latency_ring() {
+        let dir = std::env::temp_dir().join(format!("glommio-preempt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("file");
+        std::fs::write(&path, [7u8; 64]).unwrap();
+        let ex = crate::LocalExecutorBuilder::default().make().unwrap();
+        ex.run(async {
+            let reactor = crate::executor().reactor();
+            if !kernel_at_least(5, 18) {
+                // Older kernels keep upstream's eventfd write.
+                assert!(matches!(
+                    reactor.sys.preempt_signal,
+                    PreemptSignal::EventFd(_)
+                ));
+                return;
+            }
+            assert!(matches!(
+                reactor.sys.preempt_signal,
+                PreemptSignal::Message(_)
+            ));
+            let depth = reactor.sys.ring_depth();
+            let file = crate::io::BufferedFile::open(&path).await.unwrap();
+            let latency_in_flight = reactor.sys.latency_ring.borrow().in_kernel();
+            for burst in 1..=3 {
+                let seen = PREEMPT_MESSAGES.with(|seen| seen.get());
+                for _ in 0..2 * depth {
+                    assert_eq!(file.read_at(0, 8).await.unwrap()[0], 7);
+                }
+                let now = PREEMPT_MESSAGES.with(|seen| seen.get());
+                assert!(
+                    now > seen,
+                    "burst {burst}: no message after {} reads",
+                    2 * depth
+                );
+                assert_eq!(
+                    reactor.sys.latency_ring.borrow().in_kernel(),
+                    latency_in_flight
+                );
+            }
+            file.close().await.unwrap();
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
