@@ -2,7 +2,10 @@
 //!
 //! Built deterministically (no randomness, no files), so every run measures the same
 //! bytes: a 100 KiB MIME message with a base64 attachment in 76-character lines, and
-//! command-heavy pipelined sessions.
+//! command-heavy pipelined sessions. `compare`'s size mix is the load generator's own
+//! corpus (the same content every run but for its Date header's value).
+
+use smtpgate_loadgen::message::{build_content, Message};
 
 /// Target size of the benchmark message.
 pub const MESSAGE_SIZE: usize = 100 * 1024;
@@ -11,8 +14,6 @@ pub const MESSAGE_SIZE: usize = 100 * 1024;
 pub const READ_SIZE: usize = 16 * 1024;
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-/// Where the attachments' pseudo-random content starts.
-const ATTACHMENT_SEED: u64 = 0x2545_f491_4f6c_dd1d;
 
 /// [`message`] as the relay hands it to the inspector: one `Bytes` per
 /// [`READ_SIZE`] read.
@@ -27,20 +28,6 @@ fn into_reads(message: Vec<u8>) -> Vec<bytes::Bytes> {
         .step_by(READ_SIZE)
         .map(|at| msg.slice(at..(at + READ_SIZE).min(msg.len())))
         .collect()
-}
-
-/// Appends base64-looking 76-character lines (RFC 2045 §6.8), deterministic from
-/// `seed` (xorshift), while a whole line still fits below `end` bytes.
-fn push_base64_lines(m: &mut Vec<u8>, mut seed: u64, end: usize) {
-    while m.len() + 78 <= end {
-        for _ in 0..76 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            m.push(BASE64[(seed % 64) as usize]);
-        }
-        m.extend_from_slice(b"\r\n");
-    }
 }
 
 /// A DATA payload of about [`MESSAGE_SIZE`] bytes, dot-terminated: RFC 5322 headers,
@@ -91,84 +78,25 @@ Content-Disposition: attachment; filename=\"Q3-report.pdf\"\r\n\
 \r\n",
     );
     let closing = b"\r\n--=_Part_0_1234567890.1700000000000--\r\n.\r\n";
-    push_base64_lines(&mut m, ATTACHMENT_SEED, MESSAGE_SIZE - closing.len());
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    while m.len() + 78 + closing.len() <= MESSAGE_SIZE {
+        for _ in 0..76 {
+            // xorshift: deterministic, base64-looking content.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            m.push(BASE64[(seed % 64) as usize]);
+        }
+        m.extend_from_slice(b"\r\n");
+    }
     m.extend_from_slice(b"QUJDRA==");
     m.extend_from_slice(closing);
     m
 }
 
-/// A message shaped like `smtpgate-loadgen`'s (what `compare` sends): headers
-/// (Message-ID, Date, From, To, Subject), a multipart with a text part (every 7th line
-/// led by a dot, stuffed on the wire) and a base64 attachment, lines of at most 76
-/// characters, about `size` bytes of content; in DATA wire form, dot-terminated.
-pub fn loadgen_like_message(size: usize, seq: u64) -> Vec<u8> {
-    let boundary = format!("----=_Part_{seq}_smtpgate_loadgen");
-    let head = format!(
-        "Message-ID: <{seq}.{size}.4242@loadgen.smtpgate.test>\r\n\
-         Date: Tue, 24 Nov 2026 08:30:00 +0000\r\n\
-         From: \"smtpgate loadgen\" <loadgen@sender.example>\r\n\
-         To: <sink@recipient.example>\r\n\
-         Subject: smtpgate load test message {seq} ({size} bytes)\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\
-         \r\n\
-         This is a multi-part message in MIME format.\r\n\
-         \r\n\
-         --{boundary}\r\n\
-         Content-Type: text/plain; charset=us-ascii\r\n\
-         Content-Transfer-Encoding: 7bit\r\n\
-         \r\n"
-    );
-    let middle = format!(
-        "--{boundary}\r\n\
-         Content-Type: application/octet-stream; name=\"report-{seq}.bin\"\r\n\
-         Content-Transfer-Encoding: base64\r\n\
-         Content-Disposition: attachment; filename=\"report-{seq}.bin\"\r\n\
-         \r\n"
-    );
-    let tail = format!("--{boundary}--\r\n.\r\n");
-    let budget = size.saturating_sub(head.len() + middle.len() + tail.len());
-    let attachment_budget = budget * 6 / 10;
-    let mut m = Vec::with_capacity(size + size / 64 + 64);
-    m.extend_from_slice(head.as_bytes());
-    let words = [
-        "invoice",
-        "quarterly",
-        "report",
-        "meeting",
-        "the",
-        "and",
-        "relay",
-    ];
-    let mut line_no = 0;
-    while m.len() + 80 < head.len() + budget - attachment_budget {
-        let mut line = String::new();
-        if line_no % 7 == 3 {
-            // Dot-stuffed on the wire (RFC 5321 §4.5.2).
-            line.push_str("..");
-        }
-        let mut w = line_no;
-        while line.len() < 70 {
-            line.push_str(words[w % words.len()]);
-            line.push(' ');
-            w += 3;
-        }
-        line.push_str("\r\n");
-        m.extend_from_slice(line.as_bytes());
-        line_no += 1;
-    }
-    m.extend_from_slice(middle.as_bytes());
-    push_base64_lines(
-        &mut m,
-        ATTACHMENT_SEED ^ seq,
-        size.saturating_sub(tail.len()),
-    );
-    m.extend_from_slice(tail.as_bytes());
-    m
-}
-
-/// `compare`'s default size mix (`1k:60,10k:30,100k:10`) as ten messages, each cut
-/// into [`READ_SIZE`] reads.
+/// `compare`'s default size mix (`1k:60,10k:30,100k:10`) as ten of the load
+/// generator's own messages (its corpus builder, in DATA wire form: dot-stuffed and
+/// dot-terminated), each cut into [`READ_SIZE`] reads.
 pub fn compare_mix_reads() -> Vec<Vec<bytes::Bytes>> {
     let sizes = [
         1024, 10240, 1024, 1024, 10240, 1024, 102400, 1024, 10240, 1024,
@@ -176,7 +104,7 @@ pub fn compare_mix_reads() -> Vec<Vec<bytes::Bytes>> {
     sizes
         .iter()
         .enumerate()
-        .map(|(seq, &size)| into_reads(loadgen_like_message(size, seq as u64)))
+        .map(|(seq, &size)| into_reads(Message::new(build_content(size, seq as u64)).data_wire))
         .collect()
 }
 
@@ -244,22 +172,6 @@ mod tests {
         assert!(m.ends_with(b"\r\n.\r\n"));
         let longest = m.split(|&b| b == b'\n').map(|l| l.len()).max().unwrap();
         assert!(longest <= 78 + 10);
-    }
-
-    #[test]
-    fn loadgen_like_messages_are_about_their_size() {
-        for size in [1024, 10240, 102400] {
-            let m = loadgen_like_message(size, 3);
-            assert!(
-                m.len() <= size && m.len() > size - 200,
-                "{size}: {}",
-                m.len()
-            );
-            assert!(m.ends_with(b"--\r\n.\r\n"));
-            if size > 1024 {
-                assert!(m.windows(4).any(|w| w == b"\r\n.."), "dot-stuffed lines");
-            }
-        }
     }
 
     #[test]

@@ -19,15 +19,14 @@
 
 mod compare;
 mod merge;
-mod message;
 mod reply;
 mod report;
 mod send;
 mod sink;
 mod tls;
-mod util;
 
 use clap::{Parser, Subcommand};
+use smtpgate_loadgen::{message, util};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
