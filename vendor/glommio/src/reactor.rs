@@ -470,16 +470,6 @@ impl Reactor {
         source
     }
 
-    /// smtpgate patch: one multishot receive into the provided-buffer ring, kept
-    /// armed (see `sys::Reactor::recv_multishot`); `None` without a ring.
-    pub(crate) fn recv_multishot(&self, fd: RawFd) -> Option<Source> {
-        let ring = self.sys.recv_ring()?;
-        let queue = crate::sys::buf_ring::RecvQueue::new(ring);
-        let source = self.new_source(fd, SourceType::RecvMulti(queue), None);
-        self.sys.recv_multishot(&source);
-        Some(source)
-    }
-
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys

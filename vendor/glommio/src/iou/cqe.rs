@@ -21,7 +21,7 @@ impl CQE {
         CQE {
             user_data: cqe.user_data,
             res: cqe.res,
-            flags: CompletionFlags::from_bits_retain(cqe.flags),
+            flags: CompletionFlags::from_bits_truncate(cqe.flags),
         }
     }
 
@@ -39,8 +39,7 @@ impl CQE {
     ) -> CQE {
         let user_data = cqe.user_data;
         let res = cqe.res;
-        // smtpgate patch: all bits kept, the provided buffer's id among them.
-        let flags = CompletionFlags::from_bits_retain(cqe.flags);
+        let flags = CompletionFlags::from_bits_truncate(cqe.flags);
 
         unsafe {
             uring_sys::io_uring_cqe_seen(ring.as_ptr(), cqe);

@@ -5,11 +5,7 @@
 //
 use crate::{
     reactor::Reactor,
-    sys::{
-        self,
-        buf_ring::{Received, ReceivedBuf},
-        ReadinessMode, Source, SourceType,
-    },
+    sys::{self, ReadinessMode, Source, SourceType},
 };
 use futures_lite::ready;
 use nix::sys::socket::MsgFlags;
@@ -233,8 +229,6 @@ pub(crate) struct NonBufferedStream<S> {
     /// smtpgate patch, multishot readiness only: what the stream knows of its
     /// socket's receive queue.
     rx_state: RxState,
-    /// smtpgate patch, multishot receive only: the received buffer being read.
-    rx_partial: Option<ReceivedBuf>,
 }
 
 /// smtpgate patch: a multishot-polled socket's receive queue as its stream knows
@@ -261,13 +255,6 @@ impl<S: AsRawFd> NonBufferedStream<S> {
             // The poll reports the socket's state when armed, so bytes already
             // queued complete it at once.
             ReadinessMode::Multishot => reactor.poll_read_ready_multishot(stream_fd),
-            ReadinessMode::RecvMultishot => match reactor.recv_multishot(stream_fd) {
-                Some(source) => source,
-                None => {
-                    self.readiness = ReadinessMode::Multishot;
-                    reactor.poll_read_ready_multishot(stream_fd)
-                }
-            },
         });
     }
 
@@ -297,10 +284,8 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         cx: &Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        match self.readiness {
-            ReadinessMode::Multishot => return self.poll_read_multishot(cx, buf),
-            ReadinessMode::RecvMultishot => return self.poll_read_received(cx, buf),
-            ReadinessMode::OneShot => {}
+        if self.readiness == ReadinessMode::Multishot {
+            return self.poll_read_multishot(cx, buf);
         }
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
@@ -401,64 +386,6 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         Poll::Pending
     }
 
-    /// smtpgate patch (experiment): reads what the socket's multishot receive
-    /// delivered, in order, copying out of the kernel-filled buffers and giving
-    /// each back once read. Bytes, end of stream and errors come as the kernel
-    /// queued them; a receive the kernel ended is armed again only once its
-    /// completions are read. A receive that found the buffer ring empty
-    /// (`ENOBUFS`) ends it: the stream goes on with the multishot poll.
-    fn poll_read_received(&mut self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let reactor = self.reactor.upgrade().unwrap();
-        let reactor = reactor.as_ref();
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        loop {
-            if let Some(partial) = &mut self.rx_partial {
-                let (read, used_up) = partial.read_into(buf);
-                if used_up {
-                    self.rx_partial = None;
-                }
-                self.read_timeout.cancel_timer(reactor);
-                return Poll::Ready(Ok(read));
-            }
-            if self.rx_state == RxState::Closed {
-                return Poll::Ready(Ok(0));
-            }
-            let fd = self.stream.as_raw_fd();
-            let source = self.source_rx.get_or_insert_with(|| {
-                reactor
-                    .recv_multishot(fd)
-                    .expect("the buffer ring lives as long as the reactor")
-            });
-            match source.pop_received() {
-                Some(Received::Bytes(received)) => self.rx_partial = Some(received),
-                Some(Received::End) => {
-                    self.read_timeout.cancel_timer(reactor);
-                    self.rx_state = RxState::Closed;
-                    return Poll::Ready(Ok(0));
-                }
-                Some(Received::Error(err)) if err.raw_os_error() == Some(libc::ENOBUFS) => {
-                    self.source_rx = None;
-                    self.readiness = ReadinessMode::Multishot;
-                    self.rx_state = RxState::Ready;
-                    return self.poll_read_multishot(cx, buf);
-                }
-                Some(Received::Error(err)) => {
-                    self.read_timeout.cancel_timer(reactor);
-                    return Poll::Ready(Err(err));
-                }
-                None if !source.is_in_flight() => self.source_rx = None,
-                None => {
-                    source.add_waiter_single(cx.waker());
-                    poll_err!(self.read_timeout.check(reactor));
-                    self.read_timeout.maybe_set_timer(reactor, cx.waker());
-                    return Poll::Pending;
-                }
-            }
-        }
-    }
-
     pub(crate) fn poll_write(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         // On the write path, we always start with calling `yolo_send`, because
         // it is very likely to success. It could be a waste if it already timed
@@ -531,7 +458,6 @@ where
             read_timeout: Timeout::new(reactor.register_timer()),
             readiness: reactor.sys.readiness_mode(),
             rx_state: RxState::Drained,
-            rx_partial: None,
         };
         stream.init();
         GlommioStream {

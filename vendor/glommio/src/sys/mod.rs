@@ -171,7 +171,6 @@ pub(crate) fn sendmsg_syscall(
     syscall!(sendmsg(fd, &hdr, flags)).map(|x| x as usize)
 }
 
-pub(crate) mod buf_ring;
 pub(crate) mod counters;
 mod dma_buffer;
 mod membarrier;

@@ -56,8 +56,6 @@ pub(crate) enum SourceType {
     Write(PollableStatus, IoBuffer),
     Read(PollableStatus, Option<IoBuffer>),
     PollAdd,
-    /// smtpgate patch: a multishot receive's completions, not yet read.
-    RecvMulti(super::buf_ring::RecvQueue),
     SockSend(DmaBuffer),
     SockRecv(Option<DmaBuffer>),
     SockRecvMsg(Box<SockRecvMsgState>),
@@ -248,15 +246,6 @@ impl Source {
     /// yet consumed.
     pub(crate) fn is_in_flight(&self) -> bool {
         self.inner.borrow().enqueued.is_some()
-    }
-
-    /// smtpgate patch: the oldest completion of a multishot receive its stream
-    /// has not read (see `Reactor::recv_multishot`).
-    pub(crate) fn pop_received(&self) -> Option<super::buf_ring::Received> {
-        match &self.inner.borrow().source_type {
-            SourceType::RecvMulti(queue) => queue.pop(),
-            x => panic!("Unexpected source type for pop_received: {x:?}"),
-        }
     }
 
     /// smtpgate patch: the events a multishot poll reported since the last call

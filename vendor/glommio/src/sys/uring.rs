@@ -55,11 +55,6 @@ use smallvec::SmallVec;
 const MSG_ZEROCOPY: i32 = 0x4000000;
 /// smtpgate patch: `POLL_ADD`'s flag for a multishot poll (Linux 5.13+).
 const IORING_POLL_ADD_MULTI: u32 = 1 << 0;
-/// smtpgate patch: `RECV`'s flag (in the SQE's `ioprio`) for a multishot receive
-/// (Linux 6.0), and the completion flag that names the provided buffer it filled
-/// (the buffer id is the flags' upper 16 bits).
-const IORING_RECV_MULTISHOT: u16 = 1 << 1;
-const IORING_CQE_F_BUFFER: u32 = 1 << 0;
 
 #[allow(dead_code)]
 #[derive(Debug)]
@@ -92,9 +87,6 @@ enum UringOpDescriptor {
     /// smtpgate patch: `IORING_OP_MSG_RING` (Linux 5.18): posts a completion with
     /// this user data straight to the ring whose fd the descriptor names.
     MsgRing(u64),
-    /// smtpgate patch: a multishot `RECV` (Linux 6.0) into buffers the kernel
-    /// picks from the reactor's provided-buffer ring.
-    RecvMulti,
     Nop,
 }
 
@@ -109,9 +101,7 @@ impl UringOpDescriptor {
             UringOpDescriptor::TimeoutRemove(_) => SqeKind::TimeoutRemove,
             UringOpDescriptor::LinkTimeout(_) => SqeKind::LinkTimeout,
             UringOpDescriptor::SockSend(..) | UringOpDescriptor::SockSendMsg(..) => SqeKind::Send,
-            UringOpDescriptor::SockRecv(..)
-            | UringOpDescriptor::SockRecvMsg(..)
-            | UringOpDescriptor::RecvMulti => SqeKind::Recv,
+            UringOpDescriptor::SockRecv(..) | UringOpDescriptor::SockRecvMsg(..) => SqeKind::Recv,
             UringOpDescriptor::Read(..) | UringOpDescriptor::ReadFixed(..) => SqeKind::Read,
             UringOpDescriptor::Write(..) | UringOpDescriptor::WriteFixed(..) => SqeKind::Write,
             UringOpDescriptor::Accept(_) => SqeKind::Accept,
@@ -436,13 +426,6 @@ fn fill_sqe<F>(
                 sqe.prep_sendmsg(op.fd, hdr, MsgFlags::from_bits_retain(flags | MSG_ZEROCOPY));
             }
 
-            UringOpDescriptor::RecvMulti => {
-                sqe.prep_recv(op.fd, &mut [], MsgFlags::empty());
-                let raw = sqe.raw_mut();
-                raw.ioprio = IORING_RECV_MULTISHOT;
-                raw.flags |= uring_sys::IOSQE_BUFFER_SELECT;
-                raw.buf_index.buf_index.index_or_group = super::buf_ring::RECV_BUFFER_GROUP;
-            }
             UringOpDescriptor::SockRecv(len, flags) => {
                 let mut buf = DmaBuffer::new(len).expect("failed to allocate buffer");
                 sqe.prep_recv(op.fd, buf.as_bytes_mut(), MsgFlags::from_bits_retain(flags));
@@ -659,25 +642,6 @@ where
         } else {
             source_map.borrow_mut().consume_source(id)
         };
-
-        // smtpgate patch: a multishot receive queues each completion, with the
-        // buffer it filled, for its stream to read in order.
-        let queued = match &src.borrow().source_type {
-            SourceType::RecvMulti(queue) => {
-                let flags = value.raw_flags();
-                let bid = (flags & IORING_CQE_F_BUFFER != 0).then_some((flags >> 16) as u16);
-                queue.push(value.raw_result(), bid);
-                true
-            }
-            _ => false,
-        };
-        if queued {
-            let woke = src.borrow_mut().wakers.wake_waiters();
-            return Some(Consumed {
-                woke,
-                finished: !more,
-            });
-        }
 
         let result = value.result();
 
@@ -1024,10 +988,6 @@ impl UringCommon for PollRing {
 
 struct SleepableRing {
     ring: iou::IoUring,
-    /// smtpgate patch (experiment, `GLOMMIO_DEFER_TASKRUN=1`, main ring only):
-    /// set up with `IORING_SETUP_DEFER_TASKRUN`, so the kernel's completion work
-    /// waits until this ring is entered for events.
-    deferred: bool,
     size: usize,
     submission_queue: ReactorQueue,
     name: &'static str,
@@ -1044,24 +1004,10 @@ impl SleepableRing {
         name: &'static str,
         allocator: Rc<UringBufferAllocator>,
         source_map: Rc<RefCell<SourceMap>>,
-        deferred: bool,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
-        const SINGLE_ISSUER: u32 = 1 << 12;
-        const DEFER_TASKRUN: u32 = 1 << 13;
-        const TASKRUN_FLAG: u32 = 1 << 9;
-        let ring = if deferred {
-            iou::IoUring::new_with_flags(
-                size as _,
-                iou::SetupFlags::from_bits_retain(SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG),
-                iou::SetupFeatures::empty(),
-            )?
-        } else {
-            iou::IoUring::new(size as _)?
-        };
         Ok(SleepableRing {
-            ring,
-            deferred,
+            ring: iou::IoUring::new(size as _)?,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -1075,18 +1021,6 @@ impl SleepableRing {
 
     fn ring_fd(&self) -> RawFd {
         self.ring.raw().ring_fd
-    }
-
-    /// The kernel flags (`IORING_SQ_TASKRUN`) completion work it deferred.
-    fn deferred_work_pending(&self) -> bool {
-        const IORING_SQ_TASKRUN: u32 = 1 << 2;
-        // SAFETY: the kernel's shared flags word; the kernel writes it, so read it
-        // atomically.
-        let flags = unsafe {
-            (*(self.ring.raw().sq.kflags as *const std::sync::atomic::AtomicU32))
-                .load(std::sync::atomic::Ordering::Acquire)
-        };
-        flags & IORING_SQ_TASKRUN != 0
     }
 
     /// This function prepares a timer that fires unconditionally after a
@@ -1416,27 +1350,8 @@ impl UringCommon for SleepableRing {
 
     fn consume_one_event(&mut self) -> Option<bool> {
         let source_map = self.source_map.clone();
-        let mut cqe = self.ring.peek_for_cqe();
-        if cqe.is_none() && self.deferred && self.deferred_work_pending() {
-            // Run the kernel's deferred completion work: one enter for events,
-            // waiting for none.
-            super::counters::count(|c| super::counters::bump(&c.io_uring_enters));
-            // SAFETY: the ring's own fd; no submissions, no wait.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_io_uring_enter,
-                    self.ring_fd(),
-                    0,
-                    0,
-                    uring_sys::IORING_ENTER_GETEVENTS,
-                    std::ptr::null::<libc::c_void>(),
-                    0,
-                );
-            }
-            cqe = self.ring.peek_for_cqe();
-        }
         process_one_event(
-            cqe,
+            self.ring.peek_for_cqe(),
             |source| match source.source_type {
                 SourceType::LinkRings => Some(()),
                 _ => None,
@@ -1549,18 +1464,10 @@ pub(crate) enum ReadinessMode {
     /// only if the kernel ends it), that completes on every readiness event; the
     /// stream keeps a ready bit and reads speculatively while it is set.
     Multishot,
-    /// An experiment (`GLOMMIO_RECV_MULTISHOT=1`, Linux 6.0+): one multishot
-    /// `RECV` per socket into the reactor's provided-buffer ring, so bytes arrive
-    /// with their completion and no read is made; the stream copies them out.
-    /// A stream whose receive finds the ring empty goes back to `Multishot`.
-    RecvMultishot,
 }
 
 impl ReadinessMode {
     fn from_env() -> ReadinessMode {
-        if std::env::var("GLOMMIO_RECV_MULTISHOT").as_deref() == Ok("1") && kernel_at_least(6, 0) {
-            return ReadinessMode::RecvMultishot;
-        }
         match std::env::var("GLOMMIO_MULTISHOT_POLL").as_deref() {
             Ok("0") => ReadinessMode::OneShot,
             _ if kernel_at_least(5, 13) => ReadinessMode::Multishot,
@@ -1608,9 +1515,6 @@ pub(crate) struct Reactor {
     preempt_signal: PreemptSignal,
     /// smtpgate patch: read by each socket stream when it is created.
     readiness_mode: Cell<ReadinessMode>,
-    /// smtpgate patch: declared after the rings, so dropped after them: the
-    /// kernel may write into these buffers until the main ring is closed.
-    recv_ring: Option<Rc<super::buf_ring::BufRing>>,
 
     // This keeps the `eventfd` alive. Drop will close it when we're done
     notifier: Arc<sys::SleepNotifier>,
@@ -1692,22 +1596,11 @@ impl Reactor {
         let allocator = Rc::new(UringBufferAllocator::new(io_memory));
         let registry = vec![allocator.as_bytes()];
 
-        let deferred = std::env::var("GLOMMIO_DEFER_TASKRUN").as_deref() == Ok("1");
-        let main_ring = SleepableRing::new(
-            ring_depth,
-            "main",
-            allocator.clone(),
-            source_map.clone(),
-            deferred,
-        )?;
+        let main_ring =
+            SleepableRing::new(ring_depth, "main", allocator.clone(), source_map.clone())?;
         let poll_ring = PollRing::new(ring_depth, allocator.clone(), source_map.clone())?;
-        let mut latency_ring = SleepableRing::new(
-            ring_depth,
-            "latency",
-            allocator.clone(),
-            source_map.clone(),
-            false,
-        )?;
+        let mut latency_ring =
+            SleepableRing::new(ring_depth, "latency", allocator.clone(), source_map.clone())?;
 
         match main_ring.registrar().register_buffers_by_ref(&registry) {
             Err(x) => warn!("Error: registering buffers in the main ring. Skipping{x:#?}"),
@@ -1732,23 +1625,6 @@ impl Reactor {
         }
 
         let link_fd = latency_ring.ring_fd();
-
-        // smtpgate patch: the buffers multishot receives fill, when asked for; a
-        // kernel that refuses them leaves the default readiness.
-        let mut readiness_mode = ReadinessMode::from_env();
-        let recv_ring = match readiness_mode {
-            ReadinessMode::RecvMultishot => {
-                match super::buf_ring::BufRing::register(main_ring.ring_fd()) {
-                    Ok(ring) => Some(ring),
-                    Err(err) => {
-                        warn!("no provided-buffer ring ({err}): multishot polls instead");
-                        readiness_mode = ReadinessMode::Multishot;
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
 
         let eventfd_src = Source::new(
             IoRequirements::default(),
@@ -1782,8 +1658,7 @@ impl Reactor {
             link_src,
             park_mode: ParkMode::from_env(),
             preempt_signal: PreemptSignal::from_env(eventfd_src.raw(), link_fd),
-            readiness_mode: Cell::new(readiness_mode),
-            recv_ring,
+            readiness_mode: Cell::new(ReadinessMode::from_env()),
             notifier,
             eventfd_src,
             source_map,
@@ -1961,24 +1836,6 @@ impl Reactor {
             op,
             &mut self.source_map.borrow_mut(),
         );
-    }
-
-    /// smtpgate patch: a multishot receive; each completion queues on the
-    /// source (see `Source::pop_received`) until the kernel ends it or the source
-    /// is dropped, which cancels it.
-    pub(crate) fn recv_multishot(&self, source: &Source) {
-        queue_request_into_ring(
-            &mut *self.ring_for_source(source),
-            source,
-            UringOpDescriptor::RecvMulti,
-            &mut self.source_map.borrow_mut(),
-        );
-    }
-
-    /// smtpgate patch: the provided-buffer ring multishot receives use, when
-    /// `ReadinessMode::RecvMultishot` registered one.
-    pub(crate) fn recv_ring(&self) -> Option<Rc<super::buf_ring::BufRing>> {
-        self.recv_ring.clone()
     }
 
     pub(crate) fn recv(&self, source: &Source, len: usize, flags: MsgFlags) {
@@ -2823,7 +2680,7 @@ mod tests {
     fn sqe_link_chain() {
         let allocator = Rc::new(UringBufferAllocator::new(65536));
         let source_map = Rc::new(RefCell::new(SourceMap::default()));
-        let mut ring = SleepableRing::new(4, "main", allocator, source_map, false).unwrap();
+        let mut ring = SleepableRing::new(4, "main", allocator, source_map).unwrap();
         let q = ring.submission_queue();
         let mut queue = q.borrow_mut();
 
@@ -2857,7 +2714,7 @@ mod tests {
     fn unterminated_sqe_link_chain() {
         let allocator = Rc::new(UringBufferAllocator::new(65536));
         let source_map = Rc::new(RefCell::new(SourceMap::default()));
-        let mut ring = SleepableRing::new(2, "main", allocator, source_map, false).unwrap();
+        let mut ring = SleepableRing::new(2, "main", allocator, source_map).unwrap();
         let q = ring.submission_queue();
         let mut queue = q.borrow_mut();
 
@@ -2877,7 +2734,7 @@ mod tests {
     fn sqe_link_chain_overflow() {
         let allocator = Rc::new(UringBufferAllocator::new(65536));
         let source_map = Rc::new(RefCell::new(SourceMap::default()));
-        let mut ring = SleepableRing::new(2, "main", allocator, source_map, false).unwrap();
+        let mut ring = SleepableRing::new(2, "main", allocator, source_map).unwrap();
         let q = ring.submission_queue();
         let mut queue = q.borrow_mut();
 
