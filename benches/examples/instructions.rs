@@ -1,9 +1,10 @@
-//! The inspector bench's two workloads as a plain program, for instruction counts under
-//! callgrind, which a loaded machine does not disturb the way it disturbs wall time:
+//! The inspector benches' three workloads as a plain program, for instruction counts under
+//! callgrind, which a loaded machine does not disturb the way it disturbs wall time
+//! (cargo builds the bench profile into `target/release`):
 //!
 //!   cargo build --profile bench -p smtpgate-benches --example instructions
-//!   valgrind --tool=callgrind target/bench/examples/instructions body 12
-//!   valgrind --tool=callgrind target/bench/examples/instructions commands 12
+//!   valgrind --tool=callgrind target/release/examples/instructions body 12
+//!   valgrind --tool=callgrind target/release/examples/instructions commands 12
 //!
 //! `body N` runs N transactions of the bench's 100 KiB message through one warm session;
 //! `mix N` runs N rounds of the ten lock-step transactions of `compare`'s size mix (the
