@@ -83,12 +83,16 @@ fn client_for(config: &Arc<ClientConfig>, name: &str) -> TlsLayer {
     TlsLayer::new(ClientConnection::new(config.clone(), name).unwrap().into())
 }
 
+/// The edge's server config with one certificate for mx.example.com, written to the
+/// test's own directory.
+fn edge_config(test: &str) -> Arc<ServerConfig> {
+    let main = pair_for(&temp_dir(test), "mx", &["mx.example.com"]);
+    server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap()
+}
+
 #[test]
 fn a_handshake_in_memory_carries_plaintext_both_ways_and_reports_what_was_negotiated() {
-    let dir = temp_dir("basic");
-    let main = pair_for(&dir, "mx", &["mx.example.com"]);
-    let server_config =
-        server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap();
+    let server_config = edge_config("basic");
     let mut server = TlsLayer::server(&server_config);
     let mut client = TlsLayer::client(&opportunistic_client_config(), "127.0.0.1".parse().unwrap());
     // Written before the handshake: held by rustls, sent once it completes.
@@ -120,10 +124,7 @@ fn within_room(piece: &[u8], start: *const u8) -> bool {
 
 #[test]
 fn records_are_cut_from_one_allocation_each_way_while_nothing_holds_on_to_them() {
-    let dir = temp_dir("reuse");
-    let main = pair_for(&dir, "mx", &["mx.example.com"]);
-    let server_config =
-        server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap();
+    let server_config = edge_config("reuse");
     let mut server = TlsLayer::server(&server_config);
     let mut client = client_for(&opportunistic_client_config(), "mx.example.com");
     // Where each layer's room starts, before anything is cut from it.
@@ -186,10 +187,7 @@ fn records_are_cut_from_one_allocation_each_way_while_nothing_holds_on_to_them()
 
 #[test]
 fn one_receive_takes_the_plaintext_of_every_record_it_is_given() {
-    let dir = temp_dir("records");
-    let main = pair_for(&dir, "mx", &["mx.example.com"]);
-    let server_config =
-        server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap();
+    let server_config = edge_config("records");
     let mut server = TlsLayer::server(&server_config);
     let mut client = client_for(&opportunistic_client_config(), "mx.example.com");
     client.send(b"EHLO client.example\r\n");
@@ -213,10 +211,7 @@ fn one_receive_takes_the_plaintext_of_every_record_it_is_given() {
 
 #[test]
 fn a_tls13_ticket_waits_for_the_servers_next_record_and_leaves_with_it() {
-    let dir = temp_dir("ticket");
-    let main = pair_for(&dir, "mx", &["mx.example.com"]);
-    let server_config =
-        server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap();
+    let server_config = edge_config("ticket");
     let client_config = opportunistic_client_config();
     let mut server = TlsLayer::server(&server_config);
     let mut client = client_for(&client_config, "mx.example.com");
@@ -422,9 +417,7 @@ fn utc_dates_round_trip_through_days_from_civil() {
 
 #[test]
 fn garbage_from_a_client_is_a_protocol_failure_and_eof_mid_handshake_is_counted() {
-    let dir = temp_dir("garbage");
-    let main = pair_for(&dir, "mx", &["mx.example.com"]);
-    let config = server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap();
+    let config = edge_config("garbage");
     let mut server = TlsLayer::server(&config);
     let failure = server
         .receive(b"EHLO plaintext.example\r\n", &mut BytesMut::new())
@@ -483,10 +476,7 @@ impl rustls::client::ClientSessionStore for CountingTickets {
 
 #[test]
 fn the_edge_picks_aes_128_gcm_sha256_by_its_own_order_and_issues_one_ticket_per_session() {
-    let dir = temp_dir("suite");
-    let main = pair_for(&dir, "mx", &["mx.example.com"]);
-    let server_config =
-        server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap();
+    let server_config = edge_config("suite");
     // rustls's stock client order puts AES-256-GCM/SHA-384 first, as OpenSSL's does.
     let stock_provider = Arc::new(aws_lc_rs::default_provider());
     assert_eq!(
