@@ -1078,19 +1078,20 @@ impl SleepableRing {
         );
 
         const EVENTFD_WAKEUP: &[u64; 1] = &[1u64; 1];
-        let write_op = match signal {
-            PreemptSignal::EventFd(event_fd) => UringDescriptor {
-                fd: event_fd,
-                flags: SubmissionFlags::empty(),
-                user_data: 0,
-                args: UringOpDescriptor::Write(EVENTFD_WAKEUP as *const u64 as _, 8, 0),
-            },
-            PreemptSignal::Message(latency_ring_fd) => UringDescriptor {
-                fd: latency_ring_fd,
-                flags: SubmissionFlags::empty(),
-                user_data: 0,
-                args: UringOpDescriptor::MsgRing(PREEMPT_MESSAGE),
-            },
+        let (fd, args) = match signal {
+            PreemptSignal::EventFd(event_fd) => (
+                event_fd,
+                UringOpDescriptor::Write(EVENTFD_WAKEUP as *const u64 as _, 8, 0),
+            ),
+            PreemptSignal::Message(latency_ring_fd) => {
+                (latency_ring_fd, UringOpDescriptor::MsgRing(PREEMPT_MESSAGE))
+            }
+        };
+        let write_op = UringDescriptor {
+            fd,
+            flags: SubmissionFlags::empty(),
+            user_data: 0,
+            args,
         };
 
         let op = match &*timer_source.source_type() {
