@@ -39,7 +39,7 @@ use rustls::{
     ServerConnection,
 };
 use smtpgate_anycert::{AnyClientCertificate, AnyServerCertificate};
-use smtpgate_policy::config::{Config, Tls, UpstreamTls};
+use smtpgate_policy::config::{Config, Tls, TlsVersion, UpstreamTls};
 
 /// aws-lc-rs with AES-128-GCM/SHA-256 suites ahead of AES-256-GCM/SHA-384, then
 /// ChaCha20-Poly1305. A TLS handshake hashes its transcript and derives every key
@@ -130,9 +130,10 @@ impl TlsContext {
     }
 }
 
-/// The edge's server config: `[tls]` cert and key, the `[[tls.sni]]` certificates, TLS
-/// 1.2 and 1.3, the cipher suite chosen by [`provider`]'s order, session tickets (keys
-/// rotated every 6 hours) and a session cache.
+/// The edge's server config: `[tls]` cert and key, the `[[tls.sni]]` certificates, the
+/// `[tls] protocols` (TLS 1.2 and 1.3 unless the file says otherwise), the cipher suite
+/// chosen by [`provider`]'s order, session tickets (keys rotated every 6 hours) and a
+/// session cache.
 fn server_config(
     tls: &Tls,
     ticketer: Option<Arc<dyn ProducesTickets>>,
@@ -156,8 +157,16 @@ fn server_config(
     }
     // Clients are asked for a certificate (not required, any accepted) so the TLS
     // event can say whether one was presented; none is authenticated by it.
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = tls
+        .protocols
+        .iter()
+        .map(|version| match version {
+            TlsVersion::Tls12 => &rustls::version::TLS12,
+            TlsVersion::Tls13 => &rustls::version::TLS13,
+        })
+        .collect();
     let mut config = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&versions)
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_client_cert_verifier(AnyClientCertificate::new(provider))
         .with_cert_resolver(Arc::new(SniOrDefault { by_name, default }));

@@ -317,3 +317,48 @@ fn sni_serves_the_certificate_for_the_name_the_client_asks_for() {
     let log = gate.wait_log("sni=mx3.example.test");
     assert!(log.contains("sni=mx2.example.test"), "{log}");
 }
+
+/// openssl s_client's summary line for a STARTTLS session forced to one TLS version
+/// (`-tls1_2`, `-tls1_3`): "New, TLSv1.2, Cipher is ..." when a handshake was made.
+fn s_client_session(addr: std::net::SocketAddr, version: &str) -> String {
+    let out = run_with_input(
+        Command::new(peer("openssl"))
+            .args(["s_client", "-starttls", "smtp", version, "-connect"])
+            .arg(addr.to_string()),
+        b"QUIT\n",
+        LIMIT,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|line| line.starts_with("New, "))
+        .unwrap_or_else(|| panic!("no session line in openssl's output:\n{text}"))
+        .to_string()
+}
+
+#[test]
+fn tls_protocols_limit_the_versions_a_client_may_use() {
+    let dir = scratch_dir("tls-protocols");
+    let (cert, key) = certificate(&dir, "mx");
+    let tls = format!("{}protocols = [\"TLSv1.2\"]\n", tls_section(&cert, &key));
+    let sink = Sink::start(&dir, &[]);
+    let gate = Gate::start(&config_text(sink.addr, "", &tls));
+    let tls12 = s_client_session(gate.listen(), "-tls1_2");
+    assert!(
+        tls12.starts_with("New, TLSv1.2, Cipher is ECDHE-ECDSA-AES128-GCM-SHA256"),
+        "{tls12}"
+    );
+    let tls13 = s_client_session(gate.listen(), "-tls1_3");
+    assert!(
+        tls13.contains("Cipher is (NONE)"),
+        "no TLS 1.3 handshake: {tls13}"
+    );
+    let log = gate.wait_log("side=client version=TLSv1_2");
+    assert!(!log.contains("version=TLSv1_3"), "{log}");
+    let metrics = http_get(gate.admin(), "/metrics");
+    assert!(
+        metrics.contains(
+            "smtpgate_tls_handshake_failures_total{side=\"client\",reason=\"no_common_parameters\"} 1"
+        ),
+        "{metrics}"
+    );
+}

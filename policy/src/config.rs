@@ -119,6 +119,28 @@ pub struct Tls {
     pub key: PathBuf,
     /// Further certificates, chosen by the name the client asks for (SNI).
     pub sni: Vec<SniCertificate>,
+    /// The TLS versions the edge accepts from clients, oldest first, none twice.
+    pub protocols: Vec<TlsVersion>,
+}
+
+/// A TLS version in `[tls] protocols`, spelled as nginx, Postfix and OpenSSL spell it.
+/// TLS 1.0 and 1.1 do not exist here: rustls never implemented them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    /// What `[tls] protocols` holds when the file does not say: both versions.
+    pub const ALL: [TlsVersion; 2] = [TlsVersion::Tls12, TlsVersion::Tls13];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "TLSv1.2",
+            TlsVersion::Tls13 => "TLSv1.3",
+        }
+    }
 }
 
 /// One `[[tls.sni]]` entry: served to clients asking for one of `names`.
@@ -313,6 +335,7 @@ struct RawTls {
     key: Spanned<String>,
     #[serde(default)]
     sni: Vec<RawSniCertificate>,
+    protocols: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -927,7 +950,38 @@ fn validate_tls(raw: Option<RawTls>, errors: &mut Errors<'_>) -> Option<Tls> {
             key,
         });
     }
-    Some(Tls { cert, key, sni })
+    let protocols = match &raw.protocols {
+        None => TlsVersion::ALL.to_vec(),
+        Some(list) => {
+            let mut versions = Vec::new();
+            for name in list.get_ref() {
+                match TlsVersion::ALL.into_iter().find(|v| v.name() == name) {
+                    Some(version) => versions.push(version),
+                    None => errors.at(
+                        Some(list.span()),
+                        "tls.protocols",
+                        format!("expected TLSv1.2 or TLSv1.3, found `{name}`"),
+                    ),
+                }
+            }
+            versions.sort();
+            versions.dedup();
+            if list.get_ref().is_empty() {
+                errors.at(
+                    Some(list.span()),
+                    "tls.protocols",
+                    "enable at least one of TLSv1.2 and TLSv1.3",
+                );
+            }
+            versions
+        }
+    };
+    Some(Tls {
+        cert,
+        key,
+        sni,
+        protocols,
+    })
 }
 
 fn parse_section<T: DeserializeOwned + Default>(

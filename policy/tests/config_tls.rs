@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use smtpgate_policy::config::{Config, StartTls, UpstreamTls};
+use smtpgate_policy::config::{Config, StartTls, TlsVersion, UpstreamTls};
 
 const TLS: &str = r#"
 [tls]
@@ -36,6 +36,7 @@ fn starttls_defaults_to_inspect_with_a_certificate_and_passthrough_without() {
     assert_eq!(tls.cert, PathBuf::from("/etc/smtpgate/mx.pem"));
     assert_eq!(tls.sni[0].names, ["mx2.example.com"]);
     assert_eq!(tls.sni[0].key, PathBuf::from("/etc/smtpgate/mx2.key"));
+    assert_eq!(tls.protocols, [TlsVersion::Tls12, TlsVersion::Tls13]);
 
     let without = Config::from_toml_str(&listener("")).unwrap();
     assert_eq!(without.listeners[0].starttls, StartTls::Passthrough);
@@ -121,6 +122,34 @@ fn upstream_ca_without_verify_and_empty_paths_are_errors() {
         listener("")
     ));
     assert!(e.contains("unknown field `ciphers`"), "{e}");
+}
+
+fn protocols(list: &str) -> Result<Vec<TlsVersion>, String> {
+    let text = format!(
+        "[tls]\ncert = \"c\"\nkey = \"k\"\nprotocols = {list}\n{}",
+        listener("")
+    );
+    Config::from_toml_str(&text)
+        .map(|config| config.tls.expect("[tls] is read").protocols)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn protocols_are_read_in_order_once_each_and_unknown_or_none_are_errors() {
+    assert_eq!(protocols(r#"["TLSv1.3"]"#), Ok(vec![TlsVersion::Tls13]));
+    assert_eq!(
+        protocols(r#"["TLSv1.3", "TLSv1.2", "TLSv1.3"]"#),
+        Ok(vec![TlsVersion::Tls12, TlsVersion::Tls13])
+    );
+    let e = protocols(r#"["TLSv1.2", "TLSv1.1"]"#).unwrap_err();
+    assert!(
+        e.contains(
+            "line 4, column 13: tls.protocols: expected TLSv1.2 or TLSv1.3, found `TLSv1.1`"
+        ),
+        "{e}"
+    );
+    let e = protocols("[]").unwrap_err();
+    assert!(e.contains("tls.protocols: enable at least one"), "{e}");
 }
 
 #[test]

@@ -54,6 +54,7 @@ fn tls_section(main: &Pair, sni: Vec<(Vec<String>, &Pair)>) -> Tls {
                 key: p.key.clone(),
             })
             .collect(),
+        protocols: TlsVersion::ALL.to_vec(),
     }
 }
 
@@ -517,4 +518,56 @@ fn the_edge_picks_aes_128_gcm_sha256_by_its_own_order_and_issues_one_ticket_per_
         [false, true, true],
         "each ticket serves the next session"
     );
+}
+
+#[test]
+fn tls_protocols_limit_what_the_edge_accepts_and_tls_1_2_sessions_resume_from_tickets() {
+    let main = pair_for(&temp_dir("protocols"), "mx", &["mx.example.com"]);
+    let only = |versions: &[TlsVersion]| {
+        let mut section = tls_section(&main, vec![]);
+        section.protocols = versions.to_vec();
+        server_config(&section, None, SystemTime::now()).unwrap()
+    };
+
+    let tls12 = only(&[TlsVersion::Tls12]);
+    let client = opportunistic_client_config();
+    let mut resumed = Vec::new();
+    for _ in 0..2 {
+        let mut server = TlsLayer::server(&tls12);
+        let mut client = TlsLayer::client(&client, "127.0.0.1".parse().unwrap());
+        client.send(b"EHLO client.example\r\n");
+        let (_, at_server) = pump(&mut client, &mut server).unwrap();
+        assert_eq!(at_server, b"EHLO client.example\r\n");
+        let established = server.take_established().expect("handshake done");
+        assert_eq!(established.version, "TLSv1_2");
+        assert_eq!(
+            established.cipher_suite,
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+        );
+        resumed.push(established.resumed);
+    }
+    assert_eq!(
+        resumed,
+        [false, true],
+        "the second session resumes the first"
+    );
+
+    let tls13 = only(&[TlsVersion::Tls13]);
+    let tls12_client = Arc::new(
+        ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(AnyServerCertificate::new(provider()))
+            .with_no_client_auth(),
+    );
+    let mut server = TlsLayer::server(&tls13);
+    let mut client = TlsLayer::client(&tls12_client, "127.0.0.1".parse().unwrap());
+    let failure = pump(&mut client, &mut server).expect_err("no version in common");
+    assert_eq!(
+        failure.reason,
+        FailureReason::NoCommonParameters,
+        "{failure}"
+    );
+    assert!(failure.in_handshake);
 }
