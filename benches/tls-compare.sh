@@ -11,6 +11,8 @@
 #   inspect    smtpgate starttls = "inspect", upstream_tls = "off": the same legs as
 #              nginx (TLS to the client, plaintext to the sink); the row to hold
 #              against nginx's,
+#   inspect12  the same as inspect, with [tls] protocols = ["TLSv1.2"]: nginx's protocol,
+#              a resumption as cheap as nginx's (a second smtpgate process),
 #   inspect2   smtpgate starttls = "inspect", upstream_tls = "opportunistic": TLS on
 #              both legs, a second handshake per session that nginx never makes,
 #   opaque     smtpgate starttls = "passthrough" to a STARTTLS sink (TLS end to end,
@@ -31,7 +33,9 @@
 # With BASELINE=/path/to/an/older/smtpgate, a path `base` runs that binary as
 # `inspect` (same config), alternating with the others: an A/B in the same run.
 #
-# Usage: [BASELINE=BINARY] benches/tls-compare.sh [ROUNDS] [SECONDS]
+# PATHS="nginx inspect inspect12" runs only those paths.
+#
+# Usage: [BASELINE=BINARY] [PATHS=...] benches/tls-compare.sh [ROUNDS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,6 +80,23 @@ upstream = "127.0.0.1:$tls_sink"
 starttls = "passthrough"
 EOF
 "$bin/smtpgate" run -c "$work/smtpgate.toml" --cores 1 >/dev/null 2>"$work/smtpgate.err" & gate_pid=$!; pids+=($gate_pid)
+
+tls12_port=$(free_port)
+cat >"$work/tls12.toml" <<EOF
+[admin]
+listen = "127.0.0.1:$(free_port)"
+[tls]
+cert = "$work/mx.pem"
+key = "$work/mx.key"
+protocols = ["TLSv1.2"]
+[[listener]]
+listen = "127.0.0.1:$tls12_port"
+upstream = "127.0.0.1:$plain_sink"
+starttls = "inspect"
+upstream_tls = "off"
+EOF
+"$bin/smtpgate" run -c "$work/tls12.toml" --cores 1 >/dev/null 2>"$work/tls12.err" & gate12_pid=$!; pids+=($gate12_pid)
+wait_port "$tls12_port"
 
 baseline=${BASELINE:-}
 if [ -n "$baseline" ]; then
@@ -148,8 +169,8 @@ wait_port "$inspect_port"; wait_port "$nginx_port"; wait_port "$nginx13_port"
 nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; cat "$work/nginx.pid"; }
 
 hz=$(getconf CLK_TCK)
-declare -A port=([nginx]=$nginx_port [nginx13]=$nginx13_port [inspect]=$inspect_port [inspect2]=$inspect2_port [opaque]=$opaque_port)
-paths=(nginx nginx13 inspect inspect2 opaque)
+declare -A port=([nginx]=$nginx_port [nginx13]=$nginx13_port [inspect]=$inspect_port [inspect12]=$tls12_port [inspect2]=$inspect2_port [opaque]=$opaque_port)
+paths=(${PATHS:-nginx nginx13 inspect inspect12 inspect2 opaque})
 if [ -n "$baseline" ]; then port[base]=$base_port; paths+=(base); fi
 
 # What each path negotiates with a client (openssl s_client), and whether a second
@@ -166,7 +187,7 @@ done
 # One run: prints "msgs/s cpu_ms_per_1000_msgs messages".
 run() {
   local path=$1; shift
-  local procs; case $path in nginx*) procs=$(nginx_pids) ;; base) procs=$base_pid ;; *) procs=$gate_pid ;; esac
+  local procs; case $path in nginx*) procs=$(nginx_pids) ;; base) procs=$base_pid ;; inspect12) procs=$gate12_pid ;; *) procs=$gate_pid ;; esac
   local before; before=$(cpu_ticks $procs)
   "$bin/smtpgate-loadgen" send --target "127.0.0.1:${port[$path]}" --starttls --quiet \
     --cores 1 --json "$work/run.json" "$@" >/dev/null 2>"$work/send.err" || true
