@@ -28,7 +28,8 @@
 #
 # Prints per path: msgs/s (median over rounds, min-max) and proxy CPU (user+system of
 # the proxy processes) per 1000 messages; then, one message per connection, proxy CPU
-# per connection (handshake included).
+# per connection (handshake included). Then each path against nginx, paired within
+# rounds: the median of the per-round ratios and how many rounds had less CPU.
 #
 # With BASELINE=/path/to/an/older/smtpgate, a path `base` runs that binary as
 # `inspect` (same config), alternating with the others: an A/B in the same run.
@@ -209,6 +210,17 @@ print(f"{label:<10} {statistics.median(rates):>9.0f} ({min(rates):.0f}-{max(rate
 ' "$1"
 }
 
+paired() {  # label, then lines "rate cpu ok failed" of a path and of nginx in the same round
+  python3 -c '
+import sys, statistics
+label = sys.argv[1] + " / nginx"
+rows = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
+rates = [r[0] / r[4] for r in rows]; cpus = [r[1] / r[5] for r in rows]
+print(f"{label:<18} msgs/s x{statistics.median(rates):.3f} ({min(rates):.3f}-{max(rates):.3f}), "
+      f"CPU x{statistics.median(cpus):.3f} ({min(cpus):.3f}-{max(cpus):.3f}, {sum(c < 1 for c in cpus)} of {len(cpus)} rounds below 1)")
+' "$1"
+}
+
 for shape in "reused|--connections 20 --size 1k --duration ${seconds}s" \
              "per-connection|--connections 10 --size 1k --per-connection --duration ${seconds}s"; do
   name=${shape%%|*}; args=${shape#*|}
@@ -223,5 +235,11 @@ for shape in "reused|--connections 20 --size 1k --duration ${seconds}s" \
     done
   done
   for path in "${paths[@]}"; do printf '%s' "${results[$path]}" | summary "$path"; done
+  if [ -n "${results[nginx]:-}" ]; then
+    for path in "${paths[@]}"; do
+      [ "$path" = nginx ] && continue
+      paste <(printf '%s' "${results[$path]}") <(printf '%s' "${results[nginx]}") | paired "$path"
+    done
+  fi
   unset results
 done
