@@ -368,6 +368,9 @@ impl Half {
         match tls.layer.receive(ciphertext, &mut tls.plaintext) {
             Ok(received) => {
                 tls.peer_closed |= received.closed;
+                if received.acknowledge_now {
+                    sock::acknowledge_now(&self.stream);
+                }
                 if let Some(established) = tls.layer.take_established() {
                     tls.report = Some(Ok(established));
                 }

@@ -1,5 +1,5 @@
 //! The few socket calls glommio does not offer, as thin safe wrappers over libc:
-//! half-close, abortive close, gathered non-blocking send.
+//! half-close, abortive close, an immediate acknowledgement, gathered non-blocking send.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -26,6 +26,22 @@ pub fn set_abortive_close(socket: &impl AsRawFd) {
             libc::SO_LINGER,
             &linger as *const libc::linger as *const libc::c_void,
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Acknowledges what was read at once instead of after the delayed-ACK timer
+/// (`TCP_QUICKACK`), for a peer that waits for that acknowledgement before it sends.
+pub fn acknowledge_now(socket: &impl AsRawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a correctly sized, initialised int on an owned descriptor.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
 }

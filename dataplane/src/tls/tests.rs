@@ -571,3 +571,58 @@ fn tls_protocols_limit_what_the_edge_accepts_and_tls_1_2_sessions_resume_from_ti
     );
     assert!(failure.in_handshake);
 }
+
+/// Runs a handshake to its end; returns what each of the server's receives reported.
+fn server_receipts(client: &mut TlsLayer, server: &mut TlsLayer) -> Vec<Received> {
+    let (mut at_client, mut at_server) = (BytesMut::new(), BytesMut::new());
+    let mut receipts = Vec::new();
+    for _ in 0..20 {
+        let mut moved = false;
+        if let Some(bytes) = client.take_ciphertext() {
+            receipts.push(server.receive(&bytes, &mut at_server).unwrap());
+            moved = true;
+        }
+        if let Some(bytes) = server.take_ciphertext() {
+            client.receive(&bytes, &mut at_client).unwrap();
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    receipts
+}
+
+#[test]
+fn the_edge_asks_for_an_immediate_ack_when_nothing_answers_the_clients_finished() {
+    let main = pair_for(&temp_dir("ack"), "mx", &["mx.example.com"]);
+    let with = |versions: &[TlsVersion]| {
+        let mut section = tls_section(&main, vec![]);
+        section.protocols = versions.to_vec();
+        server_config(&section, None, SystemTime::now()).unwrap()
+    };
+    let acks = |config: &Arc<ServerConfig>, client: &Arc<ClientConfig>| {
+        let mut server = TlsLayer::server(config);
+        let mut client = TlsLayer::client(client, "127.0.0.1".parse().unwrap());
+        let receipts = server_receipts(&mut client, &mut server);
+        assert!(!server.is_handshaking() && !client.is_handshaking());
+        receipts
+            .iter()
+            .map(|r| r.acknowledge_now)
+            .collect::<Vec<_>>()
+    };
+
+    // TLS 1.3: the ticket waits for the reply to the client's next command, so the
+    // client's Finished gets no answer; full and resumed alike.
+    let tls13 = with(&[TlsVersion::Tls13]);
+    let client = opportunistic_client_config();
+    assert_eq!(acks(&tls13, &client), [false, true], "full handshake");
+    assert_eq!(acks(&tls13, &client), [false, true], "resumed");
+
+    // TLS 1.2: the server's Finished answers a full handshake's; a resumption ends
+    // with the client's.
+    let tls12 = with(&[TlsVersion::Tls12]);
+    let client = opportunistic_client_config();
+    assert_eq!(acks(&tls12, &client), [false, false], "full handshake");
+    assert_eq!(acks(&tls12, &client), [false, true], "resumed");
+}
