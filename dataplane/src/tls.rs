@@ -444,11 +444,13 @@ impl fmt::Display for TlsFailure {
 pub struct Received {
     /// The peer sent close_notify: no more plaintext will come.
     pub closed: bool,
-    /// The client's handshake just completed and nothing answers its Finished at once
-    /// (a TLS 1.3 ticket held, a TLS 1.2 resumption): the socket should acknowledge
-    /// now. A client with Nagle's algorithm on (OpenSSL's default: Python, Postfix)
-    /// holds its next command, written separately, until the Finished is
-    /// acknowledged, and the kernel's delayed ACK would wait 40 ms.
+    /// What came in wants no answer, and the peer may be waiting for its
+    /// acknowledgement: the socket should acknowledge now. A client's Finished that
+    /// nothing answers at once (a TLS 1.3 ticket held, a TLS 1.2 resumption): a client
+    /// with Nagle's algorithm on (OpenSSL's default: Python, Postfix) holds its next
+    /// command, written separately, until the Finished is acknowledged, and the
+    /// kernel's delayed ACK would wait 40 ms. A server's session tickets: the same on
+    /// the upstream leg.
     pub acknowledge_now: bool,
 }
 
@@ -493,6 +495,8 @@ impl TlsLayer {
     ) -> Result<Received, TlsFailure> {
         let mut received = Received::default();
         let was_handshaking = self.conn.is_handshaking();
+        let tickets_before = self.tickets_received();
+        let plaintext_before = plaintext.len();
         while !ciphertext.is_empty() {
             self.conn.read_tls(&mut ciphertext).map_err(|e| {
                 self.ticket_held = false;
@@ -529,8 +533,22 @@ impl TlsLayer {
         {
             self.ticket_held = true;
         }
-        received.acknowledge_now = server_done && (self.ticket_held || !self.conn.wants_write());
+        // Tickets from a TLS 1.3 server (OpenSSL writes two, each in a write of its
+        // own) want no answer either, and a server with Nagle on holds the second, and
+        // then its next reply, until the first is acknowledged.
+        let ticket_only =
+            self.tickets_received() > tickets_before && plaintext.len() == plaintext_before;
+        received.acknowledge_now =
+            (server_done || ticket_only) && (self.ticket_held || !self.conn.wants_write());
         Ok(received)
+    }
+
+    /// TLS 1.3 session tickets a client side has received from its server so far.
+    fn tickets_received(&self) -> u32 {
+        match &self.conn {
+            Connection::Client(client) => client.tls13_tickets_received(),
+            Connection::Server(_) => 0,
+        }
     }
 
     /// The peer's connection ended (TCP EOF): a failure when it was mid-handshake.

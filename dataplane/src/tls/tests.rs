@@ -626,3 +626,31 @@ fn the_edge_asks_for_an_immediate_ack_when_nothing_answers_the_clients_finished(
     assert_eq!(acks(&tls12, &client), [false, false], "full handshake");
     assert_eq!(acks(&tls12, &client), [false, true], "resumed");
 }
+
+#[test]
+fn the_upstream_leg_asks_for_an_immediate_ack_of_tickets_that_come_alone() {
+    let server_config = edge_config("ack-tickets");
+    let mut server = TlsLayer::server(&server_config);
+    let mut client = TlsLayer::client(&opportunistic_client_config(), "127.0.0.1".parse().unwrap());
+    server_receipts(&mut client, &mut server);
+    assert!(!client.is_handshaking());
+    // As an OpenSSL server sends them: the ticket on its own, before any reply.
+    server.ticket_held = false;
+    let ticket = server.take_ciphertext().expect("the session ticket");
+    let mut plaintext = BytesMut::new();
+    let received = client.receive(&ticket, &mut plaintext).unwrap();
+    assert!(plaintext.is_empty());
+    assert!(
+        received.acknowledge_now,
+        "a ticket alone is acknowledged at once"
+    );
+
+    server.send(b"250 mx.example.com\r\n");
+    let reply = server.take_ciphertext().unwrap();
+    let received = client.receive(&reply, &mut plaintext).unwrap();
+    assert_eq!(&plaintext[..], b"250 mx.example.com\r\n");
+    assert!(
+        !received.acknowledge_now,
+        "a reply is acknowledged by what answers it"
+    );
+}
