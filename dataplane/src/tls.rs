@@ -535,11 +535,11 @@ impl TlsLayer {
         }
         // Tickets from a TLS 1.3 server (OpenSSL writes two, each in a write of its
         // own) want no answer either, and a server with Nagle on holds the second, and
-        // then its next reply, until the first is acknowledged.
-        let ticket_only =
-            self.tickets_received() > tickets_before && plaintext.len() == plaintext_before;
-        received.acknowledge_now =
-            (server_done || ticket_only) && (self.ticket_held || !self.conn.wants_write());
+        // then its next reply, until the first is acknowledged. Plaintext that came
+        // along gets a reply, which carries the acknowledgement.
+        received.acknowledge_now = (server_done || self.tickets_received() > tickets_before)
+            && plaintext.len() == plaintext_before
+            && (self.ticket_held || !self.conn.wants_write());
         Ok(received)
     }
 

@@ -654,3 +654,15 @@ fn the_upstream_leg_asks_for_an_immediate_ack_of_tickets_that_come_alone() {
         "a reply is acknowledged by what answers it"
     );
 }
+
+#[test]
+fn a_finished_that_brings_the_clients_next_command_needs_no_immediate_ack() {
+    let server_config = edge_config("ack-command");
+    let mut server = TlsLayer::server(&server_config);
+    let mut client = TlsLayer::client(&opportunistic_client_config(), "127.0.0.1".parse().unwrap());
+    // As rustls clients do: the EHLO leaves with the Finished; its reply will ACK both.
+    client.send(b"EHLO client.example\r\n");
+    let receipts = server_receipts(&mut client, &mut server);
+    assert!(!server.is_handshaking());
+    assert!(receipts.iter().all(|r| !r.acknowledge_now), "{receipts:?}");
+}
