@@ -87,8 +87,15 @@ fn client_for(config: &Arc<ClientConfig>, name: &str) -> TlsLayer {
 /// The edge's server config with one certificate for mx.example.com, written to the
 /// test's own directory.
 fn edge_config(test: &str) -> Arc<ServerConfig> {
+    edge_config_with(test, &TlsVersion::ALL)
+}
+
+/// [`edge_config`] accepting only `versions` (`[tls] protocols`).
+fn edge_config_with(test: &str, versions: &[TlsVersion]) -> Arc<ServerConfig> {
     let main = pair_for(&temp_dir(test), "mx", &["mx.example.com"]);
-    server_config(&tls_section(&main, vec![]), None, SystemTime::now()).unwrap()
+    let mut section = tls_section(&main, vec![]);
+    section.protocols = versions.to_vec();
+    server_config(&section, None, SystemTime::now()).unwrap()
 }
 
 #[test]
@@ -522,14 +529,7 @@ fn the_edge_picks_aes_128_gcm_sha256_by_its_own_order_and_issues_one_ticket_per_
 
 #[test]
 fn tls_protocols_limit_what_the_edge_accepts_and_tls_1_2_sessions_resume_from_tickets() {
-    let main = pair_for(&temp_dir("protocols"), "mx", &["mx.example.com"]);
-    let only = |versions: &[TlsVersion]| {
-        let mut section = tls_section(&main, vec![]);
-        section.protocols = versions.to_vec();
-        server_config(&section, None, SystemTime::now()).unwrap()
-    };
-
-    let tls12 = only(&[TlsVersion::Tls12]);
+    let tls12 = edge_config_with("protocols-12", &[TlsVersion::Tls12]);
     let client = opportunistic_client_config();
     let mut resumed = Vec::new();
     for _ in 0..2 {
@@ -552,7 +552,7 @@ fn tls_protocols_limit_what_the_edge_accepts_and_tls_1_2_sessions_resume_from_ti
         "the second session resumes the first"
     );
 
-    let tls13 = only(&[TlsVersion::Tls13]);
+    let tls13 = edge_config_with("protocols-13", &[TlsVersion::Tls13]);
     let tls12_client = Arc::new(
         ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS12])
@@ -595,12 +595,6 @@ fn server_receipts(client: &mut TlsLayer, server: &mut TlsLayer) -> Vec<Received
 
 #[test]
 fn the_edge_asks_for_an_immediate_ack_when_nothing_answers_the_clients_finished() {
-    let main = pair_for(&temp_dir("ack"), "mx", &["mx.example.com"]);
-    let with = |versions: &[TlsVersion]| {
-        let mut section = tls_section(&main, vec![]);
-        section.protocols = versions.to_vec();
-        server_config(&section, None, SystemTime::now()).unwrap()
-    };
     let acks = |config: &Arc<ServerConfig>, client: &Arc<ClientConfig>| {
         let mut server = TlsLayer::server(config);
         let mut client = TlsLayer::client(client, "127.0.0.1".parse().unwrap());
@@ -614,14 +608,14 @@ fn the_edge_asks_for_an_immediate_ack_when_nothing_answers_the_clients_finished(
 
     // TLS 1.3: the ticket waits for the reply to the client's next command, so the
     // client's Finished gets no answer; full and resumed alike.
-    let tls13 = with(&[TlsVersion::Tls13]);
+    let tls13 = edge_config_with("ack-13", &[TlsVersion::Tls13]);
     let client = opportunistic_client_config();
     assert_eq!(acks(&tls13, &client), [false, true], "full handshake");
     assert_eq!(acks(&tls13, &client), [false, true], "resumed");
 
     // TLS 1.2: the server's Finished answers a full handshake's; a resumption ends
     // with the client's.
-    let tls12 = with(&[TlsVersion::Tls12]);
+    let tls12 = edge_config_with("ack-12", &[TlsVersion::Tls12]);
     let client = opportunistic_client_config();
     assert_eq!(acks(&tls12, &client), [false, false], "full handshake");
     assert_eq!(acks(&tls12, &client), [false, true], "resumed");
