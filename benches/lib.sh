@@ -58,3 +58,36 @@ backend sink
 CFG
   haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($haproxy_pid)
 }
+
+# For the STARTTLS benchmarks: a self-signed ECDSA P-256 certificate ($work/mx.pem and
+# $work/mx.key) and two smtpgate-loadgen sinks from BIN_DIR, one plaintext and one
+# offering STARTTLS; sets $plain_sink and $tls_sink.
+start_starttls_peers() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -keyout "$work/mx.key" -out "$work/mx.pem" -subj /CN=mx.bench.test 2>/dev/null
+  plain_sink=$(free_port); tls_sink=$(free_port)
+  "$1/smtpgate-loadgen" sink --listen "127.0.0.1:$plain_sink" --cores 1 >/dev/null 2>&1 & pids+=($!)
+  "$1/smtpgate-loadgen" sink --listen "127.0.0.1:$tls_sink" --cores 1 --starttls >/dev/null 2>&1 & pids+=($!)
+  wait_port "$plain_sink"; wait_port "$tls_sink"
+}
+
+# start_tls_gate NAME BINARY TLS_LINES LISTENER_LINES: one smtpgate (--cores 1) serving
+# $work/mx.pem, TLS_LINES added to its [tls], with one listener (LISTENER_LINES besides
+# `listen`); sets gate_port[NAME] and gate_pid[NAME].
+declare -A gate_port=() gate_pid=()
+start_tls_gate() {
+  gate_port[$1]=$(free_port)
+  cat >"$work/$1.toml" <<EOF
+[admin]
+listen = "127.0.0.1:$(free_port)"
+[tls]
+cert = "$work/mx.pem"
+key = "$work/mx.key"
+$3
+[[listener]]
+listen = "127.0.0.1:${gate_port[$1]}"
+$4
+EOF
+  "$2" run -c "$work/$1.toml" --cores 1 >/dev/null 2>"$work/$1.err" & gate_pid[$1]=$!; pids+=($!)
+  wait_port "${gate_port[$1]}"
+}

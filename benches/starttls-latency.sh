@@ -23,44 +23,20 @@ bench_need "apt-get install openssl python3" openssl python3
 cargo build --release -q -p smtpgate -p smtpgate-loadgen
 bin=${CARGO_TARGET_DIR:-target}/release
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-  -keyout "$work/mx.key" -out "$work/mx.pem" -subj /CN=mx.bench.test 2>/dev/null
-plain_sink=$(free_port); tls_sink=$(free_port)
-"$bin/smtpgate-loadgen" sink --listen "127.0.0.1:$plain_sink" --cores 1 >/dev/null 2>&1 & pids+=($!)
-"$bin/smtpgate-loadgen" sink --listen "127.0.0.1:$tls_sink" --cores 1 --starttls >/dev/null 2>&1 & pids+=($!)
-wait_port "$plain_sink"; wait_port "$tls_sink"
-
-declare -A port=()
-# gate NAME BINARY PROTOCOLS_LINE LISTENER_LINES: one smtpgate with one listener.
-gate() {
-  port[$1]=$(free_port)
-  cat >"$work/$1.toml" <<EOF
-[admin]
-listen = "127.0.0.1:$(free_port)"
-[tls]
-cert = "$work/mx.pem"
-key = "$work/mx.key"
-$3
-[[listener]]
-listen = "127.0.0.1:${port[$1]}"
-$4
-EOF
-  "$2" run -c "$work/$1.toml" --cores 1 >/dev/null 2>"$work/$1.err" & pids+=($!)
-  wait_port "${port[$1]}"
-}
+start_starttls_peers "$bin"
 inspect="upstream = \"127.0.0.1:$plain_sink\"
 starttls = \"inspect\"
 upstream_tls = \"off\""
-gate inspect "$bin/smtpgate" "" "$inspect"
-gate inspect12 "$bin/smtpgate" 'protocols = ["TLSv1.2"]' "$inspect"
-gate passthrough "$bin/smtpgate" "" "upstream = \"127.0.0.1:$tls_sink\"
+start_tls_gate inspect "$bin/smtpgate" "" "$inspect"
+start_tls_gate inspect12 "$bin/smtpgate" 'protocols = ["TLSv1.2"]' "$inspect"
+start_tls_gate passthrough "$bin/smtpgate" "" "upstream = \"127.0.0.1:$tls_sink\"
 starttls = \"passthrough\""
 paths=(inspect inspect12 passthrough)
-if [ -n "${BASELINE:-}" ]; then gate base "$BASELINE" "" "$inspect"; paths+=(base); fi
+if [ -n "${BASELINE:-}" ]; then start_tls_gate base "$BASELINE" "" "$inspect"; paths+=(base); fi
 
 printf '%-12s %24s %24s %24s\n' path "STARTTLS p50/p90/max" "EHLO after p50/p90/max" "session p50/p90/max"
 for path in "${paths[@]}"; do
-  python3 - "${port[$path]}" "$sessions" "$path" <<'PY'
+  python3 - "${gate_port[$path]}" "$sessions" "$path" <<'PY'
 import smtplib, ssl, statistics, sys, time
 port, sessions, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 context = ssl._create_unverified_context()

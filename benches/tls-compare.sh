@@ -50,13 +50,7 @@ mail_module=/usr/lib/nginx/modules/ngx_mail_module.so
 cargo build --release -q -p smtpgate -p smtpgate-loadgen
 bin=${CARGO_TARGET_DIR:-target}/release
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-  -keyout "$work/mx.key" -out "$work/mx.pem" -subj /CN=mx.bench.test 2>/dev/null
-
-plain_sink=$(free_port); tls_sink=$(free_port)
-"$bin/smtpgate-loadgen" sink --listen "127.0.0.1:$plain_sink" --cores 1 >/dev/null 2>&1 & pids+=($!)
-"$bin/smtpgate-loadgen" sink --listen "127.0.0.1:$tls_sink" --cores 1 --starttls >/dev/null 2>&1 & pids+=($!)
-wait_port "$plain_sink"; wait_port "$tls_sink"
+start_starttls_peers "$bin"
 
 inspect_port=$(free_port); inspect2_port=$(free_port); opaque_port=$(free_port)
 cat >"$work/smtpgate.toml" <<EOF
@@ -80,43 +74,16 @@ listen = "127.0.0.1:$opaque_port"
 upstream = "127.0.0.1:$tls_sink"
 starttls = "passthrough"
 EOF
-"$bin/smtpgate" run -c "$work/smtpgate.toml" --cores 1 >/dev/null 2>"$work/smtpgate.err" & gate_pid=$!; pids+=($gate_pid)
+"$bin/smtpgate" run -c "$work/smtpgate.toml" --cores 1 >/dev/null 2>"$work/smtpgate.err" & main_gate_pid=$!; pids+=($main_gate_pid)
 
-tls12_port=$(free_port)
-cat >"$work/tls12.toml" <<EOF
-[admin]
-listen = "127.0.0.1:$(free_port)"
-[tls]
-cert = "$work/mx.pem"
-key = "$work/mx.key"
-protocols = ["TLSv1.2"]
-[[listener]]
-listen = "127.0.0.1:$tls12_port"
-upstream = "127.0.0.1:$plain_sink"
-starttls = "inspect"
-upstream_tls = "off"
-EOF
-"$bin/smtpgate" run -c "$work/tls12.toml" --cores 1 >/dev/null 2>"$work/tls12.err" & gate12_pid=$!; pids+=($gate12_pid)
-wait_port "$tls12_port"
-
+# inspect12, and with BASELINE the older binary as `base`: an smtpgate each, since
+# [tls] is one per process.
+inspect="upstream = \"127.0.0.1:$plain_sink\"
+starttls = \"inspect\"
+upstream_tls = \"off\""
+start_tls_gate inspect12 "$bin/smtpgate" 'protocols = ["TLSv1.2"]' "$inspect"
 baseline=${BASELINE:-}
-if [ -n "$baseline" ]; then
-  base_port=$(free_port)
-  cat >"$work/base.toml" <<EOF
-[admin]
-listen = "127.0.0.1:$(free_port)"
-[tls]
-cert = "$work/mx.pem"
-key = "$work/mx.key"
-[[listener]]
-listen = "127.0.0.1:$base_port"
-upstream = "127.0.0.1:$plain_sink"
-starttls = "inspect"
-upstream_tls = "off"
-EOF
-  "$baseline" run -c "$work/base.toml" --cores 1 >/dev/null 2>"$work/base.err" & base_pid=$!; pids+=($base_pid)
-  wait_port "$base_port"
-fi
+[ -z "$baseline" ] || start_tls_gate base "$baseline" "" "$inspect"
 
 nginx_port=$(free_port); nginx13_port=$(free_port); auth_port=$(free_port)
 cat >"$work/nginx.conf" <<EOF
@@ -170,9 +137,12 @@ wait_port "$inspect_port"; wait_port "$nginx_port"; wait_port "$nginx13_port"
 nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; cat "$work/nginx.pid"; }
 
 hz=$(getconf CLK_TCK)
-declare -A port=([nginx]=$nginx_port [nginx13]=$nginx13_port [inspect]=$inspect_port [inspect12]=$tls12_port [inspect2]=$inspect2_port [opaque]=$opaque_port)
+declare -A port=([nginx]=$nginx_port [nginx13]=$nginx13_port [inspect]=$inspect_port [inspect12]=${gate_port[inspect12]} [inspect2]=$inspect2_port [opaque]=$opaque_port)
 paths=(${PATHS:-nginx nginx13 inspect inspect12 inspect2 opaque})
-if [ -n "$baseline" ]; then port[base]=$base_port; paths+=(base); fi
+if [ -n "$baseline" ]; then
+  port[base]=${gate_port[base]}
+  [[ " ${paths[*]} " == *" base "* ]] || paths+=(base)
+fi
 
 # What each path negotiates with a client (openssl s_client), and whether a second
 # connection resumes the first one's session.
@@ -188,7 +158,7 @@ done
 # One run: prints "msgs/s cpu_ms_per_1000_msgs messages".
 run() {
   local path=$1; shift
-  local procs; case $path in nginx*) procs=$(nginx_pids) ;; base) procs=$base_pid ;; inspect12) procs=$gate12_pid ;; *) procs=$gate_pid ;; esac
+  local procs; case $path in nginx*) procs=$(nginx_pids) ;; base | inspect12) procs=${gate_pid[$path]} ;; *) procs=$main_gate_pid ;; esac
   local before; before=$(cpu_ticks $procs)
   "$bin/smtpgate-loadgen" send --target "127.0.0.1:${port[$path]}" --starttls --quiet \
     --cores 1 --json "$work/run.json" "$@" >/dev/null 2>"$work/send.err" || true
