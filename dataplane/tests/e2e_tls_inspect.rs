@@ -362,3 +362,40 @@ fn tls_protocols_limit_the_versions_a_client_may_use() {
         "{metrics}"
     );
 }
+
+/// Python's smtplib (OpenSSL, Nagle's algorithm on) writes its EHLO after STARTTLS in
+/// a write of its own, which the kernel holds until the client's TLS Finished is
+/// acknowledged. With nothing sent back to that Finished (smtpgate keeps the TLS 1.3
+/// ticket for the EHLO's reply) the acknowledgement would wait for the delayed-ACK
+/// timer, 40 ms at least, in every session; the fastest of five must not.
+const EHLO_AFTER_STARTTLS: &str = r#"
+import smtplib, ssl, sys, time
+port = int(sys.argv[1])
+fastest = None
+for _ in range(5):
+    s = smtplib.SMTP("127.0.0.1", port, timeout=20)
+    s.ehlo("python.test")
+    s.starttls(context=ssl._create_unverified_context())
+    start = time.monotonic()
+    s.ehlo("python.test")
+    took = (time.monotonic() - start) * 1000
+    fastest = took if fastest is None else min(fastest, took)
+    s.quit()
+print(f"{fastest:.1f}")
+"#;
+
+#[test]
+fn an_openssl_clients_ehlo_after_starttls_does_not_wait_for_a_delayed_ack() {
+    let dir = scratch_dir("tls-ehlo-latency");
+    let (cert, key) = certificate(&dir, "mx");
+    let sink = Sink::start(&dir, &[]);
+    let gate = Gate::start(&config_text(sink.addr, "", &tls_section(&cert, &key)));
+    let fastest: f64 = python(EHLO_AFTER_STARTTLS, &[gate.listen().port().to_string()])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        fastest < 20.0,
+        "the fastest EHLO after STARTTLS took {fastest} ms: the client's Finished waited for a delayed ACK"
+    );
+}
