@@ -533,10 +533,10 @@ impl TlsLayer {
         {
             self.ticket_held = true;
         }
-        // Tickets from a TLS 1.3 server (OpenSSL writes two, each in a write of its
-        // own) want no answer either, and a server with Nagle on holds the second, and
-        // then its next reply, until the first is acknowledged. Plaintext that came
-        // along gets a reply, which carries the acknowledgement.
+        // Acknowledged at once (see `Received::acknowledge_now`): the client's
+        // Finished when nothing goes back, and a TLS 1.3 server's tickets (OpenSSL
+        // writes two, each in a write of its own). Plaintext that came along gets a
+        // reply, which carries the acknowledgement.
         received.acknowledge_now = (server_done || self.tickets_received() > tickets_before)
             && plaintext.len() == plaintext_before
             && (self.ticket_held || !self.conn.wants_write());
