@@ -93,6 +93,10 @@ pub async fn serve(shard: Rc<Shard>, context: ListenerContext, client: TcpStream
     };
     let (outcome, sink) = relay.run().await;
     let shared = shard.shared;
+    // The byte totals first: /metrics, read from another thread, never counts a
+    // session's duration without its bytes.
+    shared.stats.client_bytes.add(outcome.traffic.from_client);
+    shared.stats.server_bytes.add(outcome.traffic.from_server);
     shared
         .stats
         .session_duration
@@ -321,13 +325,11 @@ fn result_name(end: &End) -> &'static str {
 async fn finish(shared: &Shared, listener: &Listener, client_addr: SocketAddr, outcome: Outcome) {
     let Outcome {
         end,
-        traffic,
+        traffic: _,
         client,
         server,
         envelope: _,
     } = outcome;
-    shared.stats.client_bytes.add(traffic.from_client);
-    shared.stats.server_bytes.add(traffic.from_server);
     match end {
         End::Finished => {}
         End::ClientFailed => drop((client, server)),
