@@ -12,7 +12,7 @@
 #              nginx (TLS to the client, plaintext to the sink); the row to hold
 #              against nginx's,
 #   inspect12  the same as inspect, with [tls] protocols = ["TLSv1.2"]: nginx's protocol,
-#              a resumption as cheap as nginx's (a second smtpgate process),
+#              a resumption as cheap as nginx's,
 #   inspect2   smtpgate starttls = "inspect", upstream_tls = "opportunistic": TLS on
 #              both legs, a second handshake per session that nginx never makes,
 #   opaque     smtpgate starttls = "passthrough" to a STARTTLS sink (TLS end to end,
@@ -24,7 +24,8 @@
 # session) are formatted and written to /dev/null, their CPU counted; nginx logs
 # warnings only. What each path negotiated is printed first.
 # Paths alternate inside each round, order rotated every round. One core each for
-# nginx (worker_processes 1) and smtpgate (--cores 1).
+# nginx (worker_processes 1) and smtpgate (--cores 1, one process per path, the others
+# idle while a path runs).
 #
 # Prints per path: msgs/s (median over rounds, min-max) and proxy CPU (user+system of
 # the proxy processes) per 1000 messages; then, one message per connection, proxy CPU
@@ -52,36 +53,18 @@ bin=${CARGO_TARGET_DIR:-target}/release
 
 start_starttls_peers "$bin"
 
-inspect_port=$(free_port); inspect2_port=$(free_port); opaque_port=$(free_port)
-cat >"$work/smtpgate.toml" <<EOF
-[admin]
-listen = "127.0.0.1:$(free_port)"
-[tls]
-cert = "$work/mx.pem"
-key = "$work/mx.key"
-[[listener]]
-listen = "127.0.0.1:$inspect_port"
-upstream = "127.0.0.1:$plain_sink"
-starttls = "inspect"
-upstream_tls = "off"
-[[listener]]
-listen = "127.0.0.1:$inspect2_port"
-upstream = "127.0.0.1:$tls_sink"
-starttls = "inspect"
-upstream_tls = "opportunistic"
-[[listener]]
-listen = "127.0.0.1:$opaque_port"
-upstream = "127.0.0.1:$tls_sink"
-starttls = "passthrough"
-EOF
-"$bin/smtpgate" run -c "$work/smtpgate.toml" --cores 1 >/dev/null 2>"$work/smtpgate.err" & main_gate_pid=$!; pids+=($main_gate_pid)
-
-# inspect12, and with BASELINE the older binary as `base`: an smtpgate each, since
-# [tls] is one per process.
+# One smtpgate per path (--cores 1 each), so that each path's CPU is its own process's;
+# `base`, with BASELINE, is the older binary as `inspect`.
 inspect="upstream = \"127.0.0.1:$plain_sink\"
 starttls = \"inspect\"
 upstream_tls = \"off\""
+start_tls_gate inspect "$bin/smtpgate" "" "$inspect"
 start_tls_gate inspect12 "$bin/smtpgate" 'protocols = ["TLSv1.2"]' "$inspect"
+start_tls_gate inspect2 "$bin/smtpgate" "" "upstream = \"127.0.0.1:$tls_sink\"
+starttls = \"inspect\"
+upstream_tls = \"opportunistic\""
+start_tls_gate opaque "$bin/smtpgate" "" "upstream = \"127.0.0.1:$tls_sink\"
+starttls = \"passthrough\""
 baseline=${BASELINE:-}
 [ -z "$baseline" ] || start_tls_gate base "$baseline" "" "$inspect"
 
@@ -133,11 +116,11 @@ mail {
 }
 EOF
 nginx -c "$work/nginx.conf" -e "$work/nginx.err" 2>>"$work/nginx.err" & pids+=($!)
-wait_port "$inspect_port"; wait_port "$nginx_port"; wait_port "$nginx13_port"
+wait_port "$nginx_port"; wait_port "$nginx13_port"
 nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; cat "$work/nginx.pid"; }
 
 hz=$(getconf CLK_TCK)
-declare -A port=([nginx]=$nginx_port [nginx13]=$nginx13_port [inspect]=$inspect_port [inspect12]=${gate_port[inspect12]} [inspect2]=$inspect2_port [opaque]=$opaque_port)
+declare -A port=([nginx]=$nginx_port [nginx13]=$nginx13_port [inspect]=${gate_port[inspect]} [inspect12]=${gate_port[inspect12]} [inspect2]=${gate_port[inspect2]} [opaque]=${gate_port[opaque]})
 paths=(${PATHS:-nginx nginx13 inspect inspect12 inspect2 opaque})
 if [ -n "$baseline" ]; then
   port[base]=${gate_port[base]}
@@ -158,7 +141,7 @@ done
 # One run: prints "msgs/s cpu_ms_per_1000_msgs messages".
 run() {
   local path=$1; shift
-  local procs; case $path in nginx*) procs=$(nginx_pids) ;; base | inspect12) procs=${gate_pid[$path]} ;; *) procs=$main_gate_pid ;; esac
+  local procs; case $path in nginx*) procs=$(nginx_pids) ;; *) procs=${gate_pid[$path]} ;; esac
   local before; before=$(cpu_ticks $procs)
   "$bin/smtpgate-loadgen" send --target "127.0.0.1:${port[$path]}" --starttls --quiet \
     --cores 1 --json "$work/run.json" "$@" >/dev/null 2>"$work/send.err" || true

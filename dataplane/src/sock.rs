@@ -18,30 +18,32 @@ pub fn set_abortive_close(socket: &impl AsRawFd) {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: setsockopt with a correctly sized, initialised struct on an owned descriptor.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
+    set_option(socket, libc::SOL_SOCKET, libc::SO_LINGER, &linger);
 }
 
 /// Acknowledges what was read at once instead of after the delayed-ACK timer
 /// (`TCP_QUICKACK`), for a peer that waits for that acknowledgement before it sends.
 pub fn acknowledge_now(socket: &impl AsRawFd) {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt with a correctly sized, initialised int on an owned descriptor.
+    set_option(
+        socket,
+        libc::IPPROTO_TCP,
+        libc::TCP_QUICKACK,
+        &(1 as libc::c_int),
+    );
+}
+
+/// `setsockopt` with `value` as the option's bytes. Best effort: an option a socket
+/// refuses changes nothing the session depends on.
+fn set_option<T>(socket: &impl AsRawFd, level: libc::c_int, name: libc::c_int, value: &T) {
+    // SAFETY: `value` is an initialised T and the length given is its size; the
+    // descriptor is owned by the caller and open.
     unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            &on as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            level,
+            name,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
 }

@@ -90,6 +90,12 @@ fn edge_config(test: &str) -> Arc<ServerConfig> {
     edge_config_with(test, &TlsVersion::ALL)
 }
 
+/// An opportunistic upstream-style client and the edge, before their handshake.
+fn fresh_session(test: &str) -> (TlsLayer, TlsLayer) {
+    let client = TlsLayer::client(&opportunistic_client_config(), "127.0.0.1".parse().unwrap());
+    (client, TlsLayer::server(&edge_config(test)))
+}
+
 /// [`edge_config`] accepting only `versions` (`[tls] protocols`).
 fn edge_config_with(test: &str, versions: &[TlsVersion]) -> Arc<ServerConfig> {
     let main = pair_for(&temp_dir(test), "mx", &["mx.example.com"]);
@@ -100,9 +106,7 @@ fn edge_config_with(test: &str, versions: &[TlsVersion]) -> Arc<ServerConfig> {
 
 #[test]
 fn a_handshake_in_memory_carries_plaintext_both_ways_and_reports_what_was_negotiated() {
-    let server_config = edge_config("basic");
-    let mut server = TlsLayer::server(&server_config);
-    let mut client = TlsLayer::client(&opportunistic_client_config(), "127.0.0.1".parse().unwrap());
+    let (mut client, mut server) = fresh_session("basic");
     // Written before the handshake: held by rustls, sent once it completes.
     client.send(b"EHLO client.example\r\n");
     let (_, at_server) = pump(&mut client, &mut server).unwrap();
@@ -623,9 +627,7 @@ fn the_edge_asks_for_an_immediate_ack_when_nothing_answers_the_clients_finished(
 
 #[test]
 fn the_upstream_leg_asks_for_an_immediate_ack_of_tickets_that_come_alone() {
-    let server_config = edge_config("ack-tickets");
-    let mut server = TlsLayer::server(&server_config);
-    let mut client = TlsLayer::client(&opportunistic_client_config(), "127.0.0.1".parse().unwrap());
+    let (mut client, mut server) = fresh_session("ack-tickets");
     server_receipts(&mut client, &mut server);
     assert!(!client.is_handshaking());
     // As an OpenSSL server sends them: the ticket on its own, before any reply.
@@ -651,9 +653,7 @@ fn the_upstream_leg_asks_for_an_immediate_ack_of_tickets_that_come_alone() {
 
 #[test]
 fn a_finished_that_brings_the_clients_next_command_needs_no_immediate_ack() {
-    let server_config = edge_config("ack-command");
-    let mut server = TlsLayer::server(&server_config);
-    let mut client = TlsLayer::client(&opportunistic_client_config(), "127.0.0.1".parse().unwrap());
+    let (mut client, mut server) = fresh_session("ack-command");
     // As rustls clients do: the EHLO leaves with the Finished; its reply will ACK both.
     client.send(b"EHLO client.example\r\n");
     let receipts = server_receipts(&mut client, &mut server);
