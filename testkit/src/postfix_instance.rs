@@ -373,15 +373,31 @@ fn self_signed_certificate(dir: &Path, name: &str) -> PathBuf {
     cert
 }
 
-/// The uid and primary gid of a system account.
+/// The uid and primary gid of a system account. `getpwnam_r`, not `getpwnam`: tests
+/// start instances from several threads at once, and through `getpwnam`'s one static
+/// entry the `postfix` lookup can read another thread's `nobody` (a CI run found the
+/// data directory not owned by `postfix` and the master unable to create its lock).
 fn account(user: &str) -> (u32, u32) {
     let name = CString::new(user).unwrap();
-    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    // SAFETY: an all-zero passwd is a valid value to be overwritten.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut strings = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to memory owned here and the buffer's length is given.
+    let error = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut entry,
+            strings.as_mut_ptr(),
+            strings.len(),
+            &mut found,
+        )
+    };
     assert!(
-        !entry.is_null(),
+        error == 0 && !found.is_null(),
         "no `{user}` account: install the Debian package postfix (it creates `postfix`)"
     );
-    unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
+    (entry.pw_uid, entry.pw_gid)
 }
 
 fn chown(path: &Path, uid: u32, gid: Option<u32>) {
