@@ -61,11 +61,20 @@ fn tls_section(main: &Pair, sni: Vec<(Vec<String>, &Pair)>) -> Tls {
 /// Moves ciphertext both ways until neither side has anything to send; returns the
 /// plaintext each side received.
 fn pump(client: &mut TlsLayer, server: &mut TlsLayer) -> Result<(Vec<u8>, Vec<u8>), TlsFailure> {
+    pump_recording(client, server, &mut Vec::new())
+}
+
+/// [`pump`], keeping what each of the server's receives reported in `receipts`.
+fn pump_recording(
+    client: &mut TlsLayer,
+    server: &mut TlsLayer,
+    receipts: &mut Vec<Received>,
+) -> Result<(Vec<u8>, Vec<u8>), TlsFailure> {
     let (mut at_client, mut at_server) = (BytesMut::new(), BytesMut::new());
     for _ in 0..20 {
         let mut moved = false;
         if let Some(bytes) = client.take_ciphertext() {
-            server.receive(&bytes, &mut at_server)?;
+            receipts.push(server.receive(&bytes, &mut at_server)?);
             moved = true;
         }
         if let Some(bytes) = server.take_ciphertext() {
@@ -578,22 +587,8 @@ fn tls_protocols_limit_what_the_edge_accepts_and_tls_1_2_sessions_resume_from_ti
 
 /// Runs a handshake to its end; returns what each of the server's receives reported.
 fn server_receipts(client: &mut TlsLayer, server: &mut TlsLayer) -> Vec<Received> {
-    let (mut at_client, mut at_server) = (BytesMut::new(), BytesMut::new());
     let mut receipts = Vec::new();
-    for _ in 0..20 {
-        let mut moved = false;
-        if let Some(bytes) = client.take_ciphertext() {
-            receipts.push(server.receive(&bytes, &mut at_server).unwrap());
-            moved = true;
-        }
-        if let Some(bytes) = server.take_ciphertext() {
-            client.receive(&bytes, &mut at_client).unwrap();
-            moved = true;
-        }
-        if !moved {
-            break;
-        }
-    }
+    pump_recording(client, server, &mut receipts).unwrap();
     receipts
 }
 
