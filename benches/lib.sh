@@ -1,6 +1,6 @@
 # Shared by the benchmark scripts (sourced, not run): a scratch directory and the
-# processes to stop on exit, tool checks, loopback ports, relay CPU, and the two
-# reference peers (Postfix's smtp-sink, HAProxy in TCP mode).
+# processes to stop on exit, tool checks, loopback ports, relay CPU, the two reference
+# peers (Postfix's smtp-sink, HAProxy in TCP mode) and smtpgate in front of the sink.
 # shellcheck shell=bash
 
 # Every command in TOOLS on PATH (plus /usr/sbin, where Postfix puts its tools), or
@@ -36,6 +36,24 @@ start_smtp_sink() {
   local user=(); [ "$(id -u)" = 0 ] && user=(-u nobody)
   smtp-sink "${user[@]}" "127.0.0.1:$sink_port" 1024 >/dev/null 2>&1 & pids+=($!)
   wait_port "$sink_port"
+}
+
+# start_plain_gate BINARY POLICY...: one smtpgate with a plaintext listener per POLICY,
+# each relaying to the sink ($sink_port); sets plain_gate_pid and plain_gate_ports (in
+# POLICY order) once every listener accepts.
+start_plain_gate() {
+  local binary=$1 policy port; shift
+  plain_gate_ports=()
+  {
+    printf '[admin]\nlisten = "127.0.0.1:%s"\n' "$(free_port)"
+    for policy in "$@"; do
+      port=$(free_port); plain_gate_ports+=("$port")
+      printf '[[listener]]\nlisten = "127.0.0.1:%s"\nupstream = "127.0.0.1:%s"\npolicy = "%s"\n' \
+        "$port" "$sink_port" "$policy"
+    done
+  } >"$work/smtpgate.toml"
+  "$binary" run -c "$work/smtpgate.toml" >"$work/smtpgate.log" 2>&1 & plain_gate_pid=$!; pids+=($!)
+  for port in "${plain_gate_ports[@]}"; do wait_port "$port"; done
 }
 
 # Starts HAProxy in TCP mode from a free port to 127.0.0.1:BACKEND; sets

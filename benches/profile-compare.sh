@@ -35,21 +35,12 @@ cargo build --release -q -p smtpgate
 gate=${CARGO_TARGET_DIR:-target}/release/smtpgate
 
 start_smtp_sink
-gate_port=$(free_port)
-cat >"$work/smtpgate.toml" <<TOML
-[admin]
-listen = "127.0.0.1:$(free_port)"
-[[listener]]
-listen = "127.0.0.1:$gate_port"
-upstream = "127.0.0.1:$sink_port"
-policy = "$policy"
-TOML
-"$gate" run -c "$work/smtpgate.toml" >"$work/smtpgate.log" 2>&1 & gate_pid=$!; pids+=($gate_pid)
+start_plain_gate "$gate" "$policy"
 start_haproxy "$sink_port"
-wait_port "$gate_port"; wait_port "$haproxy_port"
+wait_port "$haproxy_port"
 
-declare -A port=([haproxy]=$haproxy_port [smtpgate]=$gate_port)
-declare -A relay=([haproxy]=$haproxy_pid [smtpgate]=$gate_pid)
+declare -A port=([haproxy]=$haproxy_port [smtpgate]=${plain_gate_ports[0]})
+declare -A relay=([haproxy]=$haproxy_pid [smtpgate]=$plain_gate_pid)
 echo "shape $shape, policy $policy, $messages messages per profile; µs of relay CPU per message"
 for r in $(seq "$rounds"); do
   order=(haproxy smtpgate); [ $((r % 2)) = 0 ] && order=(smtpgate haproxy)

@@ -22,22 +22,10 @@ gate=${CARGO_TARGET_DIR:-target}/release/smtpgate
 
 start_smtp_sink
 
-inspect_port=$(free_port); exempt_port=$(free_port)
-cat >"$work/smtpgate.toml" <<EOF
-[admin]
-listen = "127.0.0.1:$(free_port)"
-[[listener]]
-listen = "127.0.0.1:$inspect_port"
-upstream = "127.0.0.1:$sink_port"
-policy = "default"
-[[listener]]
-listen = "127.0.0.1:$exempt_port"
-upstream = "127.0.0.1:$sink_port"
-policy = "none"
-EOF
-"$gate" run -c "$work/smtpgate.toml" >"$work/smtpgate.log" 2>&1 & gate_pid=$!; pids+=($gate_pid)
+start_plain_gate "$gate" default none
+inspect_port=${plain_gate_ports[0]}; exempt_port=${plain_gate_ports[1]}; gate_pid=$plain_gate_pid
 start_haproxy "$sink_port"
-wait_port "$inspect_port"; wait_port "$exempt_port"; wait_port "$haproxy_port"
+wait_port "$haproxy_port"
 
 hz=$(getconf CLK_TCK)
 # path name -> port and relay pid (direct has no relay)
