@@ -109,10 +109,9 @@ machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; 
 traced=(syscalls:sys_enter_recvfrom syscalls:sys_enter_read syscalls:sys_enter_sendto
   syscalls:sys_enter_sendmsg syscalls:sys_enter_write syscalls:sys_enter_epoll_wait
   syscalls:sys_enter_io_uring_enter)
-shapes=("1k-reused|-s 20 -l 1024 -d" "1k-per-connection|-s 20 -l 1024" "100k-reused|-s 20 -l 102400 -d")
 results="$work/results"
 : >"$results"
-for shape in "${shapes[@]}"; do
+for shape in "${bench_shapes[@]}"; do
   sname=${shape%%|*}; args=${shape#*|}
   [ "$shape_filter" = all ] || [[ ",$shape_filter," == *",$sname,"* ]] || continue
   n=$messages; [[ $sname == 100k* ]] && n=$((messages / 5))

@@ -1,6 +1,7 @@
 # Shared by the benchmark scripts (sourced, not run): a scratch directory and the
-# processes to stop on exit, tool checks, loopback ports, relay CPU, the two reference
-# peers (Postfix's smtp-sink, HAProxy in TCP mode) and smtpgate in front of the sink.
+# processes to stop on exit, tool checks, loopback ports, relay CPU, the load shapes,
+# the two reference peers (Postfix's smtp-sink, HAProxy in TCP mode) and smtpgate in
+# front of the sink.
 # shellcheck shell=bash
 
 # Every command in TOOLS on PATH (plus /usr/sbin, where Postfix puts its tools), or
@@ -37,6 +38,10 @@ start_smtp_sink() {
   smtp-sink "${user[@]}" "127.0.0.1:$sink_port" 1024 >/dev/null 2>&1 & pids+=($!)
   wait_port "$sink_port"
 }
+
+# The relay benchmarks' load shapes, NAME|smtp-source arguments: 1 KiB messages on
+# reused connections, one 1 KiB message per connection, 100 KiB messages reused.
+bench_shapes=("1k-reused|-s 20 -l 1024 -d" "1k-per-connection|-s 20 -l 1024" "100k-reused|-s 20 -l 102400 -d")
 
 # start_plain_gate BINARY POLICY...: one smtpgate with a plaintext listener per POLICY,
 # each relaying to the sink ($sink_port); sets plain_gate_pid and plain_gate_ports (in

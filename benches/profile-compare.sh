@@ -22,14 +22,11 @@ while getopts "r:m:s:p:" opt; do
     *) exit 2 ;;
   esac
 done
-case $shape in
-  1k-per-connection) args=(-s 20 -l 1024) ;;
-  1k-reused) args=(-s 20 -l 1024 -d) ;;
-  100k-reused) args=(-s 20 -l 102400 -d) ;;
-  *) echo "unknown shape $shape" >&2; exit 2 ;;
-esac
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
+args=""
+for entry in "${bench_shapes[@]}"; do [ "${entry%%|*}" = "$shape" ] && args=${entry#*|}; done
+[ -n "$args" ] || { echo "unknown shape $shape" >&2; exit 2; }
 bench_need "apt-get install postfix haproxy linux-perf python3" smtp-source smtp-sink haproxy perf python3
 cargo build --release -q -p smtpgate
 gate=${CARGO_TARGET_DIR:-target}/release/smtpgate
@@ -47,7 +44,8 @@ for r in $(seq "$rounds"); do
   for p in "${order[@]}"; do
     perf record -q -e cpu-clock -g -o "$work/$p.data" -p "${relay[$p]}" 2>/dev/null & recorder=$!
     sleep 0.5   # perf attaches before the load starts
-    smtp-source "${args[@]}" -m "$messages" "127.0.0.1:${port[$p]}"
+    # shellcheck disable=SC2086
+    smtp-source $args -m "$messages" "127.0.0.1:${port[$p]}"
     kill -INT "$recorder"; wait "$recorder" || true
     perf script -F comm,tid,period,ip,sym,dso -i "$work/$p.data" >"$work/$p.txt" 2>/dev/null
   done

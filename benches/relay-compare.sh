@@ -33,11 +33,8 @@ declare -A port=([direct]=$sink_port [haproxy]=$haproxy_port [inspect]=$inspect_
 declare -A relay=([direct]="" [haproxy]=$haproxy_pid [inspect]=$gate_pid [exempt]=$gate_pid)
 paths=(direct haproxy inspect exempt)
 
-# shape name -> smtp-source arguments
-shapes=("1k-reused|-s 20 -l 1024 -d" "1k-per-connection|-s 20 -l 1024" "100k-reused|-s 20 -l 102400 -d")
-
 printf '%-18s %-8s %12s %14s %22s\n' shape path "msgs/s" "(min-max)" "relay CPU ms/1000 msg"
-for shape in "${shapes[@]}"; do
+for shape in "${bench_shapes[@]}"; do
   name=${shape%%|*}; args=${shape#*|}
   n=$messages; [[ $name == 100k* ]] && n=$((messages / 5))
   declare -A rates=() cpus=()
